@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test (unit, integration, openraft's storage suite) in the
+# release profile, the one profile RocksDB and FAISS are built in.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. scripts/env.sh
+start=$(date +%s)
+cargo build --release --all-targets
+cargo test --release --no-fail-fast -- --test-threads=2
+echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,3 @@
+//! Benchmarks run by `vektagraf bench ...` (not tests).
+
+pub mod engine;

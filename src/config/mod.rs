@@ -1,0 +1,194 @@
+//! Node configuration: compiled-in defaults, a file, environment
+//! overrides, then validation into typed settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::Error;
+use crate::raft::RaftSettings;
+use crate::tenant::Tier;
+
+/// The compiled-in defaults (`config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "VEKTAGRAF__";
+
+/// `[node]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Optional tiers file (empty: compiled-in presets).
+    pub tiers_file: String,
+}
+
+/// `[multi_tenancy]` (T1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiTenancyConfig {
+    /// Multi-tenancy on.
+    pub enabled: bool,
+    /// Sessions must name a user of the tenant.
+    pub strict_isolation: bool,
+    /// Tier for auto-created tenants.
+    pub default_tier: String,
+    /// Create unknown tenants on first use.
+    pub auto_create_tenants: bool,
+}
+
+/// `[limits]`: node-wide admission and request bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLimits {
+    /// Concurrent operations on the node.
+    pub max_in_flight: usize,
+    /// Waiting requests.
+    pub max_queued: usize,
+    /// Longest wait for a slot, ms.
+    pub queue_timeout_ms: u64,
+    /// Request deadline, ms.
+    pub request_timeout_ms: u64,
+    /// Largest write command, bytes.
+    pub max_command_bytes: usize,
+    /// Counter checkpoint interval, ms.
+    pub quota_checkpoint_ms: u64,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Shared block cache.
+    pub block_cache_bytes: usize,
+    /// Shared memtable budget.
+    pub write_buffer_bytes: usize,
+    /// Open files per shard.
+    pub max_open_files_per_shard: i32,
+}
+
+/// The whole node config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[multi_tenancy]`.
+    pub multi_tenancy: MultiTenancyConfig,
+    /// `[limits]`.
+    pub limits: NodeLimits,
+    /// `[storage]`.
+    pub storage: StorageSection,
+    /// `[raft]`.
+    pub raft: RaftSettings,
+}
+
+fn cfg_err(key: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+impl NodeConfig {
+    /// Defaults, then `file` (if any), then `VEKTAGRAF__*` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<NodeConfig, Error> {
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let text = match file {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| cfg_err("--config", format!("{}: {e}", p.display())))?),
+            None => None,
+        };
+        Self::from_layers(text.as_deref(), &env)
+    }
+
+    /// Builds a config from an optional file text and (key, value) overrides.
+    pub fn from_layers(file: Option<&str>, env: &[(String, String)]) -> Result<NodeConfig, Error> {
+        let mut v: toml::Value = toml::from_str(DEFAULT_TOML).map_err(|e| cfg_err("default.toml", e.to_string()))?;
+        if let Some(text) = file {
+            let f: toml::Value = toml::from_str(text).map_err(|e| cfg_err("config file", e.to_string()))?;
+            merge(&mut v, f);
+        }
+        for (k, val) in env {
+            let path: Vec<String> = k[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.len() != 2 {
+                return Err(cfg_err(k, "use VEKTAGRAF__SECTION__KEY"));
+            }
+            let parsed = toml::from_str::<toml::Value>(&format!("x = {val}"))
+                .ok()
+                .and_then(|t| t.get("x").cloned())
+                .unwrap_or_else(|| toml::Value::String(val.clone()));
+            let mut over = toml::map::Map::new();
+            let mut inner = toml::map::Map::new();
+            inner.insert(path[1].clone(), parsed);
+            over.insert(path[0].clone(), toml::Value::Table(inner));
+            merge(&mut v, toml::Value::Table(over));
+        }
+        let cfg: NodeConfig = v.try_into().map_err(|e: toml::de::Error| cfg_err("config", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The defaults with a different data directory (tests, the quickstart).
+    pub fn with_data_dir(dir: &Path) -> NodeConfig {
+        #[allow(clippy::expect_used)]
+        let mut c = Self::from_layers(None, &[]).expect("compiled-in defaults are valid");
+        c.node.data_dir = dir.to_path_buf();
+        c
+    }
+
+    /// Rejects nonsense, naming the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        if Tier::parse(&self.multi_tenancy.default_tier).is_none() {
+            return Err(cfg_err("multi_tenancy.default_tier", "unknown tier"));
+        }
+        let l = &self.limits;
+        if l.max_in_flight == 0 {
+            return Err(cfg_err("limits.max_in_flight", "must be at least 1"));
+        }
+        if l.request_timeout_ms == 0 || l.queue_timeout_ms == 0 || l.quota_checkpoint_ms == 0 {
+            return Err(cfg_err("limits", "timeouts and intervals must be positive"));
+        }
+        if l.max_command_bytes < 4096 || l.max_command_bytes > crate::codec::MAX_DECODE_BYTES / 2 {
+            return Err(cfg_err("limits.max_command_bytes", "must be in 4 KiB..=32 MiB"));
+        }
+        self.raft.to_openraft("check")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_key() {
+        let c = NodeConfig::from_layers(
+            Some("[limits]\nmax_in_flight = 8\n"),
+            &[("VEKTAGRAF__LIMITS__MAX_QUEUED".into(), "7".into()), ("VEKTAGRAF__NODE__DATA_DIR".into(), "/tmp/x".into())],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_in_flight, 8);
+        assert_eq!(c.limits.max_queued, 7);
+        assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+        let e = NodeConfig::from_layers(Some("[limits]\nmax_in_flight = 0\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("limits.max_in_flight"), "{e}");
+        assert!(NodeConfig::from_layers(Some("[limits]\nbogus = 1\n"), &[]).is_err());
+    }
+}

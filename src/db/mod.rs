@@ -1,0 +1,513 @@
+//! The embedded API: [`Database`] manages tenants and users and hands out
+//! [`Session`]s, each bound to one (tenant, user), that run operations.
+
+mod registry;
+mod session;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use ractor::{Actor, ActorRef};
+
+use crate::config::NodeConfig;
+use crate::limits::{Admission, QuotaCounters, TenantLimiter};
+use crate::proto::{Error, LimitKind, OperationType, Result, TenantUsage};
+use crate::raft::{RaftLogDb, ShardRaft};
+use crate::shard::{ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMsg};
+use crate::storage::StorageEnv;
+use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
+
+pub use registry::{Registry, TenantRecord, TenantState, UserRecord};
+pub use session::Session;
+
+/// The tenant used for every session when multi-tenancy is disabled.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A loaded tenant: config, limiter, and the route to its shard actor.
+pub(crate) struct Tenant {
+    config: RwLock<Arc<TenantConfig>>,
+    group: u64,
+    limiter: Arc<TenantLimiter>,
+    route: Arc<RwLock<Option<ActorRef<ShardMsg>>>>,
+    slot: Arc<Mutex<Option<(ShardRaft, Arc<ShardData>)>>>,
+}
+
+impl Tenant {
+    pub(crate) fn config(&self) -> Arc<TenantConfig> {
+        self.config.read().clone()
+    }
+
+    pub(crate) fn data(&self) -> Result<Arc<ShardData>> {
+        self.slot
+            .lock()
+            .as_ref()
+            .map(|(_, d)| d.clone())
+            .ok_or_else(|| Error::Unavailable {
+                reason: format!("shard of tenant {} is not running", self.config().tenant_id),
+            })
+    }
+
+    pub(crate) fn actor(&self) -> Result<ActorRef<ShardMsg>> {
+        self.route.read().clone().ok_or_else(|| Error::Unavailable {
+            reason: format!("shard of tenant {} is not running", self.config().tenant_id),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: NodeConfig,
+    dir: PathBuf,
+    tiers: RwLock<Tiers>,
+    registry: Registry,
+    logs: Arc<RaftLogDb>,
+    env: StorageEnv,
+    pub(crate) admission: Arc<Admission>,
+    tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Serialises tenant lifecycle changes (create, update, delete).
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// A Vektagraf node's engine, embedded in this process.
+///
+/// ```no_run
+/// # async fn demo() -> vektagraf::proto::Result<()> {
+/// use vektagraf::{Database, NodeConfig, TenantConfig};
+/// let db = Database::open("./data", NodeConfig::with_data_dir("./data".as_ref())).await?;
+/// let cfg = TenantConfig::for_tier(&db.tiers(), "acme", "ACME", "starter", serde_json::json!({}))?;
+/// db.create_tenant(cfg).await?;
+/// db.create_user("acme", "alice").await?;
+/// let s = db.session("acme", "alice").await?;
+/// s.create_collection(vektagraf::proto::CollectionSpec::vectors("docs", 3)).await?;
+/// db.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> Error {
+    Error::storage(e)
+}
+
+impl Database {
+    /// Opens (or creates) a node's data under `dir` and starts every tenant's shard.
+    pub async fn open(dir: impl AsRef<Path>, mut config: NodeConfig) -> Result<Database> {
+        let dir = dir.as_ref().to_path_buf();
+        config.node.data_dir = dir.clone();
+        config.validate()?;
+        std::fs::create_dir_all(dir.join("shards")).map_err(io)?;
+        let tiers = if config.node.tiers_file.is_empty() {
+            Tiers::default()
+        } else {
+            Tiers::load(Path::new(&config.node.tiers_file))?
+        };
+        let registry = Registry::open(&dir.join("node"))?;
+        let logs = RaftLogDb::open(&dir.join("raft")).map_err(io)?;
+        let s = &config.storage;
+        let env = StorageEnv::new(s.block_cache_bytes, s.write_buffer_bytes, s.max_open_files_per_shard);
+        let l = &config.limits;
+        let admission = Admission::new(l.max_in_flight, l.max_queued, Duration::from_millis(l.queue_timeout_ms));
+        let (supervisor, _) = Actor::spawn(None, ShardSupervisor, ())
+            .await
+            .map_err(|e| Error::Unavailable {
+                reason: format!("supervisor failed to start: {e}"),
+            })?;
+        let db = Database {
+            inner: Arc::new(Inner {
+                config,
+                dir,
+                tiers: RwLock::new(tiers),
+                registry,
+                logs,
+                env,
+                admission,
+                tenants: RwLock::new(HashMap::new()),
+                supervisor,
+                lifecycle: tokio::sync::Mutex::new(()),
+            }),
+        };
+        for rec in db.inner.registry.tenants()? {
+            match rec.state {
+                TenantState::Active => db.load_tenant(&rec).await?,
+                TenantState::Deleting => db.purge(&rec).await?,
+            }
+        }
+        tracing::info!(dir = %db.inner.dir.display(), tenants = db.inner.tenants.read().len(), "database open");
+        Ok(db)
+    }
+
+    /// Closes every shard gracefully: checkpoints counters, stops raft groups, flushes.
+    pub async fn close(&self) -> Result<()> {
+        let _g = self.inner.lifecycle.lock().await;
+        let ids: Vec<String> = self.inner.tenants.read().keys().cloned().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.stop_shard(&id).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.inner.tenants.write().clear();
+        self.inner.supervisor.stop(None);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The node config.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The tier presets.
+    pub fn tiers(&self) -> Tiers {
+        self.inner.tiers.read().clone()
+    }
+
+    async fn stop_shard(&self, tenant: &str) -> Result<()> {
+        let r = self
+            .inner
+            .supervisor
+            .call(|tx| SupervisorMsg::Stop(tenant.to_string(), tx), Some(Duration::from_secs(120)))
+            .await;
+        match r {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => Err(Error::Unavailable {
+                reason: "supervisor did not answer".into(),
+            }),
+        }
+    }
+
+    fn shard_dir(&self, group: u64) -> PathBuf {
+        self.inner.dir.join("shards").join(group.to_string())
+    }
+
+    async fn load_tenant(&self, rec: &TenantRecord) -> Result<()> {
+        let limiter = TenantLimiter::new(&rec.config, QuotaCounters::default());
+        let tenant = Arc::new(Tenant {
+            config: RwLock::new(Arc::new(rec.config.clone())),
+            group: rec.group,
+            limiter: limiter.clone(),
+            route: Arc::new(RwLock::new(None)),
+            slot: Arc::new(Mutex::new(None)),
+        });
+        let args = ShardArgs {
+            tenant_id: rec.config.tenant_id.clone(),
+            group: rec.group,
+            replica: rec.replica,
+            dir: self.shard_dir(rec.group),
+            env: self.inner.env.clone(),
+            logs: self.inner.logs.clone(),
+            settings: self.inner.config.raft.clone(),
+            limiter,
+            storage_limits: rec.config.storage_limit.clone(),
+            quota_checkpoint: Duration::from_millis(self.inner.config.limits.quota_checkpoint_ms),
+            slot: tenant.slot.clone(),
+            route: tenant.route.clone(),
+        };
+        let started = self
+            .inner
+            .supervisor
+            .call(|tx| SupervisorMsg::Start(args, tx), Some(Duration::from_secs(600)))
+            .await;
+        match started {
+            Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => return Err(e),
+            _ => {
+                return Err(Error::Unavailable {
+                    reason: "supervisor did not answer".into(),
+                })
+            }
+        }
+        self.inner.tenants.write().insert(rec.config.tenant_id.clone(), tenant);
+        Ok(())
+    }
+
+    /// Removes every byte of a tenant: shard directory, raft log, registry.
+    async fn purge(&self, rec: &TenantRecord) -> Result<()> {
+        let dir = self.shard_dir(rec.group);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        self.inner.logs.purge_group(rec.group).await.map_err(io)?;
+        self.inner.registry.remove_tenant(&rec.config.tenant_id)?;
+        tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
+        Ok(())
+    }
+
+    pub(crate) fn tenant(&self, id: &str) -> Result<Arc<Tenant>> {
+        self.inner
+            .tenants
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::TenantNotFound {
+                tenant_id: id.to_string(),
+            })
+    }
+
+    fn record(&self, id: &str) -> Result<TenantRecord> {
+        self.inner
+            .registry
+            .tenants()?
+            .into_iter()
+            .find(|r| r.config.tenant_id == id && r.state == TenantState::Active)
+            .ok_or_else(|| Error::TenantNotFound {
+                tenant_id: id.to_string(),
+            })
+    }
+
+    // ----- tenant lifecycle (T4) -----
+
+    /// Creates a tenant and starts its shard.
+    pub async fn create_tenant(&self, mut config: TenantConfig) -> Result<TenantConfig> {
+        config.validate()?;
+        if config.created_at == 0 {
+            config.created_at = crate::util::now_ms();
+        }
+        let _g = self.inner.lifecycle.lock().await;
+        if self.inner.registry.tenants()?.iter().any(|r| r.config.tenant_id == config.tenant_id) {
+            return Err(Error::TenantExists {
+                tenant_id: config.tenant_id,
+            });
+        }
+        let group = self.inner.registry.next_id("group")?;
+        let replica = self.inner.registry.next_id("replica")?;
+        let rec = TenantRecord::new(config.clone(), group, replica);
+        self.inner.registry.put_tenant(&rec)?;
+        if let Err(e) = self.load_tenant(&rec).await {
+            // Leave nothing half-created behind.
+            let _ = self.stop_shard(&config.tenant_id).await;
+            let _ = self.purge(&rec).await;
+            return Err(e);
+        }
+        tracing::info!(tenant = %config.tenant_id, tier = %config.tier, group, "tenant created");
+        Ok(config)
+    }
+
+    /// A tenant's config.
+    pub async fn get_tenant(&self, id: &str) -> Result<TenantConfig> {
+        validate_tenant_id(id)?;
+        Ok((*self.tenant(id)?.config()).clone())
+    }
+
+    /// Every tenant's config, by id.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
+        let mut v: Vec<TenantConfig> = self.inner.tenants.read().values().map(|t| (*t.config()).clone()).collect();
+        v.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(v)
+    }
+
+    /// Changes a tenant's config. The next request sees the new limits;
+    /// storage limits take effect through the shard's log.
+    pub async fn update_tenant(&self, id: &str, update: TenantUpdate) -> Result<TenantConfig> {
+        validate_tenant_id(id)?;
+        let _g = self.inner.lifecycle.lock().await;
+        let tenant = self.tenant(id)?;
+        let mut rec = self.record(id)?;
+        let new = update.apply(&self.tiers(), &rec.config)?;
+        let storage_changed = new.storage_limit != rec.config.storage_limit;
+        rec.config = new.clone();
+        self.inner.registry.put_tenant(&rec)?;
+        *tenant.config.write() = Arc::new(new.clone());
+        tenant.limiter.update(&new);
+        if storage_changed {
+            let actor = tenant.actor()?;
+            let cmd = crate::storage::Command::SetLimits(new.storage_limit.clone());
+            session::call_write(&actor, cmd, self.request_timeout()).await?;
+        }
+        tracing::info!(tenant = %id, enabled = new.enabled, "tenant updated");
+        Ok(new)
+    }
+
+    /// Disables a tenant: every operation is refused until it is enabled.
+    pub async fn disable_tenant(&self, id: &str) -> Result<TenantConfig> {
+        self.update_tenant(id, TenantUpdate { enabled: Some(false), ..Default::default() }).await
+    }
+
+    /// Enables a disabled tenant.
+    pub async fn enable_tenant(&self, id: &str) -> Result<TenantConfig> {
+        self.update_tenant(id, TenantUpdate { enabled: Some(true), ..Default::default() }).await
+    }
+
+    /// Deletes a tenant and purges every byte of its data.
+    pub async fn delete_tenant(&self, id: &str) -> Result<()> {
+        validate_tenant_id(id)?;
+        let _g = self.inner.lifecycle.lock().await;
+        let mut rec = self.record(id)?;
+        rec.state = TenantState::Deleting;
+        self.inner.registry.put_tenant(&rec)?;
+        self.inner.tenants.write().remove(id);
+        self.stop_shard(id).await?;
+        self.purge(&rec).await
+    }
+
+    // ----- users (X2) -----
+
+    /// Adds a user to a tenant.
+    pub async fn create_user(&self, tenant: &str, user: &str) -> Result<()> {
+        validate_name("user_id", user, 128)?;
+        self.tenant(tenant)?;
+        if self.inner.registry.user(tenant, user)?.is_some() {
+            return Err(Error::AlreadyExists {
+                kind: "user".into(),
+                id: user.to_string(),
+            });
+        }
+        self.inner.registry.put_user(&UserRecord::new(tenant, user))
+    }
+
+    /// Removes a user from a tenant.
+    pub async fn remove_user(&self, tenant: &str, user: &str) -> Result<()> {
+        if self.inner.registry.user(tenant, user)?.is_none() {
+            return Err(Error::not_found("user", user));
+        }
+        self.inner.registry.remove_user(tenant, user)
+    }
+
+    /// Users of a tenant.
+    pub async fn list_users(&self, tenant: &str) -> Result<Vec<String>> {
+        self.tenant(tenant)?;
+        Ok(self.inner.registry.users(tenant)?.into_iter().map(|u| u.user_id).collect())
+    }
+
+    // ----- sessions (X1) -----
+
+    /// A session of `user` in `tenant`. Every operation of the session runs
+    /// in that tenant; with `strict_isolation` the user must belong to it.
+    pub async fn session(&self, tenant: &str, user: &str) -> Result<Session> {
+        let mt = &self.inner.config.multi_tenancy;
+        let tenant_id = if mt.enabled { tenant } else { DEFAULT_TENANT };
+        if tenant_id.is_empty() {
+            return Err(Error::MissingTenantContext);
+        }
+        validate_tenant_id(tenant_id)?;
+        let t = match self.tenant(tenant_id) {
+            Ok(t) => t,
+            Err(Error::TenantNotFound { .. }) if mt.auto_create_tenants || !mt.enabled => {
+                let cfg = TenantConfig::for_tier(&self.tiers(), tenant_id, tenant_id, &mt.default_tier, serde_json::json!({}))?;
+                match self.create_tenant(cfg).await {
+                    Ok(_) | Err(Error::TenantExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                self.tenant(tenant_id)?
+            }
+            Err(e) => return Err(e),
+        };
+        if mt.enabled && mt.strict_isolation && self.inner.registry.user(tenant_id, user)?.is_none() {
+            return Err(Error::UnauthorizedTenantAccess {
+                user_id: user.to_string(),
+                tenant_id: tenant_id.to_string(),
+            });
+        }
+        Ok(Session::new(self.inner.clone(), t, user.to_string()))
+    }
+
+    // ----- usage (A1) -----
+
+    /// A tenant's usage: storage, requests, warnings.
+    pub async fn usage(&self, tenant: &str) -> Result<TenantUsage> {
+        validate_tenant_id(tenant)?;
+        usage_of(&self.tenant(tenant)?)
+    }
+
+    /// Every tenant's usage.
+    pub async fn all_usage(&self) -> Result<Vec<TenantUsage>> {
+        let tenants: Vec<Arc<Tenant>> = self.inner.tenants.read().values().cloned().collect();
+        tenants.iter().map(|t| usage_of(t)).collect()
+    }
+
+    /// R3: would `op` be admitted for `tenant` now? Consumes nothing.
+    pub fn can_perform_operation(&self, tenant: &str, op: OperationType) -> Result<()> {
+        self.tenant(tenant)?.limiter.can_perform(op, crate::util::now_ms())
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.limits.request_timeout_ms)
+    }
+
+    // ----- diagnostics -----
+
+    /// The raft group id of a tenant's shard.
+    pub fn tenant_group(&self, tenant: &str) -> Result<u64> {
+        Ok(self.tenant(tenant)?.group)
+    }
+
+    /// What is left on this node of a tenant that had raft group `group`:
+    /// (registry keys mentioning it, raft log keys of the group, shard dir exists).
+    pub fn footprint(&self, tenant: &str, group: u64) -> Result<(usize, usize, bool)> {
+        Ok((
+            self.inner.registry.keys_mentioning(tenant)?,
+            self.inner.logs.group_key_count(group).map_err(io)?,
+            self.shard_dir(group).exists(),
+        ))
+    }
+
+    /// Times the tenant's shard was restarted by its supervisor.
+    pub async fn shard_restarts(&self, tenant: &str) -> Result<usize> {
+        match self
+            .inner
+            .supervisor
+            .call(|tx| SupervisorMsg::Restarts(tenant.to_string(), tx), Some(Duration::from_secs(10)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),
+            _ => Err(Error::Unavailable { reason: "supervisor did not answer".into() }),
+        }
+    }
+
+    /// The running shard data of a tenant (benchmarks and diagnostics).
+    #[doc(hidden)]
+    pub fn shard_data(&self, tenant: &str) -> Result<Arc<ShardData>> {
+        self.tenant(tenant)?.data()
+    }
+
+    /// Fault injection for tests: makes the tenant's shard actor fail as a
+    /// bug would. The supervisor restarts it from disk.
+    #[doc(hidden)]
+    pub fn inject_shard_failure(&self, tenant: &str) -> Result<()> {
+        self.tenant(tenant)?
+            .actor()?
+            .cast(ShardMsg::Fail)
+            .map_err(|e| Error::Unavailable { reason: e.to_string() })
+    }
+}
+
+pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
+    let cfg = t.config();
+    let now = crate::util::now_ms();
+    let storage = t.data()?.usage();
+    let requests = t.limiter.request_usage(now);
+    let mut warnings = Vec::new();
+    let s = &cfg.storage_limit;
+    for (kind, used, limit) in [
+        (LimitKind::StorageBytes, storage.bytes, s.max_storage_bytes),
+        (LimitKind::Objects, storage.objects, s.max_objects),
+        (LimitKind::Vectors, storage.vectors, s.max_vectors),
+    ] {
+        if limit > 0 && used as f64 >= limit as f64 * s.warning_threshold {
+            warnings.push(format!("{} at {:.0}% ({used}/{limit})", kind.config_key(), used as f64 * 100.0 / limit as f64));
+        }
+    }
+    let q = &cfg.request_limit;
+    for (kind, used, limit) in [(LimitKind::Daily, requests.daily, q.daily_limit), (LimitKind::Monthly, requests.monthly, q.monthly_limit)] {
+        if limit > 0 && used as f64 >= limit as f64 * s.warning_threshold {
+            warnings.push(format!("{} at {:.0}% ({used}/{limit})", kind.config_key(), used as f64 * 100.0 / limit as f64));
+        }
+    }
+    Ok(TenantUsage {
+        tenant_id: cfg.tenant_id.clone(),
+        storage,
+        requests,
+        in_flight: t.limiter.in_flight(),
+        warnings,
+    })
+}

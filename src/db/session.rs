@@ -1,0 +1,441 @@
+//! `Session`: every data operation, in one tenant's context and limits.
+//!
+//! Each operation runs the same steps, in this order:
+//! 1. validate the input (typed errors, nothing proposed);
+//! 2. estimate its cost: complexity and result size (Q3);
+//! 3. the tenant limiter: enabled, operation allowed, concurrency, daily,
+//!    monthly, rate (R1-R2, Q1-Q2), all checked before any is consumed;
+//! 4. node admission by priority (Q4);
+//! 5. for writes, a fail-fast storage pre-check; then the shard actor,
+//!    which proposes through raft (storage limits are enforced exactly at
+//!    apply) or serves the read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+
+use crate::limits::{estimate, Cost};
+use crate::proto::{
+    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, Object, OperationType,
+    Properties, Query, Result, SearchHit, TenantUsage, Traverse, TraversedNode, VectorSearch,
+    WriteOp, WriteOutcome, WriteResult,
+};
+use crate::shard::{Consistency, ReadOp, ReadResult, ShardData, ShardMsg};
+use crate::storage::{self, Command, CommandResult, ObjectRecord};
+use crate::tenant::TenantConfig;
+
+use super::{Inner, Tenant};
+
+/// Most ops in one transaction (a transaction is one raft entry).
+pub const MAX_TRANSACTION_OPS: usize = 10_000;
+
+/// A (tenant, user) context. All its operations touch only its tenant.
+#[derive(Clone)]
+pub struct Session {
+    db: Arc<Inner>,
+    tenant: Arc<Tenant>,
+    user: String,
+    consistency: Consistency,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("tenant", &self.tenant_id())
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+fn limit_err(kind: LimitKind, limit: u64, current: u64, requested: u64) -> Error {
+    Error::LimitExceeded(LimitExceeded {
+        kind,
+        limit,
+        current,
+        requested,
+        retry_after_ms: None,
+    })
+}
+
+pub(crate) async fn call_write(actor: &ActorRef<ShardMsg>, cmd: Command, timeout: Duration) -> Result<CommandResult> {
+    match actor.call(|tx| ShardMsg::Write(cmd, tx), Some(timeout)).await {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout) => Err(Error::Timeout {
+            after_ms: timeout.as_millis() as u64,
+        }),
+        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable {
+            reason: "shard stopped while serving the request".into(),
+        }),
+    }
+}
+
+async fn call_read(actor: &ActorRef<ShardMsg>, op: ReadOp, c: Consistency, timeout: Duration) -> Result<ReadResult> {
+    match actor.call(|tx| ShardMsg::Read(op, c, tx), Some(timeout)).await {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout) => Err(Error::Timeout {
+            after_ms: timeout.as_millis() as u64,
+        }),
+        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable {
+            reason: "shard stopped while serving the request".into(),
+        }),
+    }
+}
+
+impl Session {
+    pub(crate) fn new(db: Arc<Inner>, tenant: Arc<Tenant>, user: String) -> Self {
+        Self {
+            db,
+            tenant,
+            user,
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    /// The session's tenant.
+    pub fn tenant_id(&self) -> String {
+        self.tenant.config().tenant_id.clone()
+    }
+
+    /// The session's user.
+    pub fn user_id(&self) -> &str {
+        &self.user
+    }
+
+    /// The same session with stale (local) reads allowed.
+    pub fn with_consistency(mut self, c: Consistency) -> Self {
+        self.consistency = c;
+        self
+    }
+
+    /// Checks that a request naming `tenant_id` stays in this session's
+    /// tenant (X1): anything else is `CrossTenantAccess`.
+    pub fn check_tenant(&self, tenant_id: &str) -> Result<()> {
+        let mine = self.tenant_id();
+        if tenant_id.is_empty() {
+            return Err(Error::MissingTenantContext);
+        }
+        if tenant_id != mine {
+            tracing::warn!(session_tenant = %mine, target = %tenant_id, user = %self.user, "cross-tenant access refused");
+            return Err(Error::CrossTenantAccess {
+                session_tenant: mine,
+                target_tenant: tenant_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.db.config.limits.request_timeout_ms)
+    }
+
+    /// Steps 2-4: cost, tenant limits, node admission. Returns the guards
+    /// that hold the concurrency and admission slots.
+    async fn admit(&self, op: OperationType, cost: Cost) -> Result<(crate::limits::Permit, crate::limits::AdmissionPermit, Arc<TenantConfig>)> {
+        let cfg = self.tenant.config();
+        let q = &cfg.request_limit;
+        if cost.result_size > q.max_result_size {
+            return Err(limit_err(LimitKind::ResultSize, q.max_result_size, 0, cost.result_size));
+        }
+        if cost.complexity > q.complexity_limit {
+            return Err(limit_err(LimitKind::Complexity, q.complexity_limit, 0, cost.complexity));
+        }
+        let permit = self.tenant.limiter.admit(op, crate::util::now_ms())?;
+        let slot = self.db.admission.acquire(q.priority).await?;
+        Ok((permit, slot, cfg))
+    }
+
+    /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.
+    pub fn can_perform_operation(&self, op: OperationType) -> Result<()> {
+        self.tenant.limiter.can_perform(op, crate::util::now_ms())
+    }
+
+    // ----- writes -----
+
+    async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
+        let (_p, _s, cfg) = self.admit(OperationType::Write, estimate::write(ops.len())).await?;
+        let data = self.tenant.data()?;
+        for op in &ops {
+            precheck(&data, &cfg, op)?;
+        }
+        let cmd = Command::Write {
+            ops,
+            atomic,
+            now_ms: crate::util::now_ms(),
+        };
+        let size = crate::codec::encode(&cmd).map_err(Error::storage)?.len();
+        if size > self.db.config.limits.max_command_bytes {
+            return Err(Error::invalid(
+                "write",
+                format!("{size} bytes encoded; the node accepts at most {} per command (limits.max_command_bytes)", self.db.config.limits.max_command_bytes),
+            ));
+        }
+        let r = call_write(&self.tenant.actor()?, cmd, self.timeout()).await?;
+        match r {
+            CommandResult::Write { results, warnings } => {
+                for w in &warnings {
+                    tracing::warn!(tenant = %cfg.tenant_id, "{w}");
+                }
+                Ok((results, warnings))
+            }
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    async fn write_one(&self, op: WriteOp) -> Result<WriteResult> {
+        let (mut results, warnings) = self.write(vec![op], true).await?;
+        let outcome = results.pop().unwrap_or_else(|| Err(Error::storage("empty result")))?;
+        Ok(WriteResult {
+            outcomes: vec![outcome],
+            warnings,
+            log_index: 0,
+        })
+    }
+
+    /// Creates or replaces an object.
+    pub async fn put(&self, obj: NewObject) -> Result<WriteResult> {
+        self.write_one(WriteOp::Put(obj)).await
+    }
+
+    /// Merges properties into an object (and optionally replaces its vector).
+    pub async fn update(&self, id: &str, properties: serde_json::Value, vector: Option<Vec<f32>>) -> Result<WriteResult> {
+        self.write_one(WriteOp::Update {
+            id: id.to_string(),
+            properties: Properties::from_json(properties)?,
+            vector,
+        })
+        .await
+    }
+
+    /// Deletes an object and its edges.
+    pub async fn delete(&self, id: &str) -> Result<WriteResult> {
+        self.write_one(WriteOp::Delete { id: id.to_string() }).await
+    }
+
+    /// Adds or replaces an edge.
+    pub async fn put_edge(&self, from: &str, label: &str, to: &str, properties: serde_json::Value) -> Result<WriteResult> {
+        self.write_one(WriteOp::PutEdge(Edge {
+            from: from.to_string(),
+            label: label.to_string(),
+            to: to.to_string(),
+            properties: Properties::from_json(properties)?,
+        }))
+        .await
+    }
+
+    /// Removes an edge.
+    pub async fn delete_edge(&self, from: &str, label: &str, to: &str) -> Result<WriteResult> {
+        self.write_one(WriteOp::DeleteEdge {
+            from: from.to_string(),
+            label: label.to_string(),
+            to: to.to_string(),
+        })
+        .await
+    }
+
+    /// An atomic transaction: every op applies, or none does (the error of
+    /// the first failing op is returned).
+    pub async fn transaction(&self, ops: Vec<WriteOp>) -> Result<WriteResult> {
+        if ops.is_empty() || ops.len() > MAX_TRANSACTION_OPS {
+            return Err(Error::invalid("ops", format!("a transaction holds 1 to {MAX_TRANSACTION_OPS} ops")));
+        }
+        let (results, warnings) = self.write(ops, true).await?;
+        let outcomes = results.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(WriteResult {
+            outcomes,
+            warnings,
+            log_index: 0,
+        })
+    }
+
+    /// M4: a batch, split into chunks of the tenant's `max_batch_size`
+    /// (each chunk is one request and one raft entry), with a result for
+    /// every item. A chunk refused as a whole (a limit, say) gives its
+    /// error to each of its items; later chunks still run.
+    pub async fn batch(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome>> {
+        let size = self.tenant.config().max_batch_size();
+        let mut out = Vec::with_capacity(ops.len());
+        let mut iter = ops.into_iter().peekable();
+        while iter.peek().is_some() {
+            let chunk: Vec<WriteOp> = iter.by_ref().take(size).collect();
+            let n = chunk.len();
+            match self.write(chunk, false).await {
+                Ok((results, _)) => out.extend(results),
+                Err(e) => out.extend(std::iter::repeat_n(Err(e), n)),
+            }
+        }
+        out
+    }
+
+    /// Declares a collection.
+    pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
+        storage::check_collection(&spec)?;
+        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
+        match call_write(&self.tenant.actor()?, Command::CreateCollection(spec), self.timeout()).await? {
+            CommandResult::Done(r) => r.map(|_| ()),
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Removes an empty collection.
+    pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
+        match call_write(&self.tenant.actor()?, Command::DropCollection(name.to_string()), self.timeout()).await? {
+            CommandResult::Done(r) => r.map(|_| ()),
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// The tenant's collections.
+    pub fn collections(&self) -> Result<Vec<CollectionSpec>> {
+        Ok(self.tenant.data()?.collections())
+    }
+
+    /// S4: deletes up to `max` objects created before `cutoff_ms`; returns how many.
+    pub async fn purge_older_than(&self, collection: Option<&str>, cutoff_ms: u64, max: u32) -> Result<u64> {
+        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(max as usize)).await?;
+        let cmd = Command::PurgeOlderThan {
+            collection: collection.map(str::to_string),
+            cutoff_ms,
+            max,
+        };
+        match call_write(&self.tenant.actor()?, cmd, self.timeout()).await? {
+            CommandResult::Done(r) => r,
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    // ----- reads -----
+
+    async fn read(&self, op: OperationType, cost: Cost, req: ReadOp) -> Result<ReadResult> {
+        let (_p, _s, _) = self.admit(op, cost).await?;
+        call_read(&self.tenant.actor()?, req, self.consistency, self.timeout()).await
+    }
+
+    /// Get by id. An id of another tenant is simply not found here.
+    pub async fn get(&self, id: &str) -> Result<Option<Object>> {
+        crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+        match self.read(OperationType::Read, estimate::read(), ReadOp::Get(id.to_string())).await? {
+            ReadResult::Object(o) => Ok(o),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
+    /// Property query.
+    pub async fn query(&self, q: Query) -> Result<Vec<Object>> {
+        if let Some(f) = &q.filter {
+            f.validate()?;
+        }
+        match self.read(OperationType::Query, estimate::query(&q), ReadOp::Query(q)).await? {
+            ReadResult::Objects(o) => Ok(o),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
+    /// k-NN search, optionally filtered; hits carry their objects.
+    pub async fn vector_search(&self, s: VectorSearch) -> Result<Vec<SearchHit>> {
+        self.search_inner(s, true).await
+    }
+
+    /// k-NN search returning ids and scores only.
+    pub async fn vector_search_ids(&self, s: VectorSearch) -> Result<Vec<SearchHit>> {
+        self.search_inner(s, false).await
+    }
+
+    async fn search_inner(&self, s: VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>> {
+        if let Some(f) = &s.filter {
+            f.validate()?;
+        }
+        let spec = self
+            .tenant
+            .data()?
+            .collection(&s.collection)
+            .ok_or_else(|| Error::not_found("collection", &s.collection))?;
+        storage::check_vector(&spec, &s.vector)?;
+        match self.read(OperationType::VectorSearch, estimate::vector_search(&s), ReadOp::Search(s, with_objects)).await? {
+            ReadResult::Hits(h) => Ok(h),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
+    /// Breadth-first traversal.
+    pub async fn traverse(&self, t: Traverse) -> Result<Vec<TraversedNode>> {
+        crate::tenant::validate_name("start", &t.start, storage::MAX_OBJECT_ID_LEN)?;
+        if t.labels.len() > 64 {
+            return Err(Error::invalid("labels", "at most 64 labels"));
+        }
+        match self.read(OperationType::GraphTraverse, estimate::traverse(&t), ReadOp::Traverse(t)).await? {
+            ReadResult::Nodes(n) => Ok(n),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
+    /// The tenant's usage.
+    pub fn usage(&self) -> Result<TenantUsage> {
+        super::usage_of(&self.tenant)
+    }
+}
+
+/// Fail-fast checks before a write enters the log. Apply re-checks
+/// everything exactly; this only keeps bad or hopeless writes out of it.
+fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<()> {
+    let s = &cfg.storage_limit;
+    let (obj, existing) = match op {
+        WriteOp::Put(o) => (o, None),
+        WriteOp::Update { id, .. } => {
+            crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+            if let WriteOp::Update { vector: Some(v), .. } = op {
+                if let Some(rec) = data.store().object(id)? {
+                    if let Some(spec) = data.collection(&rec.collection) {
+                        storage::check_vector(&spec, v)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        WriteOp::Delete { id } => return crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN),
+        WriteOp::PutEdge(e) => {
+            for id in [&e.from, &e.to] {
+                crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+            }
+            return crate::tenant::validate_name("label", &e.label, 64);
+        }
+        WriteOp::DeleteEdge { .. } => return Ok(()),
+    };
+    let _: Option<()> = existing;
+    crate::tenant::validate_name("id", &obj.id, storage::MAX_OBJECT_ID_LEN)?;
+    let spec = data
+        .collection(&obj.collection)
+        .ok_or_else(|| Error::not_found("collection", &obj.collection))?;
+    if let Some(v) = &obj.vector {
+        storage::check_vector(&spec, v)?;
+    }
+    if !s.hard_limits {
+        return Ok(());
+    }
+    let rec = ObjectRecord {
+        collection: obj.collection.clone(),
+        properties: obj.properties.clone(),
+        created_at: 0,
+        updated_at: 0,
+        vector: obj.vector.clone(),
+        vid: 0,
+    };
+    let size = storage::object_size(&obj.id, &rec)?;
+    if size > s.max_object_size {
+        return Err(limit_err(LimitKind::ObjectSize, s.max_object_size, size, size));
+    }
+    let usage = data.usage();
+    let exists = data.store().object(&obj.id)?.is_some();
+    if !exists && usage.objects >= s.max_objects {
+        return Err(limit_err(LimitKind::Objects, s.max_objects, usage.objects, 1));
+    }
+    if !exists && obj.vector.is_some() && usage.vectors >= s.max_vectors {
+        return Err(limit_err(LimitKind::Vectors, s.max_vectors, usage.vectors, 1));
+    }
+    if !exists && usage.bytes + size > s.max_storage_bytes {
+        return Err(limit_err(LimitKind::StorageBytes, s.max_storage_bytes, usage.bytes, size));
+    }
+    Ok(())
+}

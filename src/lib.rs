@@ -1,0 +1,38 @@
+//! Vektagraf: a multi-tenant database for objects, vectors and graphs.
+//!
+//! # Module map
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`proto`] | operations, data model, filters, errors: shared with clients |
+//! | [`tenant`] | `TenantConfig`, tiers, id rules (pure) |
+//! | [`limits`] | rate windows, quotas, concurrency, priority admission, cost model (pure) |
+//! | [`storage`] | `ShardStore` over RocksDB, key layout, deterministic apply |
+//! | [`vector`] | `VectorIndex` over FAISS |
+//! | [`raft`] | openraft type config, shared log store with group commit, state machine |
+//! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor) |
+//! | [`db`] | the embedded API: `Database`, `Session` |
+//! | [`config`] | layered node configuration |
+//! | [`codec`] | the one binary encoding (bincode 2) |
+//!
+//! Dependency rule: `proto` imports nothing else of the crate but `codec`;
+//! the pure modules (`tenant`, `limits`) import only `proto`; `storage`,
+//! `vector` and `raft` know nothing of actors; only `shard` and `db` start
+//! actors.
+
+pub mod bench;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod limits;
+pub mod proto;
+pub mod raft;
+pub mod shard;
+pub mod storage;
+pub mod tenant;
+pub mod util;
+pub mod vector;
+
+pub use config::NodeConfig;
+pub use db::{Database, Session};
+pub use tenant::{TenantConfig, Tiers};

@@ -1,0 +1,13 @@
+//! Limit arithmetic: rate windows, quotas, concurrency, priority admission,
+//! complexity estimates. Pure logic, unit-tested here; the engine calls it.
+
+mod admission;
+pub mod calendar;
+mod complexity;
+mod rate;
+mod tenant;
+
+pub use admission::{Admission, AdmissionPermit};
+pub use complexity::{estimate, Cost};
+pub use rate::{RateRejection, RateWindow};
+pub use tenant::{Permit, QuotaCounters, TenantLimiter, CONCURRENCY_RETRY_MS};

@@ -1,0 +1,142 @@
+//! The `vektagraf` command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod quickstart;
+
+#[derive(Parser)]
+#[command(name = "vektagraf", version, about = "Multi-tenant database for objects, vectors and graphs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the embedded quickstart: two tenants, every operation, limits, usage.
+    Quickstart {
+        /// Data directory (wiped first).
+        #[arg(long, default_value = "./data/quickstart")]
+        data: PathBuf,
+        /// Node config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Benchmarks (not tests): figures measured side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// Writes objects in a loop, printing `ACK <id>` after each
+    /// acknowledged write (used by the crash test).
+    #[command(hide = true)]
+    WriteLoop {
+        /// Data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Tenant.
+        #[arg(long, default_value = "crash")]
+        tenant: String,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Engine: durable writes vs raw RocksDB, search vs raw FAISS, limit check vs governor.
+    Engine {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench")]
+        data: PathBuf,
+        /// Seconds per write measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Fashion-MNIST vectors indexed (at most 60000).
+        #[arg(long, default_value_t = 60000)]
+        vectors: usize,
+        /// Search queries run (at most 10000).
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Skip the vector part.
+        #[arg(long)]
+        no_vectors: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Quickstart { data, config } => quickstart::run(&data, config.as_deref()).await,
+            Cmd::Bench { which } => match which {
+                BenchCmd::Engine { data, seconds, vectors, queries, no_vectors } => {
+                    vektagraf::bench::engine::run(vektagraf::bench::engine::Options {
+                        data,
+                        seconds,
+                        vectors: vectors.min(60_000),
+                        queries: queries.min(10_000),
+                        vectors_enabled: !no_vectors,
+                    })
+                    .await
+                }
+            },
+            Cmd::WriteLoop { data, tenant, writers } => write_loop(&data, &tenant, writers).await,
+        }
+    })
+}
+
+async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    use vektagraf::proto::{CollectionSpec, NewObject};
+    let db = vektagraf::Database::open(data, vektagraf::NodeConfig::with_data_dir(data)).await?;
+    if db.get_tenant(tenant).await.is_err() {
+        let mut cfg = vektagraf::TenantConfig::for_tier(&db.tiers(), tenant, tenant, "tier4", serde_json::json!({}))?;
+        cfg.rate_limit.max_requests = 1_000_000_000;
+        cfg.request_limit.daily_limit = u64::MAX / 4;
+        cfg.request_limit.monthly_limit = u64::MAX / 4;
+        db.create_tenant(cfg).await?;
+        db.create_user(tenant, "writer").await?;
+    }
+    let s = db.session(tenant, "writer").await?;
+    if s.collections()?.is_empty() {
+        s.create_collection(CollectionSpec::vectors("items", 4)).await?;
+    }
+    println!("READY");
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0u64.. {
+                let id = format!("w{w}-{i}");
+                let obj = NewObject::new("items", &id, serde_json::json!({"i": i, "w": w})).with_vector(vec![i as f32, w as f32, 1.0, 0.5]);
+                match s.put(obj).await {
+                    Ok(_) => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "ACK {id}");
+                        let _ = out.flush();
+                    }
+                    Err(e) => {
+                        eprintln!("write {id} failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Types shared by the engine, the wire and the client: operations, the
+//! data model, filters and errors. Nothing here imports server modules.
+
+mod error;
+mod filter;
+mod ops;
+
+pub use error::{Error, ErrorCode, LimitExceeded, LimitKind, Result};
+pub use filter::{CmpOp, Filter, Scalar, MAX_FILTER_DEPTH, MAX_FILTER_PREDICATES, MAX_IN_VALUES};
+pub use ops::*;

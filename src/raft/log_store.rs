@@ -1,0 +1,333 @@
+//! The raft log of every group on a node, in one shared RocksDB instance.
+//!
+//! Column families: `log` (key: group id ‖ index, both u64 big-endian;
+//! value: the encoded entry) and `state` (key: group id ‖ tag; vote,
+//! committed, purged). Entries are written to RocksDB at once (so they are
+//! readable when `append` returns); durability comes from one node-wide
+//! sync thread that fsyncs the shared WAL once for every append and vote
+//! that arrived while the previous fsync ran: group commit across all
+//! tenants. `append`'s callback and `save_vote`'s return happen only after
+//! that fsync.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec;
+
+use super::types::{io_other, Entry, LogId, ShardRaftConfig as C, Vote};
+
+const CF_LOG: &str = "log";
+const CF_STATE: &str = "state";
+/// Most sync requests queued before appends wait (bounds memory).
+const SYNC_QUEUE: usize = 65_536;
+
+enum Done {
+    Flushed(IOFlushed<C>),
+    Notify(oneshot::Sender<std::io::Result<()>>),
+}
+
+/// The node-wide raft log database and its sync thread.
+pub struct RaftLogDb {
+    db: Arc<DB>,
+    sync_tx: mpsc::Sender<Done>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Debug for RaftLogDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLogDb").finish()
+    }
+}
+
+fn log_key(group: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn state_key(group: u64, tag: &[u8]) -> Vec<u8> {
+    [&group.to_be_bytes()[..], tag].concat()
+}
+
+impl RaftLogDb {
+    /// Opens the shared log database at `path` and starts its sync thread.
+    pub fn open(path: &Path) -> std::io::Result<Arc<RaftLogDb>> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_write_buffer_size(32 << 20);
+        let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs).map_err(io_other)?);
+        let (tx, rx) = mpsc::channel(SYNC_QUEUE);
+        let failed = Arc::new(AtomicBool::new(false));
+        {
+            let db = db.clone();
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || sync_loop(db, rx, failed))?;
+        }
+        Ok(Arc::new(RaftLogDb { db, sync_tx: tx, failed }))
+    }
+
+    /// A log store for one group.
+    pub fn store(self: &Arc<Self>, group: u64) -> LogStore {
+        LogStore {
+            group,
+            shared: self.clone(),
+        }
+    }
+
+    /// Deletes every key of a group (tenant purge), durably.
+    pub async fn purge_group(&self, group: u64) -> std::io::Result<()> {
+        let mut b = WriteBatch::default();
+        let (log, state) = (self.cf(CF_LOG)?, self.cf(CF_STATE)?);
+        b.delete_range_cf(log, log_key(group, 0), log_key(group + 1, 0));
+        b.delete_range_cf(state, state_key(group, b""), state_key(group + 1, b""));
+        self.write(b)?;
+        self.sync().await
+    }
+
+    /// Number of keys this group has left (the purge test uses it).
+    pub fn group_key_count(&self, group: u64) -> std::io::Result<usize> {
+        let mut n = 0;
+        for (cf, lo) in [(CF_LOG, log_key(group, 0).to_vec()), (CF_STATE, state_key(group, b""))] {
+            let it = self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(&lo, rocksdb::Direction::Forward));
+            for item in it {
+                let (k, _) = item.map_err(io_other)?;
+                if k.len() < 8 || k[..8] != group.to_be_bytes() {
+                    break;
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn cf(&self, name: &str) -> std::io::Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| io_other(format!("column family {name} missing")))
+    }
+
+    fn write(&self, b: WriteBatch) -> std::io::Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io_other("raft log disk failed earlier; refusing writes"));
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(b, &wo).map_err(io_other)
+    }
+
+    async fn sync(&self) -> std::io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.sync_tx
+            .send(Done::Notify(tx))
+            .await
+            .map_err(|_| io_other("raft log sync thread stopped"))?;
+        rx.await.map_err(|_| io_other("raft log sync thread stopped"))?
+    }
+}
+
+/// One fsync for everything that queued up while the previous one ran.
+fn sync_loop(db: Arc<DB>, mut rx: mpsc::Receiver<Done>, failed: Arc<AtomicBool>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+            if pending.len() >= 4096 {
+                break;
+            }
+        }
+        let res = if failed.load(Ordering::Acquire) {
+            Err("an earlier fsync failed".to_string())
+        } else {
+            db.flush_wal(true).map_err(|e| e.to_string())
+        };
+        if let Err(e) = &res {
+            // An fsync error is never retried: the page cache state is unknown.
+            tracing::error!(error = %e, "raft log fsync failed; every raft group on this node stops");
+            failed.store(true, Ordering::Release);
+        }
+        for d in pending.drain(..) {
+            let r = res.clone().map_err(io_other);
+            match d {
+                Done::Flushed(cb) => cb.io_completed(r),
+                Done::Notify(tx) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// The raft log of one group.
+#[derive(Clone)]
+pub struct LogStore {
+    group: u64,
+    shared: Arc<RaftLogDb>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("group", &self.group).finish()
+    }
+}
+
+impl LogStore {
+    fn get_state<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> std::io::Result<Option<T>> {
+        let cf = self.shared.cf(CF_STATE)?;
+        match self.shared.db.get_cf(cf, state_key(self.group, tag)).map_err(io_other)? {
+            Some(b) => Ok(Some(codec::decode(&b).map_err(io_other)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_state<T: serde::Serialize>(&self, b: &mut WriteBatch, tag: &[u8], v: &T) -> std::io::Result<()> {
+        let cf = self.shared.cf(CF_STATE)?;
+        b.put_cf(cf, state_key(self.group, tag), codec::encode(v).map_err(io_other)?);
+        Ok(())
+    }
+
+    fn last_entry_id(&self) -> std::io::Result<Option<LogId>> {
+        let cf = self.shared.cf(CF_LOG)?;
+        let hi = log_key(self.group, u64::MAX);
+        let mut it = self.shared.db.iterator_cf(cf, IteratorMode::From(&hi, rocksdb::Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item.map_err(io_other)?;
+                if k[..8] != self.group.to_be_bytes() {
+                    return Ok(None);
+                }
+                let e: Entry = codec::decode(&v).map_err(io_other)?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<C> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e),
+            Bound::Excluded(&e) => {
+                if e == 0 {
+                    return Ok(Vec::new());
+                }
+                Some(e - 1)
+            }
+            Bound::Unbounded => None,
+        };
+        let cf = self.shared.cf(CF_LOG)?;
+        let lo = log_key(self.group, start);
+        let mut out = Vec::new();
+        for item in self.shared.db.iterator_cf(cf, IteratorMode::From(&lo, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(io_other)?;
+            if k[..8] != self.group.to_be_bytes() {
+                break;
+            }
+            let idx = u64::from_be_bytes(k[8..16].try_into().map_err(io_other)?);
+            if end.is_some_and(|e| idx > e) {
+                break;
+            }
+            out.push(codec::decode(&v).map_err(io_other)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        self.get_state(b"vote")
+    }
+}
+
+impl RaftLogStorage<C> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, std::io::Error> {
+        let purged: Option<LogId> = self.get_state::<Option<LogId>>(b"purged")?.flatten();
+        let last = self.last_entry_id()?.or_else(|| purged.clone());
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let mut b = WriteBatch::default();
+        self.put_state(&mut b, b"vote", vote)?;
+        self.shared.write(b)?;
+        self.shared.sync().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
+        // Not synced: a lost `committed` only means re-applying from the
+        // state machine's own applied index, which is durable with its data.
+        let mut b = WriteBatch::default();
+        self.put_state(&mut b, b"committed", &committed)?;
+        self.shared.write(b)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
+        Ok(self.get_state::<Option<LogId>>(b"committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.shared.cf(CF_LOG)?;
+        let mut b = WriteBatch::default();
+        for e in entries {
+            b.put_cf(cf, log_key(self.group, e.log_id.index), codec::encode(&e).map_err(io_other)?);
+        }
+        self.shared.write(b)?;
+        self.shared
+            .sync_tx
+            .send(Done::Flushed(callback))
+            .await
+            .map_err(|_| io_other("raft log sync thread stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let cf = self.shared.cf(CF_LOG)?;
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(cf, log_key(self.group, from), log_key(self.group + 1, 0));
+        self.shared.write(b)?;
+        self.shared.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        let cf = self.shared.cf(CF_LOG)?;
+        let mut b = WriteBatch::default();
+        self.put_state(&mut b, b"purged", &Some(log_id.clone()))?;
+        b.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index + 1));
+        self.shared.write(b)?;
+        self.shared.sync().await
+    }
+}

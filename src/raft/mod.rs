@@ -1,0 +1,107 @@
+//! openraft wiring: the type config, the shared RocksDB log store with
+//! group commit, the shard state machine, and the group network.
+
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use log_store::{LogStore, RaftLogDb};
+pub use network::{LocalOnly, NoPeer};
+pub use state_machine::{ShardSnapshot, ShardStateMachine};
+pub use types::{io_other, Entry, LogId, ShardRaft, ShardRaftConfig, SnapshotMeta, StoredMembership, Vote};
+
+use crate::proto::Error;
+use crate::shard::ShardData;
+
+/// Raft timing and snapshot settings for shard groups.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSettings {
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound, ms.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout upper bound, ms.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept after a snapshot (so lagging followers avoid a transfer).
+    pub keep_after_snapshot: u64,
+    /// Timeout of a whole snapshot transfer, ms.
+    pub install_snapshot_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 500,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
+            install_snapshot_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// The validated openraft config.
+    pub fn to_openraft(&self, cluster: &str) -> Result<openraft::Config, Error> {
+        openraft::Config {
+            cluster_name: cluster.to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            purge_batch_size: 256,
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::InvalidConfig {
+            key: "raft".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Starts (or restarts) a one-voter raft group for a shard replica and
+/// waits until it leads and has re-applied its committed log.
+pub async fn start_single_node_group(
+    settings: &RaftSettings,
+    replica_id: u64,
+    logs: &Arc<RaftLogDb>,
+    group: u64,
+    data: Arc<ShardData>,
+) -> Result<ShardRaft, Error> {
+    let config = Arc::new(settings.to_openraft("vektagraf")?);
+    let sm = ShardStateMachine::new(data);
+    let raft = openraft::Raft::new(replica_id, config, LocalOnly, logs.store(group), sm)
+        .await
+        .map_err(raft_err)?;
+    if !raft.is_initialized().await.map_err(raft_err)? {
+        let members = BTreeMap::from([(replica_id, openraft::BasicNode::new("local"))]);
+        raft.initialize(members).await.map_err(raft_err)?;
+    }
+    raft.wait(Some(std::time::Duration::from_secs(30)))
+        .state(openraft::ServerState::Leader, "single-node group leads")
+        .await
+        .map_err(raft_err)?;
+    raft.wait_for_recovery(Some(std::time::Duration::from_secs(120)))
+        .await
+        .map_err(raft_err)?;
+    Ok(raft)
+}
+
+/// Maps any raft failure to the public error.
+pub fn raft_err(e: impl std::fmt::Display) -> Error {
+    Error::Raft {
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,199 @@
+//! The shard state machine: applies log entries to [`ShardData`].
+//!
+//! Applying runs on the blocking pool (RocksDB and FAISS calls never run
+//! on the async workers), one chunk of ready entries at a time.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{FutureExt, Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, Snapshot};
+
+use crate::codec;
+use crate::shard::ShardData;
+use crate::storage::{meta_key, CommandResult};
+
+use super::types::{io_other, LogId, ShardRaftConfig as C, SnapshotMeta, StoredMembership};
+
+/// Most entries applied in one blocking call.
+const APPLY_CHUNK: usize = 256;
+
+/// A snapshot on local disk: a directory holding `db/` (a RocksDB
+/// checkpoint) and `meta.bin` (the encoded [`SnapshotMeta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+/// The state machine of one shard group.
+#[derive(Debug, Clone)]
+pub struct ShardStateMachine {
+    data: Arc<ShardData>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl ShardStateMachine {
+    /// A state machine over `data`.
+    pub fn new(data: Arc<ShardData>) -> Self {
+        Self {
+            data,
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The data it applies to.
+    pub fn data(&self) -> &Arc<ShardData> {
+        &self.data
+    }
+}
+
+fn read_applied(data: &ShardData) -> std::io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = match data.meta_raw(meta_key::APPLIED).map_err(io_other)? {
+        Some(b) => Some(codec::decode::<LogId>(&b).map_err(io_other)?),
+        None => None,
+    };
+    let membership = match data.meta_raw(meta_key::MEMBERSHIP).map_err(io_other)? {
+        Some(b) => codec::decode::<StoredMembership>(&b).map_err(io_other)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl RaftStateMachine<C> for ShardStateMachine {
+    type SnapshotData = ShardSnapshot;
+    type SnapshotBuilder = ShardStateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        read_applied(&self.data)
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), std::io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<C>, std::io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(first) = entries.try_next().await? {
+            let mut chunk = vec![first];
+            while chunk.len() < APPLY_CHUNK {
+                match entries.try_next().now_or_never() {
+                    Some(Ok(Some(e))) => chunk.push(e),
+                    Some(Err(e)) => return Err(e),
+                    _ => break,
+                }
+            }
+            let data = self.data.clone();
+            let done = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<_>> {
+                let mut out = Vec::with_capacity(chunk.len());
+                for (entry, responder) in chunk {
+                    let applied = codec::encode(&entry.log_id).map_err(io_other)?;
+                    let result = match entry.payload {
+                        EntryPayload::Blank => data.apply(None, &applied, None),
+                        EntryPayload::Normal(cmd) => data.apply(Some(&cmd), &applied, None),
+                        EntryPayload::Membership(m) => {
+                            let sm = StoredMembership::new(Some(entry.log_id.clone()), m);
+                            let enc = codec::encode(&sm).map_err(io_other)?;
+                            data.apply(None, &applied, Some(&enc))
+                        }
+                    };
+                    // A storage failure here is fatal for the group.
+                    let result = result.map_err(io_other)?;
+                    out.push((responder, result));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(io_other)??;
+            for (responder, result) in done {
+                if let Some(r) = responder {
+                    r.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: ShardSnapshot) -> Result<(), std::io::Error> {
+        let data = self.data.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            data.install_snapshot(&snapshot.dir.join("db")).map_err(io_other)?;
+            // Keep it as our current snapshot unless it already is one of ours.
+            let snaps = data.dir().join("snapshots");
+            if !snapshot.dir.starts_with(&snaps) {
+                let name = format!("installed-{}", meta.last_log_id.as_ref().map_or(0, |l| l.index));
+                let target = snaps.join(&name);
+                let _ = std::fs::remove_dir_all(&target);
+                std::fs::create_dir_all(&snaps)?;
+                crate::shard::copy_dir(&snapshot.dir, &target).map_err(io_other)?;
+                crate::shard::write_atomic(&target.join("meta.bin"), &codec::encode(&meta).map_err(io_other)?)
+                    .map_err(io_other)?;
+                for e in std::fs::read_dir(&snaps)?.flatten() {
+                    if e.file_name().to_string_lossy() != name {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io_other)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C, ShardSnapshot>>, std::io::Error> {
+        let Some(dir) = self.data.latest_snapshot() else {
+            return Ok(None);
+        };
+        let Ok(bytes) = std::fs::read(dir.join("meta.bin")) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = codec::decode(&bytes).map_err(io_other)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: ShardSnapshot { dir },
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<C> for ShardStateMachine {
+    type SnapshotData = ShardSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C, ShardSnapshot>, std::io::Error> {
+        let data = self.data.clone();
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel);
+        tokio::task::spawn_blocking(move || -> std::io::Result<Snapshot<C, ShardSnapshot>> {
+            let id = format!("snap-{}-{seq}", crate::util::now_ms());
+            let (dir, applied, membership) = data.build_snapshot(&id).map_err(io_other)?;
+            let last_log_id = match applied {
+                Some(b) => Some(codec::decode::<LogId>(&b).map_err(io_other)?),
+                None => None,
+            };
+            let last_membership = match membership {
+                Some(b) => codec::decode::<StoredMembership>(&b).map_err(io_other)?,
+                None => StoredMembership::default(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+            };
+            crate::shard::write_atomic(&dir.join("meta.bin"), &codec::encode(&meta).map_err(io_other)?)
+                .map_err(io_other)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: ShardSnapshot { dir },
+            })
+        })
+        .await
+        .map_err(io_other)?
+    }
+}
+
+/// What apply returns for entries without a command.
+pub fn empty_result() -> CommandResult {
+    CommandResult::None
+}

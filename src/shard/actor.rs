@@ -1,0 +1,229 @@
+//! `ShardActor`: one per tenant shard replica on a node.
+//!
+//! It owns the shard's raft group and data and turns messages into calls.
+//! The handler never awaits a raft commit or a disk read itself: it starts
+//! the work on a task and answers through the reply port when it lands, so
+//! one slow write never serialises the tenant. Its mailbox holds only
+//! admitted requests (each holds a tenant concurrency slot) plus a timer
+//! tick, so it is bounded by `concurrent_limit`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::limits::TenantLimiter;
+use crate::proto::{Error, Object, Query, SearchHit, Traverse, TraversedNode, VectorSearch};
+use crate::raft::{self, RaftLogDb, RaftSettings, ShardRaft};
+use crate::storage::{Command, CommandResult, StorageEnv};
+use crate::tenant::StorageLimitConfig;
+
+use super::data::ShardData;
+
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Consistency {
+    /// After a read-index round: sees every write acknowledged before it.
+    #[default]
+    Linearizable,
+    /// From local state, possibly behind the leader.
+    Stale,
+}
+
+/// A read request.
+#[derive(Debug, Clone)]
+pub enum ReadOp {
+    /// Get by id.
+    Get(String),
+    /// Property query.
+    Query(Query),
+    /// Vector search.
+    Search(VectorSearch, bool),
+    /// Traversal.
+    Traverse(Traverse),
+}
+
+/// A read result.
+#[derive(Debug, Clone)]
+pub enum ReadResult {
+    /// Get.
+    Object(Option<Object>),
+    /// Query.
+    Objects(Vec<Object>),
+    /// Search.
+    Hits(Vec<SearchHit>),
+    /// Traversal.
+    Nodes(Vec<TraversedNode>),
+}
+
+/// Messages of a shard actor.
+pub enum ShardMsg {
+    /// Propose a command through raft; answer when it is applied.
+    Write(Command, RpcReplyPort<Result<CommandResult, Error>>),
+    /// Serve a read.
+    Read(ReadOp, Consistency, RpcReplyPort<Result<ReadResult, Error>>),
+    /// Checkpoint the request counters if they changed.
+    CheckpointQuota,
+    /// Flush, checkpoint and stop the raft group (graceful close).
+    Close(RpcReplyPort<Result<(), Error>>),
+    /// Fault injection: the handler fails, as a bug would, and the
+    /// supervisor restarts the shard from disk.
+    Fail,
+}
+
+/// Everything a shard actor needs to (re)start from disk.
+#[derive(Clone)]
+pub struct ShardArgs {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Raft group id.
+    pub group: u64,
+    /// Raft node id of this replica (fresh per placement).
+    pub replica: u64,
+    /// Shard directory.
+    pub dir: PathBuf,
+    /// Shared RocksDB resources.
+    pub env: StorageEnv,
+    /// The node's raft log database.
+    pub logs: Arc<RaftLogDb>,
+    /// Raft settings.
+    pub settings: RaftSettings,
+    /// The tenant's limiter (its counters are restored from the shard).
+    pub limiter: Arc<TenantLimiter>,
+    /// Storage limits the tenant config wants in force.
+    pub storage_limits: StorageLimitConfig,
+    /// How often request counters are checkpointed.
+    pub quota_checkpoint: Duration,
+    /// Where the running instance publishes its raft and data, so the
+    /// supervisor can stop a failed instance before restarting it.
+    pub slot: Arc<Mutex<Option<(ShardRaft, Arc<ShardData>)>>>,
+    /// Where requests find the running actor; the supervisor sets it.
+    pub route: Arc<parking_lot::RwLock<Option<ActorRef<ShardMsg>>>>,
+}
+
+/// The actor.
+pub struct ShardActor;
+
+/// Its state.
+pub struct ShardState {
+    args: ShardArgs,
+    raft: ShardRaft,
+    data: Arc<ShardData>,
+    checkpointed: u64,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+        let (env, dir) = (args.env.clone(), args.dir.clone());
+        let data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir)).await??;
+        let raft = raft::start_single_node_group(&args.settings, args.replica, &args.logs, args.group, data.clone()).await?;
+        *args.slot.lock() = Some((raft.clone(), data.clone()));
+        // Resume the request counters persisted through the log.
+        args.limiter.restore_quota(data.quota()?);
+        // Bring the storage limits in force up to the tenant config.
+        if data.limits().as_ref() != Some(&args.storage_limits) {
+            raft.client_write(Command::SetLimits(args.storage_limits.clone()))
+                .await
+                .map_err(raft::raft_err)?;
+        }
+        myself.send_interval(args.quota_checkpoint, || ShardMsg::CheckpointQuota);
+        tracing::info!(tenant = %args.tenant_id, group = args.group, objects = data.object_count(), "shard started");
+        let checkpointed = args.limiter.quota_snapshot().1;
+        Ok(ShardState {
+            args,
+            raft,
+            data,
+            checkpointed,
+        })
+    }
+
+    async fn handle(&self, _myself: ActorRef<ShardMsg>, msg: ShardMsg, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Write(cmd, reply) => {
+                let raft = st.raft.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(propose(&raft, cmd).await);
+                });
+            }
+            ShardMsg::Read(op, consistency, reply) => {
+                let (raft, data) = (st.raft.clone(), st.data.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(read(&raft, data, op, consistency).await);
+                });
+            }
+            ShardMsg::CheckpointQuota => {
+                let (quota, version) = st.args.limiter.quota_snapshot();
+                if version != st.checkpointed {
+                    st.checkpointed = version;
+                    let raft = st.raft.clone();
+                    let tenant = st.args.tenant_id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = propose(&raft, Command::CheckpointQuota(quota)).await {
+                            tracing::warn!(%tenant, error = %e, "request counter checkpoint failed");
+                        }
+                    });
+                }
+            }
+            ShardMsg::Fail => {
+                return Err(format!("injected failure in shard {}", st.args.tenant_id).into());
+            }
+            ShardMsg::Close(reply) => {
+                let (quota, _) = st.args.limiter.quota_snapshot();
+                let r = async {
+                    propose(&st.raft, Command::CheckpointQuota(quota)).await?;
+                    st.raft.shutdown().await.map_err(raft::raft_err)?;
+                    let data = st.data.clone();
+                    tokio::task::spawn_blocking(move || data.flush()).await.map_err(raft::raft_err)??;
+                    Ok(())
+                }
+                .await;
+                *st.args.slot.lock() = None;
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<ShardMsg>, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
+        // Idempotent: a closed group answers with an error we ignore.
+        let _ = st.raft.shutdown().await;
+        *st.args.slot.lock() = None;
+        tracing::info!(tenant = %st.args.tenant_id, "shard stopped");
+        Ok(())
+    }
+}
+
+/// Proposes a command and waits for its applied result.
+pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Error> {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(resp.data),
+        Err(openraft::errors::RaftError::APIError(e)) => Err(Error::Unavailable {
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(raft::raft_err(e)),
+    }
+}
+
+async fn read(raft: &ShardRaft, data: Arc<ShardData>, op: ReadOp, consistency: Consistency) -> Result<ReadResult, Error> {
+    if consistency == Consistency::Linearizable {
+        raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Error::Unavailable {
+                reason: e.to_string(),
+            })?;
+    }
+    tokio::task::spawn_blocking(move || match op {
+        ReadOp::Get(id) => data.get(&id).map(ReadResult::Object),
+        ReadOp::Query(q) => data.query(&q).map(ReadResult::Objects),
+        ReadOp::Search(s, with_objects) => data.vector_search(&s, with_objects).map(ReadResult::Hits),
+        ReadOp::Traverse(t) => data.traverse(&t).map(ReadResult::Nodes),
+    })
+    .await
+    .map_err(raft::raft_err)?
+}

@@ -1,0 +1,488 @@
+//! `ShardData`: a shard's store, meta and vector indexes, shared by its
+//! raft state machine (writes) and its readers.
+//!
+//! Directory layout under `shards/<group>/`:
+//!
+//! ```text
+//! CURRENT            name of the live data directory (written atomically)
+//! data-<n>/          the RocksDB instance (ShardStore)
+//! snapshots/<id>/    the latest snapshot: db/ (a RocksDB checkpoint)
+//! ```
+//!
+//! FAISS indexes are rebuilt from the stored vectors when a shard opens or
+//! installs a snapshot; the vectors live in RocksDB with their objects.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::limits::QuotaCounters;
+use crate::proto::{
+    CollectionSpec, Direction, Error, Object, Query, SearchHit, StorageUsage, Traverse,
+    TraversedNode, VectorSearch,
+};
+use crate::storage::{
+    self, meta_key, Applied, Command, CommandResult, ShardMeta, ShardStore, StorageEnv,
+    VectorChange, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
+};
+use crate::tenant::StorageLimitConfig;
+use crate::vector::VectorIndex;
+
+/// Most rows a filtered vector search evaluates to build its allow-list.
+pub const MAX_FILTER_SCAN: usize = 1_000_000;
+
+/// A shard's data and indexes.
+pub struct ShardData {
+    env: StorageEnv,
+    dir: PathBuf,
+    store: RwLock<Arc<ShardStore>>,
+    meta: RwLock<ShardMeta>,
+    vectors: RwLock<HashMap<String, Arc<Mutex<VectorIndex>>>>,
+    /// Serialises apply, snapshot build and install.
+    apply_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for ShardData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardData").field("dir", &self.dir).finish()
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::storage(e)
+}
+
+/// Writes `contents` to `path` atomically (temp, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err)?;
+    f.write_all(contents).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, path).map_err(io_err)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
+    }
+    Ok(())
+}
+
+impl ShardData {
+    /// Opens the shard at `dir`, creating it if needed, and rebuilds its
+    /// vector indexes.
+    pub fn open(env: &StorageEnv, dir: &Path) -> Result<Arc<ShardData>, Error> {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let current = dir.join("CURRENT");
+        let name = match std::fs::read_to_string(&current) {
+            Ok(s) => s.trim().to_string(),
+            Err(_) => {
+                write_atomic(&current, b"data-0")?;
+                "data-0".to_string()
+            }
+        };
+        let store = ShardStore::open(env, &dir.join(&name))?;
+        let meta = ShardMeta::load(&store)?;
+        let data = Arc::new(ShardData {
+            env: env.clone(),
+            dir: dir.to_path_buf(),
+            store: RwLock::new(Arc::new(store)),
+            meta: RwLock::new(meta),
+            vectors: RwLock::new(HashMap::new()),
+            apply_lock: Mutex::new(()),
+        });
+        data.rebuild_vectors()?;
+        Ok(data)
+    }
+
+    /// The shard directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live store.
+    pub fn store(&self) -> Arc<ShardStore> {
+        self.store.read().clone()
+    }
+
+    /// Exact storage usage.
+    pub fn usage(&self) -> StorageUsage {
+        self.meta.read().usage.clone()
+    }
+
+    /// Storage limits in force (as last set through the log).
+    pub fn limits(&self) -> Option<StorageLimitConfig> {
+        self.meta.read().limits.clone()
+    }
+
+    /// A collection's spec.
+    pub fn collection(&self, name: &str) -> Option<CollectionSpec> {
+        self.meta.read().collections.get(name).cloned()
+    }
+
+    /// All collections.
+    pub fn collections(&self) -> Vec<CollectionSpec> {
+        self.meta.read().collections.values().cloned().collect()
+    }
+
+    /// Persisted request counters.
+    pub fn quota(&self) -> Result<QuotaCounters, Error> {
+        Ok(self.store().get(CF_META, meta_key::QUOTA)?.unwrap_or_default())
+    }
+
+    /// Raw bytes of a meta key (the raft module keeps its ids there).
+    pub fn meta_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.store().get_raw(CF_META, key)
+    }
+
+    fn rebuild_vectors(&self) -> Result<(), Error> {
+        let store = self.store();
+        let meta = self.meta.read().clone();
+        let mut indexes = HashMap::new();
+        let mut batches: HashMap<String, Vec<(u64, Vec<f32>)>> = HashMap::new();
+        for spec in meta.collections.values() {
+            if spec.dimension.is_some() {
+                indexes.insert(spec.name.clone(), VectorIndex::new(spec)?);
+            }
+        }
+        store.scan_prefix(CF_VIDS, b"", |_, id| {
+            let id = String::from_utf8_lossy(id);
+            if let Some(rec) = store.object(&id)? {
+                if let Some(v) = rec.vector {
+                    batches.entry(rec.collection).or_default().push((rec.vid, v));
+                }
+            }
+            Ok(true)
+        })?;
+        for (coll, items) in batches {
+            if let Some(ix) = indexes.get_mut(&coll) {
+                for chunk in items.chunks(4096) {
+                    let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, x)| (*v, x.as_slice())).collect();
+                    ix.add_many(&refs)?;
+                }
+            }
+        }
+        *self.vectors.write() = indexes
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
+            .collect();
+        Ok(())
+    }
+
+    /// Applies one command at a log position. `applied` is the encoded log
+    /// id (and `membership` the encoded membership, if it changed), written
+    /// in the same batch as the command's data.
+    pub fn apply(&self, cmd: Option<&Command>, applied: &[u8], membership: Option<&[u8]>) -> Result<CommandResult, Error> {
+        let _g = self.apply_lock.lock();
+        let store = self.store();
+        let mut batch = store.batch();
+        let meta = self.meta.read().clone();
+        let outcome = match cmd {
+            Some(c) => Some(storage::apply(&store, &meta, c, &mut batch)?),
+            None => None,
+        };
+        batch.put_raw(CF_META, meta_key::APPLIED, applied)?;
+        if let Some(m) = membership {
+            batch.put_raw(CF_META, meta_key::MEMBERSHIP, m)?;
+        }
+        batch.commit()?;
+        let Some(Applied { result, vectors, collections_changed, meta: new_meta }) = outcome else {
+            return Ok(CommandResult::None);
+        };
+        *self.meta.write() = new_meta;
+        if collections_changed {
+            self.sync_collections()?;
+        }
+        self.apply_vectors(vectors)?;
+        Ok(result)
+    }
+
+    fn sync_collections(&self) -> Result<(), Error> {
+        let specs = self.collections();
+        let mut map = self.vectors.write();
+        map.retain(|name, _| specs.iter().any(|s| &s.name == name));
+        for s in specs {
+            if s.dimension.is_some() && !map.contains_key(&s.name) {
+                map.insert(s.name.clone(), Arc::new(Mutex::new(VectorIndex::new(&s)?)));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_vectors(&self, changes: Vec<VectorChange>) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let map = self.vectors.read();
+        for ch in changes {
+            match ch {
+                VectorChange::Add { collection, vid, vector } => {
+                    if let Some(ix) = map.get(&collection) {
+                        ix.lock().add(vid, &vector)?;
+                    }
+                }
+                VectorChange::Remove { collection, vid } => {
+                    if let Some(ix) = map.get(&collection) {
+                        ix.lock().remove(vid)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- reads -----
+
+    /// Get by id.
+    pub fn get(&self, id: &str) -> Result<Option<Object>, Error> {
+        Ok(self.store().object(id)?.map(|r| r.into_object(id.to_string())))
+    }
+
+    /// Calls `f` for each object of a collection, in id order, until it returns false.
+    fn for_each_in(&self, collection: &str, mut f: impl FnMut(Object) -> bool) -> Result<(), Error> {
+        let store = self.store();
+        let prefix = [collection.as_bytes(), b"\0"].concat();
+        store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            match store.object(&id)? {
+                Some(rec) => Ok(f(rec.into_object(id))),
+                None => Ok(true),
+            }
+        })
+    }
+
+    /// Property query.
+    pub fn query(&self, q: &Query) -> Result<Vec<Object>, Error> {
+        if self.collection(&q.collection).is_none() {
+            return Err(Error::not_found("collection", &q.collection));
+        }
+        let mut out = Vec::new();
+        let limit = q.limit as usize;
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.for_each_in(&q.collection, |o| {
+            if q.filter.as_ref().is_none_or(|f| f.matches(&o.properties)) {
+                out.push(o);
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// k-NN search; exact under a filter.
+    pub fn vector_search(&self, s: &VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>, Error> {
+        let spec = self
+            .collection(&s.collection)
+            .ok_or_else(|| Error::not_found("collection", &s.collection))?;
+        storage::check_vector(&spec, &s.vector)?;
+        let ix = self
+            .vectors
+            .read()
+            .get(&s.collection)
+            .cloned()
+            .ok_or_else(|| Error::not_found("collection", &s.collection))?;
+        let store = self.store();
+        let hits = match &s.filter {
+            None => ix.lock().search(&s.vector, s.k as usize, None)?,
+            Some(f) => {
+                let mut allowed = Vec::new();
+                let mut scanned = 0usize;
+                self.for_each_in(&s.collection, |o| {
+                    scanned += 1;
+                    if o.vector.is_some() && f.matches(&o.properties) {
+                        if let Ok(Some(rec)) = store.object(&o.id) {
+                            allowed.push(rec.vid);
+                        }
+                    }
+                    scanned < MAX_FILTER_SCAN
+                })?;
+                ix.lock().search(&s.vector, s.k as usize, Some(&allowed))?
+            }
+        };
+        let mut out = Vec::with_capacity(hits.len());
+        for (vid, score) in hits {
+            let Some(id) = store.get_raw(CF_VIDS, &vid.to_be_bytes())? else { continue };
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let object = if with_objects { self.get(&id)? } else { None };
+            out.push(SearchHit { id, score, object });
+        }
+        Ok(out)
+    }
+
+    /// Neighbours of `id` along edges in `dir`, as (neighbour, label).
+    fn neighbours(&self, store: &ShardStore, id: &str, dir: Direction, labels: &[String], out: &mut Vec<(String, String)>) -> Result<(), Error> {
+        let dirs: &[u8] = match dir {
+            Direction::Out => b"o",
+            Direction::In => b"i",
+            Direction::Both => b"oi",
+        };
+        for d in dirs {
+            let prefix = [&[*d][..], id.as_bytes(), b"\0"].concat();
+            store.scan_prefix(CF_EDGES, &prefix, |k, _| {
+                let rest = &k[prefix.len()..];
+                if let Some(pos) = rest.iter().position(|&b| b == 0) {
+                    let label = String::from_utf8_lossy(&rest[..pos]).into_owned();
+                    if labels.is_empty() || labels.contains(&label) {
+                        out.push((String::from_utf8_lossy(&rest[pos + 1..]).into_owned(), label));
+                    }
+                }
+                Ok(true)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Breadth-first traversal, bounded by depth and node count.
+    pub fn traverse(&self, t: &Traverse) -> Result<Vec<TraversedNode>, Error> {
+        let store = self.store();
+        if store.object(&t.start)?.is_none() {
+            return Err(Error::not_found("object", &t.start));
+        }
+        let mut seen: HashSet<String> = HashSet::from([t.start.clone()]);
+        let mut queue = VecDeque::from([(t.start.clone(), 0u32)]);
+        let mut out = Vec::new();
+        let mut nbrs = Vec::new();
+        while let Some((id, depth)) = queue.pop_front() {
+            if depth >= t.max_depth {
+                continue;
+            }
+            nbrs.clear();
+            self.neighbours(&store, &id, t.direction, &t.labels, &mut nbrs)?;
+            for (n, label) in nbrs.drain(..) {
+                if out.len() >= t.max_nodes as usize {
+                    return Ok(out);
+                }
+                if seen.insert(n.clone()) {
+                    out.push(TraversedNode {
+                        id: n.clone(),
+                        depth: depth + 1,
+                        via: id.clone(),
+                        label,
+                    });
+                    queue.push_back((n, depth + 1));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Edges from `id` (out) as (label, to).
+    pub fn edges_from(&self, id: &str) -> Result<Vec<(String, String)>, Error> {
+        let mut out = Vec::new();
+        self.neighbours(&self.store(), id, Direction::Out, &[], &mut out)?;
+        Ok(out.into_iter().map(|(to, label)| (label, to)).collect())
+    }
+
+    // ----- snapshots -----
+
+    /// Builds a snapshot: a checkpoint of the store under `snapshots/<id>/db`,
+    /// consistent with the applied log id it returns (raw bytes).
+    pub fn build_snapshot(&self, id: &str) -> Result<(PathBuf, Option<Vec<u8>>, Option<Vec<u8>>), Error> {
+        let snaps = self.dir.join("snapshots");
+        std::fs::create_dir_all(&snaps).map_err(io_err)?;
+        let target = snaps.join(id);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io_err)?;
+        }
+        let building = snaps.join(format!("{id}.building"));
+        if building.exists() {
+            std::fs::remove_dir_all(&building).map_err(io_err)?;
+        }
+        std::fs::create_dir_all(&building).map_err(io_err)?;
+        let (applied, membership) = {
+            let _g = self.apply_lock.lock();
+            let store = self.store();
+            store.checkpoint(&building.join("db"))?;
+            (store.get_raw(CF_META, meta_key::APPLIED)?, store.get_raw(CF_META, meta_key::MEMBERSHIP)?)
+        };
+        std::fs::rename(&building, &target).map_err(io_err)?;
+        // Keep only the newest snapshot.
+        for entry in std::fs::read_dir(&snaps).map_err(io_err)?.flatten() {
+            if entry.file_name().to_string_lossy() != id {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok((target, applied, membership))
+    }
+
+    /// Replaces the shard's state with the checkpoint at `snapshot_db`.
+    pub fn install_snapshot(&self, snapshot_db: &Path) -> Result<(), Error> {
+        let _g = self.apply_lock.lock();
+        let current = std::fs::read_to_string(self.dir.join("CURRENT")).map_err(io_err)?;
+        let n: u64 = current.trim().trim_start_matches("data-").parse().unwrap_or(0);
+        let next = format!("data-{}", n + 1);
+        let target = self.dir.join(&next);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io_err)?;
+        }
+        copy_dir(snapshot_db, &target)?;
+        let store = ShardStore::open(&self.env, &target)?;
+        let meta = ShardMeta::load(&store)?;
+        write_atomic(&self.dir.join("CURRENT"), next.as_bytes())?;
+        let old = std::mem::replace(&mut *self.store.write(), Arc::new(store));
+        *self.meta.write() = meta;
+        let old_path = old.path().to_path_buf();
+        drop(old);
+        let _ = std::fs::remove_dir_all(old_path);
+        drop(_g);
+        self.rebuild_vectors()
+    }
+
+    /// Path of the newest snapshot, if any.
+    pub fn latest_snapshot(&self) -> Option<PathBuf> {
+        let snaps = self.dir.join("snapshots");
+        std::fs::read_dir(snaps)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("db").is_dir() && !p.to_string_lossy().ends_with(".building"))
+    }
+
+    /// The vector index of a collection (benchmarks compare against it).
+    pub fn vector_index(&self, collection: &str) -> Option<Arc<Mutex<VectorIndex>>> {
+        self.vectors.read().get(collection).cloned()
+    }
+
+    /// Flushes the store before a graceful close.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.store().flush()
+    }
+
+    /// Number of keys in the store (diagnostics and purge tests).
+    pub fn key_count(&self) -> Result<usize, Error> {
+        self.store().count_keys()
+    }
+
+    /// Objects stored (from the exact counters).
+    pub fn object_count(&self) -> u64 {
+        self.meta.read().usage.objects
+    }
+
+    /// Scans objects CF ids (for export).
+    pub fn for_each_object(&self, mut f: impl FnMut(Object) -> bool) -> Result<(), Error> {
+        let store = self.store();
+        store.scan_prefix(CF_OBJECTS, b"", |k, v| {
+            let rec: storage::ObjectRecord = storage::decode_value(v)?;
+            Ok(f(rec.into_object(String::from_utf8_lossy(k).into_owned())))
+        })
+    }
+}
+
+/// Copies a directory of files (hard links where possible).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(to).map_err(io_err)?;
+    for entry in std::fs::read_dir(from).map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if entry.file_type().map_err(io_err)?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(io_err)?;
+        }
+    }
+    Ok(())
+}

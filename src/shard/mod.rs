@@ -1,0 +1,10 @@
+//! Tenant shards: their data (`ShardData`), the actor that serves them and
+//! the supervisor that restarts them.
+
+mod actor;
+mod data;
+mod supervisor;
+
+pub use actor::{propose, Consistency, ReadOp, ReadResult, ShardActor, ShardArgs, ShardMsg};
+pub use data::{copy_dir, write_atomic, ShardData, MAX_FILTER_SCAN};
+pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

@@ -1,0 +1,587 @@
+//! Deterministic application of a [`Command`] to a shard.
+//!
+//! Storage limits are enforced here, against the exact counters in the
+//! shard's meta, so concurrent writers can never slip past a hard limit
+//! together, and every replica agrees. Each op is fully checked before it
+//! changes the in-memory overlay, so a failed op leaves nothing behind; an
+//! atomic write that fails discards the whole overlay.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::proto::{
+    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, Properties, StorageUsage,
+    WriteOp, WriteOutcome,
+};
+use crate::tenant::{validate_name, StorageLimitConfig};
+
+use super::command::{Command, CommandResult};
+use super::store::{
+    edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord,
+    ObjectRecord, ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
+};
+
+/// Longest object id.
+pub const MAX_OBJECT_ID_LEN: usize = 128;
+
+/// The in-memory copy of a shard's meta that apply reads and changes.
+#[derive(Debug, Clone)]
+pub struct ShardMeta {
+    /// Exact usage.
+    pub usage: StorageUsage,
+    /// Limits in force.
+    pub limits: Option<StorageLimitConfig>,
+    /// Collections by name.
+    pub collections: BTreeMap<String, CollectionSpec>,
+    /// Next FAISS label.
+    pub next_vid: u64,
+}
+
+impl ShardMeta {
+    /// Loads the meta of a store.
+    pub fn load(store: &ShardStore) -> Result<ShardMeta, Error> {
+        let usage = store.get(CF_META, meta_key::USAGE)?.unwrap_or_default();
+        let limits = store.get(CF_META, meta_key::LIMITS)?;
+        let next_vid = store.get(CF_META, meta_key::NEXT_VID)?.unwrap_or(1);
+        let mut collections = BTreeMap::new();
+        store.scan_prefix(CF_META, meta_key::COLLECTION_PREFIX, |_, v| {
+            let spec: CollectionSpec = super::store::decode_value(v)?;
+            collections.insert(spec.name.clone(), spec);
+            Ok(true)
+        })?;
+        Ok(ShardMeta {
+            usage,
+            limits,
+            collections,
+            next_vid,
+        })
+    }
+}
+
+/// A change the vector indexes must make once the batch is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorChange {
+    /// Add a vector under a label.
+    Add {
+        /// Collection.
+        collection: String,
+        /// FAISS label.
+        vid: u64,
+        /// The vector.
+        vector: Vec<f32>,
+    },
+    /// Remove a label.
+    Remove {
+        /// Collection.
+        collection: String,
+        /// FAISS label.
+        vid: u64,
+    },
+}
+
+/// The effects of one applied command.
+#[derive(Debug)]
+pub struct Applied {
+    /// The result for the proposer.
+    pub result: CommandResult,
+    /// Changes for the vector indexes (empty when the command failed).
+    pub vectors: Vec<VectorChange>,
+    /// Collections created or dropped.
+    pub collections_changed: bool,
+    /// The new meta (to install after the batch is written).
+    pub meta: ShardMeta,
+}
+
+/// Bytes an object counts for.
+pub fn object_size(id: &str, rec: &ObjectRecord) -> Result<u64, Error> {
+    Ok((id.len() + encode_value(rec)?.len()) as u64)
+}
+
+/// Bytes an edge counts for.
+pub fn edge_size(from: &str, label: &str, to: &str, rec: &EdgeRecord) -> Result<u64, Error> {
+    Ok((from.len() + label.len() + to.len() + 2 + encode_value(rec)?.len()) as u64)
+}
+
+/// Checks a vector against a collection (shared by the fail-fast pre-check
+/// and by apply).
+pub fn check_vector(spec: &CollectionSpec, v: &[f32]) -> Result<(), Error> {
+    let Some(dim) = spec.dimension else {
+        return Err(Error::invalid(
+            "vector",
+            format!("collection {} has no vectors", spec.name),
+        ));
+    };
+    if v.len() != dim as usize {
+        return Err(Error::DimensionMismatch {
+            collection: spec.name.clone(),
+            expected: dim,
+            got: v.len() as u32,
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::invalid("vector", "contains NaN or infinity"));
+    }
+    Ok(())
+}
+
+/// Checks a collection spec's shape and its dimension against the limits.
+pub fn check_collection(spec: &CollectionSpec) -> Result<(), Error> {
+    validate_name("collection", &spec.name, 64)?;
+    if spec.name.contains(['.', ':']) {
+        return Err(Error::invalid("collection", "only A-Z, a-z, 0-9, '_' and '-' are allowed"));
+    }
+    if spec.dimension == Some(0) {
+        return Err(Error::invalid("dimension", "must be at least 1"));
+    }
+    if let crate::proto::IndexKind::Hnsw { m, ef_search } = spec.index {
+        if !(2..=256).contains(&m) || !(1..=4096).contains(&ef_search) {
+            return Err(Error::invalid("index", "hnsw needs m in 2..=256 and ef_search in 1..=4096"));
+        }
+    }
+    if let crate::proto::IndexKind::Ivf { nlist, nprobe } = spec.index {
+        if !(1..=65_536).contains(&nlist) || nprobe == 0 || nprobe > nlist {
+            return Err(Error::invalid("index", "ivf needs nlist in 1..=65536 and nprobe in 1..=nlist"));
+        }
+    }
+    Ok(())
+}
+
+struct Overlay<'s> {
+    store: &'s ShardStore,
+    meta: ShardMeta,
+    objects: HashMap<String, Option<ObjectRecord>>,
+    edges: BTreeMap<(String, String, String), Option<EdgeRecord>>,
+    vectors: Vec<VectorChange>,
+    warnings: Vec<String>,
+}
+
+impl<'s> Overlay<'s> {
+    fn object(&self, id: &str) -> Result<Option<ObjectRecord>, Error> {
+        match self.objects.get(id) {
+            Some(o) => Ok(o.clone()),
+            None => self.store.object(id),
+        }
+    }
+
+    fn edge(&self, from: &str, label: &str, to: &str) -> Result<Option<EdgeRecord>, Error> {
+        let k = (from.to_string(), label.to_string(), to.to_string());
+        match self.edges.get(&k) {
+            Some(e) => Ok(e.clone()),
+            None => self.store.get(CF_EDGES, &edge_out_key(from, label, to)),
+        }
+    }
+
+    /// Every edge touching `id`, as (from, label, to).
+    fn edges_of(&self, id: &str) -> Result<Vec<(String, String, String)>, Error> {
+        let mut found = std::collections::BTreeSet::new();
+        for (dir, prefix) in [('o', [b"o", id.as_bytes(), b"\0"].concat()), ('i', [b"i", id.as_bytes(), b"\0"].concat())] {
+            self.store.scan_prefix(CF_EDGES, &prefix, |k, _| {
+                let rest = &k[prefix.len()..];
+                if let Some(pos) = rest.iter().position(|&b| b == 0) {
+                    let label = String::from_utf8_lossy(&rest[..pos]).into_owned();
+                    let other = String::from_utf8_lossy(&rest[pos + 1..]).into_owned();
+                    found.insert(if dir == 'o' { (id.to_string(), label, other) } else { (other, label, id.to_string()) });
+                }
+                Ok(true)
+            })?;
+        }
+        for (k, v) in &self.edges {
+            if k.0 == id || k.2 == id {
+                if v.is_some() {
+                    found.insert(k.clone());
+                } else {
+                    found.remove(k);
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn limits(&self) -> Option<&StorageLimitConfig> {
+        self.meta.limits.as_ref()
+    }
+
+    /// Checks that growing a counter from `before` to `after` is allowed;
+    /// records a warning when it crosses the threshold or a soft limit.
+    fn check_growth(&mut self, kind: LimitKind, before: u64, after: u64, requested: u64) -> Result<(), Error> {
+        let Some(l) = self.limits() else { return Ok(()) };
+        let limit = match kind {
+            LimitKind::StorageBytes => l.max_storage_bytes,
+            LimitKind::Objects => l.max_objects,
+            LimitKind::Vectors => l.max_vectors,
+            LimitKind::ObjectSize => l.max_object_size,
+            _ => return Ok(()),
+        };
+        let (hard, threshold) = (l.hard_limits, l.warning_threshold);
+        if after > before || kind == LimitKind::ObjectSize {
+            if after > limit {
+                if hard {
+                    return Err(Error::LimitExceeded(LimitExceeded {
+                        kind,
+                        limit,
+                        current: before,
+                        requested,
+                        retry_after_ms: None,
+                    }));
+                }
+                self.warnings.push(format!(
+                    "soft limit {} exceeded: {after} > {limit} (hard_limits = false)",
+                    kind.config_key()
+                ));
+                return Ok(());
+            }
+            if kind != LimitKind::ObjectSize {
+                let mark = (limit as f64 * threshold).ceil() as u64;
+                if before < mark && after >= mark {
+                    self.warnings.push(format!(
+                        "{} at {:.0}% of its limit ({after}/{limit}, warning_threshold {threshold})",
+                        kind.config_key(),
+                        after as f64 * 100.0 / limit.max(1) as f64
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &WriteOp, now_ms: u64) -> Result<WriteOutcome, Error> {
+        match op {
+            WriteOp::Put(obj) => self.put(obj, now_ms),
+            WriteOp::Update { id, properties, vector } => {
+                let Some(old) = self.object(id)? else {
+                    return Err(Error::not_found("object", id));
+                };
+                let mut merged = old.properties.clone();
+                for (k, v) in &properties.0 {
+                    merged.0.insert(k.clone(), v.clone());
+                }
+                let new = NewObject {
+                    id: id.clone(),
+                    collection: old.collection.clone(),
+                    properties: merged,
+                    vector: vector.clone().or(old.vector.clone()),
+                };
+                self.put(&new, now_ms)
+            }
+            WriteOp::Delete { id } => self.delete(id),
+            WriteOp::PutEdge(e) => self.put_edge(e),
+            WriteOp::DeleteEdge { from, label, to } => {
+                let Some(old) = self.edge(from, label, to)? else {
+                    return Ok(WriteOutcome::Deleted { existed: false });
+                };
+                let size = edge_size(from, label, to, &old)?;
+                self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
+                self.meta.usage.edges = self.meta.usage.edges.saturating_sub(1);
+                self.edges.insert((from.clone(), label.clone(), to.clone()), None);
+                Ok(WriteOutcome::Deleted { existed: true })
+            }
+        }
+    }
+
+    fn put(&mut self, obj: &NewObject, now_ms: u64) -> Result<WriteOutcome, Error> {
+        validate_name("id", &obj.id, MAX_OBJECT_ID_LEN)?;
+        let spec = self
+            .meta
+            .collections
+            .get(&obj.collection)
+            .cloned()
+            .ok_or_else(|| Error::not_found("collection", &obj.collection))?;
+        if let Some(v) = &obj.vector {
+            check_vector(&spec, v)?;
+        }
+        let old = self.object(&obj.id)?;
+        if let Some(o) = &old {
+            if o.collection != obj.collection {
+                return Err(Error::AlreadyExists {
+                    kind: "object".into(),
+                    id: format!("{} (in collection {})", obj.id, o.collection),
+                });
+            }
+        }
+        let mut rec = ObjectRecord {
+            collection: obj.collection.clone(),
+            properties: obj.properties.clone(),
+            created_at: old.as_ref().map_or(now_ms, |o| o.created_at),
+            updated_at: now_ms,
+            vector: obj.vector.clone(),
+            vid: 0,
+        };
+        if rec.vector.is_some() {
+            rec.vid = self.meta.next_vid;
+        }
+        let new_size = object_size(&obj.id, &rec)?;
+        let old_size = match &old {
+            Some(o) => object_size(&obj.id, o)?,
+            None => 0,
+        };
+        let u = self.meta.usage.clone();
+        self.check_growth(LimitKind::ObjectSize, new_size, new_size, new_size)?;
+        let objects_after = u.objects + u64::from(old.is_none());
+        self.check_growth(LimitKind::Objects, u.objects, objects_after, 1)?;
+        let had_vec = old.as_ref().is_some_and(|o| o.vector.is_some());
+        let vectors_after = u.vectors + u64::from(rec.vector.is_some()) - u64::from(had_vec);
+        self.check_growth(LimitKind::Vectors, u.vectors, vectors_after, u64::from(rec.vector.is_some()))?;
+        let bytes_after = (u.bytes + new_size).saturating_sub(old_size);
+        self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
+        // Checked: now change the overlay.
+        if let Some(o) = &old {
+            if o.vector.is_some() {
+                self.vectors.push(VectorChange::Remove {
+                    collection: o.collection.clone(),
+                    vid: o.vid,
+                });
+            }
+        }
+        if let Some(v) = &rec.vector {
+            self.meta.next_vid += 1;
+            self.vectors.push(VectorChange::Add {
+                collection: rec.collection.clone(),
+                vid: rec.vid,
+                vector: v.clone(),
+            });
+        }
+        self.meta.usage.objects = objects_after;
+        self.meta.usage.vectors = vectors_after;
+        self.meta.usage.bytes = bytes_after;
+        let existed = old.is_some();
+        self.objects.insert(obj.id.clone(), Some(rec));
+        Ok(if existed { WriteOutcome::Updated } else { WriteOutcome::Created })
+    }
+
+    fn delete(&mut self, id: &str) -> Result<WriteOutcome, Error> {
+        let Some(old) = self.object(id)? else {
+            return Ok(WriteOutcome::Deleted { existed: false });
+        };
+        for (from, label, to) in self.edges_of(id)? {
+            if let Some(e) = self.edge(&from, &label, &to)? {
+                let size = edge_size(&from, &label, &to, &e)?;
+                self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
+                self.meta.usage.edges = self.meta.usage.edges.saturating_sub(1);
+                self.edges.insert((from, label, to), None);
+            }
+        }
+        let size = object_size(id, &old)?;
+        self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
+        self.meta.usage.objects = self.meta.usage.objects.saturating_sub(1);
+        if old.vector.is_some() {
+            self.meta.usage.vectors = self.meta.usage.vectors.saturating_sub(1);
+            self.vectors.push(VectorChange::Remove {
+                collection: old.collection.clone(),
+                vid: old.vid,
+            });
+        }
+        self.objects.insert(id.to_string(), None);
+        Ok(WriteOutcome::Deleted { existed: true })
+    }
+
+    fn put_edge(&mut self, e: &Edge) -> Result<WriteOutcome, Error> {
+        validate_name("label", &e.label, 64)?;
+        for end in [&e.from, &e.to] {
+            if self.object(end)?.is_none() {
+                return Err(Error::not_found("object", end.as_str()));
+            }
+        }
+        let rec = EdgeRecord {
+            properties: e.properties.clone(),
+        };
+        let new_size = edge_size(&e.from, &e.label, &e.to, &rec)?;
+        let old = self.edge(&e.from, &e.label, &e.to)?;
+        let old_size = match &old {
+            Some(o) => edge_size(&e.from, &e.label, &e.to, o)?,
+            None => 0,
+        };
+        let u = self.meta.usage.clone();
+        let bytes_after = (u.bytes + new_size).saturating_sub(old_size);
+        self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
+        self.meta.usage.bytes = bytes_after;
+        if old.is_none() {
+            self.meta.usage.edges += 1;
+        }
+        self.edges
+            .insert((e.from.clone(), e.label.clone(), e.to.clone()), Some(rec));
+        Ok(if old.is_some() { WriteOutcome::Updated } else { WriteOutcome::Created })
+    }
+
+    /// Writes the overlay into a batch.
+    fn flush_into(&self, batch: &mut Batch<'_>) -> Result<(), Error> {
+        for (id, rec) in &self.objects {
+            let old = self.store.object(id)?;
+            if let Some(o) = &old {
+                batch.delete(CF_MEMBERS, &member_key(&o.collection, id))?;
+                if o.vector.is_some() {
+                    batch.delete(CF_VIDS, &o.vid.to_be_bytes())?;
+                }
+            }
+            match rec {
+                Some(r) => {
+                    batch.put(CF_OBJECTS, id.as_bytes(), r)?;
+                    batch.put_raw(CF_MEMBERS, &member_key(&r.collection, id), &[])?;
+                    if r.vector.is_some() {
+                        batch.put_raw(CF_VIDS, &r.vid.to_be_bytes(), id.as_bytes())?;
+                    }
+                }
+                None => batch.delete(CF_OBJECTS, id.as_bytes())?,
+            }
+        }
+        for ((from, label, to), rec) in &self.edges {
+            match rec {
+                Some(r) => {
+                    batch.put(CF_EDGES, &edge_out_key(from, label, to), r)?;
+                    batch.put_raw(CF_EDGES, &edge_in_key(to, label, from), &[])?;
+                }
+                None => {
+                    batch.delete(CF_EDGES, &edge_out_key(from, label, to))?;
+                    batch.delete(CF_EDGES, &edge_in_key(to, label, from))?;
+                }
+            }
+        }
+        batch.put(CF_META, meta_key::USAGE, &self.meta.usage)?;
+        batch.put(CF_META, meta_key::NEXT_VID, &self.meta.next_vid)?;
+        Ok(())
+    }
+}
+
+/// Applies `cmd` on top of `store` and `meta`, adding its writes to `batch`.
+/// Nothing is written when the command fails as a whole.
+pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Batch<'_>) -> Result<Applied, Error> {
+    let mut ov = Overlay {
+        store,
+        meta: meta.clone(),
+        objects: HashMap::new(),
+        edges: BTreeMap::new(),
+        vectors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut collections_changed = false;
+    let result = match cmd {
+        Command::Write { ops, atomic, now_ms } => {
+            let mut results = Vec::with_capacity(ops.len());
+            let mut failed = None;
+            for (i, op) in ops.iter().enumerate() {
+                let r = ov.apply_op(op, *now_ms);
+                if *atomic {
+                    if let Err(e) = &r {
+                        failed = Some((i, e.clone()));
+                        break;
+                    }
+                }
+                results.push(r);
+            }
+            if let Some((_, e)) = failed {
+                return Ok(Applied {
+                    result: CommandResult::Write {
+                        results: vec![Err(e)],
+                        warnings: Vec::new(),
+                    },
+                    vectors: Vec::new(),
+                    collections_changed: false,
+                    meta: meta.clone(),
+                });
+            }
+            ov.flush_into(batch)?;
+            CommandResult::Write {
+                results,
+                warnings: std::mem::take(&mut ov.warnings),
+            }
+        }
+        Command::CreateCollection(spec) => {
+            let r = create_collection(&mut ov, spec);
+            if r.is_ok() {
+                batch.put(CF_META, &[meta_key::COLLECTION_PREFIX, spec.name.as_bytes()].concat(), spec)?;
+                collections_changed = true;
+            }
+            CommandResult::Done(r)
+        }
+        Command::DropCollection(name) => {
+            let r = drop_collection(&mut ov, name);
+            if r.is_ok() {
+                batch.delete(CF_META, &[meta_key::COLLECTION_PREFIX, name.as_bytes()].concat())?;
+                collections_changed = true;
+            }
+            CommandResult::Done(r)
+        }
+        Command::SetLimits(l) => {
+            ov.meta.limits = Some(l.clone());
+            batch.put(CF_META, meta_key::LIMITS, l)?;
+            CommandResult::Done(Ok(0))
+        }
+        Command::CheckpointQuota(q) => {
+            batch.put(CF_META, meta_key::QUOTA, q)?;
+            CommandResult::Done(Ok(q.daily))
+        }
+        Command::PurgeOlderThan { collection, cutoff_ms, max } => {
+            let mut victims = Vec::new();
+            let prefix = collection.as_ref().map(|c| [c.as_bytes(), b"\0"].concat()).unwrap_or_default();
+            let mut scanned = 0u64;
+            store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
+                scanned += 1;
+                if let Some(pos) = k.iter().position(|&b| b == 0) {
+                    let id = String::from_utf8_lossy(&k[pos + 1..]).into_owned();
+                    if let Some(rec) = store.object(&id)? {
+                        if rec.created_at < *cutoff_ms {
+                            victims.push(id);
+                        }
+                    }
+                }
+                Ok(victims.len() < *max as usize)
+            })?;
+            for id in &victims {
+                ov.delete(id)?;
+            }
+            ov.flush_into(batch)?;
+            CommandResult::Done(Ok(victims.len() as u64))
+        }
+    };
+    Ok(Applied {
+        result,
+        vectors: ov.vectors,
+        collections_changed,
+        meta: ov.meta,
+    })
+}
+
+fn create_collection(ov: &mut Overlay<'_>, spec: &CollectionSpec) -> Result<u64, Error> {
+    check_collection(spec)?;
+    if ov.meta.collections.contains_key(&spec.name) {
+        return Err(Error::AlreadyExists {
+            kind: "collection".into(),
+            id: spec.name.clone(),
+        });
+    }
+    if ov.meta.collections.len() >= 1024 {
+        return Err(Error::invalid("collection", "a tenant may have at most 1024 collections"));
+    }
+    if let (Some(d), Some(l)) = (spec.dimension, ov.limits()) {
+        let max = l.max_vector_dimensions as u64;
+        if d as u64 > max {
+            if l.hard_limits {
+                return Err(Error::LimitExceeded(LimitExceeded {
+                    kind: LimitKind::VectorDimensions,
+                    limit: max,
+                    current: 0,
+                    requested: d as u64,
+                    retry_after_ms: None,
+                }));
+            }
+            ov.warnings.push(format!("soft limit storage_limit.max_vector_dimensions exceeded: {d} > {max}"));
+        }
+    }
+    ov.meta.collections.insert(spec.name.clone(), spec.clone());
+    Ok(0)
+}
+
+fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {
+    if !ov.meta.collections.contains_key(name) {
+        return Err(Error::not_found("collection", name));
+    }
+    let mut empty = true;
+    ov.store.scan_prefix(CF_MEMBERS, &[name.as_bytes(), b"\0"].concat(), |_, _| {
+        empty = false;
+        Ok(false)
+    })?;
+    if !empty {
+        return Err(Error::invalid("collection", format!("{name} is not empty; delete its objects first")));
+    }
+    ov.meta.collections.remove(name);
+    Ok(0)
+}
+

@@ -1,0 +1,75 @@
+//! The commands of a shard's raft log and their results.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::QuotaCounters;
+use crate::proto::{CollectionSpec, Error, WriteOp, WriteOutcome};
+use crate::tenant::StorageLimitConfig;
+
+/// One raft log entry's payload. Applying it is deterministic: the same
+/// command on the same state gives the same result on every replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Writes. `atomic`: all or nothing (a transaction); otherwise each op
+    /// gets its own result (a batch).
+    Write {
+        /// The ops, in order.
+        ops: Vec<WriteOp>,
+        /// Transaction (true) or batch (false).
+        atomic: bool,
+        /// Time stamped by the proposer, used for `created_at`.
+        now_ms: u64,
+    },
+    /// Declares a collection.
+    CreateCollection(CollectionSpec),
+    /// Removes an empty collection.
+    DropCollection(String),
+    /// Sets the storage limits enforced at apply.
+    SetLimits(StorageLimitConfig),
+    /// Persists the daily and monthly request counters.
+    CheckpointQuota(QuotaCounters),
+    /// S4: deletes up to `max` objects created before `cutoff_ms`.
+    PurgeOlderThan {
+        /// Only this collection (all when `None`).
+        collection: Option<String>,
+        /// Creation-time cutoff.
+        cutoff_ms: u64,
+        /// Most objects deleted by this command.
+        max: u32,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Write { ops, atomic, .. } => {
+                write!(f, "write({} ops{})", ops.len(), if *atomic { ", atomic" } else { "" })
+            }
+            Command::CreateCollection(c) => write!(f, "create_collection({})", c.name),
+            Command::DropCollection(c) => write!(f, "drop_collection({c})"),
+            Command::SetLimits(_) => write!(f, "set_limits"),
+            Command::CheckpointQuota(q) => write!(f, "checkpoint_quota(day {} = {})", q.day, q.daily),
+            Command::PurgeOlderThan { cutoff_ms, .. } => write!(f, "purge_older_than({cutoff_ms})"),
+        }
+    }
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    /// A write: per-op results (for an atomic write, all `Ok` or the one
+    /// error that aborted it), plus warnings.
+    Write {
+        /// Per-op outcomes.
+        results: Vec<Result<WriteOutcome, Error>>,
+        /// Threshold and soft-limit warnings.
+        warnings: Vec<String>,
+    },
+    /// A command that succeeded or failed as a whole.
+    Done(Result<u64, Error>),
+}

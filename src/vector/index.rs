@@ -1,0 +1,379 @@
+//! `VectorIndex`: one FAISS index per collection, keyed by vector id.
+//!
+//! * Flat and IVF remove ids from the index on delete.
+//! * HNSW cannot remove ids: deleted labels become tombstones that every
+//!   search over-fetches past and filters out, and the index is rebuilt
+//!   from its live vectors when tombstones pass a quarter of it. A deleted
+//!   object is never returned.
+//! * Cosine vectors are normalised and searched by inner product.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use faiss::index::autotune::ParameterSpace;
+use faiss::index::{IndexImpl, SearchWithParamsMut};
+use faiss::selector::IdSelector;
+use faiss::{index_factory, Idx, Index, MetricType, SearchParameters};
+
+use crate::proto::{CollectionSpec, Error, IndexKind, Metric};
+
+/// A vector search hit: (vector id, score).
+pub type Hit = (u64, f32);
+
+fn faiss_err(e: faiss::error::Error) -> Error {
+    Error::Storage {
+        reason: format!("faiss: {e}"),
+    }
+}
+
+/// The FAISS index of one collection.
+pub struct VectorIndex {
+    spec: CollectionSpec,
+    dim: usize,
+    index: IndexImpl,
+    live: HashSet<u64>,
+    tombstones: HashSet<u64>,
+    /// IVF only: trained yet? Until then the index is flat.
+    trained_ivf: bool,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("collection", &self.spec.name)
+            .field("live", &self.live.len())
+            .field("tombstones", &self.tombstones.len())
+            .finish()
+    }
+}
+
+fn metric_type(m: Metric) -> MetricType {
+    match m {
+        Metric::L2 => MetricType::L2,
+        Metric::Cosine | Metric::InnerProduct => MetricType::InnerProduct,
+    }
+}
+
+fn build(spec: &CollectionSpec, dim: usize, ivf_trained: bool) -> Result<IndexImpl, Error> {
+    let desc = match spec.index {
+        IndexKind::Flat => "IDMap2,Flat".to_string(),
+        IndexKind::Hnsw { m, .. } => format!("IDMap2,HNSW{m},Flat"),
+        IndexKind::Ivf { nlist, .. } if ivf_trained => format!("IDMap2,IVF{nlist},Flat"),
+        IndexKind::Ivf { .. } => "IDMap2,Flat".to_string(),
+    };
+    let mut index = index_factory(dim as u32, &desc, metric_type(spec.metric)).map_err(faiss_err)?;
+    let ps = ParameterSpace::new().map_err(faiss_err)?;
+    match spec.index {
+        IndexKind::Hnsw { ef_search, .. } => {
+            ps.set_index_parameter(&index, "efSearch", ef_search as f64)
+                .map_err(faiss_err)?;
+        }
+        IndexKind::Ivf { nprobe, .. } if ivf_trained => {
+            ps.set_index_parameter(&index, "nprobe", nprobe as f64)
+                .map_err(faiss_err)?;
+        }
+        _ => {}
+    }
+    index.set_verbose(false);
+    Ok(index)
+}
+
+impl VectorIndex {
+    /// An empty index for a collection with vectors.
+    pub fn new(spec: &CollectionSpec) -> Result<VectorIndex, Error> {
+        let dim = spec
+            .dimension
+            .ok_or_else(|| Error::invalid("dimension", "collection has no vectors"))? as usize;
+        Ok(VectorIndex {
+            spec: spec.clone(),
+            dim,
+            index: build(spec, dim, false)?,
+            live: HashSet::new(),
+            tombstones: HashSet::new(),
+            trained_ivf: false,
+        })
+    }
+
+    /// The collection.
+    pub fn spec(&self) -> &CollectionSpec {
+        &self.spec
+    }
+
+    /// Live vectors.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Tombstoned labels awaiting a rebuild (HNSW).
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    fn prepare(&self, v: &[f32]) -> Vec<f32> {
+        if self.spec.metric == Metric::Cosine {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                return v.iter().map(|x| x / norm).collect();
+            }
+        }
+        v.to_vec()
+    }
+
+    /// Adds vectors under their labels.
+    pub fn add_many(&mut self, items: &[(u64, &[f32])]) -> Result<(), Error> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut flat = Vec::with_capacity(items.len() * self.dim);
+        let mut ids = Vec::with_capacity(items.len());
+        for (vid, v) in items {
+            if v.len() != self.dim {
+                return Err(Error::DimensionMismatch {
+                    collection: self.spec.name.clone(),
+                    expected: self.dim as u32,
+                    got: v.len() as u32,
+                });
+            }
+            flat.extend(self.prepare(v));
+            ids.push(Idx::new(*vid));
+        }
+        self.index.add_with_ids(&flat, &ids).map_err(faiss_err)?;
+        for (vid, _) in items {
+            self.live.insert(*vid);
+        }
+        self.maybe_train_ivf()?;
+        Ok(())
+    }
+
+    /// Adds one vector.
+    pub fn add(&mut self, vid: u64, v: &[f32]) -> Result<(), Error> {
+        self.add_many(&[(vid, v)])
+    }
+
+    /// Removes a label (tombstones it on HNSW).
+    pub fn remove(&mut self, vid: u64) -> Result<(), Error> {
+        if !self.live.remove(&vid) {
+            return Ok(());
+        }
+        match self.spec.index {
+            IndexKind::Hnsw { .. } => {
+                self.tombstones.insert(vid);
+                if self.tombstones.len() > 64 && self.tombstones.len() * 4 > self.live.len() {
+                    self.rebuild()?;
+                }
+            }
+            _ => {
+                let sel = IdSelector::batch(&[Idx::new(vid)]).map_err(faiss_err)?;
+                self.index.remove_ids(&sel).map_err(faiss_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn live_vectors(&self) -> Result<(Vec<u64>, Vec<f32>), Error> {
+        let mut ids: Vec<u64> = self.live.iter().copied().collect();
+        ids.sort_unstable();
+        let mut data = vec![0f32; ids.len() * self.dim];
+        for (i, id) in ids.iter().enumerate() {
+            self.index
+                .reconstruct(Idx::new(*id), &mut data[i * self.dim..(i + 1) * self.dim])
+                .map_err(faiss_err)?;
+        }
+        Ok((ids, data))
+    }
+
+    /// Rebuilds the index from its live vectors (drops tombstones; trains IVF).
+    pub fn rebuild(&mut self) -> Result<(), Error> {
+        let (ids, data) = self.live_vectors()?;
+        let train = matches!(self.spec.index, IndexKind::Ivf { nlist, .. } if ids.len() >= nlist as usize * 39);
+        let mut index = build(&self.spec, self.dim, train)?;
+        if train {
+            index.train(&data).map_err(faiss_err)?;
+        }
+        let labels: Vec<Idx> = ids.iter().map(|i| Idx::new(*i)).collect();
+        if !labels.is_empty() {
+            index.add_with_ids(&data, &labels).map_err(faiss_err)?;
+        }
+        self.index = index;
+        self.tombstones.clear();
+        self.trained_ivf = train;
+        Ok(())
+    }
+
+    fn maybe_train_ivf(&mut self) -> Result<(), Error> {
+        if let IndexKind::Ivf { nlist, .. } = self.spec.index {
+            if !self.trained_ivf && self.live.len() >= nlist as usize * 39 {
+                self.rebuild()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn score(&self, d: f32) -> f32 {
+        match self.spec.metric {
+            Metric::Cosine => 1.0 - d,
+            _ => d,
+        }
+    }
+
+    /// The `k` nearest live vectors, optionally only among `allowed` labels.
+    pub fn search(&mut self, query: &[f32], k: usize, allowed: Option<&[u64]>) -> Result<Vec<Hit>, Error> {
+        if query.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                collection: self.spec.name.clone(),
+                expected: self.dim as u32,
+                got: query.len() as u32,
+            });
+        }
+        if k == 0 || self.live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = self.prepare(query);
+        let result = match allowed {
+            Some(ids) => {
+                let ids: Vec<Idx> = ids
+                    .iter()
+                    .filter(|i| self.live.contains(i))
+                    .map(|i| Idx::new(*i))
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let kk = k.min(ids.len());
+                let sel = IdSelector::batch(&ids).map_err(faiss_err)?;
+                let params = SearchParameters::new(sel).map_err(faiss_err)?;
+                self.index.search_with_params(&q, kk, &params).map_err(faiss_err)?
+            }
+            None => {
+                let kk = (k + self.tombstones.len()).min(self.live.len() + self.tombstones.len());
+                self.index.search(&q, kk).map_err(faiss_err)?
+            }
+        };
+        let mut hits = Vec::with_capacity(k);
+        for (label, d) in result.labels.iter().zip(result.distances.iter()) {
+            let Some(vid) = label.get() else { continue };
+            if self.tombstones.contains(&vid) || !self.live.contains(&vid) {
+                continue;
+            }
+            hits.push((vid, self.score(*d)));
+            if hits.len() == k {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+
+    /// A plain FAISS search on the index, nothing around it (the benchmark's
+    /// baseline). Returns labels, tombstones included.
+    pub fn raw_search(&mut self, query: &[f32], k: usize) -> Result<Vec<u64>, Error> {
+        let r = self.index.search(query, k).map_err(faiss_err)?;
+        Ok(r.labels.iter().filter_map(|l| l.get()).collect())
+    }
+
+    /// Writes the index to `path` (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let tmp = path.with_extension("tmp");
+        let tmp_str = tmp.to_str().ok_or_else(|| Error::storage("non-UTF-8 path"))?;
+        faiss::write_index(&self.index, tmp_str).map_err(faiss_err)?;
+        let f = std::fs::File::open(&tmp).map_err(Error::storage)?;
+        f.sync_all().map_err(Error::storage)?;
+        std::fs::rename(&tmp, path).map_err(Error::storage)?;
+        Ok(())
+    }
+
+    /// Reads an index written by [`save`](Self::save), given its live labels.
+    pub fn load(spec: &CollectionSpec, path: &Path, live: HashSet<u64>) -> Result<VectorIndex, Error> {
+        let dim = spec.dimension.unwrap_or(0) as usize;
+        let p = path.to_str().ok_or_else(|| Error::storage("non-UTF-8 path"))?;
+        let index = faiss::read_index(p).map_err(faiss_err)?;
+        let mut vi = VectorIndex {
+            spec: spec.clone(),
+            dim,
+            trained_ivf: matches!(spec.index, IndexKind::Ivf { nlist, .. } if live.len() >= nlist as usize * 39),
+            index,
+            live,
+            tombstones: HashSet::new(),
+        };
+        if vi.index.ntotal() as usize != vi.live.len() {
+            // Stale file (HNSW tombstones were not saved): rebuild from what it holds.
+            let have = vi.index.ntotal();
+            return Err(Error::storage(format!(
+                "index file holds {have} vectors, expected {}",
+                vi.live.len()
+            )));
+        }
+        let ps = ParameterSpace::new().map_err(faiss_err)?;
+        if let IndexKind::Hnsw { ef_search, .. } = spec.index {
+            ps.set_index_parameter(&vi.index, "efSearch", ef_search as f64).map_err(faiss_err)?;
+        }
+        if let (IndexKind::Ivf { nprobe, .. }, true) = (spec.index, vi.trained_ivf) {
+            ps.set_index_parameter(&vi.index, "nprobe", nprobe as f64).map_err(faiss_err)?;
+        }
+        vi.index.set_verbose(false);
+        Ok(vi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: IndexKind, metric: Metric) -> CollectionSpec {
+        CollectionSpec::vectors("c", 4).index(kind).metric(metric)
+    }
+
+    fn fill(ix: &mut VectorIndex, n: u64) {
+        for i in 1..=n {
+            let f = i as f32;
+            ix.add(i, &[f, f * 0.5, 1.0, -f]).unwrap();
+        }
+    }
+
+    #[test]
+    fn deleted_vectors_are_never_returned() {
+        for kind in [IndexKind::Flat, IndexKind::Hnsw { m: 8, ef_search: 32 }, IndexKind::Ivf { nlist: 2, nprobe: 2 }] {
+            let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
+            fill(&mut ix, 200);
+            let q = [10.0, 5.0, 1.0, -10.0];
+            assert_eq!(ix.search(&q, 1, None).unwrap()[0].0, 10, "{kind:?}");
+            for vid in 5..=15 {
+                ix.remove(vid).unwrap();
+            }
+            let hits = ix.search(&q, 5, None).unwrap();
+            assert_eq!(hits.len(), 5);
+            assert!(hits.iter().all(|(v, _)| !(5..=15).contains(v)), "{kind:?}: {hits:?}");
+            let filtered = ix.search(&q, 3, Some(&[10, 100, 150, 199])).unwrap();
+            assert_eq!(filtered.iter().map(|h| h.0).collect::<Vec<_>>(), vec![100, 150, 199], "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn cosine_scores_are_one_minus_cos() {
+        let mut ix = VectorIndex::new(&spec(IndexKind::Flat, Metric::Cosine)).unwrap();
+        ix.add(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        ix.add(2, &[0.0, 3.0, 0.0, 0.0]).unwrap();
+        let hits = ix.search(&[2.0, 0.0, 0.0, 0.0], 2, None).unwrap();
+        assert_eq!(hits[0].0, 1);
+        assert!(hits[0].1.abs() < 1e-6);
+        assert!((hits[1].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(IndexKind::Hnsw { m: 8, ef_search: 16 }, Metric::L2);
+        let mut ix = VectorIndex::new(&s).unwrap();
+        fill(&mut ix, 50);
+        let p = dir.path().join("c.faiss");
+        ix.save(&p).unwrap();
+        let live = (1..=50).collect();
+        let mut back = VectorIndex::load(&s, &p, live).unwrap();
+        let q = [7.0, 3.5, 1.0, -7.0];
+        assert_eq!(back.search(&q, 3, None).unwrap(), ix.search(&q, 3, None).unwrap());
+    }
+}

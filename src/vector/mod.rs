@@ -1,0 +1,5 @@
+//! Vector indexes over FAISS.
+
+mod index;
+
+pub use index::{Hit, VectorIndex};
