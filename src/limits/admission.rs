@@ -165,9 +165,9 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for p in [Priority::Low, Priority::Normal, Priority::Critical, Priority::High] {
-            let (a, order) = (a.clone(), order.clone());
+            let (a2, order) = (a.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = a.acquire(p).await.unwrap();
+                let _permit = a2.acquire(p).await.unwrap();
                 order.lock().push(p);
             }));
             while a.load().1 < tasks.len() {

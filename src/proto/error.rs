@@ -107,7 +107,7 @@ impl LimitExceeded {
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum Error {
     /// A tenant limit rejected the request.
-    #[error("{} exceeded ({}): limit {}, current {}, requested {}{}", .0.kind.limit_type(), .0.kind.config_key(), .0.limit, .0.current, .0.requested, retry_hint(.0.retry_after_ms))]
+    #[error("{} exceeded ({}): limit {}, current {}, requested {}{}", .0.kind.limit_type(), .0.kind.config_key(), .0.limit, .0.current, .0.requested, retry_hint(&.0.retry_after_ms))]
     LimitExceeded(LimitExceeded),
     /// The tenant's `operation_types` does not allow this operation.
     #[error("operation {operation:?} is not allowed for this tenant (rate_limit.operation_types)")]

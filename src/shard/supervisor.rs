@@ -47,12 +47,8 @@ pub struct SupervisorState {
     children: HashMap<String, Child>,
 }
 
-fn shard_name(tenant: &str) -> String {
-    format!("shard:{tenant}")
-}
-
 async fn spawn_shard(myself: &ActorRef<SupervisorMsg>, args: ShardArgs) -> Result<ActorRef<ShardMsg>, Error> {
-    let (actor, _join) = Actor::spawn_linked(Some(shard_name(&args.tenant_id)), ShardActor, args.clone(), myself.get_cell())
+    let (actor, _join) = Actor::spawn_linked(None, ShardActor, args.clone(), myself.get_cell())
         .await
         .map_err(|e| Error::Unavailable {
             reason: format!("shard {} failed to start: {e}", args.tenant_id),

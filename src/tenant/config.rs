@@ -263,9 +263,8 @@ impl TenantConfig {
         })?;
         let limits = tiers.limits(tier).clone();
         let mut settings = tiers.standard_settings(tier_name);
-        if let Properties(extra) = Properties::from_json(custom_settings)? {
-            settings.0.extend(extra);
-        }
+        let Properties(extra) = Properties::from_json(custom_settings)?;
+        settings.0.extend(extra);
         let cfg = TenantConfig {
             tenant_id: tenant_id.to_string(),
             name: name.to_string(),

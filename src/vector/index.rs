@@ -13,7 +13,8 @@ use std::path::Path;
 use faiss::index::autotune::ParameterSpace;
 use faiss::index::{IndexImpl, SearchWithParamsMut};
 use faiss::selector::IdSelector;
-use faiss::{index_factory, Idx, Index, MetricType, SearchParameters};
+use faiss::search_params::SearchParameters;
+use faiss::{index_factory, Idx, Index, MetricType};
 
 use crate::proto::{CollectionSpec, Error, IndexKind, Metric};
 
