@@ -20,6 +20,7 @@
 //! `vector` and `raft` know nothing of actors; only `shard` and `db` start
 //! actors.
 
+pub mod auth;
 pub mod bench;
 pub mod codec;
 pub mod config;

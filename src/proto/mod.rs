@@ -4,6 +4,7 @@
 mod error;
 mod filter;
 mod ops;
+pub mod wire;
 
 pub use error::{Error, ErrorCode, LimitExceeded, LimitKind, Result};
 pub use filter::{CmpOp, Filter, Scalar, MAX_FILTER_DEPTH, MAX_FILTER_PREDICATES, MAX_IN_VALUES};

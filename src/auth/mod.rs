@@ -1,0 +1,3 @@
+//! Credentials: API keys and the principals they bind.
+
+pub mod key;

@@ -1,0 +1,344 @@
+//! The client wire protocol: frames, the versioned envelope, requests and
+//! responses.
+//!
+//! A frame is a `u32` big-endian length, then that many bytes of a bincode
+//! payload: an [`Envelope`]. The length is checked against
+//! [`MAX_FRAME_BYTES`] before anything is allocated, decoding has a byte
+//! limit, and trailing bytes are rejected. One request and its response
+//! travel on one QUIC bidirectional stream, so many requests can be in
+//! flight on one connection.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CollectionSpec, Error, NewObject, Object, OperationType, Query, SearchHit, TenantUsage,
+    Traverse, TraversedNode, VectorSearch, WriteOp, WriteOutcome, WriteResult,
+};
+use crate::codec;
+
+/// ALPN of the client protocol.
+pub const ALPN: &[u8] = b"vektagraf/1";
+/// The envelope version this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+/// Largest frame accepted (16 MiB).
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix exceeds [`MAX_FRAME_BYTES`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The stream ended inside a frame.
+    #[error("truncated frame: {0}")]
+    Truncated(String),
+    /// The payload is not a valid envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    /// The envelope's version is not spoken here.
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    UnsupportedVersion(u16),
+}
+
+/// Every message on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Wire version ([`WIRE_VERSION`]).
+    pub version: u16,
+    /// Chosen by the client; echoed in the response.
+    pub request_id: u64,
+    /// The request or response.
+    pub body: T,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// A current-version envelope.
+    pub fn new(request_id: u64, body: T) -> Self {
+        Self {
+            version: WIRE_VERSION,
+            request_id,
+            body,
+        }
+    }
+
+    /// The whole frame: length prefix and payload.
+    pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
+        let payload = codec::encode(self).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        if payload.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge(payload.len()));
+        }
+        let mut out = Vec::with_capacity(4 + payload.len());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+}
+
+/// Reads a frame's length prefix, refusing oversized frames before any
+/// allocation.
+pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let n = u32::from_be_bytes(prefix) as usize;
+    if n > max {
+        return Err(FrameError::TooLarge(n));
+    }
+    Ok(n)
+}
+
+/// Decodes a payload (without its prefix) into an envelope. The version is
+/// read first, so an unknown version gets its own error even if the rest
+/// of the payload has a different shape.
+pub fn decode_envelope<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<Envelope<T>, FrameError> {
+    let version: u16 = match payload {
+        // bincode varint: one byte below 251, else a tag then LE bytes.
+        [b, ..] if *b < 251 => *b as u16,
+        [251, lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+        [] => return Err(FrameError::Truncated("empty payload".into())),
+        _ => return Err(FrameError::Malformed("bad version field".into())),
+    };
+    if version != WIRE_VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    codec::decode(payload).map_err(|e| match e {
+        codec::CodecError::Decode(m) if m.contains("UnexpectedEnd") => FrameError::Truncated(m),
+        other => FrameError::Malformed(other.to_string()),
+    })
+}
+
+/// Decodes a whole frame held in memory (prefix included); used by the
+/// fuzz target and tests.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameError> {
+    if frame.len() < 4 {
+        return Err(FrameError::Truncated("no length prefix".into()));
+    }
+    let n = frame_len([frame[0], frame[1], frame[2], frame[3]], MAX_FRAME_BYTES)?;
+    let rest = &frame[4..];
+    if rest.len() < n {
+        return Err(FrameError::Truncated(format!("{} of {n} bytes", rest.len())));
+    }
+    if rest.len() > n {
+        return Err(FrameError::Malformed(format!("{} bytes after the frame", rest.len() - n)));
+    }
+    decode_envelope(rest)
+}
+
+/// What kind of key a principal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// Manages tenants, users and keys; reaches no tenant's data.
+    Admin,
+    /// One user of one tenant.
+    Tenant,
+}
+
+/// Public facts about an API key (never the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The key id (the public part of the key).
+    pub key_id: String,
+    /// Admin or tenant key.
+    pub kind: KeyKind,
+    /// Tenant (tenant keys).
+    pub tenant_id: Option<String>,
+    /// User (tenant keys).
+    pub user_id: Option<String>,
+    /// Operations the key may run (`None`: all the tenant allows).
+    pub operations: Option<Vec<OperationType>>,
+    /// Creation time, ms.
+    pub created_at: u64,
+    /// Revoked keys fail on their next request.
+    pub revoked: bool,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness; needs no credentials.
+    Ping,
+    /// Binds the connection to a key. Must come first.
+    Authenticate {
+        /// The full key as shown at creation.
+        api_key: String,
+    },
+    /// Who am I.
+    WhoAmI,
+
+    // ----- admin -----
+    /// Create a tenant.
+    CreateTenant(crate::tenant::TenantConfig),
+    /// Create a tenant from a tier or standard name.
+    CreateTenantForTier {
+        /// Id.
+        tenant_id: String,
+        /// Display name.
+        name: String,
+        /// Tier or standard name.
+        tier: String,
+    },
+    /// Read a tenant.
+    GetTenant(String),
+    /// Update a tenant.
+    UpdateTenant(String, crate::tenant::TenantUpdate),
+    /// Delete a tenant and purge its data.
+    DeleteTenant(String),
+    /// List tenants.
+    ListTenants,
+    /// A tenant's usage (admin) or the caller's tenant (`None`, tenant keys).
+    Usage(Option<String>),
+    /// Add a user.
+    CreateUser(String, String),
+    /// Remove a user (revokes their keys).
+    RemoveUser(String, String),
+    /// List a tenant's users.
+    ListUsers(String),
+    /// Create a key; the response carries the secret, shown once.
+    CreateKey {
+        /// Admin or tenant key.
+        kind: KeyKind,
+        /// Tenant (tenant keys).
+        tenant_id: Option<String>,
+        /// User (tenant keys).
+        user_id: Option<String>,
+        /// Restrict to these operations.
+        operations: Option<Vec<OperationType>>,
+    },
+    /// Revoke a key.
+    RevokeKey(String),
+    /// Revoke a key and issue a new one with the same scope.
+    RotateKey(String),
+    /// List keys (of a tenant, or all).
+    ListKeys(Option<String>),
+
+    // ----- data (tenant keys; the tenant comes from the key) -----
+    /// Declare a collection.
+    CreateCollection(CollectionSpec),
+    /// Remove an empty collection.
+    DropCollection(String),
+    /// List collections.
+    ListCollections,
+    /// Create or replace an object.
+    Put(NewObject),
+    /// Merge properties.
+    Update {
+        /// Id.
+        id: String,
+        /// Properties (JSON text).
+        properties_json: String,
+        /// New vector.
+        vector: Option<Vec<f32>>,
+    },
+    /// Delete an object.
+    Delete(String),
+    /// Atomic transaction.
+    Transaction(Vec<WriteOp>),
+    /// Batch (split by the tenant's max_batch_size on the server too).
+    Batch(Vec<WriteOp>),
+    /// Get by id.
+    Get(String),
+    /// Property query.
+    Query(Query),
+    /// Vector search.
+    Search {
+        /// The search.
+        search: VectorSearch,
+        /// Include objects in hits.
+        with_objects: bool,
+    },
+    /// Traversal.
+    Traverse(Traverse),
+    /// R3: would this operation be admitted now?
+    CanPerform(OperationType),
+    /// A page of a collection, by id order, for export.
+    Scan {
+        /// Collection.
+        collection: String,
+        /// Start after this id.
+        after: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+}
+
+impl Request {
+    /// The operation type a data request counts as (None: admin or control).
+    pub fn operation(&self) -> Option<OperationType> {
+        use Request::*;
+        Some(match self {
+            CreateCollection(_) | DropCollection(_) | Put(_) | Update { .. } | Delete(_) | Transaction(_) | Batch(_) => OperationType::Write,
+            Get(_) | ListCollections | CanPerform(_) => OperationType::Read,
+            Query(_) | Scan { .. } => OperationType::Query,
+            Search { .. } => OperationType::VectorSearch,
+            Traverse(_) => OperationType::GraphTraverse,
+            _ => return None,
+        })
+    }
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Plain success.
+    Ok,
+    /// Pong.
+    Pong,
+    /// The principal.
+    Principal(KeyInfo),
+    /// A tenant config.
+    Tenant(crate::tenant::TenantConfig),
+    /// Tenant configs.
+    Tenants(Vec<crate::tenant::TenantConfig>),
+    /// Usage.
+    Usage(TenantUsage),
+    /// User ids.
+    Users(Vec<String>),
+    /// A new key: the secret, shown once, and its facts.
+    NewKey {
+        /// The full key.
+        api_key: String,
+        /// Its facts.
+        info: KeyInfo,
+    },
+    /// Keys.
+    Keys(Vec<KeyInfo>),
+    /// Collections.
+    Collections(Vec<CollectionSpec>),
+    /// A write.
+    Write(WriteResult),
+    /// Per-item batch results.
+    Batch(Vec<Result<WriteOutcome, Error>>),
+    /// An object or nothing.
+    Object(Option<Object>),
+    /// Objects.
+    Objects(Vec<Object>),
+    /// Search hits.
+    Hits(Vec<SearchHit>),
+    /// Traversal nodes.
+    Nodes(Vec<TraversedNode>),
+    /// The request failed.
+    Error(Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let env = Envelope::new(42, Request::Get("x".into()));
+        let frame = env.to_frame().unwrap();
+        assert_eq!(decode_frame::<Request>(&frame).unwrap(), env);
+        // Truncated.
+        assert!(matches!(decode_frame::<Request>(&frame[..frame.len() - 1]), Err(FrameError::Truncated(_))));
+        // Trailing bytes.
+        let mut long = frame.clone();
+        long.push(0);
+        assert!(matches!(decode_frame::<Request>(&long), Err(FrameError::Malformed(_))));
+        // Oversized prefix: refused from the prefix alone.
+        assert_eq!(frame_len([0xFF, 0xFF, 0xFF, 0xFF], MAX_FRAME_BYTES), Err(FrameError::TooLarge(u32::MAX as usize)));
+        // Unknown version.
+        let v2 = Envelope { version: 2, request_id: 1, body: Request::Ping };
+        let f2 = crate::codec::encode(&v2).unwrap();
+        assert_eq!(decode_envelope::<Request>(&f2), Err(FrameError::UnsupportedVersion(2)));
+        // Garbage.
+        assert!(decode_envelope::<Request>(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
+    }
+}
