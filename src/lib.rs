@@ -13,19 +13,26 @@
 //! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor) |
 //! | [`db`] | the embedded API: `Database`, `Session` |
 //! | [`config`] | layered node configuration |
+//! | [`auth`] | API keys |
+//! | [`net`] | TLS, framing, the QUIC server |
+//! | [`client`] | the QUIC client driver |
 //! | [`codec`] | the one binary encoding (bincode 2) |
 //!
-//! Dependency rule: `proto` imports nothing else of the crate but `codec`;
+//! Dependency rule: `proto` imports nothing else of the crate but `codec`
+//! and the shared `tenant` types; `client` imports only `proto`, `tenant`
+//! and `net::{tls, frame}`;
 //! the pure modules (`tenant`, `limits`) import only `proto`; `storage`,
 //! `vector` and `raft` know nothing of actors; only `shard` and `db` start
 //! actors.
 
 pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod db;
 pub mod limits;
+pub mod net;
 pub mod proto;
 pub mod raft;
 pub mod shard;

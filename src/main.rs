@@ -5,17 +5,40 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod cli;
 mod quickstart;
 
 #[derive(Parser)]
 #[command(name = "vektagraf", version, about = "Multi-tenant database for objects, vectors and graphs")]
 struct Cli {
+    #[command(flatten)]
+    conn: cli::Conn,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Runs a node: the engine behind a QUIC endpoint (ALPN vektagraf/1).
+    Serve {
+        /// Node config file (see config/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Creates a cluster CA, node certificates and client trust material.
+    Certs {
+        /// Output directory.
+        #[arg(long, default_value = "./certs")]
+        out: PathBuf,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        nodes: Vec<u64>,
+        /// Extra host names or IPs for every node certificate.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    #[command(flatten)]
+    Remote(cli::Remote),
     /// Runs the embedded quickstart: two tenants, every operation, limits, usage.
     Quickstart {
         /// Data directory (wiped first).
@@ -94,8 +117,47 @@ fn main() -> anyhow::Result<()> {
                 }
             },
             Cmd::WriteLoop { data, tenant, writers } => write_loop(&data, &tenant, writers).await,
+            Cmd::Serve { config } => serve(config.as_deref()).await,
+            Cmd::Certs { out, nodes, hosts } => {
+                let files = vektagraf::net::tls::make_certs(&out, &nodes, &hosts)?;
+                println!("cluster CA (clients trust this): {}", files.ca_cert.display());
+                for (id, c, k) in files.nodes {
+                    println!("node {id}: cert {} key {}", c.display(), k.display());
+                }
+                println!("set [server] cert/key in each node's config; clients pass --ca {}", files.ca_cert.display());
+                Ok(())
+            }
+            Cmd::Remote(cmd) => cli::run(cli.conn, cmd).await,
         }
     })
+}
+
+async fn serve(config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = vektagraf::NodeConfig::load(config)?;
+    let data_dir = cfg.node.data_dir.clone();
+    let settings = cfg.server.clone();
+    let db = vektagraf::Database::open(&data_dir, cfg).await?;
+    let key_path = data_dir.join("admin.key");
+    if let Some(p) = db.ensure_admin_key(&key_path).await? {
+        println!("admin key created: {} (mode 0600; shown nowhere else)", p.display());
+    }
+    let server = vektagraf::net::Server::start(db.clone(), settings).await?;
+    println!("listening on {}", server.local_addr);
+    println!("certificate {} sha256 {}", server.cert_path.display(), server.fingerprint);
+    println!("connect: vektagraf --addr {} --ca {} --key-file {} tenant list", server.local_addr, server.cert_path.display(), key_path.display());
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("shutting down");
+    server.shutdown().await;
+    db.close().await?;
+    Ok(())
 }
 
 async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> anyhow::Result<()> {

@@ -82,6 +82,8 @@ pub struct NodeConfig {
     pub storage: StorageSection,
     /// `[raft]`.
     pub raft: RaftSettings,
+    /// `[server]`.
+    pub server: crate::net::ServerSettings,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> Error {

@@ -1,6 +1,7 @@
 //! The embedded API: [`Database`] manages tenants and users and hands out
 //! [`Session`]s, each bound to one (tenant, user), that run operations.
 
+mod keys;
 mod registry;
 mod session;
 
@@ -20,8 +21,9 @@ use crate::shard::{ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMs
 use crate::storage::StorageEnv;
 use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
 
-pub use registry::{Registry, TenantRecord, TenantState, UserRecord};
-pub use session::Session;
+pub use keys::write_private;
+pub use registry::{KeyRecord, Registry, TenantRecord, TenantState, UserRecord};
+pub use session::{Session, MAX_TRANSACTION_OPS};
 
 /// The tenant used for every session when multi-tenancy is disabled.
 pub const DEFAULT_TENANT: &str = "default";
@@ -67,6 +69,7 @@ pub(crate) struct Inner {
     pub(crate) admission: Arc<Admission>,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     supervisor: ActorRef<SupervisorMsg>,
+    keys: keys::KeyCache,
     /// Serialises tenant lifecycle changes (create, update, delete).
     lifecycle: tokio::sync::Mutex<()>,
 }
@@ -134,9 +137,11 @@ impl Database {
                 admission,
                 tenants: RwLock::new(HashMap::new()),
                 supervisor,
+                keys: keys::KeyCache::default(),
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         };
+        db.load_keys()?;
         for rec in db.inner.registry.tenants()? {
             match rec.state {
                 TenantState::Active => db.load_tenant(&rec).await?,
@@ -347,6 +352,7 @@ impl Database {
         self.inner.registry.put_tenant(&rec)?;
         self.inner.tenants.write().remove(id);
         self.stop_shard(id).await?;
+        self.forget_keys_of(id)?;
         self.purge(&rec).await
     }
 
@@ -370,6 +376,7 @@ impl Database {
         if self.inner.registry.user(tenant, user)?.is_none() {
             return Err(Error::not_found("user", user));
         }
+        self.revoke_keys_of(tenant, Some(user)).await?;
         self.inner.registry.remove_user(tenant, user)
     }
 

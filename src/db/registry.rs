@@ -13,6 +13,7 @@ use crate::tenant::TenantConfig;
 const CF_TENANTS: &str = "tenants";
 const CF_USERS: &str = "users";
 const CF_COUNTERS: &str = "counters";
+const CF_KEYS: &str = "keys";
 const VERSION: u32 = 1;
 
 /// Lifecycle of a tenant record.
@@ -72,7 +73,7 @@ impl Registry {
         let mut o = Options::default();
         o.create_if_missing(true);
         o.create_missing_column_families(true);
-        let cfs = [CF_TENANTS, CF_USERS, CF_COUNTERS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(Registry {
             db: DB::open_cf_descriptors(&o, path, cfs).map_err(st)?,
         })
@@ -171,11 +172,35 @@ impl Registry {
         Ok(out)
     }
 
+    /// Stores an API key record.
+    pub fn put_key(&self, rec: &KeyRecord) -> Result<(), Error> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_KEYS)?, rec.key_id.as_bytes(), serde_json::to_vec(rec).map_err(st)?);
+        self.write(b)
+    }
+
+    /// Removes an API key record.
+    pub fn remove_key(&self, key_id: &str) -> Result<(), Error> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_KEYS)?, key_id.as_bytes());
+        self.write(b)
+    }
+
+    /// Every API key record.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, Error> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_KEYS)?, IteratorMode::Start) {
+            let (_, v) = item.map_err(st)?;
+            out.push(serde_json::from_slice(&v).map_err(st)?);
+        }
+        Ok(out)
+    }
+
     /// Registry keys that mention `tenant` (the purge test uses it).
     pub fn keys_mentioning(&self, tenant: &str) -> Result<usize, Error> {
         let needle = tenant.as_bytes();
         let mut n = 0;
-        for cf in [CF_TENANTS, CF_USERS, CF_COUNTERS] {
+        for cf in [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS] {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (k, v) = item.map_err(st)?;
                 let mentions = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
@@ -185,6 +210,44 @@ impl Registry {
             }
         }
         Ok(n)
+    }
+}
+
+/// An API key as stored: its hash, never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Format version.
+    pub v: u32,
+    /// Public id.
+    pub key_id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// Admin or tenant key.
+    pub kind: crate::proto::wire::KeyKind,
+    /// Tenant (tenant keys).
+    pub tenant_id: Option<String>,
+    /// User (tenant keys).
+    pub user_id: Option<String>,
+    /// Allowed operations (`None`: all).
+    pub operations: Option<Vec<crate::proto::OperationType>>,
+    /// Creation time, ms.
+    pub created_at: u64,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+impl KeyRecord {
+    /// The public facts.
+    pub fn info(&self) -> crate::proto::wire::KeyInfo {
+        crate::proto::wire::KeyInfo {
+            key_id: self.key_id.clone(),
+            kind: self.kind,
+            tenant_id: self.tenant_id.clone(),
+            user_id: self.user_id.clone(),
+            operations: self.operations.clone(),
+            created_at: self.created_at,
+            revoked: self.revoked,
+        }
     }
 }
 

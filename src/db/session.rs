@@ -359,6 +359,15 @@ impl Session {
         }
     }
 
+    /// A page of a collection in id order (export); counts as a query.
+    pub async fn scan(&self, collection: &str, after: Option<&str>, limit: u32) -> Result<Vec<Object>> {
+        let q = Query { collection: collection.to_string(), filter: None, limit };
+        match self.read(OperationType::Query, estimate::query(&q), ReadOp::Scan(collection.to_string(), after.map(str::to_string), limit)).await? {
+            ReadResult::Objects(o) => Ok(o),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
     /// Breadth-first traversal.
     pub async fn traverse(&self, t: Traverse) -> Result<Vec<TraversedNode>> {
         crate::tenant::validate_name("start", &t.start, storage::MAX_OBJECT_ID_LEN)?;

@@ -214,6 +214,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// No valid credential: none given, unknown, malformed or revoked.
+    #[error("unauthenticated: {reason}; pass a valid API key (--key or VEKTAGRAF_KEY)")]
+    Unauthenticated {
+        /// Why.
+        reason: String,
+    },
+    /// The credential is valid but may not do this.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// Why.
+        reason: String,
+    },
+    /// A malformed frame or envelope, or an unsupported wire version.
+    #[error("protocol error: {reason}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
     /// The shard is not serving (starting, stopping, or failed).
     #[error("shard unavailable: {reason}")]
     Unavailable {
@@ -275,6 +293,9 @@ impl Error {
             Error::InvalidFilter { .. } => ErrorCode::InvalidFilter,
             Error::InvalidArgument { .. } => ErrorCode::InvalidArgument,
             Error::InvalidConfig { .. } => ErrorCode::InvalidArgument,
+            Error::Unauthenticated { .. } => ErrorCode::Unauthenticated,
+            Error::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+            Error::Protocol { .. } => ErrorCode::Protocol,
             Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::Storage { .. } => ErrorCode::Internal,
@@ -304,20 +325,23 @@ impl Error {
         }
     }
 
-    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
+    /// A storage failure.
+    pub fn storage(e: impl std::fmt::Display) -> Self {
         Error::Storage {
             reason: e.to_string(),
         }
     }
 
-    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
+    /// An invalid argument.
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             field: field.to_string(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn not_found(kind: &str, id: impl Into<String>) -> Self {
+    /// Something not found.
+    pub fn not_found(kind: &str, id: impl Into<String>) -> Self {
         Error::NotFound {
             kind: kind.to_string(),
             id: id.into(),
@@ -357,6 +381,12 @@ pub enum ErrorCode {
     CrossTenantAccess = 24,
     /// Unauthorized tenant access.
     UnauthorizedTenantAccess = 25,
+    /// No valid credential.
+    Unauthenticated = 26,
+    /// Credential may not do this.
+    PermissionDenied = 27,
+    /// Malformed frame or unsupported version.
+    Protocol = 28,
     /// Not found.
     NotFound = 40,
     /// Already exists.

@@ -43,6 +43,8 @@ pub enum ReadOp {
     Search(VectorSearch, bool),
     /// Traversal.
     Traverse(Traverse),
+    /// A page of a collection in id order, after an id.
+    Scan(String, Option<String>, u32),
 }
 
 /// A read result.
@@ -223,6 +225,7 @@ async fn read(raft: &ShardRaft, data: Arc<ShardData>, op: ReadOp, consistency: C
         ReadOp::Query(q) => data.query(&q).map(ReadResult::Objects),
         ReadOp::Search(s, with_objects) => data.vector_search(&s, with_objects).map(ReadResult::Hits),
         ReadOp::Traverse(t) => data.traverse(&t).map(ReadResult::Nodes),
+        ReadOp::Scan(c, after, limit) => data.scan(&c, after.as_deref(), limit as usize).map(ReadResult::Objects),
     })
     .await
     .map_err(raft::raft_err)?

@@ -272,6 +272,31 @@ impl ShardData {
         Ok(out)
     }
 
+    /// A page of a collection in id order, starting after `after`.
+    pub fn scan(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Vec<Object>, Error> {
+        if self.collection(collection).is_none() {
+            return Err(Error::not_found("collection", collection));
+        }
+        let store = self.store();
+        let prefix = [collection.as_bytes(), b"\0"].concat();
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = match after {
+            Some(a) => [prefix.as_slice(), a.as_bytes(), b"\0"].concat(),
+            None => prefix.clone(),
+        };
+        store.scan_prefix_from(CF_MEMBERS, &prefix, &start, |k, _| {
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(rec) = store.object(&id)? {
+                out.push(rec.into_object(id));
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
     /// k-NN search; exact under a filter.
     pub fn vector_search(&self, s: &VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>, Error> {
         let spec = self

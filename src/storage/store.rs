@@ -234,11 +234,22 @@ impl ShardStore {
         &self,
         cf: &str,
         prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        self.scan_prefix_from(cf, prefix, prefix, f)
+    }
+
+    /// Like [`scan_prefix`](Self::scan_prefix), starting at key `start`.
+    pub fn scan_prefix_from(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         let iter = self.db.iterator_cf(
             self.cf(cf)?,
-            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            IteratorMode::From(start, rocksdb::Direction::Forward),
         );
         for item in iter {
             let (k, v) = item.map_err(Error::storage)?;

@@ -1,0 +1,612 @@
+//! The operator CLI, built only on the client driver.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use vektagraf::client::{Client, ClientOptions};
+use vektagraf::proto::wire::KeyKind;
+use vektagraf::proto::{
+    CollectionSpec, Direction, Error, Filter, IndexKind, Metric, NewObject, OperationType, Properties,
+    Query, Traverse, VectorSearch, WriteOp,
+};
+use vektagraf::tenant::TenantUpdate;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum Output {
+    /// Pretty JSON.
+    Json,
+    /// Aligned columns.
+    #[default]
+    Table,
+}
+
+/// How to reach a node.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// Node address(es).
+    #[arg(long, global = true, default_value = "127.0.0.1:7687", env = "VEKTAGRAF_ADDR", value_delimiter = ',')]
+    pub addr: Vec<SocketAddr>,
+    /// API key (or VEKTAGRAF_KEY, or --key-file).
+    #[arg(long, global = true, env = "VEKTAGRAF_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// File holding the API key (default: ./data/admin.key if present).
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
+    /// Certificate to trust: the node's self-signed cert or the cluster CA.
+    #[arg(long, global = true, env = "VEKTAGRAF_CA", default_value = "./data/tls/server.crt")]
+    pub ca: PathBuf,
+    /// Name on the server certificate.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub server_name: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Retries of retryable errors.
+    #[arg(long, global = true, default_value_t = 3)]
+    pub max_retries: u32,
+}
+
+/// CLI commands that talk to a node.
+#[derive(Debug, Subcommand)]
+pub enum Remote {
+    /// Tenants (admin key).
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Users of a tenant (admin key).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// API keys (admin key).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Collections (tenant key).
+    Collection {
+        #[command(subcommand)]
+        cmd: CollectionCmd,
+    },
+    /// Objects (tenant key).
+    Object {
+        #[command(subcommand)]
+        cmd: ObjectCmd,
+    },
+    /// Property query (tenant key).
+    Query {
+        /// Collection.
+        collection: String,
+        /// Filter JSON, e.g. '{"price": {"$lt": 10}}'.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Vector search (tenant key).
+    Search {
+        /// Collection.
+        collection: String,
+        /// Query vector as JSON, e.g. '[0.1, 0.2]'.
+        #[arg(long)]
+        vector: String,
+        /// Neighbours.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Filter JSON.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Graph traversal (tenant key).
+    Traverse {
+        /// Start object.
+        start: String,
+        /// out, in or both.
+        #[arg(long, default_value = "out")]
+        direction: String,
+        /// Labels, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Depth.
+        #[arg(long, default_value_t = 2)]
+        depth: u32,
+        /// Most nodes.
+        #[arg(long, default_value_t = 100)]
+        max_nodes: u32,
+    },
+    /// Imports JSONL objects ({"id", "properties", "vector"}) into a collection.
+    Import {
+        /// The JSONL file.
+        file: PathBuf,
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+    },
+    /// Exports a collection as JSONL.
+    Export {
+        /// Collection.
+        collection: String,
+        /// Output file (default stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Usage of the key's tenant (or, with an admin key, of TENANT).
+    Usage {
+        /// Tenant (admin keys).
+        tenant: Option<String>,
+    },
+    /// Checks the node answers.
+    Ping,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant on a tier or standard name.
+    Create {
+        /// Id.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// tier1..tier4, custom, starter, professional, business, enterprise.
+        #[arg(long, default_value = "tier2")]
+        tier: String,
+    },
+    /// Show a tenant.
+    Get { id: String },
+    /// Update a tenant with a TenantUpdate JSON, e.g. '{"enabled": false}'.
+    Update {
+        /// Id.
+        id: String,
+        /// The update.
+        #[arg(long)]
+        json: String,
+    },
+    /// Disable a tenant.
+    Disable { id: String },
+    /// Enable a tenant.
+    Enable { id: String },
+    /// Delete a tenant and purge its data.
+    Delete { id: String },
+    /// List tenants.
+    List,
+    /// Usage of a tenant.
+    Usage { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add a user.
+    Create { tenant: String, user: String },
+    /// Remove a user (revokes their keys).
+    Remove { tenant: String, user: String },
+    /// List users.
+    List { tenant: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a tenant key for a user (shown once).
+    Create {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// User.
+        #[arg(long)]
+        user: String,
+        /// Restrict to operations, e.g. read,query,vector_search.
+        #[arg(long, value_delimiter = ',')]
+        ops: Option<Vec<String>>,
+    },
+    /// Create another admin key.
+    CreateAdmin,
+    /// Revoke a key.
+    Revoke { key_id: String },
+    /// Revoke a key and issue a new one with the same scope.
+    Rotate { key_id: String },
+    /// List keys.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCmd {
+    /// Declare a collection.
+    Create {
+        /// Name.
+        name: String,
+        /// Vector dimension (none: no vectors).
+        #[arg(long)]
+        dim: Option<u32>,
+        /// l2, cosine or inner_product.
+        #[arg(long, default_value = "l2")]
+        metric: String,
+        /// flat, hnsw or ivf.
+        #[arg(long, default_value = "flat")]
+        index: String,
+    },
+    /// List collections.
+    List,
+    /// Drop an empty collection.
+    Drop { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCmd {
+    /// Create or replace an object.
+    Put {
+        /// Collection.
+        collection: String,
+        /// Id.
+        id: String,
+        /// Properties JSON.
+        #[arg(long, default_value = "{}")]
+        json: String,
+        /// Vector JSON.
+        #[arg(long)]
+        vector: Option<String>,
+    },
+    /// Show an object.
+    Get { id: String },
+    /// Delete an object.
+    Delete { id: String },
+}
+
+fn hint(e: &Error, conn: &Conn) -> String {
+    match e {
+        Error::Unauthenticated { .. } => "pass a valid key with --key, --key-file or VEKTAGRAF_KEY (the first admin key is in <data_dir>/admin.key)".into(),
+        Error::PermissionDenied { .. } => "use a key with the right scope: admin keys manage tenants, tenant keys reach data".into(),
+        Error::Unavailable { .. } | Error::Timeout { .. } => format!(
+            "is a node running at {:?}? start one with `vektagraf serve`, and trust its certificate with --ca (now {})",
+            conn.addr,
+            conn.ca.display()
+        ),
+        Error::LimitExceeded(l) => match l.retry_after() {
+            Some(d) => format!("the tenant hit {}; retry after {:.1} s or raise the limit", l.kind.config_key(), d.as_secs_f64()),
+            None => format!("the tenant hit {}; free space or raise the limit (`vektagraf tenant update`)", l.kind.config_key()),
+        },
+        Error::TenantNotFound { .. } => "list tenants with `vektagraf tenant list`".into(),
+        Error::InvalidFilter { .. } => "filters look like '{\"price\": {\"$lt\": 10}, \"tag\": {\"$in\": [\"a\"]}}'".into(),
+        _ => String::new(),
+    }
+}
+
+fn api_key(conn: &Conn) -> anyhow::Result<String> {
+    if let Some(k) = &conn.key {
+        return Ok(k.trim().to_string());
+    }
+    let file = conn.key_file.clone().unwrap_or_else(|| PathBuf::from("./data/admin.key"));
+    std::fs::read_to_string(&file)
+        .map(|s| s.trim().to_string())
+        .with_context(|| format!("no API key: pass --key, set VEKTAGRAF_KEY, or --key-file (tried {})", file.display()))
+}
+
+fn print<T: Serialize>(out: Output, v: &T) -> anyhow::Result<()> {
+    let json = serde_json::to_value(v)?;
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        Output::Table => print_table(&json),
+    }
+    Ok(())
+}
+
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => {
+            let s = other.to_string();
+            if s.len() > 60 {
+                format!("{}...", &s[..57])
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn print_table(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Array(rows) if rows.iter().all(|r| r.is_object()) && !rows.is_empty() => {
+            let cols: Vec<String> = rows[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| cell(&r[c])).collect()).collect();
+            let widths: Vec<usize> = cols.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len())).collect();
+            let line = |vals: &[String]| vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ");
+            println!("{}", line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>()));
+            for r in &cells {
+                println!("{}", line(r));
+            }
+        }
+        serde_json::Value::Object(o) => {
+            let w = o.keys().map(|k| k.len()).max().unwrap_or(0);
+            for (k, v) in o {
+                println!("{k:<w$}  {}", cell(v));
+            }
+        }
+        serde_json::Value::Array(a) if a.is_empty() => println!("(none)"),
+        other => println!("{}", cell(other)),
+    }
+}
+
+fn parse_vec(s: &str) -> anyhow::Result<Vec<f32>> {
+    serde_json::from_str(s).context("a vector is a JSON array of numbers, e.g. '[0.1, 0.2]'")
+}
+
+fn parse_ops(ops: &[String]) -> anyhow::Result<Vec<OperationType>> {
+    ops.iter()
+        .map(|o| OperationType::parse(o).with_context(|| format!("unknown operation {o:?}: use read, write, query, vector_search, graph_traverse")))
+        .collect()
+}
+
+/// Runs a remote command; errors print what went wrong and what to do.
+pub async fn run(conn: Conn, cmd: Remote) -> anyhow::Result<()> {
+    let mut opts = ClientOptions::new(conn.addr.clone(), &api_key(&conn)?, &conn.ca)
+        .map_err(|e| anyhow::anyhow!("{e}\nhint: --ca must name the node's certificate (<data_dir>/tls/server.crt) or the cluster CA"))?;
+    opts.server_name = conn.server_name.clone();
+    opts.max_retries = conn.max_retries;
+    let result = async {
+        let client = Client::connect(opts).await?;
+        let r = exec(&client, conn.output, cmd).await;
+        client.close().await;
+        r
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(CliError::Api(e)) => {
+            let h = hint(&e, &conn);
+            if h.is_empty() {
+                anyhow::bail!("{e}")
+            }
+            anyhow::bail!("{e}\nhint: {h}")
+        }
+        Err(CliError::Other(e)) => Err(e),
+    }
+}
+
+enum CliError {
+    Api(Error),
+    Other(anyhow::Error),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Api(e)
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Other(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+impl From<serde_json::Error> for CliError {
+    fn from(e: serde_json::Error) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
+    match cmd {
+        Remote::Ping => {
+            c.ping().await?;
+            println!("pong");
+        }
+        Remote::Tenant { cmd } => match cmd {
+            TenantCmd::Create { id, name, tier } => print(out, &c.create_tenant_for_tier(&id, name.as_deref().unwrap_or(&id), &tier).await?)?,
+            TenantCmd::Get { id } => print(out, &c.get_tenant(&id).await?)?,
+            TenantCmd::Update { id, json } => {
+                let up: TenantUpdate = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("bad update JSON: {e}"))?;
+                print(out, &c.update_tenant(&id, up).await?)?
+            }
+            TenantCmd::Disable { id } => print(out, &c.update_tenant(&id, TenantUpdate { enabled: Some(false), ..Default::default() }).await?)?,
+            TenantCmd::Enable { id } => print(out, &c.update_tenant(&id, TenantUpdate { enabled: Some(true), ..Default::default() }).await?)?,
+            TenantCmd::Delete { id } => {
+                c.delete_tenant(&id).await?;
+                println!("deleted tenant {id} and purged its data");
+            }
+            TenantCmd::List => {
+                let rows: Vec<serde_json::Value> = c
+                    .list_tenants()
+                    .await?
+                    .into_iter()
+                    .map(|t| serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "tier": t.tier, "enabled": t.enabled}))
+                    .collect();
+                print(out, &rows)?
+            }
+            TenantCmd::Usage { id } => print(out, &c.usage(Some(&id)).await?)?,
+        },
+        Remote::User { cmd } => match cmd {
+            UserCmd::Create { tenant, user } => {
+                c.create_user(&tenant, &user).await?;
+                println!("created user {user} in {tenant}");
+            }
+            UserCmd::Remove { tenant, user } => {
+                c.remove_user(&tenant, &user).await?;
+                println!("removed user {user} from {tenant} (their keys are revoked)");
+            }
+            UserCmd::List { tenant } => print(out, &c.list_users(&tenant).await?)?,
+        },
+        Remote::Key { cmd } => match cmd {
+            KeyCmd::Create { tenant, user, ops } => {
+                let ops = ops.map(|o| parse_ops(&o)).transpose()?;
+                let (key, info) = c.create_key(KeyKind::Tenant, Some(&tenant), Some(&user), ops).await?;
+                eprintln!("store this key now; it is not shown again");
+                println!("{key}");
+                if matches!(out, Output::Json) {
+                    print(out, &info)?;
+                }
+            }
+            KeyCmd::CreateAdmin => {
+                let (key, _) = c.create_key(KeyKind::Admin, None, None, None).await?;
+                eprintln!("store this key now; it is not shown again");
+                println!("{key}");
+            }
+            KeyCmd::Revoke { key_id } => {
+                c.revoke_key(&key_id).await?;
+                println!("revoked {key_id}");
+            }
+            KeyCmd::Rotate { key_id } => {
+                let (key, info) = c.rotate_key(&key_id).await?;
+                eprintln!("revoked {key_id}; new key {} (not shown again):", info.key_id);
+                println!("{key}");
+            }
+            KeyCmd::List { tenant } => print(out, &c.list_keys(tenant.as_deref()).await?)?,
+        },
+        Remote::Collection { cmd } => match cmd {
+            CollectionCmd::Create { name, dim, metric, index } => {
+                let metric = match metric.as_str() {
+                    "l2" => Metric::L2,
+                    "cosine" => Metric::Cosine,
+                    "inner_product" | "ip" => Metric::InnerProduct,
+                    m => return Err(anyhow::anyhow!("unknown metric {m}: use l2, cosine or inner_product").into()),
+                };
+                let index = match index.as_str() {
+                    "flat" => IndexKind::Flat,
+                    "hnsw" => IndexKind::Hnsw { m: 32, ef_search: 64 },
+                    "ivf" => IndexKind::Ivf { nlist: 64, nprobe: 8 },
+                    i => return Err(anyhow::anyhow!("unknown index {i}: use flat, hnsw or ivf").into()),
+                };
+                c.create_collection(CollectionSpec { name: name.clone(), dimension: dim, metric, index }).await?;
+                println!("created collection {name}");
+            }
+            CollectionCmd::List => print(out, &c.collections().await?)?,
+            CollectionCmd::Drop { name } => {
+                c.drop_collection(&name).await?;
+                println!("dropped collection {name}");
+            }
+        },
+        Remote::Object { cmd } => match cmd {
+            ObjectCmd::Put { collection, id, json, vector } => {
+                let props: serde_json::Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("bad properties JSON: {e}"))?;
+                let mut o = NewObject { id, collection, properties: Properties::from_json(props)?, vector: None };
+                if let Some(v) = vector {
+                    o.vector = Some(parse_vec(&v)?);
+                }
+                print(out, &c.put(o).await?)?
+            }
+            ObjectCmd::Get { id } => match c.get(&id).await? {
+                Some(o) => print(out, &o)?,
+                None => return Err(Error::not_found("object", &id).into()),
+            },
+            ObjectCmd::Delete { id } => print(out, &c.delete(&id).await?)?,
+        },
+        Remote::Query { collection, filter, limit } => {
+            let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
+            print(out, &c.query(Query { collection, filter, limit }).await?)?
+        }
+        Remote::Search { collection, vector, k, filter } => {
+            let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
+            let hits = c.search(VectorSearch { collection, vector: parse_vec(&vector)?, k, filter }, false).await?;
+            let rows: Vec<serde_json::Value> = hits.iter().map(|h| serde_json::json!({"id": h.id, "score": h.score})).collect();
+            print(out, &rows)?
+        }
+        Remote::Traverse { start, direction, labels, depth, max_nodes } => {
+            let direction = match direction.as_str() {
+                "out" => Direction::Out,
+                "in" => Direction::In,
+                "both" => Direction::Both,
+                d => return Err(anyhow::anyhow!("unknown direction {d}: use out, in or both").into()),
+            };
+            print(out, &c.traverse(Traverse { start, direction, labels, max_depth: depth, max_nodes }).await?)?
+        }
+        Remote::Import { file, collection } => import(c, &file, &collection).await?,
+        Remote::Export { collection, out: path } => export(c, &collection, path).await?,
+        Remote::Usage { tenant } => print(out, &c.usage(tenant.as_deref()).await?)?,
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct Line {
+    id: String,
+    #[serde(default)]
+    properties: serde_json::Value,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
+}
+
+async fn import(c: &Client, file: &std::path::Path, collection: &str) -> Result<(), CliError> {
+    let total = std::io::BufReader::new(std::fs::File::open(file)?).lines().count();
+    let reader = std::io::BufReader::new(std::fs::File::open(file)?);
+    let (mut done, mut failed) = (0usize, 0usize);
+    let mut chunk = Vec::new();
+    let mut lines = reader.lines().enumerate();
+    loop {
+        let next = lines.next();
+        if let Some((n, line)) = &next {
+            let line = line.as_ref().map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: Line = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e} (expected {{\"id\", \"properties\", \"vector\"}})", n + 1))?;
+            chunk.push(WriteOp::Put(NewObject { id: l.id, collection: collection.to_string(), properties: Properties::from_json(l.properties)?, vector: l.vector }));
+        }
+        if chunk.len() >= 500 || (next.is_none() && !chunk.is_empty()) {
+            for r in c.batch(std::mem::take(&mut chunk)).await {
+                match r {
+                    Ok(_) => done += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 5 {
+                            eprintln!("\nitem failed: {e}");
+                        }
+                    }
+                }
+            }
+            let pct = (done + failed) * 100 / total.max(1);
+            let bar = "#".repeat(pct / 4);
+            eprint!("\rimport [{bar:<25}] {pct:>3}%  {done} ok, {failed} failed");
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    eprintln!();
+    println!("imported {done} objects into {collection} ({failed} failed)");
+    if failed > 0 {
+        return Err(anyhow::anyhow!("{failed} objects were not imported").into());
+    }
+    Ok(())
+}
+
+async fn export(c: &Client, collection: &str, path: Option<PathBuf>) -> Result<(), CliError> {
+    let mut w: Box<dyn Write> = match &path {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut after: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let page = c.scan(collection, after.as_deref(), 500).await?;
+        if page.is_empty() {
+            break;
+        }
+        for o in &page {
+            let line = serde_json::json!({"id": o.id, "properties": o.properties, "vector": o.vector, "created_at": o.created_at});
+            writeln!(w, "{line}")?;
+            n += 1;
+        }
+        after = page.last().map(|o| o.id.clone());
+    }
+    w.flush()?;
+    eprintln!("exported {n} objects from {collection}");
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! The QUIC client driver.
+//!
+//! One connection (to the first reachable address) carries every request,
+//! each on its own stream, so concurrent calls share it. The connection is
+//! authenticated with an API key; the server takes the tenant and user
+//! from that key. Retryable errors (rate limits, concurrency, overload,
+//! unavailability, lost connections) are retried with exponential backoff
+//! and jitter, never sooner than the server's `retry_after`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vektagraf::proto::Error> {
+//! use vektagraf::client::{Client, ClientOptions};
+//! use vektagraf::proto::{CollectionSpec, NewObject};
+//! let opts = ClientOptions::new(vec!["127.0.0.1:7687".parse().unwrap()], "vk_...", "data/tls/server.crt".as_ref())?;
+//! let c = Client::connect(opts).await?;
+//! c.create_collection(CollectionSpec::vectors("docs", 3)).await?;
+//! c.put(NewObject::new("docs", "d1", serde_json::json!({"t": 1})).with_vector(vec![0.1, 0.2, 0.3])).await?;
+//! let got = c.get("d1").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! This module imports only `proto` and `net::{tls, frame}`: no server code.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint};
+use rand::Rng;
+use rustls::pki_types::CertificateDer;
+
+use crate::net::frame::{read_frame, write_frame};
+use crate::net::tls;
+use crate::proto::wire::{Envelope, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES};
+use crate::proto::{
+    CollectionSpec, Error, NewObject, Object, OperationType, Query, Result, SearchHit, TenantUsage,
+    Traverse, TraversedNode, VectorSearch, WriteOp, WriteOutcome, WriteResult,
+};
+use crate::tenant::{TenantConfig, TenantUpdate};
+
+/// How the driver connects and retries.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Node addresses, tried in order.
+    pub addrs: Vec<SocketAddr>,
+    /// Name the server certificate must carry (default `localhost`).
+    pub server_name: String,
+    /// Certificates to trust: the node's self-signed certificate or the cluster CA.
+    pub trust: Vec<CertificateDer<'static>>,
+    /// The API key.
+    pub api_key: String,
+    /// Deadline of one attempt.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt (R4 `max_retries`).
+    pub max_retries: u32,
+    /// First backoff (R4 `base_delay`), doubled per retry, with jitter.
+    pub base_delay: Duration,
+    /// Longest single wait.
+    pub max_delay: Duration,
+    /// Items per batch request (the tenant's `max_batch_size`).
+    pub max_batch_size: usize,
+}
+
+impl ClientOptions {
+    /// Options with defaults: 3 retries from 100 ms, 30 s timeout.
+    pub fn new(addrs: Vec<SocketAddr>, api_key: &str, trust_pem: &Path) -> Result<Self> {
+        Ok(Self {
+            addrs,
+            server_name: "localhost".into(),
+            trust: tls::read_certs(trust_pem)?,
+            api_key: api_key.to_string(),
+            request_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            max_batch_size: crate::tenant::DEFAULT_MAX_BATCH_SIZE,
+        })
+    }
+}
+
+/// A connected, authenticated client.
+pub struct Client {
+    opts: ClientOptions,
+    endpoint: Endpoint,
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    next_id: AtomicU64,
+    principal: parking_lot::Mutex<Option<KeyInfo>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable { reason: e.to_string() }
+}
+
+fn unexpected(r: Response) -> Error {
+    match r {
+        Response::Error(e) => e,
+        other => Error::Protocol {
+            reason: format!("unexpected response {other:?}"),
+        },
+    }
+}
+
+impl Client {
+    /// Connects to the first reachable address and authenticates.
+    pub async fn connect(opts: ClientOptions) -> Result<Client> {
+        let mut endpoint = Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(unavailable)?;
+        let transport = tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
+        endpoint.set_default_client_config(tls::client_config(&opts.trust, ALPN, transport)?);
+        let c = Client {
+            opts,
+            endpoint,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            principal: parking_lot::Mutex::new(None),
+        };
+        c.connection().await?;
+        Ok(c)
+    }
+
+    /// The key's facts, as the server reported them.
+    pub fn principal(&self) -> Option<KeyInfo> {
+        self.principal.lock().clone()
+    }
+
+    /// The live connection, (re)connecting and authenticating if needed.
+    async fn connection(&self) -> Result<Connection> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let mut last = Error::Unavailable { reason: "no address given".into() };
+        for addr in &self.opts.addrs {
+            let connecting = match self.endpoint.connect(*addr, &self.opts.server_name) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = unavailable(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.opts.request_timeout, connecting).await {
+                Ok(Ok(conn)) => {
+                    // A connection is healthy only after a round trip.
+                    let r = self.round_trip(&conn, &Request::Authenticate { api_key: self.opts.api_key.clone() }).await?;
+                    match r {
+                        Response::Principal(info) => {
+                            *self.principal.lock() = Some(info);
+                            *guard = Some(conn.clone());
+                            return Ok(conn);
+                        }
+                        other => return Err(unexpected(other)),
+                    }
+                }
+                Ok(Err(e)) => last = unavailable(format!("{addr}: {e}")),
+                Err(_) => last = Error::Timeout { after_ms: self.opts.request_timeout.as_millis() as u64 },
+            }
+        }
+        Err(last)
+    }
+
+    async fn round_trip(&self, conn: &Connection, req: &Request) -> Result<Response> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fut = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(unavailable)?;
+            write_frame(&mut send, &Envelope::new(id, req)).await.map_err(unavailable)?;
+            let env = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| Error::Protocol { reason: e.to_string() })?;
+            if env.request_id != id && env.request_id != 0 {
+                return Err(Error::Protocol { reason: format!("response id {} for request {id}", env.request_id) });
+            }
+            Ok(env.body)
+        };
+        match tokio::time::timeout(self.opts.request_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { after_ms: self.opts.request_timeout.as_millis() as u64 }),
+        }
+    }
+
+    /// Sends a request, retrying retryable failures (R4).
+    pub async fn call(&self, req: Request) -> Result<Response> {
+        let mut attempt = 0u32;
+        loop {
+            let result = match self.connection().await {
+                Ok(conn) => match self.round_trip(&conn, &req).await {
+                    Ok(Response::Error(e)) => Err(e),
+                    other => other,
+                },
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            // A timed-out write may have happened: only retry it if asked to.
+            let retryable = err.is_retryable() && !matches!(err, Error::Timeout { .. });
+            if !retryable || attempt >= self.opts.max_retries {
+                return Err(err);
+            }
+            if matches!(err, Error::Unavailable { .. }) {
+                *self.conn.lock().await = None;
+            }
+            let backoff = self.opts.base_delay.saturating_mul(1 << attempt.min(16));
+            let jitter = rand::thread_rng().gen_range(0.5..1.5);
+            let wait = backoff.mul_f64(jitter).max(err.retry_after().unwrap_or_default()).min(self.opts.max_delay);
+            tracing::debug!(attempt, ?wait, error = %err, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn expect_ok(&self, req: Request) -> Result<()> {
+        match self.call(req).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expect_write(&self, req: Request) -> Result<WriteResult> {
+        match self.call(req).await? {
+            Response::Write(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ----- data -----
+
+    /// Liveness.
+    pub async fn ping(&self) -> Result<()> {
+        match self.call(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Declares a collection.
+    pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
+        self.expect_ok(Request::CreateCollection(spec)).await
+    }
+
+    /// Removes an empty collection.
+    pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        self.expect_ok(Request::DropCollection(name.into())).await
+    }
+
+    /// Lists collections.
+    pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
+        match self.call(Request::ListCollections).await? {
+            Response::Collections(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates or replaces an object.
+    pub async fn put(&self, obj: NewObject) -> Result<WriteResult> {
+        self.expect_write(Request::Put(obj)).await
+    }
+
+    /// Merges properties (and optionally replaces the vector).
+    pub async fn update(&self, id: &str, properties: serde_json::Value, vector: Option<Vec<f32>>) -> Result<WriteResult> {
+        self.expect_write(Request::Update { id: id.into(), properties_json: properties.to_string(), vector }).await
+    }
+
+    /// Deletes an object.
+    pub async fn delete(&self, id: &str) -> Result<WriteResult> {
+        self.expect_write(Request::Delete(id.into())).await
+    }
+
+    /// An atomic transaction.
+    pub async fn transaction(&self, ops: Vec<WriteOp>) -> Result<WriteResult> {
+        self.expect_write(Request::Transaction(ops)).await
+    }
+
+    /// A batch split into requests of `max_batch_size` items, with a result per item.
+    pub async fn batch(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(self.opts.max_batch_size.max(1)) {
+            match self.call(Request::Batch(chunk.to_vec())).await {
+                Ok(Response::Batch(r)) => out.extend(r),
+                Ok(other) => out.extend(std::iter::repeat_n(Err(unexpected(other)), chunk.len())),
+                Err(e) => out.extend(std::iter::repeat_n(Err(e), chunk.len())),
+            }
+        }
+        out
+    }
+
+    /// Get by id.
+    pub async fn get(&self, id: &str) -> Result<Option<Object>> {
+        match self.call(Request::Get(id.into())).await? {
+            Response::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Property query.
+    pub async fn query(&self, q: Query) -> Result<Vec<Object>> {
+        match self.call(Request::Query(q)).await? {
+            Response::Objects(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Vector search.
+    pub async fn search(&self, search: VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>> {
+        match self.call(Request::Search { search, with_objects }).await? {
+            Response::Hits(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Traversal.
+    pub async fn traverse(&self, t: Traverse) -> Result<Vec<TraversedNode>> {
+        match self.call(Request::Traverse(t)).await? {
+            Response::Nodes(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A page of a collection after an id (export).
+    pub async fn scan(&self, collection: &str, after: Option<&str>, limit: u32) -> Result<Vec<Object>> {
+        match self.call(Request::Scan { collection: collection.into(), after: after.map(str::to_string), limit }).await? {
+            Response::Objects(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// R3: would `op` be admitted now?
+    pub async fn can_perform(&self, op: OperationType) -> Result<()> {
+        self.expect_ok(Request::CanPerform(op)).await
+    }
+
+    /// Usage of the key's tenant, or (admin) of `tenant`.
+    pub async fn usage(&self, tenant: Option<&str>) -> Result<TenantUsage> {
+        match self.call(Request::Usage(tenant.map(str::to_string))).await? {
+            Response::Usage(u) => Ok(u),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ----- admin -----
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, cfg: TenantConfig) -> Result<TenantConfig> {
+        self.tenant_call(Request::CreateTenant(cfg)).await
+    }
+
+    /// Creates a tenant on a tier or standard name.
+    pub async fn create_tenant_for_tier(&self, tenant_id: &str, name: &str, tier: &str) -> Result<TenantConfig> {
+        self.tenant_call(Request::CreateTenantForTier { tenant_id: tenant_id.into(), name: name.into(), tier: tier.into() }).await
+    }
+
+    /// Reads a tenant.
+    pub async fn get_tenant(&self, id: &str) -> Result<TenantConfig> {
+        self.tenant_call(Request::GetTenant(id.into())).await
+    }
+
+    /// Updates a tenant.
+    pub async fn update_tenant(&self, id: &str, up: TenantUpdate) -> Result<TenantConfig> {
+        self.tenant_call(Request::UpdateTenant(id.into(), up)).await
+    }
+
+    async fn tenant_call(&self, req: Request) -> Result<TenantConfig> {
+        match self.call(req).await? {
+            Response::Tenant(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a tenant and its data.
+    pub async fn delete_tenant(&self, id: &str) -> Result<()> {
+        self.expect_ok(Request::DeleteTenant(id.into())).await
+    }
+
+    /// Lists tenants.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
+        match self.call(Request::ListTenants).await? {
+            Response::Tenants(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a user.
+    pub async fn create_user(&self, tenant: &str, user: &str) -> Result<()> {
+        self.expect_ok(Request::CreateUser(tenant.into(), user.into())).await
+    }
+
+    /// Removes a user.
+    pub async fn remove_user(&self, tenant: &str, user: &str) -> Result<()> {
+        self.expect_ok(Request::RemoveUser(tenant.into(), user.into())).await
+    }
+
+    /// Lists users.
+    pub async fn list_users(&self, tenant: &str) -> Result<Vec<String>> {
+        match self.call(Request::ListUsers(tenant.into())).await? {
+            Response::Users(u) => Ok(u),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a key; returns the secret (shown once) and its facts.
+    pub async fn create_key(&self, kind: KeyKind, tenant: Option<&str>, user: Option<&str>, operations: Option<Vec<OperationType>>) -> Result<(String, KeyInfo)> {
+        let req = Request::CreateKey { kind, tenant_id: tenant.map(str::to_string), user_id: user.map(str::to_string), operations };
+        match self.call(req).await? {
+            Response::NewKey { api_key, info } => Ok((api_key, info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes a key.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<()> {
+        self.expect_ok(Request::RevokeKey(key_id.into())).await
+    }
+
+    /// Rotates a key.
+    pub async fn rotate_key(&self, key_id: &str) -> Result<(String, KeyInfo)> {
+        match self.call(Request::RotateKey(key_id.into())).await? {
+            Response::NewKey { api_key, info } => Ok((api_key, info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists keys.
+    pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>> {
+        match self.call(Request::ListKeys(tenant.map(str::to_string))).await? {
+            Response::Keys(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            c.close(0u32.into(), b"bye");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

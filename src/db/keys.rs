@@ -1,0 +1,185 @@
+//! API key management on the database: create, authenticate, revoke,
+//! rotate. Records live in the registry (hash only); a copy is cached in
+//! memory so a per-request check is a map lookup.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use parking_lot::RwLock;
+
+use crate::auth::key;
+use crate::proto::wire::{KeyInfo, KeyKind};
+use crate::proto::{Error, OperationType, Result};
+
+use super::{Database, KeyRecord};
+
+/// The in-memory key cache.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    pub(crate) keys: RwLock<HashMap<String, KeyRecord>>,
+}
+
+fn unauth(reason: &str) -> Error {
+    Error::Unauthenticated {
+        reason: reason.to_string(),
+    }
+}
+
+impl Database {
+    pub(crate) fn load_keys(&self) -> Result<()> {
+        let all = self.inner.registry.keys()?;
+        *self.inner.keys.keys.write() = all.into_iter().map(|k| (k.key_id.clone(), k)).collect();
+        Ok(())
+    }
+
+    /// Creates an API key. Tenant keys belong to one existing user of one
+    /// tenant and may be restricted to some operations. Returns the full
+    /// key (shown once) and its facts.
+    pub async fn create_key(&self, kind: KeyKind, tenant: Option<&str>, user: Option<&str>, operations: Option<Vec<OperationType>>) -> Result<(String, KeyInfo)> {
+        let (tenant_id, user_id) = match kind {
+            KeyKind::Admin => (None, None),
+            KeyKind::Tenant => {
+                let t = tenant.ok_or(Error::MissingTenantContext)?;
+                let u = user.ok_or_else(|| Error::invalid("user_id", "a tenant key needs a user"))?;
+                self.tenant(t)?;
+                if self.inner.registry.user(t, u)?.is_none() {
+                    return Err(Error::not_found("user", u));
+                }
+                (Some(t.to_string()), Some(u.to_string()))
+            }
+        };
+        let g = key::generate();
+        let rec = KeyRecord {
+            v: 1,
+            key_id: g.key_id.clone(),
+            secret_hash: g.secret_hash,
+            kind,
+            tenant_id,
+            user_id,
+            operations,
+            created_at: crate::util::now_ms(),
+            revoked: false,
+        };
+        self.inner.registry.put_key(&rec)?;
+        let info = rec.info();
+        self.inner.keys.keys.write().insert(rec.key_id.clone(), rec);
+        tracing::info!(key_id = %info.key_id, kind = ?info.kind, tenant = ?info.tenant_id, "api key created");
+        Ok((g.api_key, info))
+    }
+
+    /// Checks a full API key; returns its facts.
+    pub fn authenticate(&self, api_key: &str) -> Result<KeyInfo> {
+        let (id, secret) = key::parse(api_key).ok_or_else(|| unauth("malformed API key"))?;
+        let keys = self.inner.keys.keys.read();
+        let rec = keys.get(id).ok_or_else(|| unauth("unknown API key"))?;
+        if !key::verify(secret, &rec.secret_hash) {
+            return Err(unauth("wrong API key secret"));
+        }
+        if rec.revoked {
+            return Err(unauth("API key revoked"));
+        }
+        Ok(rec.info())
+    }
+
+    /// Re-checks an authenticated key id (every request does this, so a
+    /// revoked key fails on its next request).
+    pub fn key_still_valid(&self, key_id: &str) -> Result<KeyInfo> {
+        match self.inner.keys.keys.read().get(key_id) {
+            Some(r) if !r.revoked => Ok(r.info()),
+            Some(_) => Err(unauth("API key revoked")),
+            None => Err(unauth("API key deleted")),
+        }
+    }
+
+    /// Revokes a key.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<KeyInfo> {
+        let mut rec = self
+            .inner
+            .keys
+            .keys
+            .read()
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("key", key_id))?;
+        rec.revoked = true;
+        self.inner.registry.put_key(&rec)?;
+        let info = rec.info();
+        self.inner.keys.keys.write().insert(key_id.to_string(), rec);
+        tracing::info!(%key_id, "api key revoked");
+        Ok(info)
+    }
+
+    /// Revokes a key and issues a new one with the same scope.
+    pub async fn rotate_key(&self, key_id: &str) -> Result<(String, KeyInfo)> {
+        let old = self.revoke_key(key_id).await?;
+        self.create_key(old.kind, old.tenant_id.as_deref(), old.user_id.as_deref(), old.operations).await
+    }
+
+    /// Keys (of one tenant, or all).
+    pub fn list_keys(&self, tenant: Option<&str>) -> Vec<KeyInfo> {
+        let mut v: Vec<KeyInfo> = self
+            .inner
+            .keys
+            .keys
+            .read()
+            .values()
+            .filter(|k| tenant.is_none() || k.tenant_id.as_deref() == tenant)
+            .map(KeyRecord::info)
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.key_id.cmp(&b.key_id)));
+        v
+    }
+
+    /// Revokes every key of a tenant (or of one of its users).
+    pub(crate) async fn revoke_keys_of(&self, tenant: &str, user: Option<&str>) -> Result<()> {
+        let ids: Vec<String> = self
+            .list_keys(Some(tenant))
+            .into_iter()
+            .filter(|k| !k.revoked && (user.is_none() || k.user_id.as_deref() == user))
+            .map(|k| k.key_id)
+            .collect();
+        for id in ids {
+            self.revoke_key(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a tenant's key records entirely (tenant purge).
+    pub(crate) fn forget_keys_of(&self, tenant: &str) -> Result<()> {
+        let ids: Vec<String> = self.list_keys(Some(tenant)).into_iter().map(|k| k.key_id).collect();
+        for id in ids {
+            self.inner.registry.remove_key(&id)?;
+            self.inner.keys.keys.write().remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Makes sure an admin key exists. On first start it creates one and
+    /// writes it to `path`, readable only by its owner; returns that path.
+    pub async fn ensure_admin_key(&self, path: &Path) -> Result<Option<std::path::PathBuf>> {
+        if self.list_keys(None).iter().any(|k| k.kind == KeyKind::Admin && !k.revoked) {
+            return Ok(None);
+        }
+        let (api_key, _) = self.create_key(KeyKind::Admin, None, None, None).await?;
+        write_private(path, format!("{api_key}\n").as_bytes())?;
+        Ok(Some(path.to_path_buf()))
+    }
+}
+
+/// Writes a file with mode 0600.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(Error::storage)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::storage)?;
+    f.write_all(contents).map_err(Error::storage)?;
+    f.sync_all().map_err(Error::storage)
+}

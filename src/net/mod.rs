@@ -1,0 +1,9 @@
+//! The network: TLS material, framing on QUIC streams, and the client
+//! endpoint server. (Peer transport for replication comes with the
+//! cluster issue.)
+
+pub mod frame;
+pub mod server;
+pub mod tls;
+
+pub use server::{Server, ServerSettings};
