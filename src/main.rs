@@ -89,6 +89,15 @@ enum BenchCmd {
         #[arg(long)]
         no_vectors: bool,
     },
+    /// QUIC: get, put, search over loopback vs the embedded API.
+    Quic {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-quic")]
+        data: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                     })
                     .await
                 }
+                BenchCmd::Quic { data, seconds } => vektagraf::bench::quic::run(vektagraf::bench::quic::Options { data, seconds }).await,
             },
             Cmd::WriteLoop { data, tenant, writers } => write_loop(&data, &tenant, writers).await,
             Cmd::Serve { config } => serve(config.as_deref()).await,

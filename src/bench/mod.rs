@@ -1,3 +1,4 @@
 //! Benchmarks run by `vektagraf bench ...` (not tests).
 
 pub mod engine;
+pub mod quic;

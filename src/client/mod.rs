@@ -181,19 +181,26 @@ impl Client {
     pub async fn call(&self, req: Request) -> Result<Response> {
         let mut attempt = 0u32;
         loop {
+            let mut sent = false;
             let result = match self.connection().await {
-                Ok(conn) => match self.round_trip(&conn, &req).await {
-                    Ok(Response::Error(e)) => Err(e),
-                    other => other,
-                },
+                Ok(conn) => {
+                    sent = true;
+                    match self.round_trip(&conn, &req).await {
+                        Ok(Response::Error(e)) => Err(e),
+                        other => other,
+                    }
+                }
                 Err(e) => Err(e),
             };
             let err = match result {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
-            // A timed-out write may have happened: only retry it if asked to.
-            let retryable = err.is_retryable() && !matches!(err, Error::Timeout { .. });
+            // A write that reached the node and then lost its answer may have
+            // happened: it is not retried (limit rejections are, they
+            // happened before anything ran).
+            let maybe_applied = sent && matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }) && req.operation() == Some(OperationType::Write);
+            let retryable = err.is_retryable() && !maybe_applied && !matches!(err, Error::Timeout { .. });
             if !retryable || attempt >= self.opts.max_retries {
                 return Err(err);
             }

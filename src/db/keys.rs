@@ -27,7 +27,7 @@ fn unauth(reason: &str) -> Error {
 
 impl Database {
     pub(crate) fn load_keys(&self) -> Result<()> {
-        let all = self.inner.registry.keys()?;
+        let all = self.registry()?.keys()?;
         *self.inner.keys.keys.write() = all.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         Ok(())
     }
@@ -42,7 +42,7 @@ impl Database {
                 let t = tenant.ok_or(Error::MissingTenantContext)?;
                 let u = user.ok_or_else(|| Error::invalid("user_id", "a tenant key needs a user"))?;
                 self.tenant(t)?;
-                if self.inner.registry.user(t, u)?.is_none() {
+                if self.registry()?.user(t, u)?.is_none() {
                     return Err(Error::not_found("user", u));
                 }
                 (Some(t.to_string()), Some(u.to_string()))
@@ -60,7 +60,7 @@ impl Database {
             created_at: crate::util::now_ms(),
             revoked: false,
         };
-        self.inner.registry.put_key(&rec)?;
+        self.registry()?.put_key(&rec)?;
         let info = rec.info();
         self.inner.keys.keys.write().insert(rec.key_id.clone(), rec);
         tracing::info!(key_id = %info.key_id, kind = ?info.kind, tenant = ?info.tenant_id, "api key created");
@@ -102,7 +102,7 @@ impl Database {
             .cloned()
             .ok_or_else(|| Error::not_found("key", key_id))?;
         rec.revoked = true;
-        self.inner.registry.put_key(&rec)?;
+        self.registry()?.put_key(&rec)?;
         let info = rec.info();
         self.inner.keys.keys.write().insert(key_id.to_string(), rec);
         tracing::info!(%key_id, "api key revoked");
@@ -148,7 +148,7 @@ impl Database {
     pub(crate) fn forget_keys_of(&self, tenant: &str) -> Result<()> {
         let ids: Vec<String> = self.list_keys(Some(tenant)).into_iter().map(|k| k.key_id).collect();
         for id in ids {
-            self.inner.registry.remove_key(&id)?;
+            self.registry()?.remove_key(&id)?;
             self.inner.keys.keys.write().remove(&id);
         }
         Ok(())

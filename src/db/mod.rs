@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
     dir: PathBuf,
     tiers: RwLock<Tiers>,
-    registry: Registry,
+    registry: RwLock<Option<Arc<Registry>>>,
     logs: Arc<RaftLogDb>,
     env: StorageEnv,
     pub(crate) admission: Arc<Admission>,
@@ -131,7 +131,7 @@ impl Database {
                 config,
                 dir,
                 tiers: RwLock::new(tiers),
-                registry,
+                registry: RwLock::new(Some(Arc::new(registry))),
                 logs,
                 env,
                 admission,
@@ -142,10 +142,13 @@ impl Database {
             }),
         };
         db.load_keys()?;
-        for rec in db.inner.registry.tenants()? {
+        for rec in db.registry()?.tenants()? {
             match rec.state {
                 TenantState::Active => db.load_tenant(&rec).await?,
-                TenantState::Deleting => db.purge(&rec).await?,
+                TenantState::Deleting => {
+                    db.forget_keys_of(&rec.config.tenant_id)?;
+                    db.purge(&rec).await?
+                }
             }
         }
         tracing::info!(dir = %db.inner.dir.display(), tenants = db.inner.tenants.read().len(), "database open");
@@ -164,7 +167,18 @@ impl Database {
         }
         self.inner.tenants.write().clear();
         self.inner.supervisor.stop(None);
+        // Release the node's RocksDB instances so the directory can be
+        // opened again (even by this process).
+        self.inner.logs.close();
+        self.inner.registry.write().take();
+        tracing::info!(dir = %self.inner.dir.display(), "database closed");
         first_err.map_or(Ok(()), Err)
+    }
+
+    fn registry(&self) -> Result<Arc<Registry>> {
+        self.inner.registry.read().clone().ok_or_else(|| Error::Unavailable {
+            reason: "database is closed".into(),
+        })
     }
 
     /// The node config.
@@ -243,7 +257,7 @@ impl Database {
             std::fs::remove_dir_all(&dir).map_err(io)?;
         }
         self.inner.logs.purge_group(rec.group).await.map_err(io)?;
-        self.inner.registry.remove_tenant(&rec.config.tenant_id)?;
+        self.registry()?.remove_tenant(&rec.config.tenant_id)?;
         tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
         Ok(())
     }
@@ -260,8 +274,7 @@ impl Database {
     }
 
     fn record(&self, id: &str) -> Result<TenantRecord> {
-        self.inner
-            .registry
+        self.registry()?
             .tenants()?
             .into_iter()
             .find(|r| r.config.tenant_id == id && r.state == TenantState::Active)
@@ -279,15 +292,15 @@ impl Database {
             config.created_at = crate::util::now_ms();
         }
         let _g = self.inner.lifecycle.lock().await;
-        if self.inner.registry.tenants()?.iter().any(|r| r.config.tenant_id == config.tenant_id) {
+        if self.registry()?.tenants()?.iter().any(|r| r.config.tenant_id == config.tenant_id) {
             return Err(Error::TenantExists {
                 tenant_id: config.tenant_id,
             });
         }
-        let group = self.inner.registry.next_id("group")?;
-        let replica = self.inner.registry.next_id("replica")?;
+        let group = self.registry()?.next_id("group")?;
+        let replica = self.registry()?.next_id("replica")?;
         let rec = TenantRecord::new(config.clone(), group, replica);
-        self.inner.registry.put_tenant(&rec)?;
+        self.registry()?.put_tenant(&rec)?;
         if let Err(e) = self.load_tenant(&rec).await {
             // Leave nothing half-created behind.
             let _ = self.stop_shard(&config.tenant_id).await;
@@ -321,7 +334,7 @@ impl Database {
         let new = update.apply(&self.tiers(), &rec.config)?;
         let storage_changed = new.storage_limit != rec.config.storage_limit;
         rec.config = new.clone();
-        self.inner.registry.put_tenant(&rec)?;
+        self.registry()?.put_tenant(&rec)?;
         *tenant.config.write() = Arc::new(new.clone());
         tenant.limiter.update(&new);
         if storage_changed {
@@ -349,7 +362,7 @@ impl Database {
         let _g = self.inner.lifecycle.lock().await;
         let mut rec = self.record(id)?;
         rec.state = TenantState::Deleting;
-        self.inner.registry.put_tenant(&rec)?;
+        self.registry()?.put_tenant(&rec)?;
         self.inner.tenants.write().remove(id);
         self.stop_shard(id).await?;
         self.forget_keys_of(id)?;
@@ -362,28 +375,28 @@ impl Database {
     pub async fn create_user(&self, tenant: &str, user: &str) -> Result<()> {
         validate_name("user_id", user, 128)?;
         self.tenant(tenant)?;
-        if self.inner.registry.user(tenant, user)?.is_some() {
+        if self.registry()?.user(tenant, user)?.is_some() {
             return Err(Error::AlreadyExists {
                 kind: "user".into(),
                 id: user.to_string(),
             });
         }
-        self.inner.registry.put_user(&UserRecord::new(tenant, user))
+        self.registry()?.put_user(&UserRecord::new(tenant, user))
     }
 
     /// Removes a user from a tenant.
     pub async fn remove_user(&self, tenant: &str, user: &str) -> Result<()> {
-        if self.inner.registry.user(tenant, user)?.is_none() {
+        if self.registry()?.user(tenant, user)?.is_none() {
             return Err(Error::not_found("user", user));
         }
         self.revoke_keys_of(tenant, Some(user)).await?;
-        self.inner.registry.remove_user(tenant, user)
+        self.registry()?.remove_user(tenant, user)
     }
 
     /// Users of a tenant.
     pub async fn list_users(&self, tenant: &str) -> Result<Vec<String>> {
         self.tenant(tenant)?;
-        Ok(self.inner.registry.users(tenant)?.into_iter().map(|u| u.user_id).collect())
+        Ok(self.registry()?.users(tenant)?.into_iter().map(|u| u.user_id).collect())
     }
 
     // ----- sessions (X1) -----
@@ -409,7 +422,7 @@ impl Database {
             }
             Err(e) => return Err(e),
         };
-        if mt.enabled && mt.strict_isolation && self.inner.registry.user(tenant_id, user)?.is_none() {
+        if mt.enabled && mt.strict_isolation && self.registry()?.user(tenant_id, user)?.is_none() {
             return Err(Error::UnauthorizedTenantAccess {
                 user_id: user.to_string(),
                 tenant_id: tenant_id.to_string(),
@@ -423,7 +436,8 @@ impl Database {
     /// A tenant's usage: storage, requests, warnings.
     pub async fn usage(&self, tenant: &str) -> Result<TenantUsage> {
         validate_tenant_id(tenant)?;
-        usage_of(&self.tenant(tenant)?)
+        let t = self.tenant(tenant)?;
+        usage_of(&t)
     }
 
     /// Every tenant's usage.
@@ -452,7 +466,7 @@ impl Database {
     /// (registry keys mentioning it, raft log keys of the group, shard dir exists).
     pub fn footprint(&self, tenant: &str, group: u64) -> Result<(usize, usize, bool)> {
         Ok((
-            self.inner.registry.keys_mentioning(tenant)?,
+            self.registry()?.keys_mentioning(tenant)?,
             self.inner.logs.group_key_count(group).map_err(io)?,
             self.shard_dir(group).exists(),
         ))
@@ -463,7 +477,7 @@ impl Database {
         match self
             .inner
             .supervisor
-            .call(|tx| SupervisorMsg::Restarts(tenant.to_string(), tx), Some(Duration::from_secs(10)))
+            .call(|tx| SupervisorMsg::Restarts(tenant.to_string(), tx), Some(Duration::from_secs(120)))
             .await
         {
             Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),

@@ -156,11 +156,25 @@ impl Session {
     async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
         let (_p, _s, cfg) = self.admit(OperationType::Write, estimate::write(ops.len())).await?;
         let data = self.tenant.data()?;
-        for op in &ops {
-            precheck(&data, &cfg, op)?;
+        // A transaction fails as a whole on the first bad op; a batch keeps
+        // each bad op's error in its slot and proposes the rest.
+        let mut early: Vec<Option<Error>> = Vec::with_capacity(ops.len());
+        let mut passing = Vec::with_capacity(ops.len());
+        for op in ops {
+            match precheck(&data, &cfg, &op) {
+                Ok(()) => {
+                    early.push(None);
+                    passing.push(op);
+                }
+                Err(e) if atomic => return Err(e),
+                Err(e) => early.push(Some(e)),
+            }
+        }
+        if passing.is_empty() {
+            return Ok((early.into_iter().map(|e| Err(e.unwrap_or_else(|| Error::storage("lost result")))).collect(), Vec::new()));
         }
         let cmd = Command::Write {
-            ops,
+            ops: passing,
             atomic,
             now_ms: crate::util::now_ms(),
         };
@@ -177,7 +191,18 @@ impl Session {
                 for w in &warnings {
                     tracing::warn!(tenant = %cfg.tenant_id, "{w}");
                 }
-                Ok((results, warnings))
+                if atomic {
+                    return Ok((results, warnings));
+                }
+                let mut applied = results.into_iter();
+                let merged = early
+                    .into_iter()
+                    .map(|e| match e {
+                        Some(e) => Err(e),
+                        None => applied.next().unwrap_or_else(|| Err(Error::storage("missing result"))),
+                    })
+                    .collect();
+                Ok((merged, warnings))
             }
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
         }

@@ -36,8 +36,9 @@ enum Done {
 
 /// The node-wide raft log database and its sync thread.
 pub struct RaftLogDb {
-    db: Arc<DB>,
-    sync_tx: mpsc::Sender<Done>,
+    db: parking_lot::RwLock<Option<Arc<DB>>>,
+    sync_tx: parking_lot::Mutex<Option<mpsc::Sender<Done>>>,
+    sync_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -70,14 +71,39 @@ impl RaftLogDb {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs).map_err(io_other)?);
         let (tx, rx) = mpsc::channel(SYNC_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
-        {
+        let thread = {
             let db = db.clone();
             let failed = failed.clone();
             std::thread::Builder::new()
                 .name("raft-log-sync".into())
-                .spawn(move || sync_loop(db, rx, failed))?;
+                .spawn(move || sync_loop(db, rx, failed))?
+        };
+        Ok(Arc::new(RaftLogDb {
+            db: parking_lot::RwLock::new(Some(db)),
+            sync_tx: parking_lot::Mutex::new(Some(tx)),
+            sync_thread: parking_lot::Mutex::new(Some(thread)),
+            failed,
+        }))
+    }
+
+    /// Stops the sync thread (after a last fsync) and releases the
+    /// database; later calls on any of its log stores fail.
+    pub fn close(&self) {
+        self.sync_tx.lock().take();
+        if let Some(t) = self.sync_thread.lock().take() {
+            let _ = t.join();
         }
-        Ok(Arc::new(RaftLogDb { db, sync_tx: tx, failed }))
+        if let Some(db) = self.db.write().take() {
+            let _ = db.flush_wal(true);
+        }
+    }
+
+    fn db(&self) -> std::io::Result<Arc<DB>> {
+        self.db.read().clone().ok_or_else(|| io_other("raft log database is closed"))
+    }
+
+    fn sender(&self) -> std::io::Result<mpsc::Sender<Done>> {
+        self.sync_tx.lock().clone().ok_or_else(|| io_other("raft log database is closed"))
     }
 
     /// A log store for one group.
@@ -90,19 +116,21 @@ impl RaftLogDb {
 
     /// Deletes every key of a group (tenant purge), durably.
     pub async fn purge_group(&self, group: u64) -> std::io::Result<()> {
+        let db = self.db()?;
         let mut b = WriteBatch::default();
-        let (log, state) = (self.cf(CF_LOG)?, self.cf(CF_STATE)?);
+        let (log, state) = (cf(&db, CF_LOG)?, cf(&db, CF_STATE)?);
         b.delete_range_cf(log, log_key(group, 0), log_key(group + 1, 0));
         b.delete_range_cf(state, state_key(group, b""), state_key(group + 1, b""));
-        self.write(b)?;
+        self.write(&db, b)?;
         self.sync().await
     }
 
     /// Number of keys this group has left (the purge test uses it).
     pub fn group_key_count(&self, group: u64) -> std::io::Result<usize> {
+        let db = self.db()?;
         let mut n = 0;
-        for (cf, lo) in [(CF_LOG, log_key(group, 0).to_vec()), (CF_STATE, state_key(group, b""))] {
-            let it = self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(&lo, rocksdb::Direction::Forward));
+        for (name, lo) in [(CF_LOG, log_key(group, 0).to_vec()), (CF_STATE, state_key(group, b""))] {
+            let it = db.iterator_cf(cf(&db, name)?, IteratorMode::From(&lo, rocksdb::Direction::Forward));
             for item in it {
                 let (k, _) = item.map_err(io_other)?;
                 if k.len() < 8 || k[..8] != group.to_be_bytes() {
@@ -114,29 +142,28 @@ impl RaftLogDb {
         Ok(n)
     }
 
-    fn cf(&self, name: &str) -> std::io::Result<&rocksdb::ColumnFamily> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| io_other(format!("column family {name} missing")))
-    }
-
-    fn write(&self, b: WriteBatch) -> std::io::Result<()> {
+    fn write(&self, db: &DB, b: WriteBatch) -> std::io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(io_other("raft log disk failed earlier; refusing writes"));
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(b, &wo).map_err(io_other)
+        db.write_opt(b, &wo).map_err(io_other)
     }
 
     async fn sync(&self) -> std::io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.sync_tx
+        self.sender()?
             .send(Done::Notify(tx))
             .await
             .map_err(|_| io_other("raft log sync thread stopped"))?;
         rx.await.map_err(|_| io_other("raft log sync thread stopped"))?
     }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> std::io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| io_other(format!("column family {name} missing")))
 }
 
 /// One fsync for everything that queued up while the previous one ran.
@@ -187,23 +214,22 @@ impl Debug for LogStore {
 
 impl LogStore {
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> std::io::Result<Option<T>> {
-        let cf = self.shared.cf(CF_STATE)?;
-        match self.shared.db.get_cf(cf, state_key(self.group, tag)).map_err(io_other)? {
+        let db = self.shared.db()?;
+        match db.get_cf(cf(&db, CF_STATE)?, state_key(self.group, tag)).map_err(io_other)? {
             Some(b) => Ok(Some(codec::decode(&b).map_err(io_other)?)),
             None => Ok(None),
         }
     }
 
-    fn put_state<T: serde::Serialize>(&self, b: &mut WriteBatch, tag: &[u8], v: &T) -> std::io::Result<()> {
-        let cf = self.shared.cf(CF_STATE)?;
-        b.put_cf(cf, state_key(self.group, tag), codec::encode(v).map_err(io_other)?);
+    fn put_state<T: serde::Serialize>(&self, db: &DB, b: &mut WriteBatch, tag: &[u8], v: &T) -> std::io::Result<()> {
+        b.put_cf(cf(db, CF_STATE)?, state_key(self.group, tag), codec::encode(v).map_err(io_other)?);
         Ok(())
     }
 
     fn last_entry_id(&self) -> std::io::Result<Option<LogId>> {
-        let cf = self.shared.cf(CF_LOG)?;
+        let db = self.shared.db()?;
         let hi = log_key(self.group, u64::MAX);
-        let mut it = self.shared.db.iterator_cf(cf, IteratorMode::From(&hi, rocksdb::Direction::Reverse));
+        let mut it = db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&hi, rocksdb::Direction::Reverse));
         match it.next() {
             Some(item) => {
                 let (k, v) = item.map_err(io_other)?;
@@ -238,10 +264,10 @@ impl RaftLogReader<C> for LogStore {
             }
             Bound::Unbounded => None,
         };
-        let cf = self.shared.cf(CF_LOG)?;
+        let db = self.shared.db()?;
         let lo = log_key(self.group, start);
         let mut out = Vec::new();
-        for item in self.shared.db.iterator_cf(cf, IteratorMode::From(&lo, rocksdb::Direction::Forward)) {
+        for item in db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&lo, rocksdb::Direction::Forward)) {
             let (k, v) = item.map_err(io_other)?;
             if k[..8] != self.group.to_be_bytes() {
                 break;
@@ -277,18 +303,20 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        self.put_state(&mut b, b"vote", vote)?;
-        self.shared.write(b)?;
+        self.put_state(&db, &mut b, b"vote", vote)?;
+        self.shared.write(&db, b)?;
         self.shared.sync().await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         // Not synced: a lost `committed` only means re-applying from the
         // state machine's own applied index, which is durable with its data.
+        let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        self.put_state(&mut b, b"committed", &committed)?;
-        self.shared.write(b)
+        self.put_state(&db, &mut b, b"committed", &committed)?;
+        self.shared.write(&db, b)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
@@ -300,14 +328,15 @@ impl RaftLogStorage<C> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.shared.cf(CF_LOG)?;
+        let db = self.shared.db()?;
+        let log = cf(&db, CF_LOG)?;
         let mut b = WriteBatch::default();
         for e in entries {
-            b.put_cf(cf, log_key(self.group, e.log_id.index), codec::encode(&e).map_err(io_other)?);
+            b.put_cf(log, log_key(self.group, e.log_id.index), codec::encode(&e).map_err(io_other)?);
         }
-        self.shared.write(b)?;
+        self.shared.write(&db, b)?;
         self.shared
-            .sync_tx
+            .sender()?
             .send(Done::Flushed(callback))
             .await
             .map_err(|_| io_other("raft log sync thread stopped"))
@@ -315,19 +344,19 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        let cf = self.shared.cf(CF_LOG)?;
+        let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        b.delete_range_cf(cf, log_key(self.group, from), log_key(self.group + 1, 0));
-        self.shared.write(b)?;
+        b.delete_range_cf(cf(&db, CF_LOG)?, log_key(self.group, from), log_key(self.group + 1, 0));
+        self.shared.write(&db, b)?;
         self.shared.sync().await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
-        let cf = self.shared.cf(CF_LOG)?;
+        let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        self.put_state(&mut b, b"purged", &Some(log_id.clone()))?;
-        b.delete_range_cf(cf, log_key(self.group, 0), log_key(self.group, log_id.index + 1));
-        self.shared.write(b)?;
+        self.put_state(&db, &mut b, b"purged", &Some(log_id.clone()))?;
+        b.delete_range_cf(cf(&db, CF_LOG)?, log_key(self.group, 0), log_key(self.group, log_id.index + 1));
+        self.shared.write(&db, b)?;
         self.shared.sync().await
     }
 }

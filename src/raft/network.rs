@@ -9,7 +9,7 @@ use std::future::Future;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{BasicNode, OptionalSend, RaftNetworkV2, Snapshot};
+use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 
 use super::state_machine::ShardSnapshot;
 use super::types::{ShardRaftConfig as C, Vote};
@@ -48,7 +48,7 @@ impl RaftNetworkV2<C> for NoPeer {
     async fn full_snapshot(
         &mut self,
         _vote: Vote,
-        _snapshot: Snapshot<C, ShardSnapshot>,
+        _snapshot: openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _o: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {

@@ -13,7 +13,7 @@ use openraft::{EntryPayload, OptionalSend, Snapshot};
 
 use crate::codec;
 use crate::shard::ShardData;
-use crate::storage::{meta_key, CommandResult};
+use crate::storage::meta_key;
 
 use super::types::{io_other, LogId, ShardRaftConfig as C, SnapshotMeta, StoredMembership};
 
@@ -145,7 +145,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         .map_err(io_other)?
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C, ShardSnapshot>>, std::io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>>, std::io::Error> {
         let Some(dir) = self.data.latest_snapshot() else {
             return Ok(None);
         };
@@ -163,25 +163,25 @@ impl RaftStateMachine<C> for ShardStateMachine {
 impl RaftSnapshotBuilder<C> for ShardStateMachine {
     type SnapshotData = ShardSnapshot;
 
-    async fn build_snapshot(&mut self) -> Result<Snapshot<C, ShardSnapshot>, std::io::Error> {
+    async fn build_snapshot(&mut self) -> Result<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>, std::io::Error> {
         let data = self.data.clone();
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel);
-        tokio::task::spawn_blocking(move || -> std::io::Result<Snapshot<C, ShardSnapshot>> {
+        tokio::task::spawn_blocking(move || -> std::io::Result<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>> {
             let id = format!("snap-{}-{seq}", crate::util::now_ms());
-            let (dir, applied, membership) = data.build_snapshot(&id).map_err(io_other)?;
-            let last_log_id = match applied {
-                Some(b) => Some(codec::decode::<LogId>(&b).map_err(io_other)?),
-                None => None,
-            };
-            let last_membership = match membership {
-                Some(b) => codec::decode::<StoredMembership>(&b).map_err(io_other)?,
-                None => StoredMembership::default(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id,
-                last_membership,
-            };
-            crate::shard::write_atomic(&dir.join("meta.bin"), &codec::encode(&meta).map_err(io_other)?)
+            let (dir, meta) = data
+                .build_snapshot(&id, |applied, membership| {
+                    let last_log_id = match applied {
+                        Some(b) => Some(codec::decode::<LogId>(&b).map_err(crate::proto::Error::storage)?),
+                        None => None,
+                    };
+                    let last_membership = match membership {
+                        Some(b) => codec::decode::<StoredMembership>(&b).map_err(crate::proto::Error::storage)?,
+                        None => StoredMembership::default(),
+                    };
+                    let meta = SnapshotMeta { last_log_id, last_membership };
+                    let bytes = codec::encode(&meta).map_err(crate::proto::Error::storage)?;
+                    Ok((meta, bytes))
+                })
                 .map_err(io_other)?;
             Ok(Snapshot {
                 meta,
@@ -191,9 +191,4 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
         .await
         .map_err(io_other)?
     }
-}
-
-/// What apply returns for entries without a command.
-pub fn empty_result() -> CommandResult {
-    CommandResult::None
 }

@@ -126,13 +126,21 @@ impl Actor for ShardActor {
         let data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir)).await??;
         let raft = raft::start_single_node_group(&args.settings, args.replica, &args.logs, args.group, data.clone()).await?;
         *args.slot.lock() = Some((raft.clone(), data.clone()));
-        // Resume the request counters persisted through the log.
-        args.limiter.restore_quota(data.quota()?);
-        // Bring the storage limits in force up to the tenant config.
-        if data.limits().as_ref() != Some(&args.storage_limits) {
-            raft.client_write(Command::SetLimits(args.storage_limits.clone()))
-                .await
-                .map_err(raft::raft_err)?;
+        let ready = async {
+            // Resume the request counters persisted through the log.
+            args.limiter.restore_quota(data.quota()?);
+            // Bring the storage limits in force up to the tenant config.
+            if data.limits().as_ref() != Some(&args.storage_limits) {
+                propose(&raft, Command::SetLimits(args.storage_limits.clone())).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = ready {
+            // Do not leave a running group behind a failed start.
+            let _ = raft.shutdown().await;
+            args.slot.lock().take();
+            return Err(e.into());
         }
         myself.send_interval(args.quota_checkpoint, || ShardMsg::CheckpointQuota);
         tracing::info!(tenant = %args.tenant_id, group = args.group, objects = data.object_count(), "shard started");
@@ -185,7 +193,8 @@ impl Actor for ShardActor {
                     Ok(())
                 }
                 .await;
-                *st.args.slot.lock() = None;
+                // The slot stays filled: the supervisor's release() waits on
+                // it until the RocksDB instance is really closed.
                 let _ = reply.send(r);
             }
         }
@@ -195,7 +204,6 @@ impl Actor for ShardActor {
     async fn post_stop(&self, _myself: ActorRef<ShardMsg>, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
         // Idempotent: a closed group answers with an error we ignore.
         let _ = st.raft.shutdown().await;
-        *st.args.slot.lock() = None;
         tracing::info!(tenant = %st.args.tenant_id, "shard stopped");
         Ok(())
     }

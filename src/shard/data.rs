@@ -140,34 +140,7 @@ impl ShardData {
     fn rebuild_vectors(&self) -> Result<(), Error> {
         let store = self.store();
         let meta = self.meta.read().clone();
-        let mut indexes = HashMap::new();
-        let mut batches: HashMap<String, Vec<(u64, Vec<f32>)>> = HashMap::new();
-        for spec in meta.collections.values() {
-            if spec.dimension.is_some() {
-                indexes.insert(spec.name.clone(), VectorIndex::new(spec)?);
-            }
-        }
-        store.scan_prefix(CF_VIDS, b"", |_, id| {
-            let id = String::from_utf8_lossy(id);
-            if let Some(rec) = store.object(&id)? {
-                if let Some(v) = rec.vector {
-                    batches.entry(rec.collection).or_default().push((rec.vid, v));
-                }
-            }
-            Ok(true)
-        })?;
-        for (coll, items) in batches {
-            if let Some(ix) = indexes.get_mut(&coll) {
-                for chunk in items.chunks(4096) {
-                    let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, x)| (*v, x.as_slice())).collect();
-                    ix.add_many(&refs)?;
-                }
-            }
-        }
-        *self.vectors.write() = indexes
-            .into_iter()
-            .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
-            .collect();
+        *self.vectors.write() = build_vectors(&store, &meta)?;
         Ok(())
     }
 
@@ -313,18 +286,34 @@ impl ShardData {
         let hits = match &s.filter {
             None => ix.lock().search(&s.vector, s.k as usize, None)?,
             Some(f) => {
-                let mut allowed = Vec::new();
+                // Exact under the filter: score every matching object's
+                // stored vector, keeping the best k in a bounded heap.
+                let k = s.k as usize;
+                let ix = ix.lock();
+                let higher = ix.higher_is_closer();
+                let mut best: std::collections::BinaryHeap<Scored> = std::collections::BinaryHeap::with_capacity(k + 1);
                 let mut scanned = 0usize;
                 self.for_each_in(&s.collection, |o| {
                     scanned += 1;
-                    if o.vector.is_some() && f.matches(&o.properties) {
-                        if let Ok(Some(rec)) = store.object(&o.id) {
-                            allowed.push(rec.vid);
+                    if let (Some(v), true) = (&o.vector, f.matches(&o.properties)) {
+                        let score = ix.exact_score(&s.vector, v);
+                        let key = if higher { -score } else { score };
+                        best.push(Scored { key, score, id: o.id });
+                        if best.len() > k {
+                            best.pop();
                         }
                     }
                     scanned < MAX_FILTER_SCAN
                 })?;
-                ix.lock().search(&s.vector, s.k as usize, Some(&allowed))?
+                drop(ix);
+                let mut hits = best.into_vec();
+                hits.sort_by(|a, b| a.key.total_cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
+                let mut out = Vec::with_capacity(hits.len());
+                for h in hits {
+                    let object = if with_objects { self.get(&h.id)? } else { None };
+                    out.push(SearchHit { id: h.id, score: h.score, object });
+                }
+                return Ok(out);
             }
         };
         let mut out = Vec::with_capacity(hits.len());
@@ -403,18 +392,19 @@ impl ShardData {
 
     // ----- snapshots -----
 
-    /// Builds a snapshot: a checkpoint of the store under `snapshots/<id>/db`,
-    /// consistent with the applied log id it returns (raw bytes).
-    pub fn build_snapshot(&self, id: &str) -> Result<(PathBuf, Option<Vec<u8>>, Option<Vec<u8>>), Error> {
+    /// Builds a snapshot: a checkpoint of the store under `snapshots/<id>/db`
+    /// plus `meta.bin`, made by `make_meta` from the applied log id and
+    /// membership (raw bytes) the checkpoint reflects. The directory appears
+    /// complete or not at all; older snapshots are removed afterwards.
+    pub fn build_snapshot<M>(&self, id: &str, make_meta: impl FnOnce(Option<Vec<u8>>, Option<Vec<u8>>) -> Result<(M, Vec<u8>), Error>) -> Result<(PathBuf, M), Error> {
         let snaps = self.dir.join("snapshots");
         std::fs::create_dir_all(&snaps).map_err(io_err)?;
         let target = snaps.join(id);
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(io_err)?;
-        }
         let building = snaps.join(format!("{id}.building"));
-        if building.exists() {
-            std::fs::remove_dir_all(&building).map_err(io_err)?;
+        for d in [&target, &building] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(io_err)?;
+            }
         }
         std::fs::create_dir_all(&building).map_err(io_err)?;
         let (applied, membership) = {
@@ -423,17 +413,21 @@ impl ShardData {
             store.checkpoint(&building.join("db"))?;
             (store.get_raw(CF_META, meta_key::APPLIED)?, store.get_raw(CF_META, meta_key::MEMBERSHIP)?)
         };
+        let (meta, bytes) = make_meta(applied, membership)?;
+        write_atomic(&building.join("meta.bin"), &bytes)?;
         std::fs::rename(&building, &target).map_err(io_err)?;
-        // Keep only the newest snapshot.
+        std::fs::File::open(&snaps).and_then(|d| d.sync_all()).map_err(io_err)?;
         for entry in std::fs::read_dir(&snaps).map_err(io_err)?.flatten() {
             if entry.file_name().to_string_lossy() != id {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok((target, applied, membership))
+        Ok((target, meta))
     }
 
     /// Replaces the shard's state with the checkpoint at `snapshot_db`.
+    /// The new store, its meta and its rebuilt vector indexes are swapped
+    /// in together, so no read sees a mix.
     pub fn install_snapshot(&self, snapshot_db: &Path) -> Result<(), Error> {
         let _g = self.apply_lock.lock();
         let current = std::fs::read_to_string(self.dir.join("CURRENT")).map_err(io_err)?;
@@ -444,16 +438,23 @@ impl ShardData {
             std::fs::remove_dir_all(&target).map_err(io_err)?;
         }
         copy_dir(snapshot_db, &target)?;
+        std::fs::File::open(&target).and_then(|d| d.sync_all()).map_err(io_err)?;
         let store = ShardStore::open(&self.env, &target)?;
         let meta = ShardMeta::load(&store)?;
+        let vectors = build_vectors(&store, &meta)?;
         write_atomic(&self.dir.join("CURRENT"), next.as_bytes())?;
-        let old = std::mem::replace(&mut *self.store.write(), Arc::new(store));
-        *self.meta.write() = meta;
+        let old = {
+            let mut st = self.store.write();
+            let mut me = self.meta.write();
+            let mut ve = self.vectors.write();
+            *me = meta;
+            *ve = vectors;
+            std::mem::replace(&mut *st, Arc::new(store))
+        };
         let old_path = old.path().to_path_buf();
         drop(old);
         let _ = std::fs::remove_dir_all(old_path);
-        drop(_g);
-        self.rebuild_vectors()
+        Ok(())
     }
 
     /// Path of the newest snapshot, if any.
@@ -463,7 +464,7 @@ impl ShardData {
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.join("db").is_dir() && !p.to_string_lossy().ends_with(".building"))
+            .find(|p| p.join("meta.bin").is_file() && p.join("db").is_dir() && !p.to_string_lossy().ends_with(".building"))
     }
 
     /// The vector index of a collection (benchmarks compare against it).
@@ -494,6 +495,62 @@ impl ShardData {
             Ok(f(rec.into_object(String::from_utf8_lossy(k).into_owned())))
         })
     }
+}
+
+/// A filtered-search candidate, ordered by `key` (smaller is closer).
+struct Scored {
+    key: f32,
+    score: f32,
+    id: String,
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, o: &Self) -> bool {
+        self.key.total_cmp(&o.key).is_eq() && self.id == o.id
+    }
+}
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.total_cmp(&o.key).then_with(|| self.id.cmp(&o.id))
+    }
+}
+
+/// Builds every collection's vector index from the vectors in `store`.
+fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String, Arc<Mutex<VectorIndex>>>, Error> {
+    let mut indexes = HashMap::new();
+    let mut batches: HashMap<String, Vec<(u64, Vec<f32>)>> = HashMap::new();
+    for spec in meta.collections.values() {
+        if spec.dimension.is_some() {
+            indexes.insert(spec.name.clone(), VectorIndex::new(spec)?);
+        }
+    }
+    store.scan_prefix(CF_VIDS, b"", |_, id| {
+        let id = String::from_utf8_lossy(id);
+        if let Some(rec) = store.object(&id)? {
+            if let Some(v) = rec.vector {
+                batches.entry(rec.collection).or_default().push((rec.vid, v));
+            }
+        }
+        Ok(true)
+    })?;
+    for (coll, items) in batches {
+        if let Some(ix) = indexes.get_mut(&coll) {
+            for chunk in items.chunks(4096) {
+                let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, x)| (*v, x.as_slice())).collect();
+                ix.add_many(&refs)?;
+            }
+        }
+    }
+    Ok(indexes.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect())
 }
 
 /// Copies a directory of files (hard links where possible).

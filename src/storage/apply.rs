@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::proto::{
-    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, Properties, StorageUsage,
+    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, StorageUsage,
     WriteOp, WriteOutcome,
 };
 use crate::tenant::{validate_name, StorageLimitConfig};
@@ -510,6 +510,14 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
         }
         Command::PurgeOlderThan { collection, cutoff_ms, max } => {
             let mut victims = Vec::new();
+            if *max == 0 {
+                return Ok(Applied {
+                    result: CommandResult::Done(Ok(0)),
+                    vectors: Vec::new(),
+                    collections_changed: false,
+                    meta: meta.clone(),
+                });
+            }
             let prefix = collection.as_ref().map(|c| [c.as_bytes(), b"\0"].concat()).unwrap_or_default();
             let mut scanned = 0u64;
             store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {

@@ -1,0 +1,142 @@
+//! `vektagraf bench quic`: get, put and search over QUIC on loopback
+//! against the same operations through the embedded API, in one run, with
+//! 1 and 64 concurrent tasks.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, ClientOptions};
+use crate::proto::wire::KeyKind;
+use crate::proto::{CollectionSpec, NewObject, VectorSearch, WriteOp};
+use crate::{Database, NodeConfig, Session, TenantConfig};
+
+/// Bench options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Scratch directory.
+    pub data: PathBuf,
+    /// Seconds per measurement.
+    pub seconds: u64,
+}
+
+type Op = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+async fn measure(op: Op, tasks: usize, secs: u64) -> (f64, f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = t as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let s = Instant::now();
+                if op(i).await {
+                    lat.push(s.elapsed());
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.unwrap_or_default());
+    }
+    lat.sort();
+    let p = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    (count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(), p(0.5), p(0.99))
+}
+
+fn vec16(i: u64) -> Vec<f32> {
+    (0..16).map(|j| ((i * 7 + j * 13) % 101) as f32 / 101.0).collect()
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(opt: Options) -> anyhow::Result<()> {
+    if opt.data.exists() {
+        std::fs::remove_dir_all(&opt.data)?;
+    }
+    let db = Database::open(&opt.data, NodeConfig::with_data_dir(&opt.data)).await?;
+    let mut cfg = TenantConfig::for_tier(&db.tiers(), "bench", "bench", "custom", serde_json::json!({}))?;
+    cfg.rate_limit.max_requests = u64::MAX / 8;
+    cfg.request_limit.daily_limit = u64::MAX / 8;
+    cfg.request_limit.monthly_limit = u64::MAX / 8;
+    cfg.request_limit.concurrent_limit = 10_000;
+    cfg.storage_limit.max_objects = u64::MAX / 8;
+    cfg.storage_limit.max_vectors = u64::MAX / 8;
+    cfg.storage_limit.max_storage_bytes = u64::MAX / 8;
+    db.create_tenant(cfg).await?;
+    db.create_user("bench", "b").await?;
+    let s = db.session("bench", "b").await?;
+    s.create_collection(CollectionSpec::vectors("v", 16)).await?;
+    let ops: Vec<WriteOp> = (0..5000).map(|i| WriteOp::Put(NewObject::new("v", &format!("k{i}"), serde_json::json!({"i": i})).with_vector(vec16(i)))).collect();
+    anyhow::ensure!(s.batch(ops).await.iter().all(|r| r.is_ok()), "preload failed");
+
+    let mut settings = db.config().server.clone();
+    settings.listen = "127.0.0.1:0".parse()?;
+    let server = crate::net::Server::start(db.clone(), settings).await?;
+    let (key, _) = db.create_key(KeyKind::Tenant, Some("bench"), Some("b"), None).await?;
+    let mut o = ClientOptions::new(vec![server.local_addr], &key, &server.cert_path)?;
+    o.max_retries = 0;
+    let c = Arc::new(Client::connect(o).await?);
+
+    println!("# vektagraf bench quic: loopback, one connection, {} s per row", opt.seconds);
+    println!("{:<8} {:>5}  {:>12} {:>8} {:>8}  {:>12} {:>8} {:>8}  {:>6}", "op", "tasks", "embedded/s", "p50 ms", "p99 ms", "quic/s", "p50 ms", "p99 ms", "ratio");
+    for name in ["get", "put", "search"] {
+        for tasks in [1usize, 64] {
+            let emb = embedded_op(name, s.clone());
+            let net = quic_op(name, c.clone());
+            let (e, e50, e99) = measure(emb, tasks, opt.seconds).await;
+            let (q, q50, q99) = measure(net, tasks, opt.seconds).await;
+            println!("{name:<8} {tasks:>5}  {e:>12.0} {e50:>8.3} {e99:>8.3}  {q:>12.0} {q50:>8.3} {q99:>8.3}  {:>6.2}", q / e);
+        }
+    }
+    c.close().await;
+    server.shutdown().await;
+    db.close().await?;
+    Ok(())
+}
+
+fn embedded_op(name: &str, s: Session) -> Op {
+    match name {
+        "get" => Arc::new(move |i| {
+            let s = s.clone();
+            Box::pin(async move { s.get(&format!("k{}", i % 5000)).await.is_ok() })
+        }),
+        "put" => Arc::new(move |i| {
+            let s = s.clone();
+            Box::pin(async move { s.put(NewObject::new("v", &format!("p{i}"), serde_json::json!({"i": i}))).await.is_ok() })
+        }),
+        _ => Arc::new(move |i| {
+            let s = s.clone();
+            Box::pin(async move { s.vector_search_ids(VectorSearch { collection: "v".into(), vector: vec16(i), k: 10, filter: None }).await.is_ok() })
+        }),
+    }
+}
+
+fn quic_op(name: &str, c: Arc<Client>) -> Op {
+    match name {
+        "get" => Arc::new(move |i| {
+            let c = c.clone();
+            Box::pin(async move { c.get(&format!("k{}", i % 5000)).await.is_ok() })
+        }),
+        "put" => Arc::new(move |i| {
+            let c = c.clone();
+            Box::pin(async move { c.put(NewObject::new("v", &format!("q{i}"), serde_json::json!({"i": i}))).await.is_ok() })
+        }),
+        _ => Arc::new(move |i| {
+            let c = c.clone();
+            Box::pin(async move { c.search(VectorSearch { collection: "v".into(), vector: vec16(i), k: 10, filter: None }, false).await.is_ok() })
+        }),
+    }
+}
