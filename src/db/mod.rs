@@ -448,7 +448,7 @@ impl Database {
 
     /// R3: would `op` be admitted for `tenant` now? Consumes nothing.
     pub fn can_perform_operation(&self, tenant: &str, op: OperationType) -> Result<()> {
-        self.tenant(tenant)?.limiter.can_perform(op, crate::util::now_ms())
+        self.tenant(tenant)?.limiter.can_perform(op, crate::util::coarse_now_ms())
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {

@@ -141,14 +141,14 @@ impl Session {
         if cost.complexity > q.complexity_limit {
             return Err(limit_err(LimitKind::Complexity, q.complexity_limit, 0, cost.complexity));
         }
-        let permit = self.tenant.limiter.admit(op, crate::util::now_ms())?;
+        let permit = self.tenant.limiter.admit(op, crate::util::coarse_now_ms())?;
         let slot = self.db.admission.acquire(q.priority).await?;
         Ok((permit, slot, cfg))
     }
 
     /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.
     pub fn can_perform_operation(&self, op: OperationType) -> Result<()> {
-        self.tenant.limiter.can_perform(op, crate::util::now_ms())
+        self.tenant.limiter.can_perform(op, crate::util::coarse_now_ms())
     }
 
     // ----- writes -----
@@ -160,9 +160,11 @@ impl Session {
         // each bad op's error in its slot and proposes the rest.
         let mut early: Vec<Option<Error>> = Vec::with_capacity(ops.len());
         let mut passing = Vec::with_capacity(ops.len());
+        let mut size = 64usize;
         for op in ops {
             match precheck(&data, &cfg, &op) {
-                Ok(()) => {
+                Ok(bytes) => {
+                    size += bytes;
                     early.push(None);
                     passing.push(op);
                 }
@@ -178,7 +180,8 @@ impl Session {
             atomic,
             now_ms: crate::util::now_ms(),
         };
-        let size = crate::codec::encode(&cmd).map_err(Error::storage)?.len();
+        // `size` is the encoded size of the records, a close upper bound
+        // of the command's (one encode less per write).
         if size > self.db.config.limits.max_command_bytes {
             return Err(Error::invalid(
                 "write",
@@ -413,40 +416,42 @@ impl Session {
 
 /// Fail-fast checks before a write enters the log. Apply re-checks
 /// everything exactly; this only keeps bad or hopeless writes out of it.
-fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<()> {
+/// Returns about how many bytes the op adds to the command.
+fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<usize> {
+    use crate::tenant::validate_name;
     let s = &cfg.storage_limit;
-    let (obj, existing) = match op {
-        WriteOp::Put(o) => (o, None),
-        WriteOp::Update { id, .. } => {
-            crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
-            if let WriteOp::Update { vector: Some(v), .. } = op {
+    let obj = match op {
+        WriteOp::Put(o) => o,
+        WriteOp::Update { id, properties, vector } => {
+            validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+            if let Some(v) = vector {
                 if let Some(rec) = data.store().object(id)? {
                     if let Some(spec) = data.collection(&rec.collection) {
                         storage::check_vector(&spec, v)?;
                     }
                 }
             }
-            return Ok(());
+            return Ok(id.len() + properties.encoded_len() + vector.as_ref().map_or(0, |v| v.len() * 4) + 16);
         }
-        WriteOp::Delete { id } => return crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN),
+        WriteOp::Delete { id } => {
+            validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+            return Ok(id.len() + 8);
+        }
         WriteOp::PutEdge(e) => {
             for id in [&e.from, &e.to] {
-                crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
+                validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
             }
-            return crate::tenant::validate_name("label", &e.label, 64);
+            validate_name("label", &e.label, 64)?;
+            return Ok(e.from.len() + e.to.len() + e.label.len() + e.properties.encoded_len() + 16);
         }
-        WriteOp::DeleteEdge { .. } => return Ok(()),
+        WriteOp::DeleteEdge { from, label, to } => return Ok(from.len() + label.len() + to.len() + 16),
     };
-    let _: Option<()> = existing;
-    crate::tenant::validate_name("id", &obj.id, storage::MAX_OBJECT_ID_LEN)?;
+    validate_name("id", &obj.id, storage::MAX_OBJECT_ID_LEN)?;
     let spec = data
         .collection(&obj.collection)
         .ok_or_else(|| Error::not_found("collection", &obj.collection))?;
     if let Some(v) = &obj.vector {
         storage::check_vector(&spec, v)?;
-    }
-    if !s.hard_limits {
-        return Ok(());
     }
     let rec = ObjectRecord {
         collection: obj.collection.clone(),
@@ -457,19 +462,24 @@ fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<()> {
         vid: 0,
     };
     let size = storage::object_size(&obj.id, &rec)?;
+    if !s.hard_limits {
+        return Ok(size as usize + 16);
+    }
     if size > s.max_object_size {
         return Err(limit_err(LimitKind::ObjectSize, s.max_object_size, size, size));
     }
     let usage = data.usage();
-    let exists = data.store().object(&obj.id)?.is_some();
-    if !exists && usage.objects >= s.max_objects {
-        return Err(limit_err(LimitKind::Objects, s.max_objects, usage.objects, 1));
-    }
-    if !exists && obj.vector.is_some() && usage.vectors >= s.max_vectors {
-        return Err(limit_err(LimitKind::Vectors, s.max_vectors, usage.vectors, 1));
-    }
-    if !exists && usage.bytes + size > s.max_storage_bytes {
+    let at_limit = usage.objects >= s.max_objects || usage.bytes + size > s.max_storage_bytes || (obj.vector.is_some() && usage.vectors >= s.max_vectors);
+    // Only a write that would grow a counter past its limit needs to know
+    // whether the object exists (one read); most writes skip it.
+    if at_limit && data.store().object(&obj.id)?.is_none() {
+        if usage.objects >= s.max_objects {
+            return Err(limit_err(LimitKind::Objects, s.max_objects, usage.objects, 1));
+        }
+        if obj.vector.is_some() && usage.vectors >= s.max_vectors {
+            return Err(limit_err(LimitKind::Vectors, s.max_vectors, usage.vectors, 1));
+        }
         return Err(limit_err(LimitKind::StorageBytes, s.max_storage_bytes, usage.bytes, size));
     }
-    Ok(())
+    Ok(size as usize + 16)
 }

@@ -69,6 +69,10 @@ impl RateWindow {
     }
 
     fn roll(&mut self, now_ms: u64) {
+        // Fast path: still inside the current window (no division).
+        if now_ms >= self.start && now_ms - self.start < self.window_ms && (self.start != 0 || self.cur != 0 || self.prev != 0) {
+            return;
+        }
         let start = now_ms - now_ms % self.window_ms;
         if start == self.start {
             return;

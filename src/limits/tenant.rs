@@ -33,10 +33,18 @@ pub struct QuotaCounters {
     pub monthly: u64,
     /// Requests by operation type, in [`OperationType::ALL`] order.
     pub by_operation: [u64; 5],
+    /// Start of the next UTC day or month, whichever comes first: until
+    /// then `roll` has nothing to do (not persisted).
+    #[serde(skip)]
+    next_boundary: u64,
 }
 
 impl QuotaCounters {
     fn roll(&mut self, now_ms: u64) {
+        if now_ms < self.next_boundary {
+            return;
+        }
+        self.next_boundary = calendar::next_day_start(now_ms).min(calendar::next_month_start(now_ms));
         let day = calendar::day_number(now_ms);
         if day != self.day {
             self.day = day;
@@ -216,6 +224,7 @@ impl TenantLimiter {
     pub fn restore_quota(&self, persisted: QuotaCounters) {
         let mut st = self.state.lock();
         let q = &mut st.quota;
+        q.next_boundary = 0;
         if persisted.day > q.day {
             q.day = persisted.day;
             q.daily = persisted.daily;

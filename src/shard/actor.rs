@@ -220,21 +220,31 @@ pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Er
     }
 }
 
+fn sole_voter_leader(raft: &ShardRaft) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.state == openraft::ServerState::Leader && m.membership_config.membership().voter_ids().count() == 1
+}
+
 async fn read(raft: &ShardRaft, data: Arc<ShardData>, op: ReadOp, consistency: Consistency) -> Result<ReadResult, Error> {
-    if consistency == Consistency::Linearizable {
+    // In a one-voter group every acknowledged write is already applied here
+    // (client_write returns after apply), so a local read is linearizable
+    // as long as this replica is the leader; no read-index round needed.
+    if consistency == Consistency::Linearizable && !sole_voter_leader(raft) {
         raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
             .await
             .map_err(|e| Error::Unavailable {
                 reason: e.to_string(),
             })?;
     }
-    tokio::task::spawn_blocking(move || match op {
+    let run = move || match op {
         ReadOp::Get(id) => data.get(&id).map(ReadResult::Object),
         ReadOp::Query(q) => data.query(&q).map(ReadResult::Objects),
         ReadOp::Search(s, with_objects) => data.vector_search(&s, with_objects).map(ReadResult::Hits),
         ReadOp::Traverse(t) => data.traverse(&t).map(ReadResult::Nodes),
         ReadOp::Scan(c, after, limit) => data.scan(&c, after.as_deref(), limit as usize).map(ReadResult::Objects),
-    })
-    .await
-    .map_err(raft::raft_err)?
+    };
+    // Disk and FAISS work runs on the blocking pool, never on an async worker.
+    tokio::task::spawn_blocking(run).await.map_err(raft::raft_err)?
 }

@@ -191,9 +191,11 @@ impl ShardData {
         let map = self.vectors.read();
         for ch in changes {
             match ch {
-                VectorChange::Add { collection, vid, vector } => {
+                VectorChange::Add { collection, vid, id, vector } => {
                     if let Some(ix) = map.get(&collection) {
-                        ix.lock().add(vid, &vector)?;
+                        let mut ix = ix.lock();
+                        ix.add(vid, &vector)?;
+                        ix.set_id(vid, &id);
                     }
                 }
                 VectorChange::Remove { collection, vid } => {
@@ -316,10 +318,19 @@ impl ShardData {
                 return Ok(out);
             }
         };
+        let known: Vec<Option<Arc<str>>> = {
+            let ix = ix.lock();
+            hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect()
+        };
         let mut out = Vec::with_capacity(hits.len());
-        for (vid, score) in hits {
-            let Some(id) = store.get_raw(CF_VIDS, &vid.to_be_bytes())? else { continue };
-            let id = String::from_utf8_lossy(&id).into_owned();
+        for ((vid, score), known) in hits.into_iter().zip(known) {
+            let id = match known {
+                Some(id) => id.to_string(),
+                None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
+                    Some(id) => String::from_utf8_lossy(&id).into_owned(),
+                    None => continue,
+                },
+            };
             let object = if with_objects { self.get(&id)? } else { None };
             out.push(SearchHit { id, score, object });
         }
@@ -527,7 +538,7 @@ impl Ord for Scored {
 /// Builds every collection's vector index from the vectors in `store`.
 fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String, Arc<Mutex<VectorIndex>>>, Error> {
     let mut indexes = HashMap::new();
-    let mut batches: HashMap<String, Vec<(u64, Vec<f32>)>> = HashMap::new();
+    let mut batches: HashMap<String, Vec<(u64, String, Vec<f32>)>> = HashMap::new();
     for spec in meta.collections.values() {
         if spec.dimension.is_some() {
             indexes.insert(spec.name.clone(), VectorIndex::new(spec)?);
@@ -537,7 +548,7 @@ fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String,
         let id = String::from_utf8_lossy(id);
         if let Some(rec) = store.object(&id)? {
             if let Some(v) = rec.vector {
-                batches.entry(rec.collection).or_default().push((rec.vid, v));
+                batches.entry(rec.collection).or_default().push((rec.vid, id.to_string(), v));
             }
         }
         Ok(true)
@@ -545,8 +556,11 @@ fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String,
     for (coll, items) in batches {
         if let Some(ix) = indexes.get_mut(&coll) {
             for chunk in items.chunks(4096) {
-                let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, x)| (*v, x.as_slice())).collect();
+                let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, _, x)| (*v, x.as_slice())).collect();
                 ix.add_many(&refs)?;
+                for (vid, id, _) in chunk {
+                    ix.set_id(*vid, id);
+                }
             }
         }
     }

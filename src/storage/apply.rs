@@ -31,7 +31,7 @@ pub struct ShardMeta {
     /// Limits in force.
     pub limits: Option<StorageLimitConfig>,
     /// Collections by name.
-    pub collections: BTreeMap<String, CollectionSpec>,
+    pub collections: std::sync::Arc<BTreeMap<String, CollectionSpec>>,
     /// Next FAISS label.
     pub next_vid: u64,
 }
@@ -51,7 +51,7 @@ impl ShardMeta {
         Ok(ShardMeta {
             usage,
             limits,
-            collections,
+            collections: std::sync::Arc::new(collections),
             next_vid,
         })
     }
@@ -66,6 +66,8 @@ pub enum VectorChange {
         collection: String,
         /// FAISS label.
         vid: u64,
+        /// The object id it maps back to.
+        id: String,
         /// The vector.
         vector: Vec<f32>,
     },
@@ -148,6 +150,8 @@ pub fn check_collection(spec: &CollectionSpec) -> Result<(), Error> {
 struct Overlay<'s> {
     store: &'s ShardStore,
     meta: ShardMeta,
+    /// Objects as stored before this command (read once).
+    originals: std::cell::RefCell<HashMap<String, Option<ObjectRecord>>>,
     objects: HashMap<String, Option<ObjectRecord>>,
     edges: BTreeMap<(String, String, String), Option<EdgeRecord>>,
     vectors: Vec<VectorChange>,
@@ -158,8 +162,17 @@ impl<'s> Overlay<'s> {
     fn object(&self, id: &str) -> Result<Option<ObjectRecord>, Error> {
         match self.objects.get(id) {
             Some(o) => Ok(o.clone()),
-            None => self.store.object(id),
+            None => self.original(id),
         }
+    }
+
+    fn original(&self, id: &str) -> Result<Option<ObjectRecord>, Error> {
+        if let Some(o) = self.originals.borrow().get(id) {
+            return Ok(o.clone());
+        }
+        let o = self.store.object(id)?;
+        self.originals.borrow_mut().insert(id.to_string(), o.clone());
+        Ok(o)
     }
 
     fn edge(&self, from: &str, label: &str, to: &str) -> Result<Option<EdgeRecord>, Error> {
@@ -336,6 +349,7 @@ impl<'s> Overlay<'s> {
             self.vectors.push(VectorChange::Add {
                 collection: rec.collection.clone(),
                 vid: rec.vid,
+                id: obj.id.clone(),
                 vector: v.clone(),
             });
         }
@@ -404,7 +418,7 @@ impl<'s> Overlay<'s> {
     /// Writes the overlay into a batch.
     fn flush_into(&self, batch: &mut Batch<'_>) -> Result<(), Error> {
         for (id, rec) in &self.objects {
-            let old = self.store.object(id)?;
+            let old = self.original(id)?;
             if let Some(o) = &old {
                 batch.delete(CF_MEMBERS, &member_key(&o.collection, id))?;
                 if o.vector.is_some() {
@@ -446,6 +460,7 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
     let mut ov = Overlay {
         store,
         meta: meta.clone(),
+        originals: Default::default(),
         objects: HashMap::new(),
         edges: BTreeMap::new(),
         vectors: Vec::new(),
@@ -573,7 +588,7 @@ fn create_collection(ov: &mut Overlay<'_>, spec: &CollectionSpec) -> Result<u64,
             ov.warnings.push(format!("soft limit storage_limit.max_vector_dimensions exceeded: {d} > {max}"));
         }
     }
-    ov.meta.collections.insert(spec.name.clone(), spec.clone());
+    std::sync::Arc::make_mut(&mut ov.meta.collections).insert(spec.name.clone(), spec.clone());
     Ok(0)
 }
 
@@ -589,7 +604,7 @@ fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {
     if !empty {
         return Err(Error::invalid("collection", format!("{name} is not empty; delete its objects first")));
     }
-    ov.meta.collections.remove(name);
+    std::sync::Arc::make_mut(&mut ov.meta.collections).remove(name);
     Ok(0)
 }
 

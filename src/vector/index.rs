@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use faiss::index::autotune::ParameterSpace;
 use faiss::index::{IndexImpl, SearchWithParamsMut};
@@ -33,6 +34,8 @@ pub struct VectorIndex {
     dim: usize,
     index: IndexImpl,
     live: HashSet<u64>,
+    /// Object id of each live label (so a search needs no store lookups).
+    ids: std::collections::HashMap<u64, Arc<str>>,
     tombstones: HashSet<u64>,
     /// IVF only: trained yet? Until then the index is flat.
     trained_ivf: bool,
@@ -91,6 +94,7 @@ impl VectorIndex {
             dim,
             index: build(spec, dim, false)?,
             live: HashSet::new(),
+            ids: Default::default(),
             tombstones: HashSet::new(),
             trained_ivf: false,
         })
@@ -157,8 +161,19 @@ impl VectorIndex {
         self.add_many(&[(vid, v)])
     }
 
+    /// Records the object id of a label.
+    pub fn set_id(&mut self, vid: u64, id: &str) {
+        self.ids.insert(vid, Arc::from(id));
+    }
+
+    /// The object id of a label, if known.
+    pub fn id_of(&self, vid: u64) -> Option<Arc<str>> {
+        self.ids.get(&vid).cloned()
+    }
+
     /// Removes a label (tombstones it on HNSW).
     pub fn remove(&mut self, vid: u64) -> Result<(), Error> {
+        self.ids.remove(&vid);
         if !self.live.remove(&vid) {
             return Ok(());
         }
@@ -328,6 +343,7 @@ impl VectorIndex {
             trained_ivf: matches!(spec.index, IndexKind::Ivf { nlist, .. } if live.len() >= nlist as usize * 39),
             index,
             live,
+            ids: Default::default(),
             tombstones: HashSet::new(),
         };
         if vi.index.ntotal() as usize != vi.live.len() {
