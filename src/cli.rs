@@ -10,8 +10,8 @@ use serde::Serialize;
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::KeyKind;
 use vektagraf::proto::{
-    CollectionSpec, Direction, Error, Filter, IndexKind, Metric, NewObject, OperationType, Properties,
-    Query, Traverse, VectorSearch, WriteOp,
+    CollectionSpec, Direction, Error, Filter, IndexKind, Metric, NewObject, OperationType,
+    Properties, Query, Traverse, VectorSearch, WriteOp,
 };
 use vektagraf::tenant::TenantUpdate;
 
@@ -29,7 +29,13 @@ pub enum Output {
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
     /// Node address(es).
-    #[arg(long, global = true, default_value = "127.0.0.1:7687", env = "VEKTAGRAF_ADDR", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7687",
+        env = "VEKTAGRAF_ADDR",
+        value_delimiter = ','
+    )]
     pub addr: Vec<SocketAddr>,
     /// API key (or VEKTAGRAF_KEY, or --key-file).
     #[arg(long, global = true, env = "VEKTAGRAF_KEY", hide_env_values = true)]
@@ -38,7 +44,12 @@ pub struct Conn {
     #[arg(long, global = true)]
     pub key_file: Option<PathBuf>,
     /// Certificate to trust: the node's self-signed cert or the cluster CA.
-    #[arg(long, global = true, env = "VEKTAGRAF_CA", default_value = "./data/tls/server.crt")]
+    #[arg(
+        long,
+        global = true,
+        env = "VEKTAGRAF_CA",
+        default_value = "./data/tls/server.crt"
+    )]
     pub ca: PathBuf,
     /// Name on the server certificate.
     #[arg(long, global = true, default_value = "localhost")]
@@ -285,10 +296,18 @@ fn api_key(conn: &Conn) -> anyhow::Result<String> {
     if let Some(k) = &conn.key {
         return Ok(k.trim().to_string());
     }
-    let file = conn.key_file.clone().unwrap_or_else(|| PathBuf::from("./data/admin.key"));
+    let file = conn
+        .key_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./data/admin.key"));
     std::fs::read_to_string(&file)
         .map(|s| s.trim().to_string())
-        .with_context(|| format!("no API key: pass --key, set VEKTAGRAF_KEY, or --key-file (tried {})", file.display()))
+        .with_context(|| {
+            format!(
+                "no API key: pass --key, set VEKTAGRAF_KEY, or --key-file (tried {})",
+                file.display()
+            )
+        })
 }
 
 fn print<T: Serialize>(out: Output, v: &T) -> anyhow::Result<()> {
@@ -317,12 +336,40 @@ fn cell(v: &serde_json::Value) -> String {
 
 fn print_table(v: &serde_json::Value) {
     match v {
-        serde_json::Value::Array(rows) if rows.iter().all(|r| r.is_object()) && !rows.is_empty() => {
-            let cols: Vec<String> = rows[0].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-            let cells: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| cell(&r[c])).collect()).collect();
-            let widths: Vec<usize> = cols.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len())).collect();
-            let line = |vals: &[String]| vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ");
-            println!("{}", line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>()));
+        serde_json::Value::Array(rows)
+            if rows.iter().all(|r| r.is_object()) && !rows.is_empty() =>
+        {
+            let cols: Vec<String> = rows[0]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| cols.iter().map(|c| cell(&r[c])).collect())
+                .collect();
+            let widths: Vec<usize> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].len())
+                        .max()
+                        .unwrap_or(0)
+                        .max(c.len())
+                })
+                .collect();
+            let line = |vals: &[String]| {
+                vals.iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
+            println!(
+                "{}",
+                line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>())
+            );
             for r in &cells {
                 println!("{}", line(r));
             }
@@ -410,14 +457,39 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             println!("pong");
         }
         Remote::Tenant { cmd } => match cmd {
-            TenantCmd::Create { id, name, tier } => print(out, &c.create_tenant_for_tier(&id, name.as_deref().unwrap_or(&id), &tier).await?)?,
+            TenantCmd::Create { id, name, tier } => print(
+                out,
+                &c.create_tenant_for_tier(&id, name.as_deref().unwrap_or(&id), &tier)
+                    .await?,
+            )?,
             TenantCmd::Get { id } => print(out, &c.get_tenant(&id).await?)?,
             TenantCmd::Update { id, json } => {
-                let up: TenantUpdate = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("bad update JSON: {e}"))?;
+                let up: TenantUpdate = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("bad update JSON: {e}"))?;
                 print(out, &c.update_tenant(&id, up).await?)?
             }
-            TenantCmd::Disable { id } => print(out, &c.update_tenant(&id, TenantUpdate { enabled: Some(false), ..Default::default() }).await?)?,
-            TenantCmd::Enable { id } => print(out, &c.update_tenant(&id, TenantUpdate { enabled: Some(true), ..Default::default() }).await?)?,
+            TenantCmd::Disable { id } => print(
+                out,
+                &c.update_tenant(
+                    &id,
+                    TenantUpdate {
+                        enabled: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            )?,
+            TenantCmd::Enable { id } => print(
+                out,
+                &c.update_tenant(
+                    &id,
+                    TenantUpdate {
+                        enabled: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            )?,
             TenantCmd::Delete { id } => {
                 c.delete_tenant(&id).await?;
                 println!("deleted tenant {id} and purged its data");
@@ -447,7 +519,9 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
         Remote::Key { cmd } => match cmd {
             KeyCmd::Create { tenant, user, ops } => {
                 let ops = ops.map(|o| parse_ops(&o)).transpose()?;
-                let (key, info) = c.create_key(KeyKind::Tenant, Some(&tenant), Some(&user), ops).await?;
+                let (key, info) = c
+                    .create_key(KeyKind::Tenant, Some(&tenant), Some(&user), ops)
+                    .await?;
                 eprintln!("store this key now; it is not shown again");
                 println!("{key}");
                 if matches!(out, Output::Json) {
@@ -465,26 +539,55 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             }
             KeyCmd::Rotate { key_id } => {
                 let (key, info) = c.rotate_key(&key_id).await?;
-                eprintln!("revoked {key_id}; new key {} (not shown again):", info.key_id);
+                eprintln!(
+                    "revoked {key_id}; new key {} (not shown again):",
+                    info.key_id
+                );
                 println!("{key}");
             }
             KeyCmd::List { tenant } => print(out, &c.list_keys(tenant.as_deref()).await?)?,
         },
         Remote::Collection { cmd } => match cmd {
-            CollectionCmd::Create { name, dim, metric, index } => {
+            CollectionCmd::Create {
+                name,
+                dim,
+                metric,
+                index,
+            } => {
                 let metric = match metric.as_str() {
                     "l2" => Metric::L2,
                     "cosine" => Metric::Cosine,
                     "inner_product" | "ip" => Metric::InnerProduct,
-                    m => return Err(anyhow::anyhow!("unknown metric {m}: use l2, cosine or inner_product").into()),
+                    m => {
+                        return Err(anyhow::anyhow!(
+                            "unknown metric {m}: use l2, cosine or inner_product"
+                        )
+                        .into())
+                    }
                 };
                 let index = match index.as_str() {
                     "flat" => IndexKind::Flat,
-                    "hnsw" => IndexKind::Hnsw { m: 32, ef_search: 64 },
-                    "ivf" => IndexKind::Ivf { nlist: 64, nprobe: 8 },
-                    i => return Err(anyhow::anyhow!("unknown index {i}: use flat, hnsw or ivf").into()),
+                    "hnsw" => IndexKind::Hnsw {
+                        m: 32,
+                        ef_search: 64,
+                    },
+                    "ivf" => IndexKind::Ivf {
+                        nlist: 64,
+                        nprobe: 8,
+                    },
+                    i => {
+                        return Err(
+                            anyhow::anyhow!("unknown index {i}: use flat, hnsw or ivf").into()
+                        )
+                    }
                 };
-                c.create_collection(CollectionSpec { name: name.clone(), dimension: dim, metric, index }).await?;
+                c.create_collection(CollectionSpec {
+                    name: name.clone(),
+                    dimension: dim,
+                    metric,
+                    index,
+                })
+                .await?;
                 println!("created collection {name}");
             }
             CollectionCmd::List => print(out, &c.collections().await?)?,
@@ -494,9 +597,20 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             }
         },
         Remote::Object { cmd } => match cmd {
-            ObjectCmd::Put { collection, id, json, vector } => {
-                let props: serde_json::Value = serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("bad properties JSON: {e}"))?;
-                let mut o = NewObject { id, collection, properties: Properties::from_json(props)?, vector: None };
+            ObjectCmd::Put {
+                collection,
+                id,
+                json,
+                vector,
+            } => {
+                let props: serde_json::Value = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("bad properties JSON: {e}"))?;
+                let mut o = NewObject {
+                    id,
+                    collection,
+                    properties: Properties::from_json(props)?,
+                    vector: None,
+                };
                 if let Some(v) = vector {
                     o.vector = Some(parse_vec(&v)?);
                 }
@@ -508,27 +622,80 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             },
             ObjectCmd::Delete { id } => print(out, &c.delete(&id).await?)?,
         },
-        Remote::Query { collection, filter, limit } => {
+        Remote::Query {
+            collection,
+            filter,
+            limit,
+        } => {
             let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
-            print(out, &c.query(Query { collection, filter, limit }).await?)?
+            print(
+                out,
+                &c.query(Query {
+                    collection,
+                    filter,
+                    limit,
+                })
+                .await?,
+            )?
         }
-        Remote::Search { collection, vector, k, filter } => {
+        Remote::Search {
+            collection,
+            vector,
+            k,
+            filter,
+        } => {
             let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
-            let hits = c.search(VectorSearch { collection, vector: parse_vec(&vector)?, k, filter }, false).await?;
-            let rows: Vec<serde_json::Value> = hits.iter().map(|h| serde_json::json!({"id": h.id, "score": h.score})).collect();
+            let hits = c
+                .search(
+                    VectorSearch {
+                        collection,
+                        vector: parse_vec(&vector)?,
+                        k,
+                        filter,
+                    },
+                    false,
+                )
+                .await?;
+            let rows: Vec<serde_json::Value> = hits
+                .iter()
+                .map(|h| serde_json::json!({"id": h.id, "score": h.score}))
+                .collect();
             print(out, &rows)?
         }
-        Remote::Traverse { start, direction, labels, depth, max_nodes } => {
+        Remote::Traverse {
+            start,
+            direction,
+            labels,
+            depth,
+            max_nodes,
+        } => {
             let direction = match direction.as_str() {
                 "out" => Direction::Out,
                 "in" => Direction::In,
                 "both" => Direction::Both,
-                d => return Err(anyhow::anyhow!("unknown direction {d}: use out, in or both").into()),
+                d => {
+                    return Err(
+                        anyhow::anyhow!("unknown direction {d}: use out, in or both").into(),
+                    )
+                }
             };
-            print(out, &c.traverse(Traverse { start, direction, labels, max_depth: depth, max_nodes }).await?)?
+            print(
+                out,
+                &c.traverse(Traverse {
+                    start,
+                    direction,
+                    labels,
+                    max_depth: depth,
+                    max_nodes,
+                })
+                .await?,
+            )?
         }
         Remote::Import { file, collection } => import(c, &file, &collection).await?,
-        Remote::Export { collection, out: path } => export(c, &collection, path).await?,
+        Remote::Export {
+            collection,
+            out: path,
+        } => export(c, &collection, path).await?,
         Remote::Usage { tenant } => print(out, &c.usage(tenant.as_deref()).await?)?,
     }
     Ok(())
@@ -544,7 +711,9 @@ struct Line {
 }
 
 async fn import(c: &Client, file: &std::path::Path, collection: &str) -> Result<(), CliError> {
-    let total = std::io::BufReader::new(std::fs::File::open(file)?).lines().count();
+    let total = std::io::BufReader::new(std::fs::File::open(file)?)
+        .lines()
+        .count();
     let reader = std::io::BufReader::new(std::fs::File::open(file)?);
     let (mut done, mut failed) = (0usize, 0usize);
     let mut chunk = Vec::new();
@@ -552,12 +721,24 @@ async fn import(c: &Client, file: &std::path::Path, collection: &str) -> Result<
     loop {
         let next = lines.next();
         if let Some((n, line)) = &next {
-            let line = line.as_ref().map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+            let line = line
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let l: Line = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e} (expected {{\"id\", \"properties\", \"vector\"}})", n + 1))?;
-            chunk.push(WriteOp::Put(NewObject { id: l.id, collection: collection.to_string(), properties: Properties::from_json(l.properties)?, vector: l.vector }));
+            let l: Line = serde_json::from_str(line).map_err(|e| {
+                anyhow::anyhow!(
+                    "line {}: {e} (expected {{\"id\", \"properties\", \"vector\"}})",
+                    n + 1
+                )
+            })?;
+            chunk.push(WriteOp::Put(NewObject {
+                id: l.id,
+                collection: collection.to_string(),
+                properties: Properties::from_json(l.properties)?,
+                vector: l.vector,
+            }));
         }
         if chunk.len() >= 500 || (next.is_none() && !chunk.is_empty()) {
             for r in c.batch(std::mem::take(&mut chunk)).await {

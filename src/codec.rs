@@ -24,7 +24,11 @@ pub enum CodecError {
     Trailing(usize),
 }
 
-fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<MAX_DECODE_BYTES>> {
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+> {
     bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
@@ -51,7 +55,10 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let mut b = encode(&(1u32, "x".to_string())).unwrap();
         b.push(0);
-        assert!(matches!(decode::<(u32, String)>(&b), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<(u32, String)>(&b),
+            Err(CodecError::Trailing(1))
+        ));
     }
 
     #[test]

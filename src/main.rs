@@ -9,7 +9,11 @@ mod cli;
 mod quickstart;
 
 #[derive(Parser)]
-#[command(name = "vektagraf", version, about = "Multi-tenant database for objects, vectors and graphs")]
+#[command(
+    name = "vektagraf",
+    version,
+    about = "Multi-tenant database for objects, vectors and graphs"
+)]
 struct Cli {
     #[command(flatten)]
     conn: cli::Conn,
@@ -102,7 +106,9 @@ enum BenchCmd {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -114,7 +120,13 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Quickstart { data, config } => quickstart::run(&data, config.as_deref()).await,
             Cmd::Bench { which } => match which {
-                BenchCmd::Engine { data, seconds, vectors, queries, no_vectors } => {
+                BenchCmd::Engine {
+                    data,
+                    seconds,
+                    vectors,
+                    queries,
+                    no_vectors,
+                } => {
                     vektagraf::bench::engine::run(vektagraf::bench::engine::Options {
                         data,
                         seconds,
@@ -124,17 +136,30 @@ fn main() -> anyhow::Result<()> {
                     })
                     .await
                 }
-                BenchCmd::Quic { data, seconds } => vektagraf::bench::quic::run(vektagraf::bench::quic::Options { data, seconds }).await,
+                BenchCmd::Quic { data, seconds } => {
+                    vektagraf::bench::quic::run(vektagraf::bench::quic::Options { data, seconds })
+                        .await
+                }
             },
-            Cmd::WriteLoop { data, tenant, writers } => write_loop(&data, &tenant, writers).await,
+            Cmd::WriteLoop {
+                data,
+                tenant,
+                writers,
+            } => write_loop(&data, &tenant, writers).await,
             Cmd::Serve { config } => serve(config.as_deref()).await,
             Cmd::Certs { out, nodes, hosts } => {
                 let files = vektagraf::net::tls::make_certs(&out, &nodes, &hosts)?;
-                println!("cluster CA (clients trust this): {}", files.ca_cert.display());
+                println!(
+                    "cluster CA (clients trust this): {}",
+                    files.ca_cert.display()
+                );
                 for (id, c, k) in files.nodes {
                     println!("node {id}: cert {} key {}", c.display(), k.display());
                 }
-                println!("set [server] cert/key in each node's config; clients pass --ca {}", files.ca_cert.display());
+                println!(
+                    "set [server] cert/key in each node's config; clients pass --ca {}",
+                    files.ca_cert.display()
+                );
                 Ok(())
             }
             Cmd::Remote(cmd) => cli::run(cli.conn, cmd).await,
@@ -149,12 +174,24 @@ async fn serve(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let db = vektagraf::Database::open(&data_dir, cfg).await?;
     let key_path = data_dir.join("admin.key");
     if let Some(p) = db.ensure_admin_key(&key_path).await? {
-        println!("admin key created: {} (mode 0600; shown nowhere else)", p.display());
+        println!(
+            "admin key created: {} (mode 0600; shown nowhere else)",
+            p.display()
+        );
     }
     let server = vektagraf::net::Server::start(db.clone(), settings).await?;
     println!("listening on {}", server.local_addr);
-    println!("certificate {} sha256 {}", server.cert_path.display(), server.fingerprint);
-    println!("connect: vektagraf --addr {} --ca {} --key-file {} tenant list", server.local_addr, server.cert_path.display(), key_path.display());
+    println!(
+        "certificate {} sha256 {}",
+        server.cert_path.display(),
+        server.fingerprint
+    );
+    println!(
+        "connect: vektagraf --addr {} --ca {} --key-file {} tenant list",
+        server.local_addr,
+        server.cert_path.display(),
+        key_path.display()
+    );
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -175,7 +212,13 @@ async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> any
     use vektagraf::proto::{CollectionSpec, NewObject};
     let db = vektagraf::Database::open(data, vektagraf::NodeConfig::with_data_dir(data)).await?;
     if db.get_tenant(tenant).await.is_err() {
-        let mut cfg = vektagraf::TenantConfig::for_tier(&db.tiers(), tenant, tenant, "tier4", serde_json::json!({}))?;
+        let mut cfg = vektagraf::TenantConfig::for_tier(
+            &db.tiers(),
+            tenant,
+            tenant,
+            "tier4",
+            serde_json::json!({}),
+        )?;
         cfg.rate_limit.max_requests = 1_000_000_000;
         cfg.request_limit.daily_limit = u64::MAX / 4;
         cfg.request_limit.monthly_limit = u64::MAX / 4;
@@ -184,7 +227,8 @@ async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> any
     }
     let s = db.session(tenant, "writer").await?;
     if s.collections()?.is_empty() {
-        s.create_collection(CollectionSpec::vectors("items", 4)).await?;
+        s.create_collection(CollectionSpec::vectors("items", 4))
+            .await?;
     }
     println!("READY");
     let mut tasks = Vec::new();
@@ -193,7 +237,8 @@ async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> any
         tasks.push(tokio::spawn(async move {
             for i in 0u64.. {
                 let id = format!("w{w}-{i}");
-                let obj = NewObject::new("items", &id, serde_json::json!({"i": i, "w": w})).with_vector(vec![i as f32, w as f32, 1.0, 0.5]);
+                let obj = NewObject::new("items", &id, serde_json::json!({"i": i, "w": w}))
+                    .with_vector(vec![i as f32, w as f32, 1.0, 0.5]);
                 match s.put(obj).await {
                     Ok(_) => {
                         let mut out = std::io::stdout().lock();

@@ -12,7 +12,10 @@ pub fn now_ms() -> u64 {
 /// (resolution of a few ms, a few ns to read). Rate windows and daily
 /// counters use it: they count in whole milliseconds anyway.
 pub fn coarse_now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
     if rc != 0 {

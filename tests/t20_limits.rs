@@ -1,4 +1,5 @@
 //! Each limit fires with its own typed error at the limit, and not below.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -6,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject, OperationType, Query, WriteOp};
+use vektagraf::proto::{
+    CollectionSpec, Error, LimitKind, NewObject, OperationType, Query, WriteOp,
+};
 use vektagraf::tenant::{TenantUpdate, Window};
 
 fn kind(r: Result<impl std::fmt::Debug, Error>) -> LimitKind {
@@ -32,13 +35,18 @@ async fn rate_limit_with_burst_and_per_operation_limits() {
     cfg.rate_limit.burst_allowance = 2;
     cfg.rate_limit.time_window = Window(Duration::from_secs(3600));
     cfg.rate_limit.sliding_window = false;
-    cfg.rate_limit.operation_types.insert(OperationType::Write, 3);
+    cfg.rate_limit
+        .operation_types
+        .insert(OperationType::Write, 3);
     let s = tenant(&db, cfg).await;
     items(&s).await; // write 1
     s.put(item("a", 1.0)).await.unwrap(); // write 2
     s.put(item("b", 1.0)).await.unwrap(); // write 3: at the per-op limit
     let l = limit_of(s.put(item("c", 1.0)).await);
-    assert_eq!((l.kind, l.limit, l.current), (LimitKind::OperationRate(OperationType::Write), 3, 3));
+    assert_eq!(
+        (l.kind, l.limit, l.current),
+        (LimitKind::OperationRate(OperationType::Write), 3, 3)
+    );
     assert!(l.retry_after_ms.unwrap() > 0);
     // Overall: 3 writes so far; 7 more requests reach max + burst = 10.
     for _ in 0..7 {
@@ -56,13 +64,29 @@ async fn operation_types_decide_what_is_allowed_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path()).await;
     let mut cfg = roomy(&db, "ops");
-    cfg.rate_limit.operation_types.remove(&OperationType::GraphTraverse);
+    cfg.rate_limit
+        .operation_types
+        .remove(&OperationType::GraphTraverse);
     let s = tenant(&db, cfg).await;
     items(&s).await;
     s.put(item("a", 1.0)).await.unwrap();
-    let t = vektagraf::proto::Traverse { start: "a".into(), direction: vektagraf::proto::Direction::Out, labels: vec![], max_depth: 1, max_nodes: 1 };
-    assert!(matches!(s.traverse(t).await, Err(Error::OperationNotAllowed { operation: OperationType::GraphTraverse })));
-    assert!(matches!(s.can_perform_operation(OperationType::GraphTraverse), Err(Error::OperationNotAllowed { .. })));
+    let t = vektagraf::proto::Traverse {
+        start: "a".into(),
+        direction: vektagraf::proto::Direction::Out,
+        labels: vec![],
+        max_depth: 1,
+        max_nodes: 1,
+    };
+    assert!(matches!(
+        s.traverse(t).await,
+        Err(Error::OperationNotAllowed {
+            operation: OperationType::GraphTraverse
+        })
+    ));
+    assert!(matches!(
+        s.can_perform_operation(OperationType::GraphTraverse),
+        Err(Error::OperationNotAllowed { .. })
+    ));
     s.can_perform_operation(OperationType::Read).unwrap();
     db.close().await.unwrap();
 }
@@ -81,7 +105,10 @@ async fn daily_and_monthly_quotas() {
     let l = limit_of(s.get("x").await);
     assert_eq!((l.kind, l.limit, l.current), (LimitKind::Daily, 4, 4));
     let wait = l.retry_after_ms.unwrap();
-    assert!(wait > 0 && wait <= 86_400_000, "retry at the next UTC midnight: {wait}");
+    assert!(
+        wait > 0 && wait <= 86_400_000,
+        "retry at the next UTC midnight: {wait}"
+    );
 
     let mut cfg = roomy(&db, "monthly");
     cfg.request_limit.monthly_limit = 3;
@@ -105,11 +132,19 @@ async fn concurrency_slots() {
     // (below the limit); a third while both run does not.
     let mut saw_limit = false;
     for attempt in 0..20 {
-        let big: Vec<WriteOp> = (0..3000).map(|i| WriteOp::Put(item(&format!("t{attempt}-{i}"), i as f32))).collect();
-        let big2 = big.iter().map(|op| match op {
-            WriteOp::Put(o) => WriteOp::Put(NewObject { id: format!("{}b", o.id), ..o.clone() }),
-            other => other.clone(),
-        }).collect::<Vec<_>>();
+        let big: Vec<WriteOp> = (0..3000)
+            .map(|i| WriteOp::Put(item(&format!("t{attempt}-{i}"), i as f32)))
+            .collect();
+        let big2 = big
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put(o) => WriteOp::Put(NewObject {
+                    id: format!("{}b", o.id),
+                    ..o.clone()
+                }),
+                other => other.clone(),
+            })
+            .collect::<Vec<_>>();
         let (s1, s2) = (s.clone(), s.clone());
         let t1 = tokio::spawn(async move { s1.transaction(big).await });
         while s.usage().unwrap().in_flight < 1 && !t1.is_finished() {
@@ -145,17 +180,35 @@ async fn complexity_and_result_size_are_checked_before_running() {
     cfg.request_limit.max_result_size = 400;
     let s = tenant(&db, cfg).await;
     items(&s).await;
-    let q = |limit| Query { collection: "items".into(), filter: None, limit };
+    let q = |limit| Query {
+        collection: "items".into(),
+        filter: None,
+        limit,
+    };
     // cost = 1 + limit / 10: 490 -> 50 (at the limit) but result size 490 > 400.
     let l = limit_of(s.query(q(401)).await);
-    assert_eq!((l.kind, l.limit, l.requested), (LimitKind::ResultSize, 400, 401));
+    assert_eq!(
+        (l.kind, l.limit, l.requested),
+        (LimitKind::ResultSize, 400, 401)
+    );
     s.query(q(400)).await.unwrap();
     let mut cfg = db.get_tenant("cx").await.unwrap();
     cfg.request_limit.max_result_size = 10_000;
-    db.update_tenant("cx", TenantUpdate { request_limit: Some(cfg.request_limit), ..Default::default() }).await.unwrap();
+    db.update_tenant(
+        "cx",
+        TenantUpdate {
+            request_limit: Some(cfg.request_limit),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     s.query(q(490)).await.unwrap(); // complexity 50: at the limit
     let l = limit_of(s.query(q(500)).await); // complexity 51
-    assert_eq!((l.kind, l.limit, l.requested), (LimitKind::Complexity, 50, 51));
+    assert_eq!(
+        (l.kind, l.limit, l.requested),
+        (LimitKind::Complexity, 50, 51)
+    );
     db.close().await.unwrap();
 }
 
@@ -170,11 +223,23 @@ async fn storage_limits_objects_bytes_size_vectors_dimensions() {
     cfg.storage_limit.max_object_size = 600;
     let s = tenant(&db, cfg).await;
     // Dimensions: 8 is allowed, 9 is not.
-    s.create_collection(CollectionSpec::vectors("items", 4)).await.unwrap();
-    s.create_collection(CollectionSpec::vectors("eight", 8)).await.unwrap();
-    let l = limit_of(s.create_collection(CollectionSpec::vectors("nine", 9)).await);
-    assert_eq!((l.kind, l.limit, l.requested), (LimitKind::VectorDimensions, 8, 9));
-    s.create_collection(CollectionSpec::plain("plain")).await.unwrap();
+    s.create_collection(CollectionSpec::vectors("items", 4))
+        .await
+        .unwrap();
+    s.create_collection(CollectionSpec::vectors("eight", 8))
+        .await
+        .unwrap();
+    let l = limit_of(
+        s.create_collection(CollectionSpec::vectors("nine", 9))
+            .await,
+    );
+    assert_eq!(
+        (l.kind, l.limit, l.requested),
+        (LimitKind::VectorDimensions, 8, 9)
+    );
+    s.create_collection(CollectionSpec::plain("plain"))
+        .await
+        .unwrap();
     // Vectors: 3 allowed.
     for i in 0..3 {
         s.put(item(&format!("v{i}"), i as f32)).await.unwrap();
@@ -182,12 +247,21 @@ async fn storage_limits_objects_bytes_size_vectors_dimensions() {
     let l = limit_of(s.put(item("v3", 3.0)).await);
     assert_eq!((l.kind, l.limit, l.current), (LimitKind::Vectors, 3, 3));
     // Objects: 5 allowed (3 with vectors + 2 plain).
-    s.put(NewObject::new("plain", "p0", serde_json::json!({}))).await.unwrap();
-    s.put(NewObject::new("plain", "p1", serde_json::json!({}))).await.unwrap();
-    let l = limit_of(s.put(NewObject::new("plain", "p2", serde_json::json!({}))).await);
+    s.put(NewObject::new("plain", "p0", serde_json::json!({})))
+        .await
+        .unwrap();
+    s.put(NewObject::new("plain", "p1", serde_json::json!({})))
+        .await
+        .unwrap();
+    let l = limit_of(
+        s.put(NewObject::new("plain", "p2", serde_json::json!({})))
+            .await,
+    );
     assert_eq!((l.kind, l.limit, l.current), (LimitKind::Objects, 5, 5));
     // Replacing an existing object at the limit is fine.
-    s.put(NewObject::new("plain", "p1", serde_json::json!({"x": 1}))).await.unwrap();
+    s.put(NewObject::new("plain", "p1", serde_json::json!({"x": 1})))
+        .await
+        .unwrap();
     // Object size: just under 600 passes, over fails.
     let body = |n: usize| NewObject::new("plain", "p1", serde_json::json!({"s": "x".repeat(n)}));
     s.put(body(500)).await.unwrap();
@@ -199,10 +273,32 @@ async fn storage_limits_objects_bytes_size_vectors_dimensions() {
     let mut c = db.get_tenant("st").await.unwrap();
     c.storage_limit.max_storage_bytes = used + 10;
     c.storage_limit.max_objects = 100;
-    db.update_tenant("st", TenantUpdate { storage_limit: Some(c.storage_limit), ..Default::default() }).await.unwrap();
-    let l = limit_of(s.put(NewObject::new("plain", "p9", serde_json::json!({"s": "y".repeat(100)}))).await);
-    assert_eq!((l.kind, l.limit, l.current), (LimitKind::StorageBytes, used + 10, used));
-    assert_eq!(s.usage().unwrap().storage.bytes, used, "a refused write changes nothing");
+    db.update_tenant(
+        "st",
+        TenantUpdate {
+            storage_limit: Some(c.storage_limit),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let l = limit_of(
+        s.put(NewObject::new(
+            "plain",
+            "p9",
+            serde_json::json!({"s": "y".repeat(100)}),
+        ))
+        .await,
+    );
+    assert_eq!(
+        (l.kind, l.limit, l.current),
+        (LimitKind::StorageBytes, used + 10, used)
+    );
+    assert_eq!(
+        s.usage().unwrap().storage.bytes,
+        used,
+        "a refused write changes nothing"
+    );
     db.close().await.unwrap();
 }
 
@@ -217,8 +313,17 @@ async fn soft_limits_let_writes_through_with_a_warning() {
     items(&s).await;
     s.put(item("a", 1.0)).await.unwrap();
     s.put(item("b", 1.0)).await.unwrap();
-    let r = s.put(item("c", 1.0)).await.expect("soft limit lets it through");
-    assert!(r.warnings.iter().any(|w| w.contains("soft limit") && w.contains("max_objects")), "{:?}", r.warnings);
+    let r = s
+        .put(item("c", 1.0))
+        .await
+        .expect("soft limit lets it through");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("soft limit") && w.contains("max_objects")),
+        "{:?}",
+        r.warnings
+    );
     assert_eq!(s.usage().unwrap().storage.objects, 3);
     db.close().await.unwrap();
 }
@@ -234,12 +339,27 @@ async fn a_warning_fires_at_the_threshold() {
     items(&s).await;
     for i in 0..7 {
         let r = s.put(item(&format!("o{i}"), 1.0)).await.unwrap();
-        assert!(r.warnings.is_empty(), "no warning below 80%: {:?}", r.warnings);
+        assert!(
+            r.warnings.is_empty(),
+            "no warning below 80%: {:?}",
+            r.warnings
+        );
     }
     assert!(s.usage().unwrap().warnings.is_empty());
     let r = s.put(item("o7", 1.0)).await.unwrap();
-    assert!(r.warnings.iter().any(|w| w.contains("max_objects") && w.contains("80%")), "{:?}", r.warnings);
-    assert!(s.usage().unwrap().warnings.iter().any(|w| w.contains("max_objects")));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("max_objects") && w.contains("80%")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(s
+        .usage()
+        .unwrap()
+        .warnings
+        .iter()
+        .any(|w| w.contains("max_objects")));
     db.close().await.unwrap();
 }
 
@@ -252,7 +372,9 @@ async fn thirty_two_writers_racing_for_the_last_slots_leave_exactly_max_objects(
     cfg.request_limit.concurrent_limit = 64;
     let s = tenant(&db, cfg).await;
     items(&s).await;
-    let ops = (0..90).map(|i| WriteOp::Put(item(&format!("pre{i}"), 1.0))).collect();
+    let ops = (0..90)
+        .map(|i| WriteOp::Put(item(&format!("pre{i}"), 1.0)))
+        .collect();
     assert!(s.batch(ops).await.iter().all(|r| r.is_ok()));
     let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -275,7 +397,14 @@ async fn thirty_two_writers_racing_for_the_last_slots_leave_exactly_max_objects(
     }
     assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), 10);
     assert_eq!(s.usage().unwrap().storage.objects, 100);
-    let all = s.query(Query { collection: "items".into(), filter: None, limit: 1000 }).await.unwrap();
+    let all = s
+        .query(Query {
+            collection: "items".into(),
+            filter: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 100);
     db.close().await.unwrap();
 }
@@ -285,22 +414,43 @@ async fn a_limit_changed_live_applies_to_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path()).await;
     let mut cfg = roomy(&db, "live");
-    cfg.rate_limit.operation_types.insert(OperationType::Read, 2);
+    cfg.rate_limit
+        .operation_types
+        .insert(OperationType::Read, 2);
     cfg.rate_limit.time_window = Window(Duration::from_secs(3600));
     let s = tenant(&db, cfg).await;
     items(&s).await;
     s.get("a").await.unwrap();
     s.get("a").await.unwrap();
-    assert_eq!(kind(s.get("a").await), LimitKind::OperationRate(OperationType::Read));
+    assert_eq!(
+        kind(s.get("a").await),
+        LimitKind::OperationRate(OperationType::Read)
+    );
     let mut c = db.get_tenant("live").await.unwrap();
     c.rate_limit.operation_types.insert(OperationType::Read, 5);
-    db.update_tenant("live", TenantUpdate { rate_limit: Some(c.rate_limit), ..Default::default() }).await.unwrap();
+    db.update_tenant(
+        "live",
+        TenantUpdate {
+            rate_limit: Some(c.rate_limit),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     s.get("a").await.expect("the raised limit applies at once");
     // Storage limits change live too, through the shard's log.
     s.put(item("x", 1.0)).await.unwrap();
     let mut c = db.get_tenant("live").await.unwrap();
     c.storage_limit.max_objects = 1;
-    db.update_tenant("live", TenantUpdate { storage_limit: Some(c.storage_limit), ..Default::default() }).await.unwrap();
+    db.update_tenant(
+        "live",
+        TenantUpdate {
+            storage_limit: Some(c.storage_limit),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(kind(s.put(item("y", 1.0)).await), LimitKind::Objects);
     db.close().await.unwrap();
 }
@@ -313,8 +463,14 @@ async fn a_disabled_tenant_is_refused() {
     items(&s).await;
     s.put(item("a", 1.0)).await.unwrap();
     db.disable_tenant("off").await.unwrap();
-    assert!(matches!(s.get("a").await, Err(Error::TenantDisabled { .. })));
-    assert!(matches!(s.put(item("b", 1.0)).await, Err(Error::TenantDisabled { .. })));
+    assert!(matches!(
+        s.get("a").await,
+        Err(Error::TenantDisabled { .. })
+    ));
+    assert!(matches!(
+        s.put(item("b", 1.0)).await,
+        Err(Error::TenantDisabled { .. })
+    ));
     db.enable_tenant("off").await.unwrap();
     assert!(s.get("a").await.unwrap().is_some());
     db.close().await.unwrap();

@@ -1,4 +1,5 @@
 //! openraft's own storage conformance suite, on our RocksDB log store and
+#![allow(clippy::unwrap_used)]
 //! state machine.
 
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -10,10 +11,14 @@ use vektagraf::storage::StorageEnv;
 struct Builder;
 
 impl StoreBuilder<ShardRaftConfig, LogStore, ShardStateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, ShardStateMachine), StorageError<ShardRaftConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, ShardStateMachine), StorageError<ShardRaftConfig>>
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = RaftLogDb::open(&dir.path().join("raft")).expect("log db");
-        let data = ShardData::open(&StorageEnv::default(), &dir.path().join("shard")).expect("shard");
+        let data =
+            ShardData::open(&StorageEnv::default(), &dir.path().join("shard")).expect("shard");
         Ok((dir, logs.store(7), ShardStateMachine::new(data)))
     }
 }

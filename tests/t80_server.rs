@@ -1,4 +1,5 @@
 //! The real server (a child process) and the real driver over loopback.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -58,8 +59,18 @@ fn start_node() -> Node {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let admin_key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_string();
-    Node { child, addr: addr.unwrap(), cert: cert.unwrap(), admin_key, dir: data, _dir: dir }
+    let admin_key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    Node {
+        child,
+        addr: addr.unwrap(),
+        cert: cert.unwrap(),
+        admin_key,
+        dir: data,
+        _dir: dir,
+    }
 }
 
 async fn client(node: &Node, key: &str) -> Result<Client, Error> {
@@ -72,10 +83,17 @@ async fn client(node: &Node, key: &str) -> Result<Client, Error> {
 /// Admin creates a tenant with a user and returns a tenant key.
 async fn tenant_key(admin: &Client, tenant: &str, ops: Option<Vec<OperationType>>) -> String {
     if admin.get_tenant(tenant).await.is_err() {
-        admin.create_tenant_for_tier(tenant, tenant, "enterprise").await.unwrap();
+        admin
+            .create_tenant_for_tier(tenant, tenant, "enterprise")
+            .await
+            .unwrap();
         admin.create_user(tenant, "u").await.unwrap();
     }
-    admin.create_key(KeyKind::Tenant, Some(tenant), Some("u"), ops).await.unwrap().0
+    admin
+        .create_key(KeyKind::Tenant, Some(tenant), Some("u"), ops)
+        .await
+        .unwrap()
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,23 +103,83 @@ async fn every_operation_works_through_the_driver() {
     let key = tenant_key(&admin, "acme", None).await;
     let c = client(&node, &key).await.unwrap();
     c.ping().await.unwrap();
-    c.create_collection(CollectionSpec::vectors("items", 3)).await.unwrap();
-    c.put(NewObject::new("items", "a", serde_json::json!({"n": 1})).with_vector(vec![1.0, 0.0, 0.0])).await.unwrap();
-    c.put(NewObject::new("items", "b", serde_json::json!({"n": 2})).with_vector(vec![0.0, 1.0, 0.0])).await.unwrap();
-    c.update("a", serde_json::json!({"m": true}), None).await.unwrap();
-    assert_eq!(c.get("a").await.unwrap().unwrap().properties.0["m"], true);
-    c.transaction(vec![WriteOp::PutEdge(vektagraf::proto::Edge { from: "a".into(), label: "x".into(), to: "b".into(), properties: Default::default() })])
+    c.create_collection(CollectionSpec::vectors("items", 3))
         .await
         .unwrap();
-    let batch: Vec<WriteOp> = (0..250).map(|i| WriteOp::Put(NewObject::new("items", &format!("o{i}"), serde_json::json!({"n": i})))).collect();
+    c.put(
+        NewObject::new("items", "a", serde_json::json!({"n": 1})).with_vector(vec![1.0, 0.0, 0.0]),
+    )
+    .await
+    .unwrap();
+    c.put(
+        NewObject::new("items", "b", serde_json::json!({"n": 2})).with_vector(vec![0.0, 1.0, 0.0]),
+    )
+    .await
+    .unwrap();
+    c.update("a", serde_json::json!({"m": true}), None)
+        .await
+        .unwrap();
+    assert_eq!(c.get("a").await.unwrap().unwrap().properties.0["m"], true);
+    c.transaction(vec![WriteOp::PutEdge(vektagraf::proto::Edge {
+        from: "a".into(),
+        label: "x".into(),
+        to: "b".into(),
+        properties: Default::default(),
+    })])
+    .await
+    .unwrap();
+    let batch: Vec<WriteOp> = (0..250)
+        .map(|i| {
+            WriteOp::Put(NewObject::new(
+                "items",
+                &format!("o{i}"),
+                serde_json::json!({"n": i}),
+            ))
+        })
+        .collect();
     assert!(c.batch(batch).await.iter().all(|r| r.is_ok()));
-    let rows = c.query(Query { collection: "items".into(), filter: Some(Filter::parse(r#"{"n": {"$lt": 2}}"#).unwrap()), limit: 10 }).await.unwrap();
+    let rows = c
+        .query(Query {
+            collection: "items".into(),
+            filter: Some(Filter::parse(r#"{"n": {"$lt": 2}}"#).unwrap()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 3); // a (n=1), o0, o1
-    let hits = c.search(VectorSearch { collection: "items".into(), vector: vec![0.9, 0.1, 0.0], k: 1, filter: None }, true).await.unwrap();
+    let hits = c
+        .search(
+            VectorSearch {
+                collection: "items".into(),
+                vector: vec![0.9, 0.1, 0.0],
+                k: 1,
+                filter: None,
+            },
+            true,
+        )
+        .await
+        .unwrap();
     assert_eq!(hits[0].id, "a");
-    let nodes = c.traverse(Traverse { start: "a".into(), direction: Direction::Out, labels: vec![], max_depth: 2, max_nodes: 5 }).await.unwrap();
+    let nodes = c
+        .traverse(Traverse {
+            start: "a".into(),
+            direction: Direction::Out,
+            labels: vec![],
+            max_depth: 2,
+            max_nodes: 5,
+        })
+        .await
+        .unwrap();
     assert_eq!(nodes[0].id, "b");
-    assert_eq!(c.scan("items", Some("o5"), 3).await.unwrap().iter().map(|o| o.id.clone()).collect::<Vec<_>>(), vec!["o50", "o51", "o52"]);
+    assert_eq!(
+        c.scan("items", Some("o5"), 3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.id.clone())
+            .collect::<Vec<_>>(),
+        vec!["o50", "o51", "o52"]
+    );
     c.delete("b").await.unwrap();
     assert!(c.get("b").await.unwrap().is_none());
     c.can_perform(OperationType::Write).await.unwrap();
@@ -129,40 +207,150 @@ async fn credentials_bind_the_tenant_and_bad_credentials_get_typed_errors() {
     let a = client(&node, &key_a).await.unwrap();
     let b = client(&node, &key_b).await.unwrap();
     for c in [&a, &b] {
-        c.create_collection(CollectionSpec::vectors("items", 2)).await.unwrap();
+        c.create_collection(CollectionSpec::vectors("items", 2))
+            .await
+            .unwrap();
     }
-    b.put(NewObject::new("items", "secret", serde_json::json!({"x": 1})).with_vector(vec![1.0, 1.0])).await.unwrap();
-    b.put(NewObject::new("items", "s2", serde_json::json!({}))).await.unwrap();
-    b.transaction(vec![WriteOp::PutEdge(vektagraf::proto::Edge { from: "secret".into(), label: "l".into(), to: "s2".into(), properties: Default::default() })]).await.unwrap();
+    b.put(
+        NewObject::new("items", "secret", serde_json::json!({"x": 1})).with_vector(vec![1.0, 1.0]),
+    )
+    .await
+    .unwrap();
+    b.put(NewObject::new("items", "s2", serde_json::json!({})))
+        .await
+        .unwrap();
+    b.transaction(vec![WriteOp::PutEdge(vektagraf::proto::Edge {
+        from: "secret".into(),
+        label: "l".into(),
+        to: "s2".into(),
+        properties: Default::default(),
+    })])
+    .await
+    .unwrap();
 
     // Tenant A's key on B's ids, for every operation type.
     assert!(a.get("secret").await.unwrap().is_none());
-    assert!(matches!(a.update("secret", serde_json::json!({"x": 2}), None).await, Err(Error::NotFound { .. })));
-    assert!(a.query(Query { collection: "items".into(), filter: None, limit: 10 }).await.unwrap().is_empty());
-    assert!(a.search(VectorSearch { collection: "items".into(), vector: vec![1.0, 1.0], k: 5, filter: None }, false).await.unwrap().is_empty());
-    assert!(matches!(a.traverse(Traverse { start: "secret".into(), direction: Direction::Both, labels: vec![], max_depth: 2, max_nodes: 5 }).await, Err(Error::NotFound { .. })));
-    assert!(matches!(a.usage(Some("tb")).await, Err(Error::CrossTenantAccess { .. })));
+    assert!(matches!(
+        a.update("secret", serde_json::json!({"x": 2}), None).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(a
+        .query(Query {
+            collection: "items".into(),
+            filter: None,
+            limit: 10
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(a
+        .search(
+            VectorSearch {
+                collection: "items".into(),
+                vector: vec![1.0, 1.0],
+                k: 5,
+                filter: None
+            },
+            false
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        a.traverse(Traverse {
+            start: "secret".into(),
+            direction: Direction::Both,
+            labels: vec![],
+            max_depth: 2,
+            max_nodes: 5
+        })
+        .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        a.usage(Some("tb")).await,
+        Err(Error::CrossTenantAccess { .. })
+    ));
     assert_eq!(b.get("secret").await.unwrap().unwrap().properties.0["x"], 1);
 
     // An admin key reaches no data; a tenant key manages nothing.
-    assert!(matches!(admin.get("secret").await, Err(Error::PermissionDenied { .. })));
-    assert!(matches!(a.list_tenants().await, Err(Error::PermissionDenied { .. })));
+    assert!(matches!(
+        admin.get("secret").await,
+        Err(Error::PermissionDenied { .. })
+    ));
+    assert!(matches!(
+        a.list_tenants().await,
+        Err(Error::PermissionDenied { .. })
+    ));
 
     // No credentials, a bad key, a revoked key, a read-only key writing.
-    assert!(matches!(client(&node, "vk_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000").await, Err(Error::Unauthenticated { .. })));
-    assert!(matches!(client(&node, "not-a-key").await, Err(Error::Unauthenticated { .. })));
-    let (ro_key, ro_info) = admin.create_key(KeyKind::Tenant, Some("tb"), Some("u"), Some(vec![OperationType::Read, OperationType::Query])).await.unwrap();
+    assert!(matches!(
+        client(
+            &node,
+            "vk_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000"
+        )
+        .await,
+        Err(Error::Unauthenticated { .. })
+    ));
+    assert!(matches!(
+        client(&node, "not-a-key").await,
+        Err(Error::Unauthenticated { .. })
+    ));
+    let (ro_key, ro_info) = admin
+        .create_key(
+            KeyKind::Tenant,
+            Some("tb"),
+            Some("u"),
+            Some(vec![OperationType::Read, OperationType::Query]),
+        )
+        .await
+        .unwrap();
     let ro = client(&node, &ro_key).await.unwrap();
     assert!(ro.get("secret").await.unwrap().is_some());
-    assert!(matches!(ro.put(NewObject::new("items", "z", serde_json::json!({}))).await, Err(Error::PermissionDenied { .. })));
+    assert!(matches!(
+        ro.put(NewObject::new("items", "z", serde_json::json!({})))
+            .await,
+        Err(Error::PermissionDenied { .. })
+    ));
     admin.revoke_key(&ro_info.key_id).await.unwrap();
-    assert!(matches!(ro.get("secret").await, Err(Error::Unauthenticated { .. })), "a revoked key fails on its next request");
-    let (rotated, _) = admin.rotate_key(&client(&node, &key_b).await.unwrap().principal().unwrap().key_id).await.unwrap();
-    assert!(matches!(b.get("secret").await, Err(Error::Unauthenticated { .. })));
-    assert!(client(&node, &rotated).await.unwrap().get("secret").await.unwrap().is_some());
+    assert!(
+        matches!(ro.get("secret").await, Err(Error::Unauthenticated { .. })),
+        "a revoked key fails on its next request"
+    );
+    let (rotated, _) = admin
+        .rotate_key(
+            &client(&node, &key_b)
+                .await
+                .unwrap()
+                .principal()
+                .unwrap()
+                .key_id,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.get("secret").await,
+        Err(Error::Unauthenticated { .. })
+    ));
+    assert!(client(&node, &rotated)
+        .await
+        .unwrap()
+        .get("secret")
+        .await
+        .unwrap()
+        .is_some());
     let raw = raw_connection(&node, ALPN).await.unwrap();
-    let r = raw_request(&raw, &Envelope::new(1, Request::Get("secret".into())).to_frame().unwrap()).await;
-    assert!(matches!(r, Response::Error(Error::Unauthenticated { .. })), "{r:?}");
+    let r = raw_request(
+        &raw,
+        &Envelope::new(1, Request::Get("secret".into()))
+            .to_frame()
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(r, Response::Error(Error::Unauthenticated { .. })),
+        "{r:?}"
+    );
 
     // A wrong ALPN never gets a connection.
     assert!(raw_connection(&node, b"http/1.1").await.is_err());
@@ -174,7 +362,11 @@ async fn raw_connection(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, S
     let cfg = vektagraf::net::tls::client_config(&certs, alpn, t).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(cfg);
-    let conn = ep.connect(node.addr, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let conn = ep
+        .connect(node.addr, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(conn)
 }
 
@@ -182,7 +374,9 @@ async fn raw_request(conn: &quinn::Connection, bytes: &[u8]) -> Response {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     let _ = send.finish();
-    let env = vektagraf::net::frame::read_frame::<Response>(&mut recv, 1 << 20).await.unwrap();
+    let env = vektagraf::net::frame::read_frame::<Response>(&mut recv, 1 << 20)
+        .await
+        .unwrap();
     env.body
 }
 
@@ -193,27 +387,50 @@ async fn malformed_frames_get_typed_errors_and_the_node_keeps_serving() {
     let conn = raw_connection(&node, ALPN).await.unwrap();
     // An oversized length prefix: refused from the prefix, nothing more is read.
     let r = raw_request(&conn, &[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]).await;
-    assert!(matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("exceeds")), "{r:?}");
+    assert!(
+        matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("exceeds")),
+        "{r:?}"
+    );
     // Garbage.
     let r = raw_request(&conn, &[0, 0, 0, 5, 1, 0xFF, 0xFF, 0xFF, 0xFF]).await;
-    assert!(matches!(r, Response::Error(Error::Protocol { .. })), "{r:?}");
+    assert!(
+        matches!(r, Response::Error(Error::Protocol { .. })),
+        "{r:?}"
+    );
     // Truncated: the prefix promises more than arrives.
     let r = raw_request(&conn, &[0, 0, 0, 50, 1, 2]).await;
-    assert!(matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("truncated")), "{r:?}");
+    assert!(
+        matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("truncated")),
+        "{r:?}"
+    );
     // An unknown version.
-    let v9 = vektagraf::codec::encode(&Envelope { version: 9, request_id: 1, body: Request::Ping }).unwrap();
+    let v9 = vektagraf::codec::encode(&Envelope {
+        version: 9,
+        request_id: 1,
+        body: Request::Ping,
+    })
+    .unwrap();
     let mut frame = (v9.len() as u32).to_be_bytes().to_vec();
     frame.extend(v9);
     let r = raw_request(&conn, &frame).await;
-    assert!(matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("version")), "{r:?}");
+    assert!(
+        matches!(&r, Response::Error(Error::Protocol { reason }) if reason.contains("version")),
+        "{r:?}"
+    );
     // Trailing bytes after the envelope.
     let mut ping = vektagraf::codec::encode(&Envelope::new(3, Request::Ping)).unwrap();
     ping.push(0);
     let mut frame = (ping.len() as u32).to_be_bytes().to_vec();
     frame.extend(ping);
-    assert!(matches!(raw_request(&conn, &frame).await, Response::Error(Error::Protocol { .. })));
+    assert!(matches!(
+        raw_request(&conn, &frame).await,
+        Response::Error(Error::Protocol { .. })
+    ));
     // The same connection, and other clients, still work.
-    assert_eq!(raw_request(&conn, &Envelope::new(4, Request::Ping).to_frame().unwrap()).await, Response::Pong);
+    assert_eq!(
+        raw_request(&conn, &Envelope::new(4, Request::Ping).to_frame().unwrap()).await,
+        Response::Pong
+    );
     admin.ping().await.unwrap();
     assert!(admin.list_tenants().await.unwrap().is_empty());
 }
@@ -228,7 +445,16 @@ async fn a_rate_limited_call_is_retried_by_the_driver_until_the_window_allows_it
     cfg.rate_limit.burst_allowance = 0;
     cfg.rate_limit.sliding_window = false;
     cfg.rate_limit.time_window = vektagraf::tenant::Window(Duration::from_secs(2));
-    admin.update_tenant("slow", vektagraf::tenant::TenantUpdate { rate_limit: Some(cfg.rate_limit), ..Default::default() }).await.unwrap();
+    admin
+        .update_tenant(
+            "slow",
+            vektagraf::tenant::TenantUpdate {
+                rate_limit: Some(cfg.rate_limit),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let mut o = ClientOptions::new(vec![node.addr], &key, &node.cert).unwrap();
     o.max_retries = 0;
     let strict = Client::connect(o.clone()).await.unwrap();
@@ -240,7 +466,10 @@ async fn a_rate_limited_call_is_retried_by_the_driver_until_the_window_allows_it
         }
     }
     let e = limited.expect("the limit fires");
-    assert!(matches!(&e, Error::LimitExceeded(l) if l.kind == LimitKind::Rate && l.retry_after_ms.is_some()), "{e:?}");
+    assert!(
+        matches!(&e, Error::LimitExceeded(l) if l.kind == LimitKind::Rate && l.retry_after_ms.is_some()),
+        "{e:?}"
+    );
     o.max_retries = 5;
     o.base_delay = Duration::from_millis(50);
     let patient = Client::connect(o).await.unwrap();
@@ -259,34 +488,90 @@ async fn the_cli_runs_every_operation() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let admin = node.admin_key.clone();
     let ok = |r: (bool, String, String)| {
         assert!(r.0, "stdout: {}\nstderr: {}", r.1, r.2);
         r.1
     };
-    ok(run(&admin, &["tenant", "create", "cli_t", "--tier", "starter"]));
+    ok(run(
+        &admin,
+        &["tenant", "create", "cli_t", "--tier", "starter"],
+    ));
     assert!(ok(run(&admin, &["tenant", "list"])).contains("cli_t"));
     ok(run(&admin, &["user", "create", "cli_t", "ann"]));
-    let key = ok(run(&admin, &["key", "create", "--tenant", "cli_t", "--user", "ann"])).lines().next().unwrap().to_string();
+    let key = ok(run(
+        &admin,
+        &["key", "create", "--tenant", "cli_t", "--user", "ann"],
+    ))
+    .lines()
+    .next()
+    .unwrap()
+    .to_string();
     ok(run(&key, &["collection", "create", "docs", "--dim", "2"]));
-    ok(run(&key, &["object", "put", "docs", "d1", "--json", r#"{"t": 1}"#, "--vector", "[1, 0]"]));
+    ok(run(
+        &key,
+        &[
+            "object",
+            "put",
+            "docs",
+            "d1",
+            "--json",
+            r#"{"t": 1}"#,
+            "--vector",
+            "[1, 0]",
+        ],
+    ));
     assert!(ok(run(&key, &["object", "get", "d1"])).contains("\"t\": 1"));
     let jsonl = dir.path().join("in.jsonl");
-    std::fs::write(&jsonl, (0..20).map(|i| format!("{{\"id\": \"j{i}\", \"properties\": {{\"i\": {i}}}, \"vector\": [0, {i}]}}\n")).collect::<String>()).unwrap();
-    ok(run(&key, &["import", jsonl.to_str().unwrap(), "--collection", "docs"]));
-    assert!(ok(run(&key, &["query", "docs", "--filter", r#"{"i": {"$gte": 18}}"#])).contains("j19"));
-    assert!(ok(run(&key, &["search", "docs", "--vector", "[1, 0]", "--k", "1"])).contains("d1"));
+    std::fs::write(
+        &jsonl,
+        (0..20)
+            .map(|i| {
+                format!(
+                    "{{\"id\": \"j{i}\", \"properties\": {{\"i\": {i}}}, \"vector\": [0, {i}]}}\n"
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    ok(run(
+        &key,
+        &["import", jsonl.to_str().unwrap(), "--collection", "docs"],
+    ));
+    assert!(ok(run(
+        &key,
+        &["query", "docs", "--filter", r#"{"i": {"$gte": 18}}"#]
+    ))
+    .contains("j19"));
+    assert!(ok(run(
+        &key,
+        &["search", "docs", "--vector", "[1, 0]", "--k", "1"]
+    ))
+    .contains("d1"));
     ok(run(&key, &["traverse", "d1"]));
     let export = dir.path().join("out.jsonl");
-    ok(run(&key, &["export", "docs", "--out", export.to_str().unwrap()]));
-    assert_eq!(std::fs::read_to_string(&export).unwrap().lines().count(), 21);
+    ok(run(
+        &key,
+        &["export", "docs", "--out", export.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&export).unwrap().lines().count(),
+        21
+    );
     ok(run(&key, &["object", "delete", "d1"]));
     assert!(ok(run(&admin, &["tenant", "usage", "cli_t"])).contains("\"objects\": 20"));
     // Errors say what went wrong and what to do.
     let (success, _, err) = run(&key, &["tenant", "list"]);
-    assert!(!success && err.contains("permission denied") && err.contains("hint"), "{err}");
+    assert!(
+        !success && err.contains("permission denied") && err.contains("hint"),
+        "{err}"
+    );
     let (success, _, err) = run("vk_bad", &["ping"]);
     assert!(!success && err.contains("unauthenticated"), "{err}");
     ok(run(&admin, &["tenant", "delete", "cli_t"]));

@@ -71,7 +71,13 @@ mod tests {
         assert!(verify(secret, &k.secret_hash));
         assert!(!verify(&"0".repeat(64), &k.secret_hash));
         assert_ne!(generate().api_key, k.api_key);
-        for bad in ["", "vk_", "vk_abc_def", "xx_0123456789abcdef_", &k.api_key[..k.api_key.len() - 1]] {
+        for bad in [
+            "",
+            "vk_",
+            "vk_abc_def",
+            "xx_0123456789abcdef_",
+            &k.api_key[..k.api_key.len() - 1],
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }

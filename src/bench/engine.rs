@@ -41,12 +41,18 @@ pub struct Options {
 
 /// Reads an IDX3 gzip file of u8 images as f32 rows.
 pub fn load_idx_images(path: &Path, max: usize) -> anyhow::Result<(usize, Vec<f32>)> {
-    let f = std::fs::File::open(path).with_context(|| format!("{} (apt-get install dataset-fashion-mnist)", path.display()))?;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("{} (apt-get install dataset-fashion-mnist)", path.display()))?;
     let mut gz = flate2::read::GzDecoder::new(f);
     let mut bytes = Vec::new();
     gz.read_to_end(&mut bytes)?;
-    anyhow::ensure!(bytes.len() >= 16 && bytes[..4] == [0, 0, 8, 3], "not an IDX3 u8 file");
-    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+    anyhow::ensure!(
+        bytes.len() >= 16 && bytes[..4] == [0, 0, 8, 3],
+        "not an IDX3 u8 file"
+    );
+    let be = |i: usize| {
+        u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
+    };
     let (n, rows, cols) = (be(4), be(8), be(12));
     let d = rows * cols;
     let n = n.min(max);
@@ -55,9 +61,18 @@ pub fn load_idx_images(path: &Path, max: usize) -> anyhow::Result<(usize, Vec<f3
 }
 
 fn unlimited(db: &Database, id: &str) -> anyhow::Result<TenantConfig> {
-    let mut c = TenantConfig::for_tier(&db.tiers(), id, id, "custom", serde_json::json!({"max_batch_size": 500}))?;
+    let mut c = TenantConfig::for_tier(
+        &db.tiers(),
+        id,
+        id,
+        "custom",
+        serde_json::json!({"max_batch_size": 500}),
+    )?;
     c.rate_limit.max_requests = u64::MAX / 8;
-    c.rate_limit.operation_types.values_mut().for_each(|v| *v = 0);
+    c.rate_limit
+        .operation_types
+        .values_mut()
+        .for_each(|v| *v = 0);
     let s = &mut c.storage_limit;
     s.max_storage_bytes = u64::MAX / 8;
     s.max_objects = u64::MAX / 8;
@@ -89,7 +104,12 @@ fn raw_rocksdb_synced(dir: &Path, secs: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn ours_writes(db: &Database, tenant: &str, writers: usize, secs: u64) -> anyhow::Result<(f64, Vec<Duration>)> {
+async fn ours_writes(
+    db: &Database,
+    tenant: &str,
+    writers: usize,
+    secs: u64,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     let s = db.session(tenant, "bench").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -103,7 +123,12 @@ async fn ours_writes(db: &Database, tenant: &str, writers: usize, secs: u64) -> 
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                s.put(NewObject::new("kv", &format!("w{writers}-{w}-{i}"), serde_json::json!({"v": payload}))).await?;
+                s.put(NewObject::new(
+                    "kv",
+                    &format!("w{writers}-{w}-{i}"),
+                    serde_json::json!({"v": payload}),
+                ))
+                .await?;
                 lat.push(t.elapsed());
                 count.fetch_add(1, Ordering::Relaxed);
                 i += 1;
@@ -135,7 +160,10 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&opt.data)?;
     }
     std::fs::create_dir_all(&opt.data)?;
-    println!("# vektagraf bench engine ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "# vektagraf bench engine ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
 
     // 1. Durable writes.
     let raw = {
@@ -143,10 +171,17 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         let secs = opt.seconds;
         tokio::task::spawn_blocking(move || raw_rocksdb_synced(&dir, secs)).await??
     };
-    let db = Database::open(opt.data.join("node"), NodeConfig::with_data_dir(&opt.data.join("node"))).await?;
+    let db = Database::open(
+        opt.data.join("node"),
+        NodeConfig::with_data_dir(&opt.data.join("node")),
+    )
+    .await?;
     db.create_tenant(unlimited(&db, "bench")?).await?;
     db.create_user("bench", "bench").await?;
-    db.session("bench", "bench").await?.create_collection(CollectionSpec::plain("kv")).await?;
+    db.session("bench", "bench")
+        .await?
+        .create_collection(CollectionSpec::plain("kv"))
+        .await?;
     let (one, lat1) = ours_writes(&db, "bench", 1, opt.seconds).await?;
     let (many, lat64) = ours_writes(&db, "bench", 64, opt.seconds).await?;
     println!("\n## durable writes (256 B values, every ack after fsync)");
@@ -172,28 +207,56 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
     let (_, queries) = load_idx_images(&dir.join("t10k-images-idx3-ubyte.gz"), opt.queries)?;
     let n = base.len() / d;
     let nq = queries.len() / d;
-    println!("\n## vector search: Fashion-MNIST {n} x {d}, {nq} queries, k = 10, HNSW32 efSearch 64");
+    println!(
+        "\n## vector search: Fashion-MNIST {n} x {d}, {nq} queries, k = 10, HNSW32 efSearch 64"
+    );
     // Exact ground truth.
     let t = Instant::now();
     let mut flat = faiss::index_factory(d as u32, "Flat", faiss::MetricType::L2)?;
     flat.add(&base)?;
     let gt = flat.search(&queries, 10)?;
     drop(flat);
-    let gt: Vec<Vec<u64>> = gt.labels.chunks(10).map(|c| c.iter().filter_map(|l| l.get()).collect()).collect();
-    println!("ground truth (exact flat search)   : {:.1} s", t.elapsed().as_secs_f64());
+    let gt: Vec<Vec<u64>> = gt
+        .labels
+        .chunks(10)
+        .map(|c| c.iter().filter_map(|l| l.get()).collect())
+        .collect();
+    println!(
+        "ground truth (exact flat search)   : {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     db.create_tenant(unlimited(db, "vectors")?).await?;
     db.create_user("vectors", "bench").await?;
     let s = db.session("vectors", "bench").await?;
-    s.create_collection(CollectionSpec::vectors("fmnist", d as u32).index(IndexKind::Hnsw { m: 32, ef_search: 64 })).await?;
+    s.create_collection(
+        CollectionSpec::vectors("fmnist", d as u32).index(IndexKind::Hnsw {
+            m: 32,
+            ef_search: 64,
+        }),
+    )
+    .await?;
     let t = Instant::now();
     let ops: Vec<WriteOp> = (0..n)
-        .map(|i| WriteOp::Put(NewObject::new("fmnist", &format!("{i}"), serde_json::json!({})).with_vector(base[i * d..(i + 1) * d].to_vec())))
+        .map(|i| {
+            WriteOp::Put(
+                NewObject::new("fmnist", &format!("{i}"), serde_json::json!({}))
+                    .with_vector(base[i * d..(i + 1) * d].to_vec()),
+            )
+        })
         .collect();
     let results = s.batch(ops).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
-    anyhow::ensure!(failed == 0, "{failed} inserts failed: {:?}", results.iter().find(|r| r.is_err()));
-    println!("insert through raft + index build  : {:.1} s ({:.0} vectors/s)", t.elapsed().as_secs_f64(), n as f64 / t.elapsed().as_secs_f64());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} inserts failed: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    println!(
+        "insert through raft + index build  : {:.1} s ({:.0} vectors/s)",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
 
     let recall = |found: &[Vec<u64>]| -> f64 {
         let mut hit = 0;
@@ -208,9 +271,18 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
     let mut ours = Vec::with_capacity(nq);
     for q in queries.chunks(d) {
         let hits = s
-            .vector_search_ids(VectorSearch { collection: "fmnist".into(), vector: q.to_vec(), k: 10, filter: None })
+            .vector_search_ids(VectorSearch {
+                collection: "fmnist".into(),
+                vector: q.to_vec(),
+                k: 10,
+                filter: None,
+            })
             .await?;
-        ours.push(hits.iter().filter_map(|h| h.id.parse::<u64>().ok()).collect::<Vec<_>>());
+        ours.push(
+            hits.iter()
+                .filter_map(|h| h.id.parse::<u64>().ok())
+                .collect::<Vec<_>>(),
+        );
     }
     let ours_qps = nq as f64 / t.elapsed().as_secs_f64();
 
@@ -231,7 +303,12 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
         .iter()
         .map(|ls| {
             ls.iter()
-                .filter_map(|vid| store.get_raw(crate::storage::CF_VIDS, &vid.to_be_bytes()).ok().flatten())
+                .filter_map(|vid| {
+                    store
+                        .get_raw(crate::storage::CF_VIDS, &vid.to_be_bytes())
+                        .ok()
+                        .flatten()
+                })
                 .filter_map(|id| String::from_utf8_lossy(&id).parse::<u64>().ok())
                 .collect()
         })
@@ -240,12 +317,23 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
     // actor or thread hop): shows where the overhead lives.
     let t = Instant::now();
     for q in queries.chunks(d) {
-        let s = VectorSearch { collection: "fmnist".into(), vector: q.to_vec(), k: 10, filter: None };
+        let s = VectorSearch {
+            collection: "fmnist".into(),
+            vector: q.to_vec(),
+            k: 10,
+            filter: None,
+        };
         std::hint::black_box(data.vector_search(&s, false)?);
     }
     let direct_qps = nq as f64 / t.elapsed().as_secs_f64();
-    println!("raw faiss search, same index       : {raw_qps:>9.0} queries/s  recall@10 {:.4}", recall(&raw));
-    println!("shard search called directly       : {direct_qps:>9.0} queries/s  ({:.2}x raw)", direct_qps / raw_qps);
+    println!(
+        "raw faiss search, same index       : {raw_qps:>9.0} queries/s  recall@10 {:.4}",
+        recall(&raw)
+    );
+    println!(
+        "shard search called directly       : {direct_qps:>9.0} queries/s  ({:.2}x raw)",
+        direct_qps / raw_qps
+    );
     println!("vektagraf vector_search            : {ours_qps:>9.0} queries/s  recall@10 {:.4}  ({:.2}x raw)", recall(&ours), ours_qps / raw_qps);
     Ok(())
 }
@@ -258,9 +346,18 @@ fn limit_bench() {
     let tiers = crate::Tiers::default();
     let limiters: Vec<Arc<TenantLimiter>> = (0..TENANTS)
         .map(|i| {
-            let mut c = TenantConfig::for_tier(&tiers, &format!("t{i}"), "t", "tier2", serde_json::json!({})).unwrap_or_else(|_| unreachable!());
+            let mut c = TenantConfig::for_tier(
+                &tiers,
+                &format!("t{i}"),
+                "t",
+                "tier2",
+                serde_json::json!({}),
+            )
+            .unwrap_or_else(|_| unreachable!());
             c.rate_limit.max_requests = u64::MAX / 8;
-            c.rate_limit.operation_types.insert(OperationType::Read, u64::MAX / 8);
+            c.rate_limit
+                .operation_types
+                .insert(OperationType::Read, u64::MAX / 8);
             c.request_limit.daily_limit = u64::MAX / 8;
             c.request_limit.monthly_limit = u64::MAX / 8;
             TenantLimiter::new(&c, QuotaCounters::default())

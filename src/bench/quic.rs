@@ -53,12 +53,21 @@ async fn measure(op: Op, tasks: usize, secs: u64) -> (f64, f64, f64) {
         lat.extend(h.await.unwrap_or_default());
     }
     lat.sort();
-    let p = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    (count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(), p(0.5), p(0.99))
+    let p = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (
+        count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+        p(0.5),
+        p(0.99),
+    )
 }
 
 fn vec16(i: u64) -> Vec<f32> {
-    (0..16).map(|j| ((i * 7 + j * 13) % 101) as f32 / 101.0).collect()
+    (0..16)
+        .map(|j| ((i * 7 + j * 13) % 101) as f32 / 101.0)
+        .collect()
 }
 
 /// Runs the benchmark and prints its figures.
@@ -67,7 +76,13 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&opt.data)?;
     }
     let db = Database::open(&opt.data, NodeConfig::with_data_dir(&opt.data)).await?;
-    let mut cfg = TenantConfig::for_tier(&db.tiers(), "bench", "bench", "custom", serde_json::json!({}))?;
+    let mut cfg = TenantConfig::for_tier(
+        &db.tiers(),
+        "bench",
+        "bench",
+        "custom",
+        serde_json::json!({}),
+    )?;
     cfg.rate_limit.max_requests = u64::MAX / 8;
     cfg.request_limit.daily_limit = u64::MAX / 8;
     cfg.request_limit.monthly_limit = u64::MAX / 8;
@@ -78,20 +93,39 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     db.create_tenant(cfg).await?;
     db.create_user("bench", "b").await?;
     let s = db.session("bench", "b").await?;
-    s.create_collection(CollectionSpec::vectors("v", 16)).await?;
-    let ops: Vec<WriteOp> = (0..5000).map(|i| WriteOp::Put(NewObject::new("v", &format!("k{i}"), serde_json::json!({"i": i})).with_vector(vec16(i)))).collect();
-    anyhow::ensure!(s.batch(ops).await.iter().all(|r| r.is_ok()), "preload failed");
+    s.create_collection(CollectionSpec::vectors("v", 16))
+        .await?;
+    let ops: Vec<WriteOp> = (0..5000)
+        .map(|i| {
+            WriteOp::Put(
+                NewObject::new("v", &format!("k{i}"), serde_json::json!({"i": i}))
+                    .with_vector(vec16(i)),
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        s.batch(ops).await.iter().all(|r| r.is_ok()),
+        "preload failed"
+    );
 
     let mut settings = db.config().server.clone();
     settings.listen = "127.0.0.1:0".parse()?;
     let server = crate::net::Server::start(db.clone(), settings).await?;
-    let (key, _) = db.create_key(KeyKind::Tenant, Some("bench"), Some("b"), None).await?;
+    let (key, _) = db
+        .create_key(KeyKind::Tenant, Some("bench"), Some("b"), None)
+        .await?;
     let mut o = ClientOptions::new(vec![server.local_addr], &key, &server.cert_path)?;
     o.max_retries = 0;
     let c = Arc::new(Client::connect(o).await?);
 
-    println!("# vektagraf bench quic: loopback, one connection, {} s per row", opt.seconds);
-    println!("{:<8} {:>5}  {:>12} {:>8} {:>8}  {:>12} {:>8} {:>8}  {:>6}", "op", "tasks", "embedded/s", "p50 ms", "p99 ms", "quic/s", "p50 ms", "p99 ms", "ratio");
+    println!(
+        "# vektagraf bench quic: loopback, one connection, {} s per row",
+        opt.seconds
+    );
+    println!(
+        "{:<8} {:>5}  {:>12} {:>8} {:>8}  {:>12} {:>8} {:>8}  {:>6}",
+        "op", "tasks", "embedded/s", "p50 ms", "p99 ms", "quic/s", "p50 ms", "p99 ms", "ratio"
+    );
     for name in ["get", "put", "search"] {
         for tasks in [1usize, 64] {
             let emb = embedded_op(name, s.clone());
@@ -115,11 +149,28 @@ fn embedded_op(name: &str, s: Session) -> Op {
         }),
         "put" => Arc::new(move |i| {
             let s = s.clone();
-            Box::pin(async move { s.put(NewObject::new("v", &format!("p{i}"), serde_json::json!({"i": i}))).await.is_ok() })
+            Box::pin(async move {
+                s.put(NewObject::new(
+                    "v",
+                    &format!("p{i}"),
+                    serde_json::json!({"i": i}),
+                ))
+                .await
+                .is_ok()
+            })
         }),
         _ => Arc::new(move |i| {
             let s = s.clone();
-            Box::pin(async move { s.vector_search_ids(VectorSearch { collection: "v".into(), vector: vec16(i), k: 10, filter: None }).await.is_ok() })
+            Box::pin(async move {
+                s.vector_search_ids(VectorSearch {
+                    collection: "v".into(),
+                    vector: vec16(i),
+                    k: 10,
+                    filter: None,
+                })
+                .await
+                .is_ok()
+            })
         }),
     }
 }
@@ -132,11 +183,31 @@ fn quic_op(name: &str, c: Arc<Client>) -> Op {
         }),
         "put" => Arc::new(move |i| {
             let c = c.clone();
-            Box::pin(async move { c.put(NewObject::new("v", &format!("q{i}"), serde_json::json!({"i": i}))).await.is_ok() })
+            Box::pin(async move {
+                c.put(NewObject::new(
+                    "v",
+                    &format!("q{i}"),
+                    serde_json::json!({"i": i}),
+                ))
+                .await
+                .is_ok()
+            })
         }),
         _ => Arc::new(move |i| {
             let c = c.clone();
-            Box::pin(async move { c.search(VectorSearch { collection: "v".into(), vector: vec16(i), k: 10, filter: None }, false).await.is_ok() })
+            Box::pin(async move {
+                c.search(
+                    VectorSearch {
+                        collection: "v".into(),
+                        vector: vec16(i),
+                        k: 10,
+                        filter: None,
+                    },
+                    false,
+                )
+                .await
+                .is_ok()
+            })
         }),
     }
 }

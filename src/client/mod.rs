@@ -89,7 +89,9 @@ pub struct Client {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable { reason: e.to_string() }
+    Error::Unavailable {
+        reason: e.to_string(),
+    }
 }
 
 fn unexpected(r: Response) -> Error {
@@ -104,8 +106,10 @@ fn unexpected(r: Response) -> Error {
 impl Client {
     /// Connects to the first reachable address and authenticates.
     pub async fn connect(opts: ClientOptions) -> Result<Client> {
-        let mut endpoint = Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(unavailable)?;
-        let transport = tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
+        let mut endpoint =
+            Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(unavailable)?;
+        let transport =
+            tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
         endpoint.set_default_client_config(tls::client_config(&opts.trust, ALPN, transport)?);
         let c = Client {
             opts,
@@ -131,7 +135,9 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let mut last = Error::Unavailable { reason: "no address given".into() };
+        let mut last = Error::Unavailable {
+            reason: "no address given".into(),
+        };
         for addr in &self.opts.addrs {
             let connecting = match self.endpoint.connect(*addr, &self.opts.server_name) {
                 Ok(c) => c,
@@ -143,7 +149,14 @@ impl Client {
             match tokio::time::timeout(self.opts.request_timeout, connecting).await {
                 Ok(Ok(conn)) => {
                     // A connection is healthy only after a round trip.
-                    let r = self.round_trip(&conn, &Request::Authenticate { api_key: self.opts.api_key.clone() }).await?;
+                    let r = self
+                        .round_trip(
+                            &conn,
+                            &Request::Authenticate {
+                                api_key: self.opts.api_key.clone(),
+                            },
+                        )
+                        .await?;
                     match r {
                         Response::Principal(info) => {
                             *self.principal.lock() = Some(info);
@@ -154,7 +167,11 @@ impl Client {
                     }
                 }
                 Ok(Err(e)) => last = unavailable(format!("{addr}: {e}")),
-                Err(_) => last = Error::Timeout { after_ms: self.opts.request_timeout.as_millis() as u64 },
+                Err(_) => {
+                    last = Error::Timeout {
+                        after_ms: self.opts.request_timeout.as_millis() as u64,
+                    }
+                }
             }
         }
         Err(last)
@@ -164,16 +181,26 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(unavailable)?;
-            write_frame(&mut send, &Envelope::new(id, req)).await.map_err(unavailable)?;
-            let env = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| Error::Protocol { reason: e.to_string() })?;
+            write_frame(&mut send, &Envelope::new(id, req))
+                .await
+                .map_err(unavailable)?;
+            let env = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES)
+                .await
+                .map_err(|e| Error::Protocol {
+                    reason: e.to_string(),
+                })?;
             if env.request_id != id && env.request_id != 0 {
-                return Err(Error::Protocol { reason: format!("response id {} for request {id}", env.request_id) });
+                return Err(Error::Protocol {
+                    reason: format!("response id {} for request {id}", env.request_id),
+                });
             }
             Ok(env.body)
         };
         match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout { after_ms: self.opts.request_timeout.as_millis() as u64 }),
+            Err(_) => Err(Error::Timeout {
+                after_ms: self.opts.request_timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -199,8 +226,11 @@ impl Client {
             // A write that reached the node and then lost its answer may have
             // happened: it is not retried (limit rejections are, they
             // happened before anything ran).
-            let maybe_applied = sent && matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }) && req.operation() == Some(OperationType::Write);
-            let retryable = err.is_retryable() && !maybe_applied && !matches!(err, Error::Timeout { .. });
+            let maybe_applied = sent
+                && matches!(err, Error::Unavailable { .. } | Error::Timeout { .. })
+                && req.operation() == Some(OperationType::Write);
+            let retryable =
+                err.is_retryable() && !maybe_applied && !matches!(err, Error::Timeout { .. });
             if !retryable || attempt >= self.opts.max_retries {
                 return Err(err);
             }
@@ -209,7 +239,10 @@ impl Client {
             }
             let backoff = self.opts.base_delay.saturating_mul(1 << attempt.min(16));
             let jitter = rand::thread_rng().gen_range(0.5..1.5);
-            let wait = backoff.mul_f64(jitter).max(err.retry_after().unwrap_or_default()).min(self.opts.max_delay);
+            let wait = backoff
+                .mul_f64(jitter)
+                .max(err.retry_after().unwrap_or_default())
+                .min(self.opts.max_delay);
             tracing::debug!(attempt, ?wait, error = %err, "retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
@@ -264,8 +297,18 @@ impl Client {
     }
 
     /// Merges properties (and optionally replaces the vector).
-    pub async fn update(&self, id: &str, properties: serde_json::Value, vector: Option<Vec<f32>>) -> Result<WriteResult> {
-        self.expect_write(Request::Update { id: id.into(), properties_json: properties.to_string(), vector }).await
+    pub async fn update(
+        &self,
+        id: &str,
+        properties: serde_json::Value,
+        vector: Option<Vec<f32>>,
+    ) -> Result<WriteResult> {
+        self.expect_write(Request::Update {
+            id: id.into(),
+            properties_json: properties.to_string(),
+            vector,
+        })
+        .await
     }
 
     /// Deletes an object.
@@ -309,7 +352,13 @@ impl Client {
 
     /// Vector search.
     pub async fn search(&self, search: VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>> {
-        match self.call(Request::Search { search, with_objects }).await? {
+        match self
+            .call(Request::Search {
+                search,
+                with_objects,
+            })
+            .await?
+        {
             Response::Hits(h) => Ok(h),
             other => Err(unexpected(other)),
         }
@@ -324,8 +373,20 @@ impl Client {
     }
 
     /// A page of a collection after an id (export).
-    pub async fn scan(&self, collection: &str, after: Option<&str>, limit: u32) -> Result<Vec<Object>> {
-        match self.call(Request::Scan { collection: collection.into(), after: after.map(str::to_string), limit }).await? {
+    pub async fn scan(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Object>> {
+        match self
+            .call(Request::Scan {
+                collection: collection.into(),
+                after: after.map(str::to_string),
+                limit,
+            })
+            .await?
+        {
             Response::Objects(o) => Ok(o),
             other => Err(unexpected(other)),
         }
@@ -338,7 +399,10 @@ impl Client {
 
     /// Usage of the key's tenant, or (admin) of `tenant`.
     pub async fn usage(&self, tenant: Option<&str>) -> Result<TenantUsage> {
-        match self.call(Request::Usage(tenant.map(str::to_string))).await? {
+        match self
+            .call(Request::Usage(tenant.map(str::to_string)))
+            .await?
+        {
             Response::Usage(u) => Ok(u),
             other => Err(unexpected(other)),
         }
@@ -352,8 +416,18 @@ impl Client {
     }
 
     /// Creates a tenant on a tier or standard name.
-    pub async fn create_tenant_for_tier(&self, tenant_id: &str, name: &str, tier: &str) -> Result<TenantConfig> {
-        self.tenant_call(Request::CreateTenantForTier { tenant_id: tenant_id.into(), name: name.into(), tier: tier.into() }).await
+    pub async fn create_tenant_for_tier(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        tier: &str,
+    ) -> Result<TenantConfig> {
+        self.tenant_call(Request::CreateTenantForTier {
+            tenant_id: tenant_id.into(),
+            name: name.into(),
+            tier: tier.into(),
+        })
+        .await
     }
 
     /// Reads a tenant.
@@ -388,12 +462,14 @@ impl Client {
 
     /// Adds a user.
     pub async fn create_user(&self, tenant: &str, user: &str) -> Result<()> {
-        self.expect_ok(Request::CreateUser(tenant.into(), user.into())).await
+        self.expect_ok(Request::CreateUser(tenant.into(), user.into()))
+            .await
     }
 
     /// Removes a user.
     pub async fn remove_user(&self, tenant: &str, user: &str) -> Result<()> {
-        self.expect_ok(Request::RemoveUser(tenant.into(), user.into())).await
+        self.expect_ok(Request::RemoveUser(tenant.into(), user.into()))
+            .await
     }
 
     /// Lists users.
@@ -405,8 +481,19 @@ impl Client {
     }
 
     /// Creates a key; returns the secret (shown once) and its facts.
-    pub async fn create_key(&self, kind: KeyKind, tenant: Option<&str>, user: Option<&str>, operations: Option<Vec<OperationType>>) -> Result<(String, KeyInfo)> {
-        let req = Request::CreateKey { kind, tenant_id: tenant.map(str::to_string), user_id: user.map(str::to_string), operations };
+    pub async fn create_key(
+        &self,
+        kind: KeyKind,
+        tenant: Option<&str>,
+        user: Option<&str>,
+        operations: Option<Vec<OperationType>>,
+    ) -> Result<(String, KeyInfo)> {
+        let req = Request::CreateKey {
+            kind,
+            tenant_id: tenant.map(str::to_string),
+            user_id: user.map(str::to_string),
+            operations,
+        };
         match self.call(req).await? {
             Response::NewKey { api_key, info } => Ok((api_key, info)),
             other => Err(unexpected(other)),
@@ -428,7 +515,10 @@ impl Client {
 
     /// Lists keys.
     pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>> {
-        match self.call(Request::ListKeys(tenant.map(str::to_string))).await? {
+        match self
+            .call(Request::ListKeys(tenant.map(str::to_string)))
+            .await?
+        {
             Response::Keys(k) => Ok(k),
             other => Err(unexpected(other)),
         }

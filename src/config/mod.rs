@@ -112,9 +112,14 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 impl NodeConfig {
     /// Defaults, then `file` (if any), then `VEKTAGRAF__*` environment overrides.
     pub fn load(file: Option<&Path>) -> Result<NodeConfig, Error> {
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         let text = match file {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| cfg_err("--config", format!("{}: {e}", p.display())))?),
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| cfg_err("--config", format!("{}: {e}", p.display())))?,
+            ),
             None => None,
         };
         Self::from_layers(text.as_deref(), &env)
@@ -122,13 +127,18 @@ impl NodeConfig {
 
     /// Builds a config from an optional file text and (key, value) overrides.
     pub fn from_layers(file: Option<&str>, env: &[(String, String)]) -> Result<NodeConfig, Error> {
-        let mut v: toml::Value = toml::from_str(DEFAULT_TOML).map_err(|e| cfg_err("default.toml", e.to_string()))?;
+        let mut v: toml::Value =
+            toml::from_str(DEFAULT_TOML).map_err(|e| cfg_err("default.toml", e.to_string()))?;
         if let Some(text) = file {
-            let f: toml::Value = toml::from_str(text).map_err(|e| cfg_err("config file", e.to_string()))?;
+            let f: toml::Value =
+                toml::from_str(text).map_err(|e| cfg_err("config file", e.to_string()))?;
             merge(&mut v, f);
         }
         for (k, val) in env {
-            let path: Vec<String> = k[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let path: Vec<String> = k[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
             if path.len() != 2 {
                 return Err(cfg_err(k, "use VEKTAGRAF__SECTION__KEY"));
             }
@@ -142,7 +152,9 @@ impl NodeConfig {
             over.insert(path[0].clone(), toml::Value::Table(inner));
             merge(&mut v, toml::Value::Table(over));
         }
-        let cfg: NodeConfig = v.try_into().map_err(|e: toml::de::Error| cfg_err("config", e.to_string()))?;
+        let cfg: NodeConfig = v
+            .try_into()
+            .map_err(|e: toml::de::Error| cfg_err("config", e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -168,7 +180,10 @@ impl NodeConfig {
             return Err(cfg_err("limits", "timeouts and intervals must be positive"));
         }
         if l.max_command_bytes < 4096 || l.max_command_bytes > crate::codec::MAX_DECODE_BYTES / 2 {
-            return Err(cfg_err("limits.max_command_bytes", "must be in 4 KiB..=32 MiB"));
+            return Err(cfg_err(
+                "limits.max_command_bytes",
+                "must be in 4 KiB..=32 MiB",
+            ));
         }
         self.raft.to_openraft("check")?;
         Ok(())
@@ -183,7 +198,10 @@ mod tests {
     fn layers_apply_in_order_and_errors_name_the_key() {
         let c = NodeConfig::from_layers(
             Some("[limits]\nmax_in_flight = 8\n"),
-            &[("VEKTAGRAF__LIMITS__MAX_QUEUED".into(), "7".into()), ("VEKTAGRAF__NODE__DATA_DIR".into(), "/tmp/x".into())],
+            &[
+                ("VEKTAGRAF__LIMITS__MAX_QUEUED".into(), "7".into()),
+                ("VEKTAGRAF__NODE__DATA_DIR".into(), "/tmp/x".into()),
+            ],
         )
         .unwrap();
         assert_eq!(c.limits.max_in_flight, 8);

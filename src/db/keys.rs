@@ -35,12 +35,19 @@ impl Database {
     /// Creates an API key. Tenant keys belong to one existing user of one
     /// tenant and may be restricted to some operations. Returns the full
     /// key (shown once) and its facts.
-    pub async fn create_key(&self, kind: KeyKind, tenant: Option<&str>, user: Option<&str>, operations: Option<Vec<OperationType>>) -> Result<(String, KeyInfo)> {
+    pub async fn create_key(
+        &self,
+        kind: KeyKind,
+        tenant: Option<&str>,
+        user: Option<&str>,
+        operations: Option<Vec<OperationType>>,
+    ) -> Result<(String, KeyInfo)> {
         let (tenant_id, user_id) = match kind {
             KeyKind::Admin => (None, None),
             KeyKind::Tenant => {
                 let t = tenant.ok_or(Error::MissingTenantContext)?;
-                let u = user.ok_or_else(|| Error::invalid("user_id", "a tenant key needs a user"))?;
+                let u =
+                    user.ok_or_else(|| Error::invalid("user_id", "a tenant key needs a user"))?;
                 self.tenant(t)?;
                 if self.registry()?.user(t, u)?.is_none() {
                     return Err(Error::not_found("user", u));
@@ -112,7 +119,13 @@ impl Database {
     /// Revokes a key and issues a new one with the same scope.
     pub async fn rotate_key(&self, key_id: &str) -> Result<(String, KeyInfo)> {
         let old = self.revoke_key(key_id).await?;
-        self.create_key(old.kind, old.tenant_id.as_deref(), old.user_id.as_deref(), old.operations).await
+        self.create_key(
+            old.kind,
+            old.tenant_id.as_deref(),
+            old.user_id.as_deref(),
+            old.operations,
+        )
+        .await
     }
 
     /// Keys (of one tenant, or all).
@@ -126,7 +139,11 @@ impl Database {
             .filter(|k| tenant.is_none() || k.tenant_id.as_deref() == tenant)
             .map(KeyRecord::info)
             .collect();
-        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.key_id.cmp(&b.key_id)));
+        v.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.key_id.cmp(&b.key_id))
+        });
         v
     }
 
@@ -146,7 +163,11 @@ impl Database {
 
     /// Removes a tenant's key records entirely (tenant purge).
     pub(crate) fn forget_keys_of(&self, tenant: &str) -> Result<()> {
-        let ids: Vec<String> = self.list_keys(Some(tenant)).into_iter().map(|k| k.key_id).collect();
+        let ids: Vec<String> = self
+            .list_keys(Some(tenant))
+            .into_iter()
+            .map(|k| k.key_id)
+            .collect();
         for id in ids {
             self.registry()?.remove_key(&id)?;
             self.inner.keys.keys.write().remove(&id);
@@ -157,7 +178,11 @@ impl Database {
     /// Makes sure an admin key exists. On first start it creates one and
     /// writes it to `path`, readable only by its owner; returns that path.
     pub async fn ensure_admin_key(&self, path: &Path) -> Result<Option<std::path::PathBuf>> {
-        if self.list_keys(None).iter().any(|k| k.kind == KeyKind::Admin && !k.revoked) {
+        if self
+            .list_keys(None)
+            .iter()
+            .any(|k| k.kind == KeyKind::Admin && !k.revoked)
+        {
             return Ok(None);
         }
         let (api_key, _) = self.create_key(KeyKind::Admin, None, None, None).await?;

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorRef};
 use crate::config::NodeConfig;
 use crate::limits::{Admission, QuotaCounters, TenantLimiter};
 use crate::proto::{Error, LimitKind, OperationType, Result, TenantUsage};
-use crate::raft::{RaftLogDb, ShardRaft};
+use crate::raft::RaftLogDb;
 use crate::shard::{ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMsg};
 use crate::storage::StorageEnv;
 use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
@@ -34,7 +34,7 @@ pub(crate) struct Tenant {
     group: u64,
     limiter: Arc<TenantLimiter>,
     route: Arc<RwLock<Option<ActorRef<ShardMsg>>>>,
-    slot: Arc<Mutex<Option<(ShardRaft, Arc<ShardData>)>>>,
+    slot: crate::shard::ShardSlot,
 }
 
 impl Tenant {
@@ -95,7 +95,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Database")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -118,14 +120,23 @@ impl Database {
         let registry = Registry::open(&dir.join("node"))?;
         let logs = RaftLogDb::open(&dir.join("raft")).map_err(io)?;
         let s = &config.storage;
-        let env = StorageEnv::new(s.block_cache_bytes, s.write_buffer_bytes, s.max_open_files_per_shard);
+        let env = StorageEnv::new(
+            s.block_cache_bytes,
+            s.write_buffer_bytes,
+            s.max_open_files_per_shard,
+        );
         let l = &config.limits;
-        let admission = Admission::new(l.max_in_flight, l.max_queued, Duration::from_millis(l.queue_timeout_ms));
-        let (supervisor, _) = Actor::spawn(None, ShardSupervisor, ())
-            .await
-            .map_err(|e| Error::Unavailable {
-                reason: format!("supervisor failed to start: {e}"),
-            })?;
+        let admission = Admission::new(
+            l.max_in_flight,
+            l.max_queued,
+            Duration::from_millis(l.queue_timeout_ms),
+        );
+        let (supervisor, _) =
+            Actor::spawn(None, ShardSupervisor, ())
+                .await
+                .map_err(|e| Error::Unavailable {
+                    reason: format!("supervisor failed to start: {e}"),
+                })?;
         let db = Database {
             inner: Arc::new(Inner {
                 config,
@@ -176,9 +187,13 @@ impl Database {
     }
 
     fn registry(&self) -> Result<Arc<Registry>> {
-        self.inner.registry.read().clone().ok_or_else(|| Error::Unavailable {
-            reason: "database is closed".into(),
-        })
+        self.inner
+            .registry
+            .read()
+            .clone()
+            .ok_or_else(|| Error::Unavailable {
+                reason: "database is closed".into(),
+            })
     }
 
     /// The node config.
@@ -195,7 +210,10 @@ impl Database {
         let r = self
             .inner
             .supervisor
-            .call(|tx| SupervisorMsg::Stop(tenant.to_string(), tx), Some(Duration::from_secs(120)))
+            .call(
+                |tx| SupervisorMsg::Stop(tenant.to_string(), tx),
+                Some(Duration::from_secs(120)),
+            )
             .await;
         match r {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
@@ -235,7 +253,10 @@ impl Database {
         let started = self
             .inner
             .supervisor
-            .call(|tx| SupervisorMsg::Start(args, tx), Some(Duration::from_secs(600)))
+            .call(
+                |tx| SupervisorMsg::Start(Box::new(args), tx),
+                Some(Duration::from_secs(600)),
+            )
             .await;
         match started {
             Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
@@ -246,7 +267,10 @@ impl Database {
                 })
             }
         }
-        self.inner.tenants.write().insert(rec.config.tenant_id.clone(), tenant);
+        self.inner
+            .tenants
+            .write()
+            .insert(rec.config.tenant_id.clone(), tenant);
         Ok(())
     }
 
@@ -292,7 +316,12 @@ impl Database {
             config.created_at = crate::util::now_ms();
         }
         let _g = self.inner.lifecycle.lock().await;
-        if self.registry()?.tenants()?.iter().any(|r| r.config.tenant_id == config.tenant_id) {
+        if self
+            .registry()?
+            .tenants()?
+            .iter()
+            .any(|r| r.config.tenant_id == config.tenant_id)
+        {
             return Err(Error::TenantExists {
                 tenant_id: config.tenant_id,
             });
@@ -319,7 +348,13 @@ impl Database {
 
     /// Every tenant's config, by id.
     pub async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
-        let mut v: Vec<TenantConfig> = self.inner.tenants.read().values().map(|t| (*t.config()).clone()).collect();
+        let mut v: Vec<TenantConfig> = self
+            .inner
+            .tenants
+            .read()
+            .values()
+            .map(|t| (*t.config()).clone())
+            .collect();
         v.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
         Ok(v)
     }
@@ -348,12 +383,26 @@ impl Database {
 
     /// Disables a tenant: every operation is refused until it is enabled.
     pub async fn disable_tenant(&self, id: &str) -> Result<TenantConfig> {
-        self.update_tenant(id, TenantUpdate { enabled: Some(false), ..Default::default() }).await
+        self.update_tenant(
+            id,
+            TenantUpdate {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Enables a disabled tenant.
     pub async fn enable_tenant(&self, id: &str) -> Result<TenantConfig> {
-        self.update_tenant(id, TenantUpdate { enabled: Some(true), ..Default::default() }).await
+        self.update_tenant(
+            id,
+            TenantUpdate {
+                enabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Deletes a tenant and purges every byte of its data.
@@ -396,7 +445,12 @@ impl Database {
     /// Users of a tenant.
     pub async fn list_users(&self, tenant: &str) -> Result<Vec<String>> {
         self.tenant(tenant)?;
-        Ok(self.registry()?.users(tenant)?.into_iter().map(|u| u.user_id).collect())
+        Ok(self
+            .registry()?
+            .users(tenant)?
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect())
     }
 
     // ----- sessions (X1) -----
@@ -413,7 +467,13 @@ impl Database {
         let t = match self.tenant(tenant_id) {
             Ok(t) => t,
             Err(Error::TenantNotFound { .. }) if mt.auto_create_tenants || !mt.enabled => {
-                let cfg = TenantConfig::for_tier(&self.tiers(), tenant_id, tenant_id, &mt.default_tier, serde_json::json!({}))?;
+                let cfg = TenantConfig::for_tier(
+                    &self.tiers(),
+                    tenant_id,
+                    tenant_id,
+                    &mt.default_tier,
+                    serde_json::json!({}),
+                )?;
                 match self.create_tenant(cfg).await {
                     Ok(_) | Err(Error::TenantExists { .. }) => {}
                     Err(e) => return Err(e),
@@ -448,7 +508,9 @@ impl Database {
 
     /// R3: would `op` be admitted for `tenant` now? Consumes nothing.
     pub fn can_perform_operation(&self, tenant: &str, op: OperationType) -> Result<()> {
-        self.tenant(tenant)?.limiter.can_perform(op, crate::util::coarse_now_ms())
+        self.tenant(tenant)?
+            .limiter
+            .can_perform(op, crate::util::coarse_now_ms())
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -477,11 +539,16 @@ impl Database {
         match self
             .inner
             .supervisor
-            .call(|tx| SupervisorMsg::Restarts(tenant.to_string(), tx), Some(Duration::from_secs(120)))
+            .call(
+                |tx| SupervisorMsg::Restarts(tenant.to_string(), tx),
+                Some(Duration::from_secs(120)),
+            )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(n)) => Ok(n),
-            _ => Err(Error::Unavailable { reason: "supervisor did not answer".into() }),
+            _ => Err(Error::Unavailable {
+                reason: "supervisor did not answer".into(),
+            }),
         }
     }
 
@@ -498,7 +565,9 @@ impl Database {
         self.tenant(tenant)?
             .actor()?
             .cast(ShardMsg::Fail)
-            .map_err(|e| Error::Unavailable { reason: e.to_string() })
+            .map_err(|e| Error::Unavailable {
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -515,13 +584,24 @@ pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
         (LimitKind::Vectors, storage.vectors, s.max_vectors),
     ] {
         if limit > 0 && used as f64 >= limit as f64 * s.warning_threshold {
-            warnings.push(format!("{} at {:.0}% ({used}/{limit})", kind.config_key(), used as f64 * 100.0 / limit as f64));
+            warnings.push(format!(
+                "{} at {:.0}% ({used}/{limit})",
+                kind.config_key(),
+                used as f64 * 100.0 / limit as f64
+            ));
         }
     }
     let q = &cfg.request_limit;
-    for (kind, used, limit) in [(LimitKind::Daily, requests.daily, q.daily_limit), (LimitKind::Monthly, requests.monthly, q.monthly_limit)] {
+    for (kind, used, limit) in [
+        (LimitKind::Daily, requests.daily, q.daily_limit),
+        (LimitKind::Monthly, requests.monthly, q.monthly_limit),
+    ] {
         if limit > 0 && used as f64 >= limit as f64 * s.warning_threshold {
-            warnings.push(format!("{} at {:.0}% ({used}/{limit})", kind.config_key(), used as f64 * 100.0 / limit as f64));
+            warnings.push(format!(
+                "{} at {:.0}% ({used}/{limit})",
+                kind.config_key(),
+                used as f64 * 100.0 / limit as f64
+            ));
         }
     }
     Ok(TenantUsage {

@@ -73,14 +73,17 @@ impl Registry {
         let mut o = Options::default();
         o.create_if_missing(true);
         o.create_missing_column_families(true);
-        let cfs = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS]
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(Registry {
             db: DB::open_cf_descriptors(&o, path, cfs).map_err(st)?,
         })
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, Error> {
-        self.db.cf_handle(name).ok_or_else(|| st(format!("column family {name} missing")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| st(format!("column family {name} missing")))
     }
 
     fn write(&self, b: WriteBatch) -> Result<(), Error> {
@@ -114,7 +117,10 @@ impl Registry {
     /// Every tenant record.
     pub fn tenants(&self) -> Result<Vec<TenantRecord>, Error> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_TENANTS)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_TENANTS)?, IteratorMode::Start)
+        {
             let (_, v) = item.map_err(st)?;
             let rec: TenantRecord = serde_json::from_slice(&v).map_err(st)?;
             if rec.v != VERSION {
@@ -139,7 +145,11 @@ impl Registry {
     /// Adds a user.
     pub fn put_user(&self, rec: &UserRecord) -> Result<(), Error> {
         let mut b = WriteBatch::default();
-        b.put_cf(self.cf(CF_USERS)?, user_key(&rec.tenant_id, &rec.user_id), serde_json::to_vec(rec).map_err(st)?);
+        b.put_cf(
+            self.cf(CF_USERS)?,
+            user_key(&rec.tenant_id, &rec.user_id),
+            serde_json::to_vec(rec).map_err(st)?,
+        );
         self.write(b)
     }
 
@@ -152,7 +162,11 @@ impl Registry {
 
     /// A user of a tenant.
     pub fn user(&self, tenant: &str, user: &str) -> Result<Option<UserRecord>, Error> {
-        match self.db.get_cf(self.cf(CF_USERS)?, user_key(tenant, user)).map_err(st)? {
+        match self
+            .db
+            .get_cf(self.cf(CF_USERS)?, user_key(tenant, user))
+            .map_err(st)?
+        {
             Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(st)?)),
             None => Ok(None),
         }
@@ -162,7 +176,10 @@ impl Registry {
     pub fn users(&self, tenant: &str) -> Result<Vec<UserRecord>, Error> {
         let mut out = Vec::new();
         let prefix = user_key(tenant, "");
-        for item in self.db.iterator_cf(self.cf(CF_USERS)?, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf(
+            self.cf(CF_USERS)?,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
             let (k, v) = item.map_err(st)?;
             if !k.starts_with(&prefix) {
                 break;
@@ -175,7 +192,11 @@ impl Registry {
     /// Stores an API key record.
     pub fn put_key(&self, rec: &KeyRecord) -> Result<(), Error> {
         let mut b = WriteBatch::default();
-        b.put_cf(self.cf(CF_KEYS)?, rec.key_id.as_bytes(), serde_json::to_vec(rec).map_err(st)?);
+        b.put_cf(
+            self.cf(CF_KEYS)?,
+            rec.key_id.as_bytes(),
+            serde_json::to_vec(rec).map_err(st)?,
+        );
         self.write(b)
     }
 

@@ -59,8 +59,15 @@ fn limit_err(kind: LimitKind, limit: u64, current: u64, requested: u64) -> Error
     })
 }
 
-pub(crate) async fn call_write(actor: &ActorRef<ShardMsg>, cmd: Command, timeout: Duration) -> Result<CommandResult> {
-    match actor.call(|tx| ShardMsg::Write(cmd, tx), Some(timeout)).await {
+pub(crate) async fn call_write(
+    actor: &ActorRef<ShardMsg>,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<CommandResult> {
+    match actor
+        .call(|tx| ShardMsg::Write(cmd, tx), Some(timeout))
+        .await
+    {
         Ok(CallResult::Success(r)) => r,
         Ok(CallResult::Timeout) => Err(Error::Timeout {
             after_ms: timeout.as_millis() as u64,
@@ -71,8 +78,16 @@ pub(crate) async fn call_write(actor: &ActorRef<ShardMsg>, cmd: Command, timeout
     }
 }
 
-async fn call_read(actor: &ActorRef<ShardMsg>, op: ReadOp, c: Consistency, timeout: Duration) -> Result<ReadResult> {
-    match actor.call(|tx| ShardMsg::Read(op, c, tx), Some(timeout)).await {
+async fn call_read(
+    actor: &ActorRef<ShardMsg>,
+    op: ReadOp,
+    c: Consistency,
+    timeout: Duration,
+) -> Result<ReadResult> {
+    match actor
+        .call(|tx| ShardMsg::Read(op, c, tx), Some(timeout))
+        .await
+    {
         Ok(CallResult::Success(r)) => r,
         Ok(CallResult::Timeout) => Err(Error::Timeout {
             after_ms: timeout.as_millis() as u64,
@@ -132,29 +147,58 @@ impl Session {
 
     /// Steps 2-4: cost, tenant limits, node admission. Returns the guards
     /// that hold the concurrency and admission slots.
-    async fn admit(&self, op: OperationType, cost: Cost) -> Result<(crate::limits::Permit, crate::limits::AdmissionPermit, Arc<TenantConfig>)> {
+    async fn admit(
+        &self,
+        op: OperationType,
+        cost: Cost,
+    ) -> Result<(
+        crate::limits::Permit,
+        crate::limits::AdmissionPermit,
+        Arc<TenantConfig>,
+    )> {
         let cfg = self.tenant.config();
         let q = &cfg.request_limit;
         if cost.result_size > q.max_result_size {
-            return Err(limit_err(LimitKind::ResultSize, q.max_result_size, 0, cost.result_size));
+            return Err(limit_err(
+                LimitKind::ResultSize,
+                q.max_result_size,
+                0,
+                cost.result_size,
+            ));
         }
         if cost.complexity > q.complexity_limit {
-            return Err(limit_err(LimitKind::Complexity, q.complexity_limit, 0, cost.complexity));
+            return Err(limit_err(
+                LimitKind::Complexity,
+                q.complexity_limit,
+                0,
+                cost.complexity,
+            ));
         }
-        let permit = self.tenant.limiter.admit(op, crate::util::coarse_now_ms())?;
+        let permit = self
+            .tenant
+            .limiter
+            .admit(op, crate::util::coarse_now_ms())?;
         let slot = self.db.admission.acquire(q.priority).await?;
         Ok((permit, slot, cfg))
     }
 
     /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.
     pub fn can_perform_operation(&self, op: OperationType) -> Result<()> {
-        self.tenant.limiter.can_perform(op, crate::util::coarse_now_ms())
+        self.tenant
+            .limiter
+            .can_perform(op, crate::util::coarse_now_ms())
     }
 
     // ----- writes -----
 
-    async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
-        let (_p, _s, cfg) = self.admit(OperationType::Write, estimate::write(ops.len())).await?;
+    async fn write(
+        &self,
+        ops: Vec<WriteOp>,
+        atomic: bool,
+    ) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
+        let (_p, _s, cfg) = self
+            .admit(OperationType::Write, estimate::write(ops.len()))
+            .await?;
         let data = self.tenant.data()?;
         // A transaction fails as a whole on the first bad op; a batch keeps
         // each bad op's error in its slot and proposes the rest.
@@ -173,7 +217,13 @@ impl Session {
             }
         }
         if passing.is_empty() {
-            return Ok((early.into_iter().map(|e| Err(e.unwrap_or_else(|| Error::storage("lost result")))).collect(), Vec::new()));
+            return Ok((
+                early
+                    .into_iter()
+                    .map(|e| Err(e.unwrap_or_else(|| Error::storage("lost result"))))
+                    .collect(),
+                Vec::new(),
+            ));
         }
         let cmd = Command::Write {
             ops: passing,
@@ -202,7 +252,9 @@ impl Session {
                     .into_iter()
                     .map(|e| match e {
                         Some(e) => Err(e),
-                        None => applied.next().unwrap_or_else(|| Err(Error::storage("missing result"))),
+                        None => applied
+                            .next()
+                            .unwrap_or_else(|| Err(Error::storage("missing result"))),
                     })
                     .collect();
                 Ok((merged, warnings))
@@ -213,7 +265,9 @@ impl Session {
 
     async fn write_one(&self, op: WriteOp) -> Result<WriteResult> {
         let (mut results, warnings) = self.write(vec![op], true).await?;
-        let outcome = results.pop().unwrap_or_else(|| Err(Error::storage("empty result")))?;
+        let outcome = results
+            .pop()
+            .unwrap_or_else(|| Err(Error::storage("empty result")))?;
         Ok(WriteResult {
             outcomes: vec![outcome],
             warnings,
@@ -227,7 +281,12 @@ impl Session {
     }
 
     /// Merges properties into an object (and optionally replaces its vector).
-    pub async fn update(&self, id: &str, properties: serde_json::Value, vector: Option<Vec<f32>>) -> Result<WriteResult> {
+    pub async fn update(
+        &self,
+        id: &str,
+        properties: serde_json::Value,
+        vector: Option<Vec<f32>>,
+    ) -> Result<WriteResult> {
         self.write_one(WriteOp::Update {
             id: id.to_string(),
             properties: Properties::from_json(properties)?,
@@ -242,7 +301,13 @@ impl Session {
     }
 
     /// Adds or replaces an edge.
-    pub async fn put_edge(&self, from: &str, label: &str, to: &str, properties: serde_json::Value) -> Result<WriteResult> {
+    pub async fn put_edge(
+        &self,
+        from: &str,
+        label: &str,
+        to: &str,
+        properties: serde_json::Value,
+    ) -> Result<WriteResult> {
         self.write_one(WriteOp::PutEdge(Edge {
             from: from.to_string(),
             label: label.to_string(),
@@ -266,7 +331,10 @@ impl Session {
     /// the first failing op is returned).
     pub async fn transaction(&self, ops: Vec<WriteOp>) -> Result<WriteResult> {
         if ops.is_empty() || ops.len() > MAX_TRANSACTION_OPS {
-            return Err(Error::invalid("ops", format!("a transaction holds 1 to {MAX_TRANSACTION_OPS} ops")));
+            return Err(Error::invalid(
+                "ops",
+                format!("a transaction holds 1 to {MAX_TRANSACTION_OPS} ops"),
+            ));
         }
         let (results, warnings) = self.write(ops, true).await?;
         let outcomes = results.into_iter().collect::<Result<Vec<_>>>()?;
@@ -300,7 +368,13 @@ impl Session {
     pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
         storage::check_collection(&spec)?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match call_write(&self.tenant.actor()?, Command::CreateCollection(spec), self.timeout()).await? {
+        match call_write(
+            &self.tenant.actor()?,
+            Command::CreateCollection(spec),
+            self.timeout(),
+        )
+        .await?
+        {
             CommandResult::Done(r) => r.map(|_| ()),
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
         }
@@ -309,7 +383,13 @@ impl Session {
     /// Removes an empty collection.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match call_write(&self.tenant.actor()?, Command::DropCollection(name.to_string()), self.timeout()).await? {
+        match call_write(
+            &self.tenant.actor()?,
+            Command::DropCollection(name.to_string()),
+            self.timeout(),
+        )
+        .await?
+        {
             CommandResult::Done(r) => r.map(|_| ()),
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
         }
@@ -321,8 +401,15 @@ impl Session {
     }
 
     /// S4: deletes up to `max` objects created before `cutoff_ms`; returns how many.
-    pub async fn purge_older_than(&self, collection: Option<&str>, cutoff_ms: u64, max: u32) -> Result<u64> {
-        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(max as usize)).await?;
+    pub async fn purge_older_than(
+        &self,
+        collection: Option<&str>,
+        cutoff_ms: u64,
+        max: u32,
+    ) -> Result<u64> {
+        let (_p, _s, _) = self
+            .admit(OperationType::Write, estimate::write(max as usize))
+            .await?;
         let cmd = Command::PurgeOlderThan {
             collection: collection.map(str::to_string),
             cutoff_ms,
@@ -344,7 +431,14 @@ impl Session {
     /// Get by id. An id of another tenant is simply not found here.
     pub async fn get(&self, id: &str) -> Result<Option<Object>> {
         crate::tenant::validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
-        match self.read(OperationType::Read, estimate::read(), ReadOp::Get(id.to_string())).await? {
+        match self
+            .read(
+                OperationType::Read,
+                estimate::read(),
+                ReadOp::Get(id.to_string()),
+            )
+            .await?
+        {
             ReadResult::Object(o) => Ok(o),
             _ => Err(Error::storage("unexpected read result")),
         }
@@ -355,7 +449,10 @@ impl Session {
         if let Some(f) = &q.filter {
             f.validate()?;
         }
-        match self.read(OperationType::Query, estimate::query(&q), ReadOp::Query(q)).await? {
+        match self
+            .read(OperationType::Query, estimate::query(&q), ReadOp::Query(q))
+            .await?
+        {
             ReadResult::Objects(o) => Ok(o),
             _ => Err(Error::storage("unexpected read result")),
         }
@@ -381,16 +478,39 @@ impl Session {
             .collection(&s.collection)
             .ok_or_else(|| Error::not_found("collection", &s.collection))?;
         storage::check_vector(&spec, &s.vector)?;
-        match self.read(OperationType::VectorSearch, estimate::vector_search(&s), ReadOp::Search(s, with_objects)).await? {
+        match self
+            .read(
+                OperationType::VectorSearch,
+                estimate::vector_search(&s),
+                ReadOp::Search(s, with_objects),
+            )
+            .await?
+        {
             ReadResult::Hits(h) => Ok(h),
             _ => Err(Error::storage("unexpected read result")),
         }
     }
 
     /// A page of a collection in id order (export); counts as a query.
-    pub async fn scan(&self, collection: &str, after: Option<&str>, limit: u32) -> Result<Vec<Object>> {
-        let q = Query { collection: collection.to_string(), filter: None, limit };
-        match self.read(OperationType::Query, estimate::query(&q), ReadOp::Scan(collection.to_string(), after.map(str::to_string), limit)).await? {
+    pub async fn scan(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Object>> {
+        let q = Query {
+            collection: collection.to_string(),
+            filter: None,
+            limit,
+        };
+        match self
+            .read(
+                OperationType::Query,
+                estimate::query(&q),
+                ReadOp::Scan(collection.to_string(), after.map(str::to_string), limit),
+            )
+            .await?
+        {
             ReadResult::Objects(o) => Ok(o),
             _ => Err(Error::storage("unexpected read result")),
         }
@@ -402,7 +522,14 @@ impl Session {
         if t.labels.len() > 64 {
             return Err(Error::invalid("labels", "at most 64 labels"));
         }
-        match self.read(OperationType::GraphTraverse, estimate::traverse(&t), ReadOp::Traverse(t)).await? {
+        match self
+            .read(
+                OperationType::GraphTraverse,
+                estimate::traverse(&t),
+                ReadOp::Traverse(t),
+            )
+            .await?
+        {
             ReadResult::Nodes(n) => Ok(n),
             _ => Err(Error::storage("unexpected read result")),
         }
@@ -422,7 +549,11 @@ fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<usize>
     let s = &cfg.storage_limit;
     let obj = match op {
         WriteOp::Put(o) => o,
-        WriteOp::Update { id, properties, vector } => {
+        WriteOp::Update {
+            id,
+            properties,
+            vector,
+        } => {
             validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
             if let Some(v) = vector {
                 if let Some(rec) = data.store().object(id)? {
@@ -431,7 +562,10 @@ fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<usize>
                     }
                 }
             }
-            return Ok(id.len() + properties.encoded_len() + vector.as_ref().map_or(0, |v| v.len() * 4) + 16);
+            return Ok(id.len()
+                + properties.encoded_len()
+                + vector.as_ref().map_or(0, |v| v.len() * 4)
+                + 16);
         }
         WriteOp::Delete { id } => {
             validate_name("id", id, storage::MAX_OBJECT_ID_LEN)?;
@@ -444,7 +578,9 @@ fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<usize>
             validate_name("label", &e.label, 64)?;
             return Ok(e.from.len() + e.to.len() + e.label.len() + e.properties.encoded_len() + 16);
         }
-        WriteOp::DeleteEdge { from, label, to } => return Ok(from.len() + label.len() + to.len() + 16),
+        WriteOp::DeleteEdge { from, label, to } => {
+            return Ok(from.len() + label.len() + to.len() + 16)
+        }
     };
     validate_name("id", &obj.id, storage::MAX_OBJECT_ID_LEN)?;
     let spec = data
@@ -466,20 +602,42 @@ fn precheck(data: &ShardData, cfg: &TenantConfig, op: &WriteOp) -> Result<usize>
         return Ok(size as usize + 16);
     }
     if size > s.max_object_size {
-        return Err(limit_err(LimitKind::ObjectSize, s.max_object_size, size, size));
+        return Err(limit_err(
+            LimitKind::ObjectSize,
+            s.max_object_size,
+            size,
+            size,
+        ));
     }
     let usage = data.usage();
-    let at_limit = usage.objects >= s.max_objects || usage.bytes + size > s.max_storage_bytes || (obj.vector.is_some() && usage.vectors >= s.max_vectors);
+    let at_limit = usage.objects >= s.max_objects
+        || usage.bytes + size > s.max_storage_bytes
+        || (obj.vector.is_some() && usage.vectors >= s.max_vectors);
     // Only a write that would grow a counter past its limit needs to know
     // whether the object exists (one read); most writes skip it.
     if at_limit && data.store().object(&obj.id)?.is_none() {
         if usage.objects >= s.max_objects {
-            return Err(limit_err(LimitKind::Objects, s.max_objects, usage.objects, 1));
+            return Err(limit_err(
+                LimitKind::Objects,
+                s.max_objects,
+                usage.objects,
+                1,
+            ));
         }
         if obj.vector.is_some() && usage.vectors >= s.max_vectors {
-            return Err(limit_err(LimitKind::Vectors, s.max_vectors, usage.vectors, 1));
+            return Err(limit_err(
+                LimitKind::Vectors,
+                s.max_vectors,
+                usage.vectors,
+                1,
+            ));
         }
-        return Err(limit_err(LimitKind::StorageBytes, s.max_storage_bytes, usage.bytes, size));
+        return Err(limit_err(
+            LimitKind::StorageBytes,
+            s.max_storage_bytes,
+            usage.bytes,
+            size,
+        ));
     }
     Ok(size as usize + 16)
 }

@@ -111,7 +111,10 @@ impl Admission {
             rx: Some(rx),
         };
         let got = match waiter.rx.as_mut() {
-            Some(rx) => matches!(tokio::time::timeout(self.queue_timeout, rx).await, Ok(Ok(()))),
+            Some(rx) => matches!(
+                tokio::time::timeout(self.queue_timeout, rx).await,
+                Ok(Ok(()))
+            ),
             None => false,
         };
         if got {
@@ -164,7 +167,12 @@ mod tests {
         let held = a.acquire(Priority::Normal).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for p in [Priority::Low, Priority::Normal, Priority::Critical, Priority::High] {
+        for p in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::Critical,
+            Priority::High,
+        ] {
             let (a2, order) = (a.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = a2.acquire(p).await.unwrap();
@@ -178,7 +186,15 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(*order.lock(), vec![Priority::Critical, Priority::High, Priority::Normal, Priority::Low]);
+        assert_eq!(
+            *order.lock(),
+            vec![
+                Priority::Critical,
+                Priority::High,
+                Priority::Normal,
+                Priority::Low
+            ]
+        );
         assert_eq!(a.load(), (0, 0));
     }
 
@@ -191,7 +207,10 @@ mod tests {
         while a.load().1 < 1 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(a.acquire(Priority::Critical).await, Err(Error::Overloaded { .. })));
+        assert!(matches!(
+            a.acquire(Priority::Critical).await,
+            Err(Error::Overloaded { .. })
+        ));
         waiter.abort();
     }
 

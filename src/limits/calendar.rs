@@ -60,10 +60,16 @@ mod tests {
         let t = 1_795_809_600_000;
         assert_eq!(civil_from_days(day_number(t)), (2026, 11, 27));
         assert_eq!(month_number(t), 2026 * 12 + 10);
-        assert_eq!(civil_from_days(day_number(next_month_start(t))), (2026, 12, 1));
+        assert_eq!(
+            civil_from_days(day_number(next_month_start(t))),
+            (2026, 12, 1)
+        );
         // December rolls into January.
         let dec = days_from_civil(2026, 12, 31) as u64 * DAY_MS;
-        assert_eq!(civil_from_days(day_number(next_month_start(dec))), (2027, 1, 1));
+        assert_eq!(
+            civil_from_days(day_number(next_month_start(dec))),
+            (2027, 1, 1)
+        );
         // Leap day.
         assert_eq!(civil_from_days(days_from_civil(2028, 2, 29)), (2028, 2, 29));
         assert_eq!(next_day_start(t) % DAY_MS, 0);

@@ -30,12 +30,18 @@ pub mod estimate {
 
     /// Get by id.
     pub fn read() -> Cost {
-        Cost { complexity: 1, result_size: 1 }
+        Cost {
+            complexity: 1,
+            result_size: 1,
+        }
     }
 
     /// `n` writes.
     pub fn write(n: usize) -> Cost {
-        Cost { complexity: n as u64, result_size: n as u64 }
+        Cost {
+            complexity: n as u64,
+            result_size: n as u64,
+        }
     }
 
     /// A property query.

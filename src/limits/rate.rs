@@ -70,7 +70,10 @@ impl RateWindow {
 
     fn roll(&mut self, now_ms: u64) {
         // Fast path: still inside the current window (no division).
-        if now_ms >= self.start && now_ms - self.start < self.window_ms && (self.start != 0 || self.cur != 0 || self.prev != 0) {
+        if now_ms >= self.start
+            && now_ms - self.start < self.window_ms
+            && (self.start != 0 || self.cur != 0 || self.prev != 0)
+        {
             return;
         }
         let start = now_ms - now_ms % self.window_ms;
@@ -118,7 +121,7 @@ impl RateWindow {
         } else {
             // Next window: prev' = cur, cur' = 0: need cur·(W−e'') ≤ (L−1)·W.
             let room = limit.saturating_sub(1) * w;
-            let e_min = w.saturating_sub(room / cur);
+            let e_min = w.saturating_sub(room.checked_div(cur).unwrap_or(0));
             to_next + e_min as u64
         };
         Err(RateRejection {
@@ -151,7 +154,13 @@ mod tests {
             admit(&mut w, 5_000 + i).unwrap();
         }
         let r = admit(&mut w, 5_400).unwrap_err();
-        assert_eq!(r, RateRejection { current: 12, retry_after_ms: 600 });
+        assert_eq!(
+            r,
+            RateRejection {
+                current: 12,
+                retry_after_ms: 600
+            }
+        );
         // Rejections are not counted: at the boundary the full limit is back.
         for _ in 0..12 {
             admit(&mut w, 6_000).unwrap();

@@ -44,7 +44,8 @@ impl QuotaCounters {
         if now_ms < self.next_boundary {
             return;
         }
-        self.next_boundary = calendar::next_day_start(now_ms).min(calendar::next_month_start(now_ms));
+        self.next_boundary =
+            calendar::next_day_start(now_ms).min(calendar::next_month_start(now_ms));
         let day = calendar::day_number(now_ms);
         if day != self.day {
             self.day = day;
@@ -197,23 +198,48 @@ impl TenantLimiter {
         }
         let in_flight = self.in_flight.load(Ordering::Acquire);
         if in_flight >= st.concurrent_limit {
-            return Err(limit(LimitKind::Concurrency, st.concurrent_limit, in_flight, Some(CONCURRENCY_RETRY_MS)));
+            return Err(limit(
+                LimitKind::Concurrency,
+                st.concurrent_limit,
+                in_flight,
+                Some(CONCURRENCY_RETRY_MS),
+            ));
         }
         st.quota.roll(now_ms);
         if st.quota.daily >= st.daily_limit {
             let wait = calendar::next_day_start(now_ms) - now_ms;
-            return Err(limit(LimitKind::Daily, st.daily_limit, st.quota.daily, Some(wait)));
+            return Err(limit(
+                LimitKind::Daily,
+                st.daily_limit,
+                st.quota.daily,
+                Some(wait),
+            ));
         }
         if st.quota.monthly >= st.monthly_limit {
             let wait = calendar::next_month_start(now_ms) - now_ms;
-            return Err(limit(LimitKind::Monthly, st.monthly_limit, st.quota.monthly, Some(wait)));
+            return Err(limit(
+                LimitKind::Monthly,
+                st.monthly_limit,
+                st.quota.monthly,
+                Some(wait),
+            ));
         }
         if let Err(r) = st.overall.check(now_ms) {
-            return Err(limit(LimitKind::Rate, st.overall.limit(), r.current, Some(r.retry_after_ms)));
+            return Err(limit(
+                LimitKind::Rate,
+                st.overall.limit(),
+                r.current,
+                Some(r.retry_after_ms),
+            ));
         }
         if let Some(w) = &mut st.per_op[op.index()] {
             if let Err(r) = w.check(now_ms) {
-                return Err(limit(LimitKind::OperationRate(op), w.limit(), r.current, Some(r.retry_after_ms)));
+                return Err(limit(
+                    LimitKind::OperationRate(op),
+                    w.limit(),
+                    r.current,
+                    Some(r.retry_after_ms),
+                ));
             }
         }
         Ok(())
@@ -287,12 +313,16 @@ mod tests {
     use crate::tenant::Tiers;
 
     fn cfg() -> TenantConfig {
-        let mut c = TenantConfig::for_tier(&Tiers::default(), "t", "T", "tier2", serde_json::json!({})).unwrap();
+        let mut c =
+            TenantConfig::for_tier(&Tiers::default(), "t", "T", "tier2", serde_json::json!({}))
+                .unwrap();
         c.rate_limit.max_requests = 5;
         c.rate_limit.burst_allowance = 2;
         c.rate_limit.sliding_window = false;
         c.rate_limit.operation_types.insert(OperationType::Write, 3);
-        c.rate_limit.operation_types.remove(&OperationType::GraphTraverse);
+        c.rate_limit
+            .operation_types
+            .remove(&OperationType::GraphTraverse);
         c
     }
 
@@ -308,7 +338,10 @@ mod tests {
         for _ in 0..3 {
             l.admit(OperationType::Write, T0).unwrap();
         }
-        assert_eq!(kind(l.admit(OperationType::Write, T0).unwrap_err()), LimitKind::OperationRate(OperationType::Write));
+        assert_eq!(
+            kind(l.admit(OperationType::Write, T0).unwrap_err()),
+            LimitKind::OperationRate(OperationType::Write)
+        );
         for _ in 0..4 {
             l.admit(OperationType::Read, T0).unwrap();
         }
@@ -322,10 +355,16 @@ mod tests {
     fn disallowed_operations_and_disabled_tenants() {
         let mut c = cfg();
         let l = TenantLimiter::new(&c, QuotaCounters::default());
-        assert!(matches!(l.admit(OperationType::GraphTraverse, T0), Err(Error::OperationNotAllowed { .. })));
+        assert!(matches!(
+            l.admit(OperationType::GraphTraverse, T0),
+            Err(Error::OperationNotAllowed { .. })
+        ));
         c.enabled = false;
         l.update(&c);
-        assert!(matches!(l.admit(OperationType::Read, T0), Err(Error::TenantDisabled { .. })));
+        assert!(matches!(
+            l.admit(OperationType::Read, T0),
+            Err(Error::TenantDisabled { .. })
+        ));
     }
 
     #[test]
@@ -336,7 +375,10 @@ mod tests {
         let l = TenantLimiter::new(&c, QuotaCounters::default());
         let a = l.admit(OperationType::Read, T0).unwrap();
         let _b = l.admit(OperationType::Read, T0).unwrap();
-        assert_eq!(kind(l.admit(OperationType::Read, T0).unwrap_err()), LimitKind::Concurrency);
+        assert_eq!(
+            kind(l.admit(OperationType::Read, T0).unwrap_err()),
+            LimitKind::Concurrency
+        );
         drop(a);
         l.admit(OperationType::Read, T0).unwrap();
     }
@@ -353,11 +395,17 @@ mod tests {
         }
         let e = l.admit(OperationType::Read, T0).unwrap_err();
         assert_eq!(kind(e.clone()), LimitKind::Daily);
-        assert_eq!(e.retry_after().unwrap().as_millis() as u64, calendar::next_day_start(T0) - T0);
+        assert_eq!(
+            e.retry_after().unwrap().as_millis() as u64,
+            calendar::next_day_start(T0) - T0
+        );
         let next_day = calendar::next_day_start(T0);
         l.admit(OperationType::Read, next_day).unwrap();
         l.admit(OperationType::Read, next_day).unwrap();
-        assert_eq!(kind(l.admit(OperationType::Read, next_day).unwrap_err()), LimitKind::Monthly);
+        assert_eq!(
+            kind(l.admit(OperationType::Read, next_day).unwrap_err()),
+            LimitKind::Monthly
+        );
         let next_month = calendar::next_month_start(T0);
         l.admit(OperationType::Read, next_month).unwrap();
     }

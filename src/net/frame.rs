@@ -8,7 +8,10 @@ use crate::proto::wire::{decode_envelope, frame_len, Envelope, FrameError};
 
 /// Reads one frame: the length is checked against `max` before the
 /// payload buffer is allocated.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: usize) -> Result<Envelope<T>, FrameError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Envelope<T>, FrameError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
@@ -22,11 +25,15 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: usize) 
 }
 
 /// Writes one frame and finishes the stream.
-pub async fn write_frame<T: Serialize>(send: &mut SendStream, env: &Envelope<T>) -> Result<(), FrameError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut SendStream,
+    env: &Envelope<T>,
+) -> Result<(), FrameError> {
     let frame = env.to_frame()?;
     send.write_all(&frame)
         .await
         .map_err(|e| FrameError::Truncated(format!("write: {e}")))?;
-    send.finish().map_err(|e| FrameError::Truncated(format!("finish: {e}")))?;
+    send.finish()
+        .map_err(|e| FrameError::Truncated(format!("finish: {e}")))?;
     Ok(())
 }

@@ -16,7 +16,9 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use serde::{Deserialize, Serialize};
 
 use crate::db::Database;
-use crate::proto::wire::{Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES};
+use crate::proto::wire::{
+    Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES,
+};
 use crate::proto::{Error, OperationType};
 use crate::Session;
 
@@ -79,20 +81,30 @@ impl Server {
         let (cert, key) = if settings.cert.is_empty() {
             (None, None)
         } else {
-            (Some(std::path::Path::new(&settings.cert)), Some(std::path::Path::new(&settings.key)))
+            (
+                Some(std::path::Path::new(&settings.cert)),
+                Some(std::path::Path::new(&settings.key)),
+            )
         };
         let (identity, created) = tls::server_identity(cert, key, &tls_dir, &settings.extra_names)?;
-        let cert_path = cert.map(|p| p.to_path_buf()).unwrap_or_else(|| tls_dir.join("server.crt"));
+        let cert_path = cert
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| tls_dir.join("server.crt"));
         let fingerprint = tls::fingerprint(&identity.chain[0]);
         if created {
             tracing::warn!(cert = %cert_path.display(), %fingerprint, "created a self-signed certificate; clients must trust this file");
         }
-        let transport = tls::transport(Duration::from_millis(settings.idle_timeout_ms), None, settings.max_streams_per_connection)?;
+        let transport = tls::transport(
+            Duration::from_millis(settings.idle_timeout_ms),
+            None,
+            settings.max_streams_per_connection,
+        )?;
         let server_cfg = tls::server_config(&identity, ALPN, transport)?;
-        let endpoint = Endpoint::server(server_cfg, settings.listen).map_err(|e| Error::InvalidConfig {
-            key: "server.listen".into(),
-            reason: format!("{}: {e}", settings.listen),
-        })?;
+        let endpoint =
+            Endpoint::server(server_cfg, settings.listen).map_err(|e| Error::InvalidConfig {
+                key: "server.listen".into(),
+                reason: format!("{}: {e}", settings.listen),
+            })?;
         let local_addr = endpoint.local_addr().map_err(Error::storage)?;
         let ep = endpoint.clone();
         let settings = Arc::new(settings);
@@ -151,14 +163,26 @@ async fn serve_connection(db: Database, conn: Connection, settings: Arc<ServerSe
                 return;
             }
         };
-        let (db, state, settings, auth_lock) = (db.clone(), state.clone(), settings.clone(), auth_lock.clone());
+        let (db, state, settings, auth_lock) = (
+            db.clone(),
+            state.clone(),
+            settings.clone(),
+            auth_lock.clone(),
+        );
         tokio::spawn(async move {
             serve_stream(db, state, auth_lock, send, recv, settings.max_frame_bytes).await;
         });
     }
 }
 
-async fn serve_stream(db: Database, state: Arc<Mutex<ConnState>>, auth_lock: Arc<tokio::sync::Mutex<()>>, mut send: SendStream, mut recv: RecvStream, max: usize) {
+async fn serve_stream(
+    db: Database,
+    state: Arc<Mutex<ConnState>>,
+    auth_lock: Arc<tokio::sync::Mutex<()>>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    max: usize,
+) {
     let (id, response) = match read_frame::<Request>(&mut recv, max).await {
         Ok(env) => {
             let id = env.request_id;
@@ -176,7 +200,12 @@ async fn serve_stream(db: Database, state: Arc<Mutex<ConnState>>, auth_lock: Arc
                 let _ = recv.stop(0u32.into());
             }
             tracing::debug!(error = %e, "bad frame");
-            (0, Response::Error(Error::Protocol { reason: e.to_string() }))
+            (
+                0,
+                Response::Error(Error::Protocol {
+                    reason: e.to_string(),
+                }),
+            )
         }
     };
     if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
@@ -185,7 +214,9 @@ async fn serve_stream(db: Database, state: Arc<Mutex<ConnState>>, auth_lock: Arc
 }
 
 fn denied(reason: impl Into<String>) -> Error {
-    Error::PermissionDenied { reason: reason.into() }
+    Error::PermissionDenied {
+        reason: reason.into(),
+    }
 }
 
 async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result<Response, Error> {
@@ -225,7 +256,9 @@ async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result
             if let Some(op) = req.operation() {
                 if let Some(allowed) = &key.operations {
                     if !allowed.contains(&op) {
-                        return Err(denied(format!("this key may not run {op} operations (allowed: {allowed:?})")));
+                        return Err(denied(format!(
+                            "this key may not run {op} operations (allowed: {allowed:?})"
+                        )));
                     }
                 }
             }
@@ -238,8 +271,18 @@ async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
     use Request::*;
     Ok(match req {
         CreateTenant(cfg) => Response::Tenant(db.create_tenant(cfg).await?),
-        CreateTenantForTier { tenant_id, name, tier } => {
-            let cfg = crate::TenantConfig::for_tier(&db.tiers(), &tenant_id, &name, &tier, serde_json::json!({}))?;
+        CreateTenantForTier {
+            tenant_id,
+            name,
+            tier,
+        } => {
+            let cfg = crate::TenantConfig::for_tier(
+                &db.tiers(),
+                &tenant_id,
+                &name,
+                &tier,
+                serde_json::json!({}),
+            )?;
             Response::Tenant(db.create_tenant(cfg).await?)
         }
         GetTenant(id) => Response::Tenant(db.get_tenant(&id).await?),
@@ -260,8 +303,15 @@ async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::Ok
         }
         ListUsers(t) => Response::Users(db.list_users(&t).await?),
-        CreateKey { kind, tenant_id, user_id, operations } => {
-            let (api_key, info) = db.create_key(kind, tenant_id.as_deref(), user_id.as_deref(), operations).await?;
+        CreateKey {
+            kind,
+            tenant_id,
+            user_id,
+            operations,
+        } => {
+            let (api_key, info) = db
+                .create_key(kind, tenant_id.as_deref(), user_id.as_deref(), operations)
+                .await?;
             Response::NewKey { api_key, info }
         }
         RevokeKey(id) => {
@@ -273,7 +323,12 @@ async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::NewKey { api_key, info }
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
-        other => return Err(denied(format!("an admin key reaches no tenant's data ({})", request_name(&other)))),
+        other => {
+            return Err(denied(format!(
+                "an admin key reaches no tenant's data ({})",
+                request_name(&other)
+            )))
+        }
     })
 }
 
@@ -290,21 +345,36 @@ async fn data(s: &Session, req: Request) -> Result<Response, Error> {
         }
         ListCollections => Response::Collections(s.collections()?),
         Put(obj) => Response::Write(s.put(obj).await?),
-        Update { id, properties_json, vector } => {
-            let props: serde_json::Value = serde_json::from_str(&properties_json).map_err(|e| Error::invalid("properties", e.to_string()))?;
+        Update {
+            id,
+            properties_json,
+            vector,
+        } => {
+            let props: serde_json::Value = serde_json::from_str(&properties_json)
+                .map_err(|e| Error::invalid("properties", e.to_string()))?;
             Response::Write(s.update(&id, props, vector).await?)
         }
         Delete(id) => Response::Write(s.delete(&id).await?),
         Transaction(ops) => Response::Write(s.transaction(ops).await?),
         Batch(ops) => {
             if ops.len() > crate::db::MAX_TRANSACTION_OPS {
-                return Err(Error::invalid("ops", format!("at most {} ops per request", crate::db::MAX_TRANSACTION_OPS)));
+                return Err(Error::invalid(
+                    "ops",
+                    format!("at most {} ops per request", crate::db::MAX_TRANSACTION_OPS),
+                ));
             }
             Response::Batch(s.batch(ops).await)
         }
         Get(id) => Response::Object(s.get(&id).await?),
         Query(q) => Response::Objects(s.query(q).await?),
-        Search { search, with_objects } => Response::Hits(if with_objects { s.vector_search(search).await? } else { s.vector_search_ids(search).await? }),
+        Search {
+            search,
+            with_objects,
+        } => Response::Hits(if with_objects {
+            s.vector_search(search).await?
+        } else {
+            s.vector_search_ids(search).await?
+        }),
         Traverse(t) => Response::Nodes(s.traverse(t).await?),
         Usage(None) => Response::Usage(s.usage()?),
         Usage(Some(t)) => {
@@ -315,14 +385,26 @@ async fn data(s: &Session, req: Request) -> Result<Response, Error> {
             s.can_perform_operation(op)?;
             Response::Ok
         }
-        Scan { collection, after, limit } => Response::Objects(s.scan(&collection, after.as_deref(), limit).await?),
-        other => return Err(denied(format!("{} needs an admin key", request_name(&other)))),
+        Scan {
+            collection,
+            after,
+            limit,
+        } => Response::Objects(s.scan(&collection, after.as_deref(), limit).await?),
+        other => {
+            return Err(denied(format!(
+                "{} needs an admin key",
+                request_name(&other)
+            )))
+        }
     })
 }
 
 fn request_name(r: &Request) -> String {
     let dbg = format!("{r:?}");
-    dbg.split(['(', ' ', '{']).next().unwrap_or("request").to_string()
+    dbg.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("request")
+        .to_string()
 }
 
 /// An operation type, for the CLI.

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{TransportConfig, VarInt};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -70,7 +73,8 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
 /// Loads an identity from PEM files.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, Error> {
     let chain = read_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
     Ok(Identity { chain, key })
 }
 
@@ -78,7 +82,12 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, Error> {
 /// certificate created in `dir` on first start (SANs: localhost,
 /// 127.0.0.1, ::1 and `extra_names`). Returns the identity and whether it
 /// was just created.
-pub fn server_identity(cert: Option<&Path>, key: Option<&Path>, dir: &Path, extra_names: &[String]) -> Result<(Identity, bool), Error> {
+pub fn server_identity(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    dir: &Path,
+    extra_names: &[String],
+) -> Result<(Identity, bool), Error> {
     if let (Some(c), Some(k)) = (cert, key) {
         return Ok((load_identity(c, k)?, false));
     }
@@ -87,12 +96,18 @@ pub fn server_identity(cert: Option<&Path>, key: Option<&Path>, dir: &Path, extr
         return Ok((load_identity(&c, &k)?, false));
     }
     std::fs::create_dir_all(dir).map_err(tls_err)?;
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     names.extend(extra_names.iter().cloned());
     let key_pair = KeyPair::generate().map_err(tls_err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     params.subject_alt_names = sans(&names)?;
-    params.distinguished_name.push(DnType::CommonName, "vektagraf node (self-signed)");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "vektagraf node (self-signed)");
     let cert = params.self_signed(&key_pair).map_err(tls_err)?;
     std::fs::write(&c, cert.pem()).map_err(tls_err)?;
     crate::db::write_private(&k, key_pair.serialize_pem().as_bytes())?;
@@ -126,8 +141,14 @@ pub fn make_certs(out: &Path, node_ids: &[u64], hosts: &[String]) -> Result<Cert
     let ca_key = KeyPair::generate().map_err(tls_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    ca_params.distinguished_name.push(DnType::CommonName, "vektagraf cluster CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vektagraf cluster CA");
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     let ca_cert_path = out.join("ca.crt");
     std::fs::write(&ca_cert_path, ca_cert.pem()).map_err(tls_err)?;
@@ -140,10 +161,17 @@ pub fn make_certs(out: &Path, node_ids: &[u64], hosts: &[String]) -> Result<Cert
         names.extend(hosts.iter().cloned());
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         p.subject_alt_names = sans(&names)?;
-        p.distinguished_name.push(DnType::CommonName, format!("node-{id}"));
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.distinguished_name
+            .push(DnType::CommonName, format!("node-{id}"));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = p.signed_by(&key, &issuer).map_err(tls_err)?;
-        let (c, k) = (out.join(format!("node-{id}.crt")), out.join(format!("node-{id}.key")));
+        let (c, k) = (
+            out.join(format!("node-{id}.crt")),
+            out.join(format!("node-{id}.key")),
+        );
         std::fs::write(&c, cert.pem() + &ca_cert.pem()).map_err(tls_err)?;
         crate::db::write_private(&k, key.serialize_pem().as_bytes())?;
         nodes.push((*id, c, k));
@@ -155,7 +183,11 @@ pub fn make_certs(out: &Path, node_ids: &[u64], hosts: &[String]) -> Result<Cert
 }
 
 /// Transport settings shared by server and client.
-pub fn transport(idle: Duration, keep_alive: Option<Duration>, max_streams: u32) -> Result<TransportConfig, Error> {
+pub fn transport(
+    idle: Duration,
+    keep_alive: Option<Duration>,
+    max_streams: u32,
+) -> Result<TransportConfig, Error> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -165,7 +197,11 @@ pub fn transport(idle: Duration, keep_alive: Option<Duration>, max_streams: u32)
 }
 
 /// The client-facing server config: server TLS 1.3, ALPN `vektagraf/1`.
-pub fn server_config(id: &Identity, alpn: &[u8], transport_cfg: TransportConfig) -> Result<quinn::ServerConfig, Error> {
+pub fn server_config(
+    id: &Identity,
+    alpn: &[u8],
+    transport_cfg: TransportConfig,
+) -> Result<quinn::ServerConfig, Error> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -173,14 +209,20 @@ pub fn server_config(id: &Identity, alpn: &[u8], transport_cfg: TransportConfig)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).map_err(tls_err)?));
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(tls).map_err(tls_err)?,
+    ));
     cfg.transport_config(Arc::new(transport_cfg));
     Ok(cfg)
 }
 
 /// A client config trusting exactly `trust` (the node's self-signed
 /// certificate, or the cluster CA).
-pub fn client_config(trust: &[CertificateDer<'static>], alpn: &[u8], transport_cfg: TransportConfig) -> Result<quinn::ClientConfig, Error> {
+pub fn client_config(
+    trust: &[CertificateDer<'static>],
+    alpn: &[u8],
+    transport_cfg: TransportConfig,
+) -> Result<quinn::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for c in trust {
         roots.add(c.clone()).map_err(tls_err)?;
@@ -191,7 +233,8 @@ pub fn client_config(trust: &[CertificateDer<'static>], alpn: &[u8], transport_c
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(tls_err)?));
+    let mut cfg =
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).map_err(tls_err)?));
     cfg.transport_config(Arc::new(transport_cfg));
     Ok(cfg)
 }

@@ -183,7 +183,9 @@ pub enum Error {
         id: String,
     },
     /// A vector of the wrong length for its collection.
-    #[error("vector dimension mismatch in collection {collection}: expected {expected}, got {got}")]
+    #[error(
+        "vector dimension mismatch in collection {collection}: expected {expected}, got {got}"
+    )]
     DimensionMismatch {
         /// The collection.
         collection: String,

@@ -125,9 +125,10 @@ impl Filter {
 
     /// Parses JSON text.
     pub fn parse(text: &str) -> Result<Filter, Error> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::InvalidFilter {
-            reason: format!("not JSON: {e}"),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::InvalidFilter {
+                reason: format!("not JSON: {e}"),
+            })?;
         Self::from_json(&v)
     }
 
@@ -165,7 +166,9 @@ impl Filter {
                     return Err(bad(format!("$in on {field:?} has no values")));
                 }
                 if values.len() > MAX_IN_VALUES {
-                    return Err(bad(format!("$in on {field:?} has more than {MAX_IN_VALUES} values")));
+                    return Err(bad(format!(
+                        "$in on {field:?} has more than {MAX_IN_VALUES} values"
+                    )));
                 }
             }
             Filter::And(items) | Filter::Or(items) => {
@@ -195,7 +198,9 @@ impl Filter {
     pub fn matches(&self, props: &Properties) -> bool {
         match self {
             Filter::Cmp { field, op, value } => match props.get_path(field) {
-                None => matches!(op, CmpOp::Ne) || (matches!(op, CmpOp::Eq) && *value == Scalar::Null),
+                None => {
+                    matches!(op, CmpOp::Ne) || (matches!(op, CmpOp::Eq) && *value == Scalar::Null)
+                }
                 Some(v) => match value.cmp_value(v) {
                     None => matches!(op, CmpOp::Ne),
                     Some(o) => match op {
@@ -210,7 +215,9 @@ impl Filter {
             },
             Filter::In { field, values } => match props.get_path(field) {
                 None => false,
-                Some(v) => values.iter().any(|s| s.cmp_value(v) == Some(Ordering::Equal)),
+                Some(v) => values
+                    .iter()
+                    .any(|s| s.cmp_value(v) == Some(Ordering::Equal)),
             },
             Filter::And(items) => items.iter().all(|f| f.matches(props)),
             Filter::Or(items) => items.iter().any(|f| f.matches(props)),
@@ -288,7 +295,10 @@ fn parse_field(field: &str, val: &serde_json::Value) -> Result<Vec<Filter>, Erro
                 .ok_or_else(|| bad(format!("$in on {field:?} needs an array")))?;
             let values = arr
                 .iter()
-                .map(|x| Scalar::from_json(x).ok_or_else(|| bad(format!("$in value {x} is not a scalar"))))
+                .map(|x| {
+                    Scalar::from_json(x)
+                        .ok_or_else(|| bad(format!("$in value {x} is not a scalar")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             out.push(Filter::In {
                 field: field.to_string(),
@@ -334,7 +344,9 @@ mod tests {
         .unwrap();
         assert_eq!(f.predicates(), 5);
         assert!(f.matches(&props(json!({"price": 10, "cat": "a", "stock": 0}))));
-        assert!(f.matches(&props(json!({"price": 49.5, "cat": "b", "stock": 3, "meta": {"hot": true}}))));
+        assert!(f.matches(&props(
+            json!({"price": 49.5, "cat": "b", "stock": 3, "meta": {"hot": true}})
+        )));
         assert!(!f.matches(&props(json!({"price": 50, "cat": "a", "stock": 0}))));
         assert!(!f.matches(&props(json!({"price": 20, "cat": "c", "stock": 0}))));
         assert!(!f.matches(&props(json!({"price": 20, "cat": "a", "stock": 1}))));
@@ -366,7 +378,10 @@ mod tests {
         for _ in 0..40 {
             v = json!({"$and": [v]});
         }
-        assert!(matches!(Filter::from_json(&v), Err(Error::InvalidFilter { .. })));
+        assert!(matches!(
+            Filter::from_json(&v),
+            Err(Error::InvalidFilter { .. })
+        ));
     }
 
     #[test]

@@ -87,7 +87,9 @@ pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
 /// Decodes a payload (without its prefix) into an envelope. The version is
 /// read first, so an unknown version gets its own error even if the rest
 /// of the payload has a different shape.
-pub fn decode_envelope<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<Envelope<T>, FrameError> {
+pub fn decode_envelope<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+) -> Result<Envelope<T>, FrameError> {
     let version: u16 = match payload {
         // bincode varint: one byte below 251, else a tag then LE bytes.
         [b, ..] if *b < 251 => *b as u16,
@@ -106,17 +108,25 @@ pub fn decode_envelope<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result
 
 /// Decodes a whole frame held in memory (prefix included); used by the
 /// fuzz target and tests.
-pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameError> {
+pub fn decode_frame<T: serde::de::DeserializeOwned>(
+    frame: &[u8],
+) -> Result<Envelope<T>, FrameError> {
     if frame.len() < 4 {
         return Err(FrameError::Truncated("no length prefix".into()));
     }
     let n = frame_len([frame[0], frame[1], frame[2], frame[3]], MAX_FRAME_BYTES)?;
     let rest = &frame[4..];
     if rest.len() < n {
-        return Err(FrameError::Truncated(format!("{} of {n} bytes", rest.len())));
+        return Err(FrameError::Truncated(format!(
+            "{} of {n} bytes",
+            rest.len()
+        )));
     }
     if rest.len() > n {
-        return Err(FrameError::Malformed(format!("{} bytes after the frame", rest.len() - n)));
+        return Err(FrameError::Malformed(format!(
+            "{} bytes after the frame",
+            rest.len() - n
+        )));
     }
     decode_envelope(rest)
 }
@@ -263,7 +273,13 @@ impl Request {
     pub fn operation(&self) -> Option<OperationType> {
         use Request::*;
         Some(match self {
-            CreateCollection(_) | DropCollection(_) | Put(_) | Update { .. } | Delete(_) | Transaction(_) | Batch(_) => OperationType::Write,
+            CreateCollection(_)
+            | DropCollection(_)
+            | Put(_)
+            | Update { .. }
+            | Delete(_)
+            | Transaction(_)
+            | Batch(_) => OperationType::Write,
             Get(_) | ListCollections | CanPerform(_) => OperationType::Read,
             Query(_) | Scan { .. } => OperationType::Query,
             Search { .. } => OperationType::VectorSearch,
@@ -327,17 +343,33 @@ mod tests {
         let frame = env.to_frame().unwrap();
         assert_eq!(decode_frame::<Request>(&frame).unwrap(), env);
         // Truncated.
-        assert!(matches!(decode_frame::<Request>(&frame[..frame.len() - 1]), Err(FrameError::Truncated(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&frame[..frame.len() - 1]),
+            Err(FrameError::Truncated(_))
+        ));
         // Trailing bytes.
         let mut long = frame.clone();
         long.push(0);
-        assert!(matches!(decode_frame::<Request>(&long), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&long),
+            Err(FrameError::Malformed(_))
+        ));
         // Oversized prefix: refused from the prefix alone.
-        assert_eq!(frame_len([0xFF, 0xFF, 0xFF, 0xFF], MAX_FRAME_BYTES), Err(FrameError::TooLarge(u32::MAX as usize)));
+        assert_eq!(
+            frame_len([0xFF, 0xFF, 0xFF, 0xFF], MAX_FRAME_BYTES),
+            Err(FrameError::TooLarge(u32::MAX as usize))
+        );
         // Unknown version.
-        let v2 = Envelope { version: 2, request_id: 1, body: Request::Ping };
+        let v2 = Envelope {
+            version: 2,
+            request_id: 1,
+            body: Request::Ping,
+        };
         let f2 = crate::codec::encode(&v2).unwrap();
-        assert_eq!(decode_envelope::<Request>(&f2), Err(FrameError::UnsupportedVersion(2)));
+        assert_eq!(
+            decode_envelope::<Request>(&f2),
+            Err(FrameError::UnsupportedVersion(2))
+        );
         // Garbage.
         assert!(decode_envelope::<Request>(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
     }

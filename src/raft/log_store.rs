@@ -99,11 +99,17 @@ impl RaftLogDb {
     }
 
     fn db(&self) -> std::io::Result<Arc<DB>> {
-        self.db.read().clone().ok_or_else(|| io_other("raft log database is closed"))
+        self.db
+            .read()
+            .clone()
+            .ok_or_else(|| io_other("raft log database is closed"))
     }
 
     fn sender(&self) -> std::io::Result<mpsc::Sender<Done>> {
-        self.sync_tx.lock().clone().ok_or_else(|| io_other("raft log database is closed"))
+        self.sync_tx
+            .lock()
+            .clone()
+            .ok_or_else(|| io_other("raft log database is closed"))
     }
 
     /// A log store for one group.
@@ -129,8 +135,14 @@ impl RaftLogDb {
     pub fn group_key_count(&self, group: u64) -> std::io::Result<usize> {
         let db = self.db()?;
         let mut n = 0;
-        for (name, lo) in [(CF_LOG, log_key(group, 0).to_vec()), (CF_STATE, state_key(group, b""))] {
-            let it = db.iterator_cf(cf(&db, name)?, IteratorMode::From(&lo, rocksdb::Direction::Forward));
+        for (name, lo) in [
+            (CF_LOG, log_key(group, 0).to_vec()),
+            (CF_STATE, state_key(group, b"")),
+        ] {
+            let it = db.iterator_cf(
+                cf(&db, name)?,
+                IteratorMode::From(&lo, rocksdb::Direction::Forward),
+            );
             for item in it {
                 let (k, _) = item.map_err(io_other)?;
                 if k.len() < 8 || k[..8] != group.to_be_bytes() {
@@ -157,7 +169,8 @@ impl RaftLogDb {
             .send(Done::Notify(tx))
             .await
             .map_err(|_| io_other("raft log sync thread stopped"))?;
-        rx.await.map_err(|_| io_other("raft log sync thread stopped"))?
+        rx.await
+            .map_err(|_| io_other("raft log sync thread stopped"))?
     }
 }
 
@@ -208,28 +221,46 @@ pub struct LogStore {
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("group", &self.group).finish()
+        f.debug_struct("LogStore")
+            .field("group", &self.group)
+            .finish()
     }
 }
 
 impl LogStore {
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> std::io::Result<Option<T>> {
         let db = self.shared.db()?;
-        match db.get_cf(cf(&db, CF_STATE)?, state_key(self.group, tag)).map_err(io_other)? {
+        match db
+            .get_cf(cf(&db, CF_STATE)?, state_key(self.group, tag))
+            .map_err(io_other)?
+        {
             Some(b) => Ok(Some(codec::decode(&b).map_err(io_other)?)),
             None => Ok(None),
         }
     }
 
-    fn put_state<T: serde::Serialize>(&self, db: &DB, b: &mut WriteBatch, tag: &[u8], v: &T) -> std::io::Result<()> {
-        b.put_cf(cf(db, CF_STATE)?, state_key(self.group, tag), codec::encode(v).map_err(io_other)?);
+    fn put_state<T: serde::Serialize>(
+        &self,
+        db: &DB,
+        b: &mut WriteBatch,
+        tag: &[u8],
+        v: &T,
+    ) -> std::io::Result<()> {
+        b.put_cf(
+            cf(db, CF_STATE)?,
+            state_key(self.group, tag),
+            codec::encode(v).map_err(io_other)?,
+        );
         Ok(())
     }
 
     fn last_entry_id(&self) -> std::io::Result<Option<LogId>> {
         let db = self.shared.db()?;
         let hi = log_key(self.group, u64::MAX);
-        let mut it = db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&hi, rocksdb::Direction::Reverse));
+        let mut it = db.iterator_cf(
+            cf(&db, CF_LOG)?,
+            IteratorMode::From(&hi, rocksdb::Direction::Reverse),
+        );
         match it.next() {
             Some(item) => {
                 let (k, v) = item.map_err(io_other)?;
@@ -267,7 +298,10 @@ impl RaftLogReader<C> for LogStore {
         let db = self.shared.db()?;
         let lo = log_key(self.group, start);
         let mut out = Vec::new();
-        for item in db.iterator_cf(cf(&db, CF_LOG)?, IteratorMode::From(&lo, rocksdb::Direction::Forward)) {
+        for item in db.iterator_cf(
+            cf(&db, CF_LOG)?,
+            IteratorMode::From(&lo, rocksdb::Direction::Forward),
+        ) {
             let (k, v) = item.map_err(io_other)?;
             if k[..8] != self.group.to_be_bytes() {
                 break;
@@ -291,7 +325,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, std::io::Error> {
         let purged: Option<LogId> = self.get_state::<Option<LogId>>(b"purged")?.flatten();
-        let last = self.last_entry_id()?.or_else(|| purged.clone());
+        let last = self.last_entry_id()?.or(purged);
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: last,
@@ -332,7 +366,11 @@ impl RaftLogStorage<C> for LogStore {
         let log = cf(&db, CF_LOG)?;
         let mut b = WriteBatch::default();
         for e in entries {
-            b.put_cf(log, log_key(self.group, e.log_id.index), codec::encode(&e).map_err(io_other)?);
+            b.put_cf(
+                log,
+                log_key(self.group, e.log_id.index),
+                codec::encode(&e).map_err(io_other)?,
+            );
         }
         self.shared.write(&db, b)?;
         self.shared
@@ -346,7 +384,11 @@ impl RaftLogStorage<C> for LogStore {
         let from = last_log_id.map_or(0, |l| l.index + 1);
         let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        b.delete_range_cf(cf(&db, CF_LOG)?, log_key(self.group, from), log_key(self.group + 1, 0));
+        b.delete_range_cf(
+            cf(&db, CF_LOG)?,
+            log_key(self.group, from),
+            log_key(self.group + 1, 0),
+        );
         self.shared.write(&db, b)?;
         self.shared.sync().await
     }
@@ -354,8 +396,12 @@ impl RaftLogStorage<C> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let db = self.shared.db()?;
         let mut b = WriteBatch::default();
-        self.put_state(&db, &mut b, b"purged", &Some(log_id.clone()))?;
-        b.delete_range_cf(cf(&db, CF_LOG)?, log_key(self.group, 0), log_key(self.group, log_id.index + 1));
+        self.put_state(&db, &mut b, b"purged", &Some(log_id))?;
+        b.delete_range_cf(
+            cf(&db, CF_LOG)?,
+            log_key(self.group, 0),
+            log_key(self.group, log_id.index + 1),
+        );
         self.shared.write(&db, b)?;
         self.shared.sync().await
     }

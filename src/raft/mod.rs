@@ -12,7 +12,9 @@ use std::sync::Arc;
 pub use log_store::{LogStore, RaftLogDb};
 pub use network::{LocalOnly, NoPeer};
 pub use state_machine::{ShardSnapshot, ShardStateMachine};
-pub use types::{io_other, Entry, LogId, ShardRaft, ShardRaftConfig, SnapshotMeta, StoredMembership, Vote};
+pub use types::{
+    io_other, Entry, LogId, ShardRaft, ShardRaftConfig, SnapshotMeta, StoredMembership, Vote,
+};
 
 use crate::proto::Error;
 use crate::shard::ShardData;

@@ -8,7 +8,9 @@ use std::future::Future;
 
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 
 use super::state_machine::ShardSnapshot;
@@ -37,11 +39,19 @@ fn unreachable() -> Unreachable<C> {
 impl RaftNetworkV2<C> for NoPeer {
     type SnapshotData = ShardSnapshot;
 
-    async fn append_entries(&mut self, _rpc: AppendEntriesRequest<C>, _o: RPCOption) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<C>,
+        _o: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         Err(RPCError::Unreachable(unreachable()))
     }
 
-    async fn vote(&mut self, _rpc: VoteRequest<C>, _o: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<C>,
+        _o: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         Err(RPCError::Unreachable(unreachable()))
     }
 

@@ -92,7 +92,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
                         EntryPayload::Blank => data.apply(None, &applied, None),
                         EntryPayload::Normal(cmd) => data.apply(Some(&cmd), &applied, None),
                         EntryPayload::Membership(m) => {
-                            let sm = StoredMembership::new(Some(entry.log_id.clone()), m);
+                            let sm = StoredMembership::new(Some(entry.log_id), m);
                             let enc = codec::encode(&sm).map_err(io_other)?;
                             data.apply(None, &applied, Some(&enc))
                         }
@@ -118,21 +118,32 @@ impl RaftStateMachine<C> for ShardStateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: ShardSnapshot) -> Result<(), std::io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: ShardSnapshot,
+    ) -> Result<(), std::io::Error> {
         let data = self.data.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            data.install_snapshot(&snapshot.dir.join("db")).map_err(io_other)?;
+            data.install_snapshot(&snapshot.dir.join("db"))
+                .map_err(io_other)?;
             // Keep it as our current snapshot unless it already is one of ours.
             let snaps = data.dir().join("snapshots");
             if !snapshot.dir.starts_with(&snaps) {
-                let name = format!("installed-{}", meta.last_log_id.as_ref().map_or(0, |l| l.index));
+                let name = format!(
+                    "installed-{}",
+                    meta.last_log_id.as_ref().map_or(0, |l| l.index)
+                );
                 let target = snaps.join(&name);
                 let _ = std::fs::remove_dir_all(&target);
                 std::fs::create_dir_all(&snaps)?;
                 crate::shard::copy_dir(&snapshot.dir, &target).map_err(io_other)?;
-                crate::shard::write_atomic(&target.join("meta.bin"), &codec::encode(&meta).map_err(io_other)?)
-                    .map_err(io_other)?;
+                crate::shard::write_atomic(
+                    &target.join("meta.bin"),
+                    &codec::encode(&meta).map_err(io_other)?,
+                )
+                .map_err(io_other)?;
                 for e in std::fs::read_dir(&snaps)?.flatten() {
                     if e.file_name().to_string_lossy() != name {
                         let _ = std::fs::remove_dir_all(e.path());
@@ -145,7 +156,10 @@ impl RaftStateMachine<C> for ShardStateMachine {
         .map_err(io_other)?
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>>, std::io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>>, std::io::Error>
+    {
         let Some(dir) = self.data.latest_snapshot() else {
             return Ok(None);
         };
@@ -163,7 +177,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
 impl RaftSnapshotBuilder<C> for ShardStateMachine {
     type SnapshotData = ShardSnapshot;
 
-    async fn build_snapshot(&mut self) -> Result<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>, std::io::Error> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>, std::io::Error> {
         let data = self.data.clone();
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel);
         tokio::task::spawn_blocking(move || -> std::io::Result<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>> {

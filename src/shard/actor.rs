@@ -75,6 +75,9 @@ pub enum ShardMsg {
     Fail,
 }
 
+/// Where a running shard publishes its raft group and data.
+pub type ShardSlot = Arc<Mutex<Option<(ShardRaft, Arc<ShardData>)>>>;
+
 /// Everything a shard actor needs to (re)start from disk.
 #[derive(Clone)]
 pub struct ShardArgs {
@@ -100,7 +103,7 @@ pub struct ShardArgs {
     pub quota_checkpoint: Duration,
     /// Where the running instance publishes its raft and data, so the
     /// supervisor can stop a failed instance before restarting it.
-    pub slot: Arc<Mutex<Option<(ShardRaft, Arc<ShardData>)>>>,
+    pub slot: ShardSlot,
     /// Where requests find the running actor; the supervisor sets it.
     pub route: Arc<parking_lot::RwLock<Option<ActorRef<ShardMsg>>>>,
 }
@@ -121,10 +124,21 @@ impl Actor for ShardActor {
     type State = ShardState;
     type Arguments = ShardArgs;
 
-    async fn pre_start(&self, myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
         let (env, dir) = (args.env.clone(), args.dir.clone());
         let data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir)).await??;
-        let raft = raft::start_single_node_group(&args.settings, args.replica, &args.logs, args.group, data.clone()).await?;
+        let raft = raft::start_single_node_group(
+            &args.settings,
+            args.replica,
+            &args.logs,
+            args.group,
+            data.clone(),
+        )
+        .await?;
         *args.slot.lock() = Some((raft.clone(), data.clone()));
         let ready = async {
             // Resume the request counters persisted through the log.
@@ -153,7 +167,12 @@ impl Actor for ShardActor {
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<ShardMsg>, msg: ShardMsg, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Write(cmd, reply) => {
                 let raft = st.raft.clone();
@@ -189,7 +208,9 @@ impl Actor for ShardActor {
                     propose(&st.raft, Command::CheckpointQuota(quota)).await?;
                     st.raft.shutdown().await.map_err(raft::raft_err)?;
                     let data = st.data.clone();
-                    tokio::task::spawn_blocking(move || data.flush()).await.map_err(raft::raft_err)??;
+                    tokio::task::spawn_blocking(move || data.flush())
+                        .await
+                        .map_err(raft::raft_err)??;
                     Ok(())
                 }
                 .await;
@@ -201,7 +222,11 @@ impl Actor for ShardActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<ShardMsg>, st: &mut ShardState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
         // Idempotent: a closed group answers with an error we ignore.
         let _ = st.raft.shutdown().await;
         tracing::info!(tenant = %st.args.tenant_id, "shard stopped");
@@ -224,10 +249,16 @@ fn sole_voter_leader(raft: &ShardRaft) -> bool {
     use openraft::async_runtime::WatchReceiver;
     let m = raft.metrics();
     let m = m.borrow_watched();
-    m.state == openraft::ServerState::Leader && m.membership_config.membership().voter_ids().count() == 1
+    m.state == openraft::ServerState::Leader
+        && m.membership_config.membership().voter_ids().count() == 1
 }
 
-async fn read(raft: &ShardRaft, data: Arc<ShardData>, op: ReadOp, consistency: Consistency) -> Result<ReadResult, Error> {
+async fn read(
+    raft: &ShardRaft,
+    data: Arc<ShardData>,
+    op: ReadOp,
+    consistency: Consistency,
+) -> Result<ReadResult, Error> {
     // In a one-voter group every acknowledged write is already applied here
     // (client_write returns after apply), so a local read is linearizable
     // as long as this replica is the leader; no read-index round needed.
@@ -241,10 +272,16 @@ async fn read(raft: &ShardRaft, data: Arc<ShardData>, op: ReadOp, consistency: C
     let run = move || match op {
         ReadOp::Get(id) => data.get(&id).map(ReadResult::Object),
         ReadOp::Query(q) => data.query(&q).map(ReadResult::Objects),
-        ReadOp::Search(s, with_objects) => data.vector_search(&s, with_objects).map(ReadResult::Hits),
+        ReadOp::Search(s, with_objects) => {
+            data.vector_search(&s, with_objects).map(ReadResult::Hits)
+        }
         ReadOp::Traverse(t) => data.traverse(&t).map(ReadResult::Nodes),
-        ReadOp::Scan(c, after, limit) => data.scan(&c, after.as_deref(), limit as usize).map(ReadResult::Objects),
+        ReadOp::Scan(c, after, limit) => data
+            .scan(&c, after.as_deref(), limit as usize)
+            .map(ReadResult::Objects),
     };
     // Disk and FAISS work runs on the blocking pool, never on an async worker.
-    tokio::task::spawn_blocking(run).await.map_err(raft::raft_err)?
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(raft::raft_err)?
 }

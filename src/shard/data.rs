@@ -129,7 +129,10 @@ impl ShardData {
 
     /// Persisted request counters.
     pub fn quota(&self) -> Result<QuotaCounters, Error> {
-        Ok(self.store().get(CF_META, meta_key::QUOTA)?.unwrap_or_default())
+        Ok(self
+            .store()
+            .get(CF_META, meta_key::QUOTA)?
+            .unwrap_or_default())
     }
 
     /// Raw bytes of a meta key (the raft module keeps its ids there).
@@ -147,7 +150,12 @@ impl ShardData {
     /// Applies one command at a log position. `applied` is the encoded log
     /// id (and `membership` the encoded membership, if it changed), written
     /// in the same batch as the command's data.
-    pub fn apply(&self, cmd: Option<&Command>, applied: &[u8], membership: Option<&[u8]>) -> Result<CommandResult, Error> {
+    pub fn apply(
+        &self,
+        cmd: Option<&Command>,
+        applied: &[u8],
+        membership: Option<&[u8]>,
+    ) -> Result<CommandResult, Error> {
         let _g = self.apply_lock.lock();
         let store = self.store();
         let mut batch = store.batch();
@@ -161,7 +169,13 @@ impl ShardData {
             batch.put_raw(CF_META, meta_key::MEMBERSHIP, m)?;
         }
         batch.commit()?;
-        let Some(Applied { result, vectors, collections_changed, meta: new_meta }) = outcome else {
+        let Some(Applied {
+            result,
+            vectors,
+            collections_changed,
+            meta: new_meta,
+        }) = outcome
+        else {
             return Ok(CommandResult::None);
         };
         *self.meta.write() = new_meta;
@@ -191,7 +205,12 @@ impl ShardData {
         let map = self.vectors.read();
         for ch in changes {
             match ch {
-                VectorChange::Add { collection, vid, id, vector } => {
+                VectorChange::Add {
+                    collection,
+                    vid,
+                    id,
+                    vector,
+                } => {
                     if let Some(ix) = map.get(&collection) {
                         let mut ix = ix.lock();
                         ix.add(vid, &vector)?;
@@ -212,11 +231,18 @@ impl ShardData {
 
     /// Get by id.
     pub fn get(&self, id: &str) -> Result<Option<Object>, Error> {
-        Ok(self.store().object(id)?.map(|r| r.into_object(id.to_string())))
+        Ok(self
+            .store()
+            .object(id)?
+            .map(|r| r.into_object(id.to_string())))
     }
 
     /// Calls `f` for each object of a collection, in id order, until it returns false.
-    fn for_each_in(&self, collection: &str, mut f: impl FnMut(Object) -> bool) -> Result<(), Error> {
+    fn for_each_in(
+        &self,
+        collection: &str,
+        mut f: impl FnMut(Object) -> bool,
+    ) -> Result<(), Error> {
         let store = self.store();
         let prefix = [collection.as_bytes(), b"\0"].concat();
         store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
@@ -248,7 +274,12 @@ impl ShardData {
     }
 
     /// A page of a collection in id order, starting after `after`.
-    pub fn scan(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Vec<Object>, Error> {
+    pub fn scan(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Object>, Error> {
         if self.collection(collection).is_none() {
             return Err(Error::not_found("collection", collection));
         }
@@ -273,7 +304,11 @@ impl ShardData {
     }
 
     /// k-NN search; exact under a filter.
-    pub fn vector_search(&self, s: &VectorSearch, with_objects: bool) -> Result<Vec<SearchHit>, Error> {
+    pub fn vector_search(
+        &self,
+        s: &VectorSearch,
+        with_objects: bool,
+    ) -> Result<Vec<SearchHit>, Error> {
         let spec = self
             .collection(&s.collection)
             .ok_or_else(|| Error::not_found("collection", &s.collection))?;
@@ -293,14 +328,19 @@ impl ShardData {
                 let k = s.k as usize;
                 let ix = ix.lock();
                 let higher = ix.higher_is_closer();
-                let mut best: std::collections::BinaryHeap<Scored> = std::collections::BinaryHeap::with_capacity(k + 1);
+                let mut best: std::collections::BinaryHeap<Scored> =
+                    std::collections::BinaryHeap::with_capacity(k + 1);
                 let mut scanned = 0usize;
                 self.for_each_in(&s.collection, |o| {
                     scanned += 1;
                     if let (Some(v), true) = (&o.vector, f.matches(&o.properties)) {
                         let score = ix.exact_score(&s.vector, v);
                         let key = if higher { -score } else { score };
-                        best.push(Scored { key, score, id: o.id });
+                        best.push(Scored {
+                            key,
+                            score,
+                            id: o.id,
+                        });
                         if best.len() > k {
                             best.pop();
                         }
@@ -313,7 +353,11 @@ impl ShardData {
                 let mut out = Vec::with_capacity(hits.len());
                 for h in hits {
                     let object = if with_objects { self.get(&h.id)? } else { None };
-                    out.push(SearchHit { id: h.id, score: h.score, object });
+                    out.push(SearchHit {
+                        id: h.id,
+                        score: h.score,
+                        object,
+                    });
                 }
                 return Ok(out);
             }
@@ -338,7 +382,14 @@ impl ShardData {
     }
 
     /// Neighbours of `id` along edges in `dir`, as (neighbour, label).
-    fn neighbours(&self, store: &ShardStore, id: &str, dir: Direction, labels: &[String], out: &mut Vec<(String, String)>) -> Result<(), Error> {
+    fn neighbours(
+        &self,
+        store: &ShardStore,
+        id: &str,
+        dir: Direction,
+        labels: &[String],
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), Error> {
         let dirs: &[u8] = match dir {
             Direction::Out => b"o",
             Direction::In => b"i",
@@ -351,7 +402,10 @@ impl ShardData {
                 if let Some(pos) = rest.iter().position(|&b| b == 0) {
                     let label = String::from_utf8_lossy(&rest[..pos]).into_owned();
                     if labels.is_empty() || labels.contains(&label) {
-                        out.push((String::from_utf8_lossy(&rest[pos + 1..]).into_owned(), label));
+                        out.push((
+                            String::from_utf8_lossy(&rest[pos + 1..]).into_owned(),
+                            label,
+                        ));
                     }
                 }
                 Ok(true)
@@ -407,7 +461,11 @@ impl ShardData {
     /// plus `meta.bin`, made by `make_meta` from the applied log id and
     /// membership (raw bytes) the checkpoint reflects. The directory appears
     /// complete or not at all; older snapshots are removed afterwards.
-    pub fn build_snapshot<M>(&self, id: &str, make_meta: impl FnOnce(Option<Vec<u8>>, Option<Vec<u8>>) -> Result<(M, Vec<u8>), Error>) -> Result<(PathBuf, M), Error> {
+    pub fn build_snapshot<M>(
+        &self,
+        id: &str,
+        make_meta: impl FnOnce(Option<Vec<u8>>, Option<Vec<u8>>) -> Result<(M, Vec<u8>), Error>,
+    ) -> Result<(PathBuf, M), Error> {
         let snaps = self.dir.join("snapshots");
         std::fs::create_dir_all(&snaps).map_err(io_err)?;
         let target = snaps.join(id);
@@ -422,12 +480,17 @@ impl ShardData {
             let _g = self.apply_lock.lock();
             let store = self.store();
             store.checkpoint(&building.join("db"))?;
-            (store.get_raw(CF_META, meta_key::APPLIED)?, store.get_raw(CF_META, meta_key::MEMBERSHIP)?)
+            (
+                store.get_raw(CF_META, meta_key::APPLIED)?,
+                store.get_raw(CF_META, meta_key::MEMBERSHIP)?,
+            )
         };
         let (meta, bytes) = make_meta(applied, membership)?;
         write_atomic(&building.join("meta.bin"), &bytes)?;
         std::fs::rename(&building, &target).map_err(io_err)?;
-        std::fs::File::open(&snaps).and_then(|d| d.sync_all()).map_err(io_err)?;
+        std::fs::File::open(&snaps)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
         for entry in std::fs::read_dir(&snaps).map_err(io_err)?.flatten() {
             if entry.file_name().to_string_lossy() != id {
                 let _ = std::fs::remove_dir_all(entry.path());
@@ -442,14 +505,20 @@ impl ShardData {
     pub fn install_snapshot(&self, snapshot_db: &Path) -> Result<(), Error> {
         let _g = self.apply_lock.lock();
         let current = std::fs::read_to_string(self.dir.join("CURRENT")).map_err(io_err)?;
-        let n: u64 = current.trim().trim_start_matches("data-").parse().unwrap_or(0);
+        let n: u64 = current
+            .trim()
+            .trim_start_matches("data-")
+            .parse()
+            .unwrap_or(0);
         let next = format!("data-{}", n + 1);
         let target = self.dir.join(&next);
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(io_err)?;
         }
         copy_dir(snapshot_db, &target)?;
-        std::fs::File::open(&target).and_then(|d| d.sync_all()).map_err(io_err)?;
+        std::fs::File::open(&target)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
         let store = ShardStore::open(&self.env, &target)?;
         let meta = ShardMeta::load(&store)?;
         let vectors = build_vectors(&store, &meta)?;
@@ -475,7 +544,11 @@ impl ShardData {
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.join("meta.bin").is_file() && p.join("db").is_dir() && !p.to_string_lossy().ends_with(".building"))
+            .find(|p| {
+                p.join("meta.bin").is_file()
+                    && p.join("db").is_dir()
+                    && !p.to_string_lossy().ends_with(".building")
+            })
     }
 
     /// The vector index of a collection (benchmarks compare against it).
@@ -536,7 +609,10 @@ impl Ord for Scored {
 }
 
 /// Builds every collection's vector index from the vectors in `store`.
-fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String, Arc<Mutex<VectorIndex>>>, Error> {
+fn build_vectors(
+    store: &ShardStore,
+    meta: &ShardMeta,
+) -> Result<HashMap<String, Arc<Mutex<VectorIndex>>>, Error> {
     let mut indexes = HashMap::new();
     let mut batches: HashMap<String, Vec<(u64, String, Vec<f32>)>> = HashMap::new();
     for spec in meta.collections.values() {
@@ -548,7 +624,10 @@ fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String,
         let id = String::from_utf8_lossy(id);
         if let Some(rec) = store.object(&id)? {
             if let Some(v) = rec.vector {
-                batches.entry(rec.collection).or_default().push((rec.vid, id.to_string(), v));
+                batches
+                    .entry(rec.collection)
+                    .or_default()
+                    .push((rec.vid, id.to_string(), v));
             }
         }
         Ok(true)
@@ -556,7 +635,8 @@ fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String,
     for (coll, items) in batches {
         if let Some(ix) = indexes.get_mut(&coll) {
             for chunk in items.chunks(4096) {
-                let refs: Vec<(u64, &[f32])> = chunk.iter().map(|(v, _, x)| (*v, x.as_slice())).collect();
+                let refs: Vec<(u64, &[f32])> =
+                    chunk.iter().map(|(v, _, x)| (*v, x.as_slice())).collect();
                 ix.add_many(&refs)?;
                 for (vid, id, _) in chunk {
                     ix.set_id(*vid, id);
@@ -564,7 +644,10 @@ fn build_vectors(store: &ShardStore, meta: &ShardMeta) -> Result<HashMap<String,
             }
         }
     }
-    Ok(indexes.into_iter().map(|(k, v)| (k, Arc::new(Mutex::new(v)))).collect())
+    Ok(indexes
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(Mutex::new(v))))
+        .collect())
 }
 
 /// Copies a directory of files (hard links where possible).

@@ -5,6 +5,8 @@ mod actor;
 mod data;
 mod supervisor;
 
-pub use actor::{propose, Consistency, ReadOp, ReadResult, ShardActor, ShardArgs, ShardMsg};
+pub use actor::{
+    propose, Consistency, ReadOp, ReadResult, ShardActor, ShardArgs, ShardMsg, ShardSlot,
+};
 pub use data::{copy_dir, write_atomic, ShardData, MAX_FILTER_SCAN};
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

@@ -24,7 +24,10 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
     /// Start a shard (open it from disk).
-    Start(ShardArgs, RpcReplyPort<Result<ActorRef<ShardMsg>, Error>>),
+    Start(
+        Box<ShardArgs>,
+        RpcReplyPort<Result<ActorRef<ShardMsg>, Error>>,
+    ),
     /// Close a shard gracefully and stop its actor.
     Stop(String, RpcReplyPort<Result<(), Error>>),
     /// Number of restarts of a tenant's shard since start-up.
@@ -47,7 +50,10 @@ pub struct SupervisorState {
     children: HashMap<String, Child>,
 }
 
-async fn spawn_shard(myself: &ActorRef<SupervisorMsg>, args: ShardArgs) -> Result<ActorRef<ShardMsg>, Error> {
+async fn spawn_shard(
+    myself: &ActorRef<SupervisorMsg>,
+    args: ShardArgs,
+) -> Result<ActorRef<ShardMsg>, Error> {
     let (actor, _join) = Actor::spawn_linked(None, ShardActor, args.clone(), myself.get_cell())
         .await
         .map_err(|e| Error::Unavailable {
@@ -79,13 +85,23 @@ impl Actor for ShardSupervisor {
     type State = SupervisorState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<SupervisorMsg>, _: ()) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        _: (),
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState::default())
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Start(args, reply) => {
+                let args = *args;
                 let tenant = args.tenant_id.clone();
                 let r = spawn_shard(&myself, args.clone()).await;
                 if let Ok(actor) = &r {
@@ -110,7 +126,11 @@ impl Actor for ShardSupervisor {
                             .actor
                             .call(ShardMsg::Close, Some(Duration::from_secs(60)))
                             .await;
-                        child.actor.stop_and_wait(None, Some(Duration::from_secs(30))).await.ok();
+                        child
+                            .actor
+                            .stop_and_wait(None, Some(Duration::from_secs(30)))
+                            .await
+                            .ok();
                         release(&child.args).await;
                         match closed {
                             Ok(ractor::rpc::CallResult::Success(r)) => r,
@@ -127,7 +147,12 @@ impl Actor for ShardSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupervisorMsg>, evt: SupervisionEvent, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let SupervisionEvent::ActorFailed(cell, err) = evt else {
             return Ok(());
         };
@@ -141,7 +166,9 @@ impl Actor for ShardSupervisor {
         *child.args.route.write() = None;
         release(&child.args).await;
         let now = Instant::now();
-        child.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        child
+            .restarts
+            .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         if child.restarts.len() >= MAX_RESTARTS {
             tracing::error!(%tenant, "shard failed {MAX_RESTARTS} times in {RESTART_WINDOW:?}; leaving it down");
             st.children.remove(&tenant);

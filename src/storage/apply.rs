@@ -9,15 +9,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::proto::{
-    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, StorageUsage,
-    WriteOp, WriteOutcome,
+    CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, StorageUsage, WriteOp,
+    WriteOutcome,
 };
 use crate::tenant::{validate_name, StorageLimitConfig};
 
 use super::command::{Command, CommandResult};
 use super::store::{
-    edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord,
-    ObjectRecord, ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
+    edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord, ObjectRecord,
+    ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
 };
 
 /// Longest object id.
@@ -129,19 +129,28 @@ pub fn check_vector(spec: &CollectionSpec, v: &[f32]) -> Result<(), Error> {
 pub fn check_collection(spec: &CollectionSpec) -> Result<(), Error> {
     validate_name("collection", &spec.name, 64)?;
     if spec.name.contains(['.', ':']) {
-        return Err(Error::invalid("collection", "only A-Z, a-z, 0-9, '_' and '-' are allowed"));
+        return Err(Error::invalid(
+            "collection",
+            "only A-Z, a-z, 0-9, '_' and '-' are allowed",
+        ));
     }
     if spec.dimension == Some(0) {
         return Err(Error::invalid("dimension", "must be at least 1"));
     }
     if let crate::proto::IndexKind::Hnsw { m, ef_search } = spec.index {
         if !(2..=256).contains(&m) || !(1..=4096).contains(&ef_search) {
-            return Err(Error::invalid("index", "hnsw needs m in 2..=256 and ef_search in 1..=4096"));
+            return Err(Error::invalid(
+                "index",
+                "hnsw needs m in 2..=256 and ef_search in 1..=4096",
+            ));
         }
     }
     if let crate::proto::IndexKind::Ivf { nlist, nprobe } = spec.index {
         if !(1..=65_536).contains(&nlist) || nprobe == 0 || nprobe > nlist {
-            return Err(Error::invalid("index", "ivf needs nlist in 1..=65536 and nprobe in 1..=nlist"));
+            return Err(Error::invalid(
+                "index",
+                "ivf needs nlist in 1..=65536 and nprobe in 1..=nlist",
+            ));
         }
     }
     Ok(())
@@ -171,7 +180,9 @@ impl<'s> Overlay<'s> {
             return Ok(o.clone());
         }
         let o = self.store.object(id)?;
-        self.originals.borrow_mut().insert(id.to_string(), o.clone());
+        self.originals
+            .borrow_mut()
+            .insert(id.to_string(), o.clone());
         Ok(o)
     }
 
@@ -186,13 +197,20 @@ impl<'s> Overlay<'s> {
     /// Every edge touching `id`, as (from, label, to).
     fn edges_of(&self, id: &str) -> Result<Vec<(String, String, String)>, Error> {
         let mut found = std::collections::BTreeSet::new();
-        for (dir, prefix) in [('o', [b"o", id.as_bytes(), b"\0"].concat()), ('i', [b"i", id.as_bytes(), b"\0"].concat())] {
+        for (dir, prefix) in [
+            ('o', [b"o", id.as_bytes(), b"\0"].concat()),
+            ('i', [b"i", id.as_bytes(), b"\0"].concat()),
+        ] {
             self.store.scan_prefix(CF_EDGES, &prefix, |k, _| {
                 let rest = &k[prefix.len()..];
                 if let Some(pos) = rest.iter().position(|&b| b == 0) {
                     let label = String::from_utf8_lossy(&rest[..pos]).into_owned();
                     let other = String::from_utf8_lossy(&rest[pos + 1..]).into_owned();
-                    found.insert(if dir == 'o' { (id.to_string(), label, other) } else { (other, label, id.to_string()) });
+                    found.insert(if dir == 'o' {
+                        (id.to_string(), label, other)
+                    } else {
+                        (other, label, id.to_string())
+                    });
                 }
                 Ok(true)
             })?;
@@ -215,8 +233,16 @@ impl<'s> Overlay<'s> {
 
     /// Checks that growing a counter from `before` to `after` is allowed;
     /// records a warning when it crosses the threshold or a soft limit.
-    fn check_growth(&mut self, kind: LimitKind, before: u64, after: u64, requested: u64) -> Result<(), Error> {
-        let Some(l) = self.limits() else { return Ok(()) };
+    fn check_growth(
+        &mut self,
+        kind: LimitKind,
+        before: u64,
+        after: u64,
+        requested: u64,
+    ) -> Result<(), Error> {
+        let Some(l) = self.limits() else {
+            return Ok(());
+        };
         let limit = match kind {
             LimitKind::StorageBytes => l.max_storage_bytes,
             LimitKind::Objects => l.max_objects,
@@ -259,7 +285,11 @@ impl<'s> Overlay<'s> {
     fn apply_op(&mut self, op: &WriteOp, now_ms: u64) -> Result<WriteOutcome, Error> {
         match op {
             WriteOp::Put(obj) => self.put(obj, now_ms),
-            WriteOp::Update { id, properties, vector } => {
+            WriteOp::Update {
+                id,
+                properties,
+                vector,
+            } => {
                 let Some(old) = self.object(id)? else {
                     return Err(Error::not_found("object", id));
                 };
@@ -284,7 +314,8 @@ impl<'s> Overlay<'s> {
                 let size = edge_size(from, label, to, &old)?;
                 self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
                 self.meta.usage.edges = self.meta.usage.edges.saturating_sub(1);
-                self.edges.insert((from.clone(), label.clone(), to.clone()), None);
+                self.edges
+                    .insert((from.clone(), label.clone(), to.clone()), None);
                 Ok(WriteOutcome::Deleted { existed: true })
             }
         }
@@ -332,7 +363,12 @@ impl<'s> Overlay<'s> {
         self.check_growth(LimitKind::Objects, u.objects, objects_after, 1)?;
         let had_vec = old.as_ref().is_some_and(|o| o.vector.is_some());
         let vectors_after = u.vectors + u64::from(rec.vector.is_some()) - u64::from(had_vec);
-        self.check_growth(LimitKind::Vectors, u.vectors, vectors_after, u64::from(rec.vector.is_some()))?;
+        self.check_growth(
+            LimitKind::Vectors,
+            u.vectors,
+            vectors_after,
+            u64::from(rec.vector.is_some()),
+        )?;
         let bytes_after = (u.bytes + new_size).saturating_sub(old_size);
         self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
         // Checked: now change the overlay.
@@ -358,7 +394,11 @@ impl<'s> Overlay<'s> {
         self.meta.usage.bytes = bytes_after;
         let existed = old.is_some();
         self.objects.insert(obj.id.clone(), Some(rec));
-        Ok(if existed { WriteOutcome::Updated } else { WriteOutcome::Created })
+        Ok(if existed {
+            WriteOutcome::Updated
+        } else {
+            WriteOutcome::Created
+        })
     }
 
     fn delete(&mut self, id: &str) -> Result<WriteOutcome, Error> {
@@ -412,7 +452,11 @@ impl<'s> Overlay<'s> {
         }
         self.edges
             .insert((e.from.clone(), e.label.clone(), e.to.clone()), Some(rec));
-        Ok(if old.is_some() { WriteOutcome::Updated } else { WriteOutcome::Created })
+        Ok(if old.is_some() {
+            WriteOutcome::Updated
+        } else {
+            WriteOutcome::Created
+        })
     }
 
     /// Writes the overlay into a batch.
@@ -456,7 +500,12 @@ impl<'s> Overlay<'s> {
 
 /// Applies `cmd` on top of `store` and `meta`, adding its writes to `batch`.
 /// Nothing is written when the command fails as a whole.
-pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Batch<'_>) -> Result<Applied, Error> {
+pub fn apply(
+    store: &ShardStore,
+    meta: &ShardMeta,
+    cmd: &Command,
+    batch: &mut Batch<'_>,
+) -> Result<Applied, Error> {
     let mut ov = Overlay {
         store,
         meta: meta.clone(),
@@ -468,7 +517,11 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
     };
     let mut collections_changed = false;
     let result = match cmd {
-        Command::Write { ops, atomic, now_ms } => {
+        Command::Write {
+            ops,
+            atomic,
+            now_ms,
+        } => {
             let mut results = Vec::with_capacity(ops.len());
             let mut failed = None;
             for (i, op) in ops.iter().enumerate() {
@@ -501,7 +554,11 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
         Command::CreateCollection(spec) => {
             let r = create_collection(&mut ov, spec);
             if r.is_ok() {
-                batch.put(CF_META, &[meta_key::COLLECTION_PREFIX, spec.name.as_bytes()].concat(), spec)?;
+                batch.put(
+                    CF_META,
+                    &[meta_key::COLLECTION_PREFIX, spec.name.as_bytes()].concat(),
+                    spec,
+                )?;
                 collections_changed = true;
             }
             CommandResult::Done(r)
@@ -509,7 +566,10 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
         Command::DropCollection(name) => {
             let r = drop_collection(&mut ov, name);
             if r.is_ok() {
-                batch.delete(CF_META, &[meta_key::COLLECTION_PREFIX, name.as_bytes()].concat())?;
+                batch.delete(
+                    CF_META,
+                    &[meta_key::COLLECTION_PREFIX, name.as_bytes()].concat(),
+                )?;
                 collections_changed = true;
             }
             CommandResult::Done(r)
@@ -523,7 +583,11 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
             batch.put(CF_META, meta_key::QUOTA, q)?;
             CommandResult::Done(Ok(q.daily))
         }
-        Command::PurgeOlderThan { collection, cutoff_ms, max } => {
+        Command::PurgeOlderThan {
+            collection,
+            cutoff_ms,
+            max,
+        } => {
             let mut victims = Vec::new();
             if *max == 0 {
                 return Ok(Applied {
@@ -533,7 +597,10 @@ pub fn apply(store: &ShardStore, meta: &ShardMeta, cmd: &Command, batch: &mut Ba
                     meta: meta.clone(),
                 });
             }
-            let prefix = collection.as_ref().map(|c| [c.as_bytes(), b"\0"].concat()).unwrap_or_default();
+            let prefix = collection
+                .as_ref()
+                .map(|c| [c.as_bytes(), b"\0"].concat())
+                .unwrap_or_default();
             let mut scanned = 0u64;
             store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
                 scanned += 1;
@@ -571,7 +638,10 @@ fn create_collection(ov: &mut Overlay<'_>, spec: &CollectionSpec) -> Result<u64,
         });
     }
     if ov.meta.collections.len() >= 1024 {
-        return Err(Error::invalid("collection", "a tenant may have at most 1024 collections"));
+        return Err(Error::invalid(
+            "collection",
+            "a tenant may have at most 1024 collections",
+        ));
     }
     if let (Some(d), Some(l)) = (spec.dimension, ov.limits()) {
         let max = l.max_vector_dimensions as u64;
@@ -585,7 +655,9 @@ fn create_collection(ov: &mut Overlay<'_>, spec: &CollectionSpec) -> Result<u64,
                     retry_after_ms: None,
                 }));
             }
-            ov.warnings.push(format!("soft limit storage_limit.max_vector_dimensions exceeded: {d} > {max}"));
+            ov.warnings.push(format!(
+                "soft limit storage_limit.max_vector_dimensions exceeded: {d} > {max}"
+            ));
         }
     }
     std::sync::Arc::make_mut(&mut ov.meta.collections).insert(spec.name.clone(), spec.clone());
@@ -597,14 +669,17 @@ fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {
         return Err(Error::not_found("collection", name));
     }
     let mut empty = true;
-    ov.store.scan_prefix(CF_MEMBERS, &[name.as_bytes(), b"\0"].concat(), |_, _| {
-        empty = false;
-        Ok(false)
-    })?;
+    ov.store
+        .scan_prefix(CF_MEMBERS, &[name.as_bytes(), b"\0"].concat(), |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
     if !empty {
-        return Err(Error::invalid("collection", format!("{name} is not empty; delete its objects first")));
+        return Err(Error::invalid(
+            "collection",
+            format!("{name} is not empty; delete its objects first"),
+        ));
     }
     std::sync::Arc::make_mut(&mut ov.meta.collections).remove(name);
     Ok(0)
 }
-

@@ -45,12 +45,19 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Write { ops, atomic, .. } => {
-                write!(f, "write({} ops{})", ops.len(), if *atomic { ", atomic" } else { "" })
+                write!(
+                    f,
+                    "write({} ops{})",
+                    ops.len(),
+                    if *atomic { ", atomic" } else { "" }
+                )
             }
             Command::CreateCollection(c) => write!(f, "create_collection({})", c.name),
             Command::DropCollection(c) => write!(f, "drop_collection({c})"),
             Command::SetLimits(_) => write!(f, "set_limits"),
-            Command::CheckpointQuota(q) => write!(f, "checkpoint_quota(day {} = {})", q.day, q.daily),
+            Command::CheckpointQuota(q) => {
+                write!(f, "checkpoint_quota(day {} = {})", q.day, q.daily)
+            }
             Command::PurgeOlderThan { cutoff_ms, .. } => write!(f, "purge_older_than({cutoff_ms})"),
         }
     }

@@ -19,7 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -118,12 +121,28 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Key of an outgoing edge.
 pub fn edge_out_key(from: &str, label: &str, to: &str) -> Vec<u8> {
-    [b"o", from.as_bytes(), b"\0", label.as_bytes(), b"\0", to.as_bytes()].concat()
+    [
+        b"o",
+        from.as_bytes(),
+        b"\0",
+        label.as_bytes(),
+        b"\0",
+        to.as_bytes(),
+    ]
+    .concat()
 }
 
 /// Key of an incoming edge.
 pub fn edge_in_key(to: &str, label: &str, from: &str) -> Vec<u8> {
-    [b"i", to.as_bytes(), b"\0", label.as_bytes(), b"\0", from.as_bytes()].concat()
+    [
+        b"i",
+        to.as_bytes(),
+        b"\0",
+        label.as_bytes(),
+        b"\0",
+        from.as_bytes(),
+    ]
+    .concat()
 }
 
 /// Key of a collection membership entry.
@@ -145,7 +164,11 @@ impl StorageEnv {
     /// `write_buffer_bytes` of memtables across all shards.
     pub fn new(cache_bytes: usize, write_buffer_bytes: usize, max_open_files: i32) -> Self {
         let cache = Cache::new_lru_cache(cache_bytes);
-        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(write_buffer_bytes, true, cache.clone());
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            write_buffer_bytes,
+            true,
+            cache.clone(),
+        );
         Self {
             cache,
             wbm: Arc::new(wbm),
@@ -183,7 +206,9 @@ pub struct ShardStore {
 
 impl std::fmt::Debug for ShardStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardStore").field("path", &self.path).finish()
+        f.debug_struct("ShardStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -191,7 +216,9 @@ impl ShardStore {
     /// Opens (or creates) the instance at `path`.
     pub fn open(env: &StorageEnv, path: &Path) -> Result<ShardStore, Error> {
         let opts = env.options();
-        let cfs = CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, env.options()));
+        let cfs = CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, env.options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(Error::storage)?;
         Ok(ShardStore {
             db,

@@ -59,7 +59,9 @@ impl fmt::Display for Tier {
 }
 
 /// Request priority: who is admitted first when the node is saturated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Served last.
@@ -112,7 +114,12 @@ impl Window {
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.as_millis();
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms >= size && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -136,7 +143,9 @@ impl<'de> Deserialize<'de> for Window {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
             Window::parse(&s).ok_or_else(|| {
-                serde::de::Error::custom(format!("bad duration {s:?}: use e.g. 500ms, 30s, 1m, 1h, 1d"))
+                serde::de::Error::custom(format!(
+                    "bad duration {s:?}: use e.g. 500ms, 30s, 1m, 1h, 1d"
+                ))
             })
         } else {
             Ok(Window(Duration::from_millis(u64::deserialize(d)?)))
@@ -323,7 +332,10 @@ impl TenantConfig {
             return bad("storage_limit.warning_threshold", "must be in (0, 1]");
         }
         if s.max_vector_dimensions == 0 || s.max_vector_dimensions > 65_536 {
-            return bad("storage_limit.max_vector_dimensions", "must be in 1..=65536");
+            return bad(
+                "storage_limit.max_vector_dimensions",
+                "must be in 1..=65536",
+            );
         }
         if s.max_object_size == 0 {
             return bad("storage_limit.max_object_size", "must be at least 1");

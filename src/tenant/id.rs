@@ -37,13 +37,19 @@ pub fn validate_tenant_id(id: &str) -> Result<(), Error> {
 /// of `A-Za-z0-9_.:-`.
 pub fn validate_name(field: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.is_empty() || value.len() > max {
-        return Err(Error::invalid(field, format!("must be 1 to {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     if !value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
     {
-        return Err(Error::invalid(field, "only A-Z, a-z, 0-9, '_', '.', ':' and '-' are allowed"));
+        return Err(Error::invalid(
+            field,
+            "only A-Z, a-z, 0-9, '_', '.', ':' and '-' are allowed",
+        ));
     }
     Ok(())
 }
@@ -57,8 +63,22 @@ mod tests {
         for ok in ["acme_corp", "startup-inc", "t1", "0abc"] {
             assert!(validate_tenant_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-x", "_x", "ACME", "a/b", "a b", "a.b", "ä", &"x".repeat(65), "../etc"] {
-            assert!(matches!(validate_tenant_id(bad), Err(Error::InvalidTenantId { .. })), "{bad}");
+        for bad in [
+            "",
+            "-x",
+            "_x",
+            "ACME",
+            "a/b",
+            "a b",
+            "a.b",
+            "ä",
+            &"x".repeat(65),
+            "../etc",
+        ] {
+            assert!(
+                matches!(validate_tenant_id(bad), Err(Error::InvalidTenantId { .. })),
+                "{bad}"
+            );
         }
     }
 }

@@ -42,7 +42,13 @@ impl Tiers {
             key: "tiers".into(),
             reason: e.to_string(),
         })?;
-        for t in [Tier::Tier1, Tier::Tier2, Tier::Tier3, Tier::Tier4, Tier::Custom] {
+        for t in [
+            Tier::Tier1,
+            Tier::Tier2,
+            Tier::Tier3,
+            Tier::Tier4,
+            Tier::Custom,
+        ] {
             if !file.tiers.contains_key(&t) {
                 return Err(Error::InvalidConfig {
                     key: format!("tiers.{t}"),
@@ -56,11 +62,17 @@ impl Tiers {
         };
         // Validate each preset by building a config from it.
         for t in tiers.tiers.keys() {
-            super::TenantConfig::for_tier(&tiers, "preset_check", "", t.as_str(), serde_json::json!({}))
-                .map_err(|e| Error::InvalidConfig {
-                    key: format!("tiers.{t}"),
-                    reason: e.to_string(),
-                })?;
+            super::TenantConfig::for_tier(
+                &tiers,
+                "preset_check",
+                "",
+                t.as_str(),
+                serde_json::json!({}),
+            )
+            .map_err(|e| Error::InvalidConfig {
+                key: format!("tiers.{t}"),
+                reason: e.to_string(),
+            })?;
         }
         Ok(tiers)
     }
@@ -111,7 +123,14 @@ mod tests {
         let t = Tiers::default();
         assert_eq!(t.standard_tier("starter"), Some(Tier::Tier1));
         assert_eq!(t.standard_tier("enterprise"), Some(Tier::Tier4));
-        let c = TenantConfig::for_tier(&t, "acme", "ACME", "enterprise", serde_json::json!({"industry": "tech"})).unwrap();
+        let c = TenantConfig::for_tier(
+            &t,
+            "acme",
+            "ACME",
+            "enterprise",
+            serde_json::json!({"industry": "tech"}),
+        )
+        .unwrap();
         assert_eq!(c.tier, Tier::Tier4);
         assert_eq!(c.custom_settings.0["backup_frequency"], "hourly");
         assert_eq!(c.custom_settings.0["dedicated_resources"], true);

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use faiss::index::autotune::ParameterSpace;
 use faiss::index::{IndexImpl, SearchWithParamsMut};
-use faiss::selector::IdSelector;
 use faiss::search_params::SearchParameters;
+use faiss::selector::IdSelector;
 use faiss::{index_factory, Idx, Index, MetricType};
 
 use crate::proto::{CollectionSpec, Error, IndexKind, Metric};
@@ -66,7 +66,8 @@ fn build(spec: &CollectionSpec, dim: usize, ivf_trained: bool) -> Result<IndexIm
         IndexKind::Ivf { nlist, .. } if ivf_trained => format!("IVF{nlist},Flat"),
         IndexKind::Ivf { .. } => "IDMap2,Flat".to_string(),
     };
-    let mut index = index_factory(dim as u32, &desc, metric_type(spec.metric)).map_err(faiss_err)?;
+    let mut index =
+        index_factory(dim as u32, &desc, metric_type(spec.metric)).map_err(faiss_err)?;
     let ps = ParameterSpace::new().map_err(faiss_err)?;
     match spec.index {
         IndexKind::Hnsw { ef_search, .. } => {
@@ -88,7 +89,8 @@ impl VectorIndex {
     pub fn new(spec: &CollectionSpec) -> Result<VectorIndex, Error> {
         let dim = spec
             .dimension
-            .ok_or_else(|| Error::invalid("dimension", "collection has no vectors"))? as usize;
+            .ok_or_else(|| Error::invalid("dimension", "collection has no vectors"))?
+            as usize;
         Ok(VectorIndex {
             spec: spec.clone(),
             dim,
@@ -256,7 +258,12 @@ impl VectorIndex {
     }
 
     /// The `k` nearest live vectors, optionally only among `allowed` labels.
-    pub fn search(&mut self, query: &[f32], k: usize, allowed: Option<&[u64]>) -> Result<Vec<Hit>, Error> {
+    pub fn search(
+        &mut self,
+        query: &[f32],
+        k: usize,
+        allowed: Option<&[u64]>,
+    ) -> Result<Vec<Hit>, Error> {
         if query.len() != self.dim {
             return Err(Error::DimensionMismatch {
                 collection: self.spec.name.clone(),
@@ -283,9 +290,11 @@ impl VectorIndex {
                 // SearchParameters does not own the selector: free it after.
                 let sel_ptr = sel.inner_ptr();
                 let params = match (self.trained_ivf, self.spec.index) {
-                    (true, IndexKind::Ivf { nprobe, .. }) => faiss::search_params::SearchParametersIVF::new_with(sel, nprobe as usize, 0)
-                        .map_err(faiss_err)?
-                        .upcast(),
+                    (true, IndexKind::Ivf { nprobe, .. }) => {
+                        faiss::search_params::SearchParametersIVF::new_with(sel, nprobe as usize, 0)
+                            .map_err(faiss_err)?
+                            .upcast()
+                    }
                     _ => SearchParameters::new(sel).map_err(faiss_err)?,
                 };
                 let r = self.index.search_with_params(&q, kk, &params);
@@ -324,7 +333,9 @@ impl VectorIndex {
     /// Writes the index to `path` (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<(), Error> {
         let tmp = path.with_extension("tmp");
-        let tmp_str = tmp.to_str().ok_or_else(|| Error::storage("non-UTF-8 path"))?;
+        let tmp_str = tmp
+            .to_str()
+            .ok_or_else(|| Error::storage("non-UTF-8 path"))?;
         faiss::write_index(&self.index, tmp_str).map_err(faiss_err)?;
         let f = std::fs::File::open(&tmp).map_err(Error::storage)?;
         f.sync_all().map_err(Error::storage)?;
@@ -333,9 +344,15 @@ impl VectorIndex {
     }
 
     /// Reads an index written by [`save`](Self::save), given its live labels.
-    pub fn load(spec: &CollectionSpec, path: &Path, live: HashSet<u64>) -> Result<VectorIndex, Error> {
+    pub fn load(
+        spec: &CollectionSpec,
+        path: &Path,
+        live: HashSet<u64>,
+    ) -> Result<VectorIndex, Error> {
         let dim = spec.dimension.unwrap_or(0) as usize;
-        let p = path.to_str().ok_or_else(|| Error::storage("non-UTF-8 path"))?;
+        let p = path
+            .to_str()
+            .ok_or_else(|| Error::storage("non-UTF-8 path"))?;
         let index = faiss::read_index(p).map_err(faiss_err)?;
         let mut vi = VectorIndex {
             spec: spec.clone(),
@@ -356,10 +373,12 @@ impl VectorIndex {
         }
         let ps = ParameterSpace::new().map_err(faiss_err)?;
         if let IndexKind::Hnsw { ef_search, .. } = spec.index {
-            ps.set_index_parameter(&vi.index, "efSearch", ef_search as f64).map_err(faiss_err)?;
+            ps.set_index_parameter(&vi.index, "efSearch", ef_search as f64)
+                .map_err(faiss_err)?;
         }
         if let (IndexKind::Ivf { nprobe, .. }, true) = (spec.index, vi.trained_ivf) {
-            ps.set_index_parameter(&vi.index, "nprobe", nprobe as f64).map_err(faiss_err)?;
+            ps.set_index_parameter(&vi.index, "nprobe", nprobe as f64)
+                .map_err(faiss_err)?;
         }
         vi.index.set_verbose(false);
         Ok(vi)
@@ -383,7 +402,17 @@ mod tests {
 
     #[test]
     fn deleted_vectors_are_never_returned() {
-        for kind in [IndexKind::Flat, IndexKind::Hnsw { m: 8, ef_search: 32 }, IndexKind::Ivf { nlist: 2, nprobe: 2 }] {
+        for kind in [
+            IndexKind::Flat,
+            IndexKind::Hnsw {
+                m: 8,
+                ef_search: 32,
+            },
+            IndexKind::Ivf {
+                nlist: 2,
+                nprobe: 2,
+            },
+        ] {
             let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
             fill(&mut ix, 200);
             let q = [10.0, 5.0, 1.0, -10.0];
@@ -393,13 +422,20 @@ mod tests {
             }
             let hits = ix.search(&q, 5, None).unwrap();
             assert_eq!(hits.len(), 5);
-            assert!(hits.iter().all(|(v, _)| !(5..=15).contains(v)), "{kind:?}: {hits:?}");
+            assert!(
+                hits.iter().all(|(v, _)| !(5..=15).contains(v)),
+                "{kind:?}: {hits:?}"
+            );
             if !matches!(kind, IndexKind::Hnsw { .. }) {
                 // (HNSW filters during graph search, which misses very
                 // selective filters; the shard scores filtered searches
                 // exactly instead.)
                 let filtered = ix.search(&q, 3, Some(&[10, 100, 150, 199])).unwrap();
-                assert_eq!(filtered.iter().map(|h| h.0).collect::<Vec<_>>(), vec![100, 150, 199], "{kind:?}");
+                assert_eq!(
+                    filtered.iter().map(|h| h.0).collect::<Vec<_>>(),
+                    vec![100, 150, 199],
+                    "{kind:?}"
+                );
             }
         }
     }
@@ -418,7 +454,13 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let s = spec(IndexKind::Hnsw { m: 8, ef_search: 16 }, Metric::L2);
+        let s = spec(
+            IndexKind::Hnsw {
+                m: 8,
+                ef_search: 16,
+            },
+            Metric::L2,
+        );
         let mut ix = VectorIndex::new(&s).unwrap();
         fill(&mut ix, 50);
         let p = dir.path().join("c.faiss");
@@ -426,6 +468,9 @@ mod tests {
         let live = (1..=50).collect();
         let mut back = VectorIndex::load(&s, &p, live).unwrap();
         let q = [7.0, 3.5, 1.0, -7.0];
-        assert_eq!(back.search(&q, 3, None).unwrap(), ix.search(&q, 3, None).unwrap());
+        assert_eq!(
+            back.search(&q, 3, None).unwrap(),
+            ix.search(&q, 3, None).unwrap()
+        );
     }
 }
