@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test (unit, integration, openraft's storage suite) in the
+# Runs every test (unit, integration, openraft's storage suite, the QUIC
+# server tests, and a bounded fuzz run of the wire decoder) in the
 # release profile, the one profile RocksDB and FAISS are built in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,6 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 cargo build --release --all-targets
 cargo test --release --no-fail-fast -- --test-threads=2
+# The frame/envelope decoder under libFuzzer, for a bounded time.
+./scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"
