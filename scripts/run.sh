@@ -38,6 +38,8 @@ V collection create products --dim 4 --metric cosine --index hnsw
 for i in 1 2 3 4 5 6; do
   V object put products "p$i" --json "{\"name\": \"product $i\", \"price\": $((i * 10)), \"category\": \"$([ $((i % 2)) = 0 ] && echo shoes || echo hats)\"}" --vector "[$i, 1, 0.5, $((7 - i))]" >/dev/null
 done
+V edge put p1 similar p2 >/dev/null
+V edge put p2 bundle p3 >/dev/null
 V object get p1
 V query products --filter '{"price": {"$lt": 40}, "category": {"$in": ["shoes", "hats"]}}'
 V search products --vector '[2, 1, 0.5, 5]' --k 3 --filter '{"category": "shoes"}'

@@ -90,6 +90,11 @@ pub enum Remote {
         #[command(subcommand)]
         cmd: ObjectCmd,
     },
+    /// Edges between objects (tenant key).
+    Edge {
+        #[command(subcommand)]
+        cmd: EdgeCmd,
+    },
     /// Property query (tenant key).
     Query {
         /// Collection.
@@ -250,6 +255,28 @@ pub enum CollectionCmd {
     List,
     /// Drop an empty collection.
     Drop { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EdgeCmd {
+    /// Add or replace an edge FROM -LABEL-> TO.
+    Put {
+        /// Source object.
+        from: String,
+        /// Label.
+        label: String,
+        /// Target object.
+        to: String,
+        /// Properties JSON.
+        #[arg(long, default_value = "{}")]
+        json: String,
+    },
+    /// Remove an edge.
+    Delete {
+        from: String,
+        label: String,
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -621,6 +648,29 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 None => return Err(Error::not_found("object", &id).into()),
             },
             ObjectCmd::Delete { id } => print(out, &c.delete(&id).await?)?,
+        },
+        Remote::Edge { cmd } => match cmd {
+            EdgeCmd::Put {
+                from,
+                label,
+                to,
+                json,
+            } => {
+                let props: serde_json::Value = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("bad properties JSON: {e}"))?;
+                let edge = vektagraf::proto::Edge {
+                    from,
+                    label,
+                    to,
+                    properties: Properties::from_json(props)?,
+                };
+                print(out, &c.transaction(vec![WriteOp::PutEdge(edge)]).await?)?
+            }
+            EdgeCmd::Delete { from, label, to } => print(
+                out,
+                &c.transaction(vec![WriteOp::DeleteEdge { from, label, to }])
+                    .await?,
+            )?,
         },
         Remote::Query {
             collection,

@@ -554,7 +554,8 @@ async fn the_cli_runs_every_operation() {
         &["search", "docs", "--vector", "[1, 0]", "--k", "1"]
     ))
     .contains("d1"));
-    ok(run(&key, &["traverse", "d1"]));
+    ok(run(&key, &["edge", "put", "d1", "next", "j1"]));
+    assert!(ok(run(&key, &["traverse", "d1"])).contains("j1"));
     let export = dir.path().join("out.jsonl");
     ok(run(
         &key,
