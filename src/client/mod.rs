@@ -83,7 +83,10 @@ impl ClientOptions {
 pub struct Client {
     opts: ClientOptions,
     endpoint: Endpoint,
-    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// The live connection (a plain lock: the fast path never awaits).
+    conn: parking_lot::Mutex<Option<Connection>>,
+    /// Serialises (re)connecting.
+    connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     principal: parking_lot::Mutex<Option<KeyInfo>>,
 }
@@ -114,7 +117,8 @@ impl Client {
         let c = Client {
             opts,
             endpoint,
-            conn: tokio::sync::Mutex::new(None),
+            conn: parking_lot::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             principal: parking_lot::Mutex::new(None),
         };
@@ -129,11 +133,12 @@ impl Client {
 
     /// The live connection, (re)connecting and authenticating if needed.
     async fn connection(&self) -> Result<Connection> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.live() {
+            return Ok(c);
         }
         let mut last = Error::Unavailable {
             reason: "no address given".into(),
@@ -160,7 +165,7 @@ impl Client {
                     match r {
                         Response::Principal(info) => {
                             *self.principal.lock() = Some(info);
-                            *guard = Some(conn.clone());
+                            *self.conn.lock() = Some(conn.clone());
                             return Ok(conn);
                         }
                         other => return Err(unexpected(other)),
@@ -175,6 +180,14 @@ impl Client {
             }
         }
         Err(last)
+    }
+
+    fn live(&self) -> Option<Connection> {
+        self.conn
+            .lock()
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     async fn round_trip(&self, conn: &Connection, req: &Request) -> Result<Response> {
@@ -235,7 +248,7 @@ impl Client {
                 return Err(err);
             }
             if matches!(err, Error::Unavailable { .. }) {
-                *self.conn.lock().await = None;
+                *self.conn.lock() = None;
             }
             let backoff = self.opts.base_delay.saturating_mul(1 << attempt.min(16));
             let jitter = rand::thread_rng().gen_range(0.5..1.5);
@@ -526,7 +539,8 @@ impl Client {
 
     /// Closes the connection.
     pub async fn close(&self) {
-        if let Some(c) = self.conn.lock().await.take() {
+        let conn = self.conn.lock().take();
+        if let Some(c) = conn {
             c.close(0u32.into(), b"bye");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
