@@ -277,8 +277,20 @@ impl Database {
     /// Removes every byte of a tenant: shard directory, raft log, registry.
     async fn purge(&self, rec: &TenantRecord) -> Result<()> {
         let dir = self.shard_dir(rec.group);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io)?;
+        // A closing RocksDB instance may still be finishing a background
+        // flush into the directory: retry for a while.
+        let mut attempt = 0;
+        while dir.exists() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if attempt < 100 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "retrying shard directory removal");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(io(e)),
+            }
         }
         self.inner.logs.purge_group(rec.group).await.map_err(io)?;
         self.registry()?.remove_tenant(&rec.config.tenant_id)?;

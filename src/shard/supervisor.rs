@@ -71,12 +71,20 @@ async fn release(args: &ShardArgs) {
         drop(raft);
         // Wait until every other holder (in-flight reads) lets go, so the
         // RocksDB instance is closed before it is opened again.
+        let mut closed = false;
         for _ in 0..500 {
             if std::sync::Arc::strong_count(&data) == 1 {
+                closed = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if !closed {
+            tracing::warn!(tenant = %args.tenant_id, holders = std::sync::Arc::strong_count(&data), "shard data still referenced 5 s after its raft group stopped; it closes when the last holder lets go");
+        }
+        // Drop the last reference off the async workers: closing RocksDB
+        // waits for its background jobs.
+        let _ = tokio::task::spawn_blocking(move || drop(data)).await;
     }
 }
 
