@@ -160,6 +160,22 @@ pub enum Remote {
     },
     /// Checks the node answers.
     Ping,
+    /// Cluster nodes (admin key).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Lists the cluster's nodes.
+    List,
+    /// Removes a dead node; its shard replicas are placed on live nodes.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,7 +311,13 @@ pub enum ObjectCmd {
         vector: Option<String>,
     },
     /// Show an object.
-    Get { id: String },
+    Get {
+        /// Id.
+        id: String,
+        /// Read any replica's local state (may be behind the leader).
+        #[arg(long)]
+        stale: bool,
+    },
     /// Delete an object.
     Delete { id: String },
 }
@@ -483,6 +505,13 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             c.ping().await?;
             println!("pong");
         }
+        Remote::Node { cmd } => match cmd {
+            NodeCmd::List => print(out, &c.cluster_nodes().await?)?,
+            NodeCmd::Remove { id } => {
+                c.remove_node(id).await?;
+                println!("node {id} removed; its replicas are being placed on live nodes");
+            }
+        },
         Remote::Tenant { cmd } => match cmd {
             TenantCmd::Create { id, name, tier } => print(
                 out,
@@ -643,7 +672,11 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 }
                 print(out, &c.put(o).await?)?
             }
-            ObjectCmd::Get { id } => match c.get(&id).await? {
+            ObjectCmd::Get { id, stale } => match if stale {
+                c.get_stale(&id).await?
+            } else {
+                c.get(&id).await?
+            } {
                 Some(o) => print(out, &o)?,
                 None => return Err(Error::not_found("object", &id).into()),
             },

@@ -28,6 +28,10 @@ enum Cmd {
         /// Node config file (see config/default.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Join a cluster through this node's peer address (repeatable;
+        /// sets cluster.enabled and adds to cluster.join).
+        #[arg(long)]
+        join: Vec<String>,
     },
     /// Creates a cluster CA, node certificates and client trust material.
     Certs {
@@ -146,7 +150,7 @@ fn main() -> anyhow::Result<()> {
                 tenant,
                 writers,
             } => write_loop(&data, &tenant, writers).await,
-            Cmd::Serve { config } => serve(config.as_deref()).await,
+            Cmd::Serve { config, join } => serve(config.as_deref(), join).await,
             Cmd::Certs { out, nodes, hosts } => {
                 let files = vektagraf::net::tls::make_certs(&out, &nodes, &hosts)?;
                 println!(
@@ -167,8 +171,13 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(config: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg = vektagraf::NodeConfig::load(config)?;
+async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::Result<()> {
+    let mut cfg = vektagraf::NodeConfig::load(config)?;
+    if !join.is_empty() {
+        cfg.cluster.enabled = true;
+        cfg.cluster.join.extend(join);
+    }
+    cfg.validate()?;
     let data_dir = cfg.node.data_dir.clone();
     let settings = cfg.server.clone();
     let db = vektagraf::Database::open(&data_dir, cfg).await?;
@@ -180,6 +189,13 @@ async fn serve(config: Option<&std::path::Path>) -> anyhow::Result<()> {
         );
     }
     let server = vektagraf::net::Server::start(db.clone(), settings).await?;
+    if let Some(c) = db.cluster() {
+        println!(
+            "cluster node {} peer endpoint {}",
+            c.me().id,
+            c.me().peer_addr
+        );
+    }
     println!("listening on {}", server.local_addr);
     println!(
         "certificate {} sha256 {}",

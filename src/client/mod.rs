@@ -355,6 +355,28 @@ impl Client {
         }
     }
 
+    /// Get by id from any replica's local state: no read-index round,
+    /// possibly behind the leader (a stale read).
+    pub async fn get_stale(&self, id: &str) -> Result<Option<Object>> {
+        match self.call(Request::Stale(Box::new(Request::Get(id.into())))).await? {
+            Response::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster's nodes (admin key).
+    pub async fn cluster_nodes(&self) -> Result<Vec<crate::proto::wire::ClusterNode>> {
+        match self.call(Request::ClusterNodes).await? {
+            Response::ClusterNodes(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes a dead node; its replicas are placed on live nodes (admin key).
+    pub async fn remove_node(&self, id: u64) -> Result<()> {
+        self.expect_ok(Request::RemoveNode(id)).await
+    }
+
     /// Property query.
     pub async fn query(&self, q: Query) -> Result<Vec<Object>> {
         match self.call(Request::Query(q)).await? {

@@ -84,6 +84,37 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// `[server]`.
     pub server: crate::net::ServerSettings,
+    /// `[cluster]`.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: multi-node operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Run as a cluster node (off: a standalone node).
+    pub enabled: bool,
+    /// This node's id (at least 1, unique, never reused after removal).
+    pub node_id: u64,
+    /// Peer endpoint (QUIC, mutual TLS, ALPN `vektagraf-peer/1`).
+    pub peer_listen: String,
+    /// Peer address other nodes dial (empty: `peer_listen`).
+    pub advertise_peer: String,
+    /// Client address other nodes tell clients (empty: `server.listen`).
+    pub advertise_client: String,
+    /// Cluster CA certificate (PEM), from `vektagraf certs`.
+    pub ca: String,
+    /// This node's certificate chain (SAN `node-<id>`) and key.
+    pub cert: String,
+    /// Key of `cert`.
+    pub key: String,
+    /// Peer addresses of existing nodes to join through (empty with an
+    /// uninitialised metadata group: bootstrap a new cluster).
+    pub join: Vec<String>,
+    /// Replicas per tenant shard (capped by the live nodes).
+    pub replication_factor: usize,
+    /// Voters of the metadata group (the rest of the nodes are learners).
+    pub meta_voters: usize,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> Error {
@@ -186,6 +217,20 @@ impl NodeConfig {
             ));
         }
         self.raft.to_openraft("check")?;
+        let c = &self.cluster;
+        if c.enabled {
+            if c.node_id == 0 {
+                return Err(cfg_err("cluster.node_id", "must be at least 1"));
+            }
+            for (k, v) in [("cluster.ca", &c.ca), ("cluster.cert", &c.cert), ("cluster.key", &c.key)] {
+                if v.is_empty() {
+                    return Err(cfg_err(k, "required when cluster.enabled (see `vektagraf certs`)"));
+                }
+            }
+            if c.replication_factor == 0 || c.meta_voters == 0 {
+                return Err(cfg_err("cluster", "replication_factor and meta_voters must be at least 1"));
+            }
+        }
         Ok(())
     }
 }

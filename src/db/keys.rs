@@ -67,7 +67,7 @@ impl Database {
             created_at: crate::util::now_ms(),
             revoked: false,
         };
-        self.registry()?.put_key(&rec)?;
+        self.registry()?.put_key(&rec).await?;
         let info = rec.info();
         self.inner.keys.keys.write().insert(rec.key_id.clone(), rec);
         tracing::info!(key_id = %info.key_id, kind = ?info.kind, tenant = ?info.tenant_id, "api key created");
@@ -86,6 +86,24 @@ impl Database {
             return Err(unauth("API key revoked"));
         }
         Ok(rec.info())
+    }
+
+    /// [`authenticate`](Self::authenticate), waiting up to a second for
+    /// this node's copy of the metadata to catch up when the key is
+    /// unknown on a cluster node (a key created moments ago elsewhere).
+    pub async fn authenticate_fresh(&self, api_key: &str) -> Result<KeyInfo> {
+        let first = self.authenticate(api_key);
+        if self.cluster().is_none() || !matches!(&first, Err(Error::Unauthenticated { reason }) if reason == "unknown API key") {
+            return first;
+        }
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.load_keys()?;
+            if let Ok(k) = self.authenticate(api_key) {
+                return Ok(k);
+            }
+        }
+        self.authenticate(api_key)
     }
 
     /// Re-checks an authenticated key id (every request does this, so a
@@ -109,7 +127,7 @@ impl Database {
             .cloned()
             .ok_or_else(|| Error::not_found("key", key_id))?;
         rec.revoked = true;
-        self.registry()?.put_key(&rec)?;
+        self.registry()?.put_key(&rec).await?;
         let info = rec.info();
         self.inner.keys.keys.write().insert(key_id.to_string(), rec);
         tracing::info!(%key_id, "api key revoked");
@@ -162,14 +180,14 @@ impl Database {
     }
 
     /// Removes a tenant's key records entirely (tenant purge).
-    pub(crate) fn forget_keys_of(&self, tenant: &str) -> Result<()> {
+    pub(crate) async fn forget_keys_of(&self, tenant: &str) -> Result<()> {
         let ids: Vec<String> = self
             .list_keys(Some(tenant))
             .into_iter()
             .map(|k| k.key_id)
             .collect();
         for id in ids {
-            self.registry()?.remove_key(&id)?;
+            self.registry()?.remove_key(&id).await?;
             self.inner.keys.keys.write().remove(&id);
         }
         Ok(())

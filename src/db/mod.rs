@@ -1,6 +1,7 @@
 //! The embedded API: [`Database`] manages tenants and users and hands out
 //! [`Session`]s, each bound to one (tenant, user), that run operations.
 
+mod cluster;
 mod keys;
 mod registry;
 mod session;
@@ -21,8 +22,11 @@ use crate::shard::{ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMs
 use crate::storage::StorageEnv;
 use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
 
+pub use cluster::Cluster;
 pub use keys::write_private;
-pub use registry::{KeyRecord, Registry, TenantRecord, TenantState, UserRecord};
+pub use registry::{
+    KeyRecord, MetaGroup, NodeRecord, Registry, Replica, TenantRecord, TenantState, UserRecord,
+};
 pub use session::{Session, MAX_TRANSACTION_OPS};
 
 /// The tenant used for every session when multi-tenancy is disabled.
@@ -35,6 +39,8 @@ pub(crate) struct Tenant {
     limiter: Arc<TenantLimiter>,
     route: Arc<RwLock<Option<ActorRef<ShardMsg>>>>,
     slot: crate::shard::ShardSlot,
+    /// Cluster placement of its shard group (empty on a single node).
+    replicas: RwLock<Vec<Replica>>,
 }
 
 impl Tenant {
@@ -50,6 +56,10 @@ impl Tenant {
             .ok_or_else(|| Error::Unavailable {
                 reason: format!("shard of tenant {} is not running", self.config().tenant_id),
             })
+    }
+
+    pub(crate) fn raft(&self) -> Option<crate::raft::ShardRaft> {
+        self.slot.lock().as_ref().map(|(r, _)| r.clone())
     }
 
     pub(crate) fn actor(&self) -> Result<ActorRef<ShardMsg>> {
@@ -68,6 +78,10 @@ pub(crate) struct Inner {
     env: StorageEnv,
     pub(crate) admission: Arc<Admission>,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    /// Loaded tenants by raft group (peer messages name the group).
+    by_group: RwLock<HashMap<u64, Arc<Tenant>>>,
+    /// Cluster runtime (None on a standalone node).
+    cluster: RwLock<Option<Arc<Cluster>>>,
     supervisor: ActorRef<SupervisorMsg>,
     keys: keys::KeyCache,
     /// Serialises tenant lifecycle changes (create, update, delete).
@@ -117,7 +131,6 @@ impl Database {
         } else {
             Tiers::load(Path::new(&config.node.tiers_file))?
         };
-        let registry = Registry::open(&dir.join("node"))?;
         let logs = RaftLogDb::open(&dir.join("raft")).map_err(io)?;
         let s = &config.storage;
         let env = StorageEnv::new(
@@ -137,27 +150,43 @@ impl Database {
                 .map_err(|e| Error::Unavailable {
                     reason: format!("supervisor failed to start: {e}"),
                 })?;
+        let clustered = config.cluster.enabled;
+        let registry = if clustered {
+            None
+        } else {
+            Some(Arc::new(Registry::open(&dir.join("node"))?))
+        };
         let db = Database {
             inner: Arc::new(Inner {
                 config,
                 dir,
                 tiers: RwLock::new(tiers),
-                registry: RwLock::new(Some(Arc::new(registry))),
+                registry: RwLock::new(registry),
                 logs,
                 env,
                 admission,
                 tenants: RwLock::new(HashMap::new()),
+                by_group: RwLock::new(HashMap::new()),
+                cluster: RwLock::new(None),
                 supervisor,
                 keys: keys::KeyCache::default(),
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         };
+        if clustered {
+            // The registry is the metadata group's; shards start from the
+            // reconcile loop as placement assigns them.
+            cluster::start(&db).await?;
+            db.load_keys()?;
+            tracing::info!(dir = %db.inner.dir.display(), node = db.inner.config.cluster.node_id, "cluster node open");
+            return Ok(db);
+        }
         db.load_keys()?;
         for rec in db.registry()?.tenants()? {
             match rec.state {
                 TenantState::Active => db.load_tenant(&rec).await?,
                 TenantState::Deleting => {
-                    db.forget_keys_of(&rec.config.tenant_id)?;
+                    db.forget_keys_of(&rec.config.tenant_id).await?;
                     db.purge(&rec).await?
                 }
             }
@@ -168,6 +197,10 @@ impl Database {
 
     /// Closes every shard gracefully: checkpoints counters, stops raft groups, flushes.
     pub async fn close(&self) -> Result<()> {
+        let cluster = self.inner.cluster.read().clone();
+        if let Some(c) = &cluster {
+            c.stop_reconcile();
+        }
         let _g = self.inner.lifecycle.lock().await;
         let ids: Vec<String> = self.inner.tenants.read().keys().cloned().collect();
         let mut first_err = None;
@@ -177,6 +210,11 @@ impl Database {
             }
         }
         self.inner.tenants.write().clear();
+        self.inner.by_group.write().clear();
+        if let Some(c) = cluster {
+            c.shutdown().await;
+        }
+        self.inner.cluster.write().take();
         self.inner.supervisor.stop(None);
         // Release the node's RocksDB instances so the directory can be
         // opened again (even by this process).
@@ -235,11 +273,16 @@ impl Database {
             limiter: limiter.clone(),
             route: Arc::new(RwLock::new(None)),
             slot: Arc::new(Mutex::new(None)),
+            replicas: RwLock::new(rec.replicas.clone()),
         });
+        let (replica, cluster) = match self.cluster() {
+            None => (rec.replica, None),
+            Some(c) => c.replica_net(rec)?,
+        };
         let args = ShardArgs {
             tenant_id: rec.config.tenant_id.clone(),
             group: rec.group,
-            replica: rec.replica,
+            replica,
             dir: self.shard_dir(rec.group),
             env: self.inner.env.clone(),
             logs: self.inner.logs.clone(),
@@ -249,6 +292,7 @@ impl Database {
             quota_checkpoint: Duration::from_millis(self.inner.config.limits.quota_checkpoint_ms),
             slot: tenant.slot.clone(),
             route: tenant.route.clone(),
+            cluster,
         };
         let started = self
             .inner
@@ -267,6 +311,7 @@ impl Database {
                 })
             }
         }
+        self.inner.by_group.write().insert(rec.group, tenant.clone());
         self.inner
             .tenants
             .write()
@@ -274,9 +319,29 @@ impl Database {
         Ok(())
     }
 
+    /// Forgets a loaded tenant (its shard is stopped separately).
+    fn unload(&self, id: &str) -> Option<Arc<Tenant>> {
+        let t = self.inner.tenants.write().remove(id)?;
+        self.inner.by_group.write().remove(&t.group);
+        Some(t)
+    }
+
+    /// The cluster runtime, on a cluster node.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.inner.cluster.read().clone()
+    }
+
     /// Removes every byte of a tenant: shard directory, raft log, registry.
     async fn purge(&self, rec: &TenantRecord) -> Result<()> {
-        let dir = self.shard_dir(rec.group);
+        self.purge_local(rec.group).await?;
+        self.registry()?.remove_tenant(&rec.config.tenant_id).await?;
+        tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
+        Ok(())
+    }
+
+    /// Removes this node's copy of a shard group: directory and raft log.
+    async fn purge_local(&self, group: u64) -> Result<()> {
+        let dir = self.shard_dir(group);
         // A closing RocksDB instance may still be finishing a background
         // flush into the directory: retry for a while.
         let mut attempt = 0;
@@ -292,9 +357,7 @@ impl Database {
                 Err(e) => return Err(io(e)),
             }
         }
-        self.inner.logs.purge_group(rec.group).await.map_err(io)?;
-        self.registry()?.remove_tenant(&rec.config.tenant_id)?;
-        tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
+        self.inner.logs.purge_group(group).await.map_err(io)?;
         Ok(())
     }
 
@@ -311,9 +374,8 @@ impl Database {
 
     fn record(&self, id: &str) -> Result<TenantRecord> {
         self.registry()?
-            .tenants()?
-            .into_iter()
-            .find(|r| r.config.tenant_id == id && r.state == TenantState::Active)
+            .tenant(id)?
+            .filter(|r| r.state == TenantState::Active)
             .ok_or_else(|| Error::TenantNotFound {
                 tenant_id: id.to_string(),
             })
@@ -338,10 +400,18 @@ impl Database {
                 tenant_id: config.tenant_id,
             });
         }
-        let group = self.registry()?.next_id("group")?;
-        let replica = self.registry()?.next_id("replica")?;
+        let group = self.registry()?.next_id("group").await?;
+        if let Some(c) = self.cluster() {
+            let mut rec = TenantRecord::new(config.clone(), group, 0);
+            rec.replicas = c.place(self, group).await?;
+            self.registry()?.put_tenant(&rec).await?;
+            c.wait_served(self, &rec).await;
+            tracing::info!(tenant = %config.tenant_id, tier = %config.tier, group, replicas = ?rec.replicas, "tenant created");
+            return Ok(config);
+        }
+        let replica = self.registry()?.next_id("replica").await?;
         let rec = TenantRecord::new(config.clone(), group, replica);
-        self.registry()?.put_tenant(&rec)?;
+        self.registry()?.put_tenant(&rec).await?;
         if let Err(e) = self.load_tenant(&rec).await {
             // Leave nothing half-created behind.
             let _ = self.stop_shard(&config.tenant_id).await;
@@ -355,11 +425,25 @@ impl Database {
     /// A tenant's config.
     pub async fn get_tenant(&self, id: &str) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
+        if self.cluster().is_some() {
+            return Ok(self.record(id)?.config);
+        }
         Ok((*self.tenant(id)?.config()).clone())
     }
 
     /// Every tenant's config, by id.
     pub async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
+        if self.cluster().is_some() {
+            let mut v: Vec<TenantConfig> = self
+                .registry()?
+                .tenants()?
+                .into_iter()
+                .filter(|r| r.state == TenantState::Active)
+                .map(|r| r.config)
+                .collect();
+            v.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+            return Ok(v);
+        }
         let mut v: Vec<TenantConfig> = self
             .inner
             .tenants
@@ -376,12 +460,22 @@ impl Database {
     pub async fn update_tenant(&self, id: &str, update: TenantUpdate) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
         let _g = self.inner.lifecycle.lock().await;
+        if self.cluster().is_some() {
+            // Every node's reconcile loop brings its replica's config up
+            // to the record; the shard leader sets the storage limits.
+            let mut rec = self.record(id)?;
+            let new = update.apply(&self.tiers(), &rec.config)?;
+            rec.config = new.clone();
+            self.registry()?.put_tenant(&rec).await?;
+            tracing::info!(tenant = %id, enabled = new.enabled, "tenant updated");
+            return Ok(new);
+        }
         let tenant = self.tenant(id)?;
         let mut rec = self.record(id)?;
         let new = update.apply(&self.tiers(), &rec.config)?;
         let storage_changed = new.storage_limit != rec.config.storage_limit;
         rec.config = new.clone();
-        self.registry()?.put_tenant(&rec)?;
+        self.registry()?.put_tenant(&rec).await?;
         *tenant.config.write() = Arc::new(new.clone());
         tenant.limiter.update(&new);
         if storage_changed {
@@ -422,11 +516,19 @@ impl Database {
         validate_tenant_id(id)?;
         let _g = self.inner.lifecycle.lock().await;
         let mut rec = self.record(id)?;
+        if self.cluster().is_some() {
+            // Each node's reconcile loop purges its replica once the
+            // record is gone.
+            self.forget_keys_of(id).await?;
+            self.registry()?.remove_tenant(id).await?;
+            tracing::info!(tenant = %id, group = rec.group, "tenant deleted");
+            return Ok(());
+        }
         rec.state = TenantState::Deleting;
-        self.registry()?.put_tenant(&rec)?;
-        self.inner.tenants.write().remove(id);
+        self.registry()?.put_tenant(&rec).await?;
+        self.unload(id);
         self.stop_shard(id).await?;
-        self.forget_keys_of(id)?;
+        self.forget_keys_of(id).await?;
         self.purge(&rec).await
     }
 
@@ -435,14 +537,14 @@ impl Database {
     /// Adds a user to a tenant.
     pub async fn create_user(&self, tenant: &str, user: &str) -> Result<()> {
         validate_name("user_id", user, 128)?;
-        self.tenant(tenant)?;
+        self.record(tenant)?;
         if self.registry()?.user(tenant, user)?.is_some() {
             return Err(Error::AlreadyExists {
                 kind: "user".into(),
                 id: user.to_string(),
             });
         }
-        self.registry()?.put_user(&UserRecord::new(tenant, user))
+        self.registry()?.put_user(&UserRecord::new(tenant, user)).await
     }
 
     /// Removes a user from a tenant.
@@ -451,12 +553,12 @@ impl Database {
             return Err(Error::not_found("user", user));
         }
         self.revoke_keys_of(tenant, Some(user)).await?;
-        self.registry()?.remove_user(tenant, user)
+        self.registry()?.remove_user(tenant, user).await
     }
 
     /// Users of a tenant.
     pub async fn list_users(&self, tenant: &str) -> Result<Vec<String>> {
-        self.tenant(tenant)?;
+        self.record(tenant)?;
         Ok(self
             .registry()?
             .users(tenant)?

@@ -3,17 +3,24 @@
 //! synced write. Values are versioned JSON (`{"v":1,...}`).
 
 use std::path::Path;
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::Error;
+use crate::shard::ShardData;
+use crate::storage::{RegOp, CF_META};
 use crate::tenant::TenantConfig;
 
 const CF_TENANTS: &str = "tenants";
 const CF_USERS: &str = "users";
 const CF_COUNTERS: &str = "counters";
 const CF_KEYS: &str = "keys";
+const CF_NODES: &str = "nodes";
+const TABLES: [&str; 5] = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS, CF_NODES];
 const VERSION: u32 = 1;
 
 /// Lifecycle of a tenant record.
@@ -35,10 +42,39 @@ pub struct TenantRecord {
     pub config: TenantConfig,
     /// Raft group id of its shard.
     pub group: u64,
-    /// Raft node id of this node's replica.
+    /// Raft node id of this node's replica (single node).
     pub replica: u64,
     /// Lifecycle state.
     pub state: TenantState,
+    /// Cluster placement: the replicas of the shard group (empty on a
+    /// single node).
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
+}
+
+/// One replica of a tenant's shard group on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Raft node id inside the group: fresh per placement, never reused.
+    pub id: u64,
+    /// The cluster node holding it.
+    pub node: u64,
+    /// Part of the group's first membership (initialises the group);
+    /// replicas added later join as learners instead.
+    pub initial: bool,
+}
+
+/// A cluster node as the metadata group records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id (also its raft id in group 0).
+    pub id: u64,
+    /// Peer endpoint address (QUIC, mutual TLS).
+    pub peer_addr: String,
+    /// Client endpoint address.
+    pub client_addr: String,
+    /// Removed by the admin: its replicas were placed elsewhere.
+    pub removed: bool,
 }
 
 /// A user of a tenant.
@@ -54,9 +90,27 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
-/// The registry database.
+/// Where a replicated registry reads and proposes: the cluster's
+/// metadata group (group 0).
+pub trait MetaGroup: Send + Sync {
+    /// Group 0's local state (possibly behind the leader).
+    fn data(&self) -> Result<Arc<ShardData>, Error>;
+    /// Commits `ops` through group 0 (forwarded to its leader when this
+    /// node does not lead); returns the last incremented counter value.
+    fn propose(&self, ops: Vec<RegOp>) -> BoxFuture<'_, Result<u64, Error>>;
+}
+
+enum Backend {
+    /// The node's own RocksDB instance (`node/`), synced writes.
+    Local(DB),
+    /// The cluster metadata group.
+    Replicated(Arc<dyn MetaGroup>),
+}
+
+/// The registry: tenants, users, keys, nodes and counters. Local on a
+/// single node; on a cluster, the state of the metadata raft group.
 pub struct Registry {
-    db: DB,
+    backend: Backend,
 }
 
 fn st(e: impl std::fmt::Display) -> Error {
@@ -67,106 +121,204 @@ fn user_key(tenant: &str, user: &str) -> Vec<u8> {
     [tenant.as_bytes(), b"\0", user.as_bytes()].concat()
 }
 
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(st)
+}
+
+fn put(table: &str, key: impl Into<Vec<u8>>, value: Vec<u8>) -> RegOp {
+    RegOp::Put {
+        table: table.into(),
+        key: key.into(),
+        value,
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
 impl Registry {
-    /// Opens (or creates) the registry at `path`.
+    /// Opens (or creates) the local registry at `path`.
     pub fn open(path: &Path) -> Result<Registry, Error> {
         let mut o = Options::default();
         o.create_if_missing(true);
         o.create_missing_column_families(true);
-        let cfs = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS]
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = TABLES.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(Registry {
-            db: DB::open_cf_descriptors(&o, path, cfs).map_err(st)?,
+            backend: Backend::Local(DB::open_cf_descriptors(&o, path, cfs).map_err(st)?),
         })
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, Error> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| st(format!("column family {name} missing")))
+    /// A registry over the cluster's metadata group.
+    pub fn replicated(group: Arc<dyn MetaGroup>) -> Registry {
+        Registry {
+            backend: Backend::Replicated(group),
+        }
     }
 
-    fn write(&self, b: WriteBatch) -> Result<(), Error> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(b, &wo).map_err(st)
+    /// Whether this registry is the cluster's replicated one.
+    pub fn is_replicated(&self) -> bool {
+        matches!(self.backend, Backend::Replicated(_))
     }
 
-    /// Allocates the next value of a named counter (starting at 1), durably.
-    pub fn next_id(&self, name: &str) -> Result<u64, Error> {
-        let cf = self.cf(CF_COUNTERS)?;
-        let cur = match self.db.get_cf(cf, name).map_err(st)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(st)?),
-            None => 0,
-        };
-        let next = cur + 1;
-        let mut b = WriteBatch::default();
-        b.put_cf(cf, name, next.to_be_bytes());
-        self.write(b)?;
-        Ok(next)
-    }
-
-    /// Stores a tenant record.
-    pub fn put_tenant(&self, rec: &TenantRecord) -> Result<(), Error> {
-        let mut b = WriteBatch::default();
-        let json = serde_json::to_vec(rec).map_err(st)?;
-        b.put_cf(self.cf(CF_TENANTS)?, rec.config.tenant_id.as_bytes(), json);
-        self.write(b)
-    }
-
-    /// Every tenant record.
-    pub fn tenants(&self) -> Result<Vec<TenantRecord>, Error> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_TENANTS)?, IteratorMode::Start)
-        {
-            let (_, v) = item.map_err(st)?;
-            let rec: TenantRecord = serde_json::from_slice(&v).map_err(st)?;
-            if rec.v != VERSION {
-                return Err(st(format!("unknown tenant record version {}", rec.v)));
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match &self.backend {
+            Backend::Local(db) => {
+                let cf = db
+                    .cf_handle(table)
+                    .ok_or_else(|| st(format!("column family {table} missing")))?;
+                db.get_cf(cf, key).map_err(st)
             }
-            out.push(rec);
+            Backend::Replicated(g) => g.data()?.meta_raw(&RegOp::storage_key(table, key)),
+        }
+    }
+
+    /// Keys (without the prefix of the table) and values of `table`
+    /// starting with `prefix`, in key order.
+    fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut out = Vec::new();
+        match &self.backend {
+            Backend::Local(db) => {
+                let cf = db
+                    .cf_handle(table)
+                    .ok_or_else(|| st(format!("column family {table} missing")))?;
+                let it = db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward));
+                for item in it {
+                    let (k, v) = item.map_err(st)?;
+                    if !k.starts_with(prefix) {
+                        break;
+                    }
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            Backend::Replicated(g) => {
+                let base = RegOp::storage_key(table, b"");
+                let full = RegOp::storage_key(table, prefix);
+                g.data()?.store().scan_prefix(CF_META, &full, |k, v| {
+                    out.push((k[base.len()..].to_vec(), v.to_vec()));
+                    Ok(true)
+                })?;
+            }
         }
         Ok(out)
     }
 
-    /// Removes a tenant and all its users.
-    pub fn remove_tenant(&self, tenant: &str) -> Result<(), Error> {
+    /// Applies `ops` atomically and durably; returns the last incremented
+    /// counter value (0 when none).
+    async fn commit(&self, ops: Vec<RegOp>) -> Result<u64, Error> {
+        let db = match &self.backend {
+            Backend::Local(db) => db,
+            Backend::Replicated(g) => return g.propose(ops).await,
+        };
+        let cf = |t: &str| {
+            db.cf_handle(t)
+                .ok_or_else(|| st(format!("column family {t} missing")))
+        };
         let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_TENANTS)?, tenant.as_bytes());
-        let lo = user_key(tenant, "");
-        let mut hi = tenant.as_bytes().to_vec();
-        hi.push(1);
-        b.delete_range_cf(self.cf(CF_USERS)?, lo, hi);
-        self.write(b)
+        let mut last = 0;
+        for op in ops {
+            match op {
+                RegOp::Put { table, key, value } => b.put_cf(cf(&table)?, key, value),
+                RegOp::Delete { table, key } => b.delete_cf(cf(&table)?, key),
+                RegOp::DeletePrefix { table, prefix } => {
+                    b.delete_range_cf(cf(&table)?, &prefix, &prefix_end(&prefix))
+                }
+                RegOp::Increment { table, key } => {
+                    let cur = match db.get_cf(cf(&table)?, &key).map_err(st)? {
+                        Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(st)?),
+                        None => 0,
+                    };
+                    last = cur + 1;
+                    b.put_cf(cf(&table)?, key, last.to_be_bytes());
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(b, &wo).map_err(st)?;
+        Ok(last)
+    }
+
+    fn decode_all<T: DeserializeOwned>(&self, table: &str, prefix: &[u8]) -> Result<Vec<T>, Error> {
+        self.scan(table, prefix)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(st))
+            .collect()
+    }
+
+    /// Allocates the next value of a named counter (starting at 1), durably.
+    pub async fn next_id(&self, name: &str) -> Result<u64, Error> {
+        self.commit(vec![RegOp::Increment {
+            table: CF_COUNTERS.into(),
+            key: name.as_bytes().to_vec(),
+        }])
+        .await
+    }
+
+    /// Stores a tenant record.
+    pub async fn put_tenant(&self, rec: &TenantRecord) -> Result<(), Error> {
+        let op = put(CF_TENANTS, rec.config.tenant_id.as_bytes(), json(rec)?);
+        self.commit(vec![op]).await.map(drop)
+    }
+
+    /// Every tenant record.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, Error> {
+        let out: Vec<TenantRecord> = self.decode_all(CF_TENANTS, b"")?;
+        if let Some(r) = out.iter().find(|r| r.v != VERSION) {
+            return Err(st(format!("unknown tenant record version {}", r.v)));
+        }
+        Ok(out)
+    }
+
+    /// One tenant record.
+    pub fn tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, Error> {
+        match self.get(CF_TENANTS, tenant.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(st)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a tenant and all its users.
+    pub async fn remove_tenant(&self, tenant: &str) -> Result<(), Error> {
+        let ops = vec![
+            RegOp::Delete {
+                table: CF_TENANTS.into(),
+                key: tenant.as_bytes().to_vec(),
+            },
+            RegOp::DeletePrefix {
+                table: CF_USERS.into(),
+                prefix: user_key(tenant, ""),
+            },
+        ];
+        self.commit(ops).await.map(drop)
     }
 
     /// Adds a user.
-    pub fn put_user(&self, rec: &UserRecord) -> Result<(), Error> {
-        let mut b = WriteBatch::default();
-        b.put_cf(
-            self.cf(CF_USERS)?,
-            user_key(&rec.tenant_id, &rec.user_id),
-            serde_json::to_vec(rec).map_err(st)?,
-        );
-        self.write(b)
+    pub async fn put_user(&self, rec: &UserRecord) -> Result<(), Error> {
+        let op = put(CF_USERS, user_key(&rec.tenant_id, &rec.user_id), json(rec)?);
+        self.commit(vec![op]).await.map(drop)
     }
 
     /// Removes a user.
-    pub fn remove_user(&self, tenant: &str, user: &str) -> Result<(), Error> {
-        let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_USERS)?, user_key(tenant, user));
-        self.write(b)
+    pub async fn remove_user(&self, tenant: &str, user: &str) -> Result<(), Error> {
+        let op = RegOp::Delete {
+            table: CF_USERS.into(),
+            key: user_key(tenant, user),
+        };
+        self.commit(vec![op]).await.map(drop)
     }
 
     /// A user of a tenant.
     pub fn user(&self, tenant: &str, user: &str) -> Result<Option<UserRecord>, Error> {
-        match self
-            .db
-            .get_cf(self.cf(CF_USERS)?, user_key(tenant, user))
-            .map_err(st)?
-        {
+        match self.get(CF_USERS, &user_key(tenant, user))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(st)?)),
             None => Ok(None),
         }
@@ -174,58 +326,48 @@ impl Registry {
 
     /// Users of a tenant.
     pub fn users(&self, tenant: &str) -> Result<Vec<UserRecord>, Error> {
-        let mut out = Vec::new();
-        let prefix = user_key(tenant, "");
-        for item in self.db.iterator_cf(
-            self.cf(CF_USERS)?,
-            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(st)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(serde_json::from_slice(&v).map_err(st)?);
-        }
-        Ok(out)
+        self.decode_all(CF_USERS, &user_key(tenant, ""))
     }
 
     /// Stores an API key record.
-    pub fn put_key(&self, rec: &KeyRecord) -> Result<(), Error> {
-        let mut b = WriteBatch::default();
-        b.put_cf(
-            self.cf(CF_KEYS)?,
-            rec.key_id.as_bytes(),
-            serde_json::to_vec(rec).map_err(st)?,
-        );
-        self.write(b)
+    pub async fn put_key(&self, rec: &KeyRecord) -> Result<(), Error> {
+        let op = put(CF_KEYS, rec.key_id.as_bytes(), json(rec)?);
+        self.commit(vec![op]).await.map(drop)
     }
 
     /// Removes an API key record.
-    pub fn remove_key(&self, key_id: &str) -> Result<(), Error> {
-        let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_KEYS)?, key_id.as_bytes());
-        self.write(b)
+    pub async fn remove_key(&self, key_id: &str) -> Result<(), Error> {
+        let op = RegOp::Delete {
+            table: CF_KEYS.into(),
+            key: key_id.as_bytes().to_vec(),
+        };
+        self.commit(vec![op]).await.map(drop)
     }
 
     /// Every API key record.
     pub fn keys(&self) -> Result<Vec<KeyRecord>, Error> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_KEYS)?, IteratorMode::Start) {
-            let (_, v) = item.map_err(st)?;
-            out.push(serde_json::from_slice(&v).map_err(st)?);
-        }
-        Ok(out)
+        self.decode_all(CF_KEYS, b"")
+    }
+
+    /// Stores a cluster node record.
+    pub async fn put_node(&self, rec: &NodeRecord) -> Result<(), Error> {
+        let op = put(CF_NODES, rec.id.to_be_bytes(), json(rec)?);
+        self.commit(vec![op]).await.map(drop)
+    }
+
+    /// Every cluster node record, by id.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.decode_all(CF_NODES, b"")
     }
 
     /// Registry keys that mention `tenant` (the purge test uses it).
     pub fn keys_mentioning(&self, tenant: &str) -> Result<usize, Error> {
         let needle = tenant.as_bytes();
+        let mentions = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         let mut n = 0;
-        for cf in [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS] {
-            for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
-                let (k, v) = item.map_err(st)?;
-                let mentions = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-                if mentions(&k) || (cf != CF_COUNTERS && mentions(&v)) {
+        for table in TABLES {
+            for (k, v) in self.scan(table, b"")? {
+                if mentions(&k) || (table != CF_COUNTERS && mentions(&v)) {
                     n += 1;
                 }
             }
@@ -281,6 +423,7 @@ impl TenantRecord {
             group,
             replica,
             state: TenantState::Active,
+            replicas: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! cluster issue.)
 
 pub mod frame;
+pub mod peer;
 pub mod server;
 pub mod tls;
 

@@ -224,9 +224,13 @@ async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result
     match req {
         Request::Ping => return Ok(Response::Pong),
         Request::Authenticate { api_key } => {
-            let info = db.authenticate(&api_key)?;
+            let info = db.authenticate_fresh(&api_key).await?;
             let session = match (info.kind, &info.tenant_id, &info.user_id) {
-                (KeyKind::Tenant, Some(t), Some(u)) => Some(db.session(t, u).await?),
+                // On a cluster the tenant's shard may live elsewhere: each
+                // request is routed instead.
+                (KeyKind::Tenant, Some(t), Some(u)) if db.cluster().is_none() => {
+                    Some(db.session(t, u).await?)
+                }
                 _ => None,
             };
             let mut st = state.lock();
@@ -250,9 +254,9 @@ async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result
         return Ok(Response::Principal(key));
     }
     match key.kind {
+        KeyKind::Admin if db.cluster().is_some() => db.serve_admin(req, 0).await,
         KeyKind::Admin => admin(db, req).await,
         KeyKind::Tenant => {
-            let s = session.ok_or(Error::MissingTenantContext)?;
             if let Some(op) = req.operation() {
                 if let Some(allowed) = &key.operations {
                     if !allowed.contains(&op) {
@@ -262,12 +266,20 @@ async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result
                     }
                 }
             }
+            if db.cluster().is_some() {
+                let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
+                    return Err(Error::MissingTenantContext);
+                };
+                return db.serve_tenant(t, u, req, 0).await;
+            }
+            let s = session.ok_or(Error::MissingTenantContext)?;
             data(&s, req).await
         }
     }
 }
 
-async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
+/// Runs an admin request on this node.
+pub(crate) async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
     use Request::*;
     Ok(match req {
         CreateTenant(cfg) => Response::Tenant(db.create_tenant(cfg).await?),
@@ -323,6 +335,9 @@ async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::NewKey { api_key, info }
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
+        ClusterNodes | RemoveNode(_) => {
+            return Err(Error::invalid("request", "this node is not part of a cluster"))
+        }
         other => {
             return Err(denied(format!(
                 "an admin key reaches no tenant's data ({})",
@@ -332,8 +347,18 @@ async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
     })
 }
 
-async fn data(s: &Session, req: Request) -> Result<Response, Error> {
+/// Runs a tenant's data request on this node's replica.
+pub(crate) async fn data(s: &Session, req: Request) -> Result<Response, Error> {
     use Request::*;
+    if let Stale(inner) = req {
+        if matches!(*inner, Stale(_)) {
+            return Err(Error::invalid("request", "Stale cannot wrap Stale"));
+        }
+        let stale = s
+            .clone()
+            .with_consistency(crate::shard::Consistency::Stale);
+        return Box::pin(data(&stale, *inner)).await;
+    }
     Ok(match req {
         CreateCollection(spec) => {
             s.create_collection(spec).await?;

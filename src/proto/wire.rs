@@ -266,6 +266,14 @@ pub enum Request {
         /// Page size.
         limit: u32,
     },
+    /// A read served from the local state of any replica (possibly
+    /// behind the leader) instead of a linearizable read.
+    Stale(Box<Request>),
+    /// The cluster's nodes (admin).
+    ClusterNodes,
+    /// Removes a dead node from the cluster; its shard replicas are
+    /// placed again on live nodes (admin).
+    RemoveNode(u64),
 }
 
 impl Request {
@@ -284,6 +292,7 @@ impl Request {
             Query(_) | Scan { .. } => OperationType::Query,
             Search { .. } => OperationType::VectorSearch,
             Traverse(_) => OperationType::GraphTraverse,
+            Stale(inner) => return inner.operation(),
             _ => return None,
         })
     }
@@ -331,6 +340,26 @@ pub enum Response {
     Nodes(Vec<TraversedNode>),
     /// The request failed.
     Error(Error),
+    /// Cluster nodes: (id, peer address, client address, removed, leads
+    /// the metadata group).
+    ClusterNodes(Vec<ClusterNode>),
+}
+
+/// A cluster node as `ClusterNodes` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u64,
+    /// Peer address.
+    pub peer_addr: String,
+    /// Client address.
+    pub client_addr: String,
+    /// Removed from the cluster.
+    pub removed: bool,
+    /// Voter of the metadata group.
+    pub voter: bool,
+    /// Leader of the metadata group.
+    pub leader: bool,
 }
 
 #[cfg(test)]

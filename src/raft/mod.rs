@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use log_store::{LogStore, RaftLogDb};
-pub use network::{LocalOnly, NoPeer};
+pub use network::{member_node, LocalOnly, NoPeer, PeerClient, PeerNetwork};
 pub use state_machine::{ShardSnapshot, ShardStateMachine};
 pub use types::{
     io_other, Entry, LogId, ShardRaft, ShardRaftConfig, SnapshotMeta, StoredMembership, Vote,
@@ -98,6 +98,42 @@ pub async fn start_single_node_group(
     raft.wait_for_recovery(Some(std::time::Duration::from_secs(120)))
         .await
         .map_err(raft_err)?;
+    Ok(raft)
+}
+
+/// Starts (or restarts) a replica of a replicated group over the peer
+/// transport. `initial`: the group's first membership, used only when
+/// this replica's log is empty and it is one of the initial replicas
+/// (replicas added later wait for the leader instead). Does not wait
+/// for an election.
+pub async fn start_replicated_group(
+    settings: &RaftSettings,
+    replica_id: u64,
+    logs: &Arc<RaftLogDb>,
+    group: u64,
+    data: Arc<ShardData>,
+    net: Arc<crate::net::peer::PeerNet>,
+    initial: Option<BTreeMap<u64, openraft::BasicNode>>,
+) -> Result<ShardRaft, Error> {
+    let config = Arc::new(settings.to_openraft("vektagraf")?);
+    let sm = ShardStateMachine::new(data);
+    let network = PeerNetwork::new(net, group);
+    let raft = openraft::Raft::new(replica_id, config, network, logs.store(group), sm)
+        .await
+        .map_err(raft_err)?;
+    if let Some(members) = initial {
+        if !raft.is_initialized().await.map_err(raft_err)? {
+            // Every initial replica proposes the same membership at log
+            // index 0; openraft accepts that on each of them.
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(openraft::errors::RaftError::APIError(
+                    openraft::errors::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(raft_err(e)),
+            }
+        }
+    }
     Ok(raft)
 }
 

@@ -106,6 +106,18 @@ pub struct ShardArgs {
     pub slot: ShardSlot,
     /// Where requests find the running actor; the supervisor sets it.
     pub route: Arc<parking_lot::RwLock<Option<ActorRef<ShardMsg>>>>,
+    /// On a cluster: how the replica reaches the rest of its group.
+    pub cluster: Option<ReplicaNet>,
+}
+
+/// A replica's place in a replicated group.
+#[derive(Clone)]
+pub struct ReplicaNet {
+    /// The node's peer transport.
+    pub net: Arc<crate::net::peer::PeerNet>,
+    /// The group's first membership, when this replica is one of its
+    /// initial members (it then initialises an empty log with it).
+    pub initial: Option<std::collections::BTreeMap<u64, openraft::BasicNode>>,
 }
 
 /// The actor.
@@ -131,20 +143,37 @@ impl Actor for ShardActor {
     ) -> Result<ShardState, ActorProcessingErr> {
         let (env, dir) = (args.env.clone(), args.dir.clone());
         let data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir)).await??;
-        let raft = raft::start_single_node_group(
-            &args.settings,
-            args.replica,
-            &args.logs,
-            args.group,
-            data.clone(),
-        )
-        .await?;
+        let raft = match &args.cluster {
+            None => {
+                raft::start_single_node_group(
+                    &args.settings,
+                    args.replica,
+                    &args.logs,
+                    args.group,
+                    data.clone(),
+                )
+                .await?
+            }
+            Some(c) => {
+                raft::start_replicated_group(
+                    &args.settings,
+                    args.replica,
+                    &args.logs,
+                    args.group,
+                    data.clone(),
+                    c.net.clone(),
+                    c.initial.clone(),
+                )
+                .await?
+            }
+        };
         *args.slot.lock() = Some((raft.clone(), data.clone()));
         let ready = async {
             // Resume the request counters persisted through the log.
             args.limiter.restore_quota(data.quota()?);
-            // Bring the storage limits in force up to the tenant config.
-            if data.limits().as_ref() != Some(&args.storage_limits) {
+            // Bring the storage limits in force up to the tenant config
+            // (on a cluster, the leader's reconcile does it).
+            if args.cluster.is_none() && data.limits().as_ref() != Some(&args.storage_limits) {
                 propose(&raft, Command::SetLimits(args.storage_limits.clone())).await?;
             }
             Ok::<(), Error>(())
@@ -205,7 +234,10 @@ impl Actor for ShardActor {
             ShardMsg::Close(reply) => {
                 let (quota, _) = st.args.limiter.quota_snapshot();
                 let r = async {
-                    propose(&st.raft, Command::CheckpointQuota(quota)).await?;
+                    // A follower of a replicated group has no counters to keep.
+                    if st.args.cluster.is_none() || is_leader(&st.raft) {
+                        propose(&st.raft, Command::CheckpointQuota(quota)).await?;
+                    }
                     st.raft.shutdown().await.map_err(raft::raft_err)?;
                     let data = st.data.clone();
                     tokio::task::spawn_blocking(move || data.flush())
@@ -243,6 +275,12 @@ pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Er
         }),
         Err(e) => Err(raft::raft_err(e)),
     }
+}
+
+/// Whether this replica currently leads its group.
+pub fn is_leader(raft: &ShardRaft) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().state == openraft::ServerState::Leader
 }
 
 fn sole_voter_leader(raft: &ShardRaft) -> bool {

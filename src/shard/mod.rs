@@ -6,7 +6,8 @@ mod data;
 mod supervisor;
 
 pub use actor::{
-    propose, Consistency, ReadOp, ReadResult, ShardActor, ShardArgs, ShardMsg, ShardSlot,
+    is_leader, propose, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
+    ShardMsg, ShardSlot,
 };
 pub use data::{copy_dir, write_atomic, ShardData, MAX_FILTER_SCAN};
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

@@ -14,7 +14,7 @@ use crate::proto::{
 };
 use crate::tenant::{validate_name, StorageLimitConfig};
 
-use super::command::{Command, CommandResult};
+use super::command::{Command, CommandResult, RegOp};
 use super::store::{
     edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord, ObjectRecord,
     ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
@@ -620,6 +620,7 @@ pub fn apply(
             ov.flush_into(batch)?;
             CommandResult::Done(Ok(victims.len() as u64))
         }
+        Command::Registry(ops) => CommandResult::Done(Ok(apply_registry(store, ops, batch)?)),
     };
     Ok(Applied {
         result,
@@ -682,4 +683,46 @@ fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {
     }
     std::sync::Arc::make_mut(&mut ov.meta.collections).remove(name);
     Ok(0)
+}
+
+/// Applies registry changes; returns the last counter value incremented.
+fn apply_registry(store: &ShardStore, ops: &[RegOp], batch: &mut Batch<'_>) -> Result<u64, Error> {
+    let mut last = 0;
+    // Counters incremented earlier in this command are not yet in the store.
+    let mut counters: HashMap<Vec<u8>, u64> = HashMap::new();
+    for op in ops {
+        match op {
+            RegOp::Put { table, key, value } => {
+                batch.put_raw(CF_META, &RegOp::storage_key(table, key), value)?
+            }
+            RegOp::Delete { table, key } => batch.delete(CF_META, &RegOp::storage_key(table, key))?,
+            RegOp::DeletePrefix { table, prefix } => {
+                let p = RegOp::storage_key(table, prefix);
+                let mut doomed = Vec::new();
+                store.scan_prefix(CF_META, &p, |k, _| {
+                    doomed.push(k.to_vec());
+                    Ok(true)
+                })?;
+                for k in doomed {
+                    batch.delete(CF_META, &k)?;
+                }
+            }
+            RegOp::Increment { table, key } => {
+                let k = RegOp::storage_key(table, key);
+                let cur = match counters.get(&k) {
+                    Some(v) => *v,
+                    None => match store.get_raw(CF_META, &k)? {
+                        Some(b) => u64::from_be_bytes(
+                            b.as_slice().try_into().map_err(Error::storage)?,
+                        ),
+                        None => 0,
+                    },
+                };
+                last = cur + 1;
+                counters.insert(k.clone(), last);
+                batch.put_raw(CF_META, &k, &last.to_be_bytes())?;
+            }
+        }
+    }
+    Ok(last)
 }

@@ -39,6 +39,53 @@ pub enum Command {
         /// Most objects deleted by this command.
         max: u32,
     },
+    /// Cluster metadata (group 0 only): changes to the replicated registry,
+    /// applied all together.
+    Registry(Vec<RegOp>),
+}
+
+/// One change to the replicated registry. Keys live in the state
+/// machine's `meta` column family under `r/<table>/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RegOp {
+    /// Sets a key.
+    Put {
+        /// Table (the local registry's column family).
+        table: String,
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Removes a key.
+    Delete {
+        /// Table.
+        table: String,
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Removes every key starting with `prefix`.
+    DeletePrefix {
+        /// Table.
+        table: String,
+        /// Prefix.
+        prefix: Vec<u8>,
+    },
+    /// Increments a big-endian `u64` counter (absent: 0); the command's
+    /// result is the new value.
+    Increment {
+        /// Table.
+        table: String,
+        /// Key.
+        key: Vec<u8>,
+    },
+}
+
+impl RegOp {
+    /// The state machine key of `table`/`key`.
+    pub fn storage_key(table: &str, key: &[u8]) -> Vec<u8> {
+        [b"r/", table.as_bytes(), b"/", key].concat()
+    }
 }
 
 impl fmt::Display for Command {
@@ -59,6 +106,7 @@ impl fmt::Display for Command {
                 write!(f, "checkpoint_quota(day {} = {})", q.day, q.daily)
             }
             Command::PurgeOlderThan { cutoff_ms, .. } => write!(f, "purge_older_than({cutoff_ms})"),
+            Command::Registry(ops) => write!(f, "registry({} ops)", ops.len()),
         }
     }
 }

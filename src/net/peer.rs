@@ -1,0 +1,747 @@
+//! The peer transport: QUIC between cluster nodes, with mutual TLS from the
+//! cluster CA.
+//!
+//! - Each node runs one quinn endpoint (ALPN `vektagraf-peer/1`) that both
+//!   accepts and dials. A dialer checks the server certificate against
+//!   `node-<target>`; the first stream of a connection is a `Hello`
+//!   naming the dialer, whose client certificate must be valid for
+//!   `node-<id>`. A certificate from another CA fails the handshake.
+//! - One connection per pair of nodes carries every raft group's messages
+//!   (each tagged with its group) and forwarded requests: an accepted
+//!   connection is also used for calls back to its dialer.
+//! - One message and its answer per bidirectional stream. Frames are a
+//!   `u32` length and a bincode payload, at most
+//!   [`PEER_MAX_FRAME`](crate::codec::MAX_DECODE_BYTES) bytes.
+//! - Snapshots stream: a header naming the files, then their bytes, in
+//!   1 MiB pieces, straight into a staging directory on the receiver.
+//! - Dials time out after [`CONNECT_TIMEOUT`]; failed dials back off
+//!   exponentially up to [`MAX_BACKOFF`]. A [`FaultFilter`] can drop or
+//!   delay messages to chosen nodes (for fault tests on one machine).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::codec;
+use crate::db::NodeRecord;
+use crate::proto::wire::{Request, Response};
+use crate::proto::Error;
+use crate::raft::{ShardRaftConfig as C, SnapshotMeta, Vote};
+use crate::storage::RegOp;
+
+use super::tls::{self, Identity};
+
+/// ALPN of the peer protocol.
+pub const PEER_ALPN: &[u8] = b"vektagraf-peer/1";
+/// Largest peer frame.
+pub const PEER_MAX_FRAME: usize = codec::MAX_DECODE_BYTES;
+/// Longest wait for a QUIC handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between two dials of an unreachable node.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Streams in flight per peer connection.
+const MAX_PEER_STREAMS: u32 = 4096;
+const CHUNK: usize = 1 << 20;
+
+/// A message to a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// First stream of a connection: the dialer's node id.
+    Hello {
+        /// Node id (checked against the client certificate).
+        node: u64,
+    },
+    /// Raft AppendEntries for a group.
+    Append {
+        /// Group.
+        group: u64,
+        /// The RPC.
+        rpc: openraft::raft::AppendEntriesRequest<C>,
+    },
+    /// Raft RequestVote.
+    Vote {
+        /// Group.
+        group: u64,
+        /// The RPC.
+        rpc: openraft::raft::VoteRequest<C>,
+    },
+    /// Raft pre-vote.
+    PreVote {
+        /// Group.
+        group: u64,
+        /// The RPC.
+        rpc: openraft::raft::VoteRequest<C>,
+    },
+    /// A full snapshot follows on the stream: these files, in order.
+    Snapshot {
+        /// Group.
+        group: u64,
+        /// The leader's vote.
+        vote: Vote,
+        /// Snapshot meta.
+        meta: SnapshotMeta,
+        /// Relative paths and sizes.
+        files: Vec<(String, u64)>,
+    },
+    /// A client request forwarded to the node serving a tenant's shard.
+    Forward {
+        /// Tenant.
+        tenant: String,
+        /// User.
+        user: String,
+        /// Forwarding hops so far (bounded).
+        hops: u8,
+        /// The request (`Request::Stale` for a read from any replica).
+        request: Request,
+    },
+    /// An admin request forwarded to the metadata group's leader, with
+    /// its hop count.
+    Admin(Request, u8),
+    /// Registry changes proposed to the metadata group's leader.
+    Registry(Vec<RegOp>),
+    /// A node asks to join the cluster.
+    Join(NodeRecord),
+}
+
+/// A peer's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Hello accepted.
+    Welcome,
+    /// AppendEntries.
+    Append(Result<openraft::raft::AppendEntriesResponse<C>, openraft::errors::RaftError<C>>),
+    /// Vote or pre-vote.
+    Vote(Result<openraft::raft::VoteResponse<C>, openraft::errors::RaftError<C>>),
+    /// Snapshot installed (or refused).
+    Snapshot(Result<openraft::raft::SnapshotResponse<C>, openraft::errors::Fatal<C>>),
+    /// A forwarded request's response.
+    Reply(Result<Response, Error>),
+    /// A registry change: the last counter value.
+    Counter(Result<u64, Error>),
+    /// Join result: the cluster's node records.
+    Joined(Result<Vec<NodeRecord>, Error>),
+    /// The message could not be served here.
+    Failed(Error),
+}
+
+/// Why a peer call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No connection (dial failed, or backing off after a failure).
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable {
+        /// Target.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("node {node} did not answer within {after:?}")]
+    Timeout {
+        /// Target.
+        node: u64,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The stream broke or carried garbage.
+    #[error("peer stream to node {node}: {reason}")]
+    Stream {
+        /// Target.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<PeerError> for Error {
+    fn from(e: PeerError) -> Self {
+        Error::Unavailable {
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// What a node serves to its peers.
+pub trait PeerService: Send + Sync + 'static {
+    /// Answers one message from node `from`.
+    fn handle(&self, from: u64, req: PeerRequest) -> BoxFuture<'static, PeerResponse>;
+    /// A fresh, empty directory to receive a snapshot of `group` into.
+    fn snapshot_staging(&self, group: u64) -> Result<PathBuf, Error>;
+    /// Installs a received snapshot (its files are in `dir`).
+    fn install_snapshot(
+        &self,
+        group: u64,
+        vote: Vote,
+        meta: SnapshotMeta,
+        dir: PathBuf,
+    ) -> BoxFuture<'static, PeerResponse>;
+}
+
+/// Drops or delays messages to chosen nodes: fault injection for tests
+/// that cannot use network namespaces. Empty by default.
+#[derive(Debug, Default)]
+pub struct FaultFilter {
+    dropped: RwLock<HashSet<u64>>,
+    delay: RwLock<HashMap<u64, Duration>>,
+}
+
+impl FaultFilter {
+    /// Drops every message to `node` (true) or stops dropping (false).
+    pub fn set_dropped(&self, node: u64, dropped: bool) {
+        if dropped {
+            self.dropped.write().insert(node);
+        } else {
+            self.dropped.write().remove(&node);
+        }
+    }
+
+    /// Delays every message to `node` by `d` (zero: no delay).
+    pub fn set_delay(&self, node: u64, d: Duration) {
+        if d.is_zero() {
+            self.delay.write().remove(&node);
+        } else {
+            self.delay.write().insert(node, d);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// Earliest next dial and the current backoff.
+    backoff: Mutex<Option<(Instant, Duration)>>,
+}
+
+/// The node's peer endpoint and its connections.
+pub struct PeerNet {
+    me: u64,
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    addrs: RwLock<HashMap<u64, SocketAddr>>,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    service: RwLock<Option<Arc<dyn PeerService>>>,
+    /// Fault injection.
+    pub faults: FaultFilter,
+}
+
+fn tls_config_err(e: impl std::fmt::Display) -> Error {
+    Error::InvalidConfig {
+        key: "cluster.tls".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// The node name a certificate must carry.
+pub fn node_name(id: u64) -> String {
+    format!("node-{id}")
+}
+
+/// Whether a DER certificate is valid for `node-<id>` (its SANs).
+pub fn cert_names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(node_name(id)) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+fn transport() -> Result<quinn::TransportConfig, Error> {
+    let mut t = tls::transport(Duration::from_secs(10), Some(Duration::from_secs(2)), MAX_PEER_STREAMS)?;
+    t.max_concurrent_uni_streams(0u32.into());
+    Ok(t)
+}
+
+impl PeerNet {
+    /// Binds the peer endpoint. `ca`: the cluster CA; `identity`: this
+    /// node's certificate (SAN `node-<me>`) and key.
+    pub fn bind(
+        me: u64,
+        listen: SocketAddr,
+        ca: &[CertificateDer<'static>],
+        identity: &Identity,
+    ) -> Result<Arc<PeerNet>, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca {
+            roots.add(c.clone()).map_err(tls_config_err)?;
+        }
+        let roots = Arc::new(roots);
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), tls::provider())
+                .build()
+                .map_err(tls_config_err)?;
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_config_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(tls_config_err)?;
+        server_tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(tls_config_err)?,
+        ));
+        server.transport_config(Arc::new(transport()?));
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_config_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(tls_config_err)?;
+        client_tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+                .map_err(tls_config_err)?,
+        ));
+        client.transport_config(Arc::new(transport()?));
+        let endpoint = Endpoint::server(server, listen).map_err(|e| Error::InvalidConfig {
+            key: "cluster.peer_listen".into(),
+            reason: format!("cannot bind {listen}: {e}"),
+        })?;
+        Ok(Arc::new(PeerNet {
+            me,
+            endpoint,
+            client,
+            addrs: RwLock::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            service: RwLock::new(None),
+            faults: FaultFilter::default(),
+        }))
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.endpoint.local_addr().map_err(Error::storage)
+    }
+
+    /// Sets (or changes) the address of a node.
+    pub fn set_addr(&self, node: u64, addr: SocketAddr) {
+        let old = self.addrs.write().insert(node, addr);
+        if old.is_some() && old != Some(addr) {
+            // A moved node: drop the old connection.
+            self.slots.lock().remove(&node);
+        }
+    }
+
+    /// The known address of a node.
+    pub fn addr(&self, node: u64) -> Option<SocketAddr> {
+        self.addrs.read().get(&node).copied()
+    }
+
+    /// Starts accepting connections, serving them with `service`.
+    pub fn serve(self: &Arc<Self>, service: Arc<dyn PeerService>) {
+        *self.service.write() = Some(service);
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = me.endpoint.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => me.accepted(conn).await,
+                        Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
+                    }
+                });
+            }
+        });
+    }
+
+    /// Closes the endpoint.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    async fn accepted(self: Arc<Self>, conn: Connection) {
+        let remote = conn.remote_address();
+        // The first stream names the dialer; its certificate must agree.
+        let from = match tokio::time::timeout(CONNECT_TIMEOUT, conn.accept_bi()).await {
+            Ok(Ok((mut send, mut recv))) => {
+                let hello: Result<PeerRequest, _> = read_msg(&mut recv).await;
+                let Ok(PeerRequest::Hello { node }) = hello else {
+                    conn.close(1u32.into(), b"expected hello");
+                    return;
+                };
+                let certified = conn
+                    .peer_identity()
+                    .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+                    .and_then(|chain| chain.first().map(|c| cert_names_node(c, node)))
+                    .unwrap_or(false);
+                if !certified {
+                    tracing::warn!(%remote, claimed = node, "peer certificate does not name the node it claims; refused");
+                    let _ = write_msg(&mut send, &PeerResponse::Failed(Error::Unauthenticated {
+                        reason: format!("certificate is not valid for {}", node_name(node)),
+                    }))
+                    .await;
+                    conn.close(2u32.into(), b"certificate does not match node id");
+                    return;
+                }
+                if write_msg(&mut send, &PeerResponse::Welcome).await.is_err() {
+                    return;
+                }
+                node
+            }
+            _ => return,
+        };
+        tracing::debug!(%remote, node = from, "peer connected");
+        // Calls back to this node may use this connection.
+        let slot = self.slot(from);
+        {
+            let mut c = slot.conn.lock().await;
+            if c.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+                *c = Some(conn.clone());
+            }
+        }
+        self.serve_streams(from, conn).await;
+    }
+
+    async fn serve_streams(self: Arc<Self>, from: u64, conn: Connection) {
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let Some(service) = self.service.read().clone() else {
+                return;
+            };
+            tokio::spawn(serve_stream(service, from, send, recv));
+        }
+    }
+
+    fn slot(&self, node: u64) -> Arc<Slot> {
+        self.slots.lock().entry(node).or_default().clone()
+    }
+
+    async fn connection(self: &Arc<Self>, node: u64) -> Result<Connection, PeerError> {
+        let slot = self.slot(node);
+        let mut guard = slot.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        if let Some((next, _)) = *slot.backoff.lock() {
+            if Instant::now() < next {
+                return Err(PeerError::Unreachable {
+                    node,
+                    reason: "backing off after a failed dial".into(),
+                });
+            }
+        }
+        let r = self.dial(node).await;
+        match r {
+            Ok(c) => {
+                *slot.backoff.lock() = None;
+                *guard = Some(c.clone());
+                let me = self.clone();
+                let serve = c.clone();
+                tokio::spawn(async move { me.serve_streams(node, serve).await });
+                Ok(c)
+            }
+            Err(e) => {
+                let mut b = slot.backoff.lock();
+                let delay = b
+                    .map(|(_, d)| (d * 2).min(MAX_BACKOFF))
+                    .unwrap_or(Duration::from_millis(50));
+                *b = Some((Instant::now() + delay, delay));
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(&self, node: u64) -> Result<Connection, PeerError> {
+        let unreachable = |reason: String| PeerError::Unreachable { node, reason };
+        let addr = self
+            .addr(node)
+            .ok_or_else(|| unreachable("no known address".into()))?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, &node_name(node))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unreachable(format!("handshake with {addr} timed out")))?
+            .map_err(|e| unreachable(format!("{addr}: {e}")))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        write_msg(&mut send, &PeerRequest::Hello { node: self.me })
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = send.finish();
+        match tokio::time::timeout(CONNECT_TIMEOUT, read_msg::<PeerResponse>(&mut recv)).await {
+            Ok(Ok(PeerResponse::Welcome)) => Ok(conn),
+            Ok(Ok(other)) => Err(unreachable(format!("hello refused: {other:?}"))),
+            Ok(Err(e)) => Err(unreachable(format!("hello: {e}"))),
+            Err(_) => Err(unreachable("hello timed out".into())),
+        }
+    }
+
+    async fn faulted(&self, node: u64) -> Result<(), PeerError> {
+        if self.faults.dropped.read().contains(&node) {
+            return Err(PeerError::Unreachable {
+                node,
+                reason: "dropped by the fault filter".into(),
+            });
+        }
+        let delay = self.faults.delay.read().get(&node).copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        Ok(())
+    }
+
+    /// Sends one message and waits for its answer, at most `timeout`.
+    pub async fn call(
+        self: &Arc<Self>,
+        node: u64,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        self.faulted(node).await?;
+        let stream_err = |reason: String| PeerError::Stream { node, reason };
+        let fut = async {
+            let conn = self.connection(node).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+            write_msg(&mut send, req).await.map_err(stream_err)?;
+            let _ = send.finish();
+            read_msg::<PeerResponse>(&mut recv).await.map_err(stream_err)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| PeerError::Timeout {
+                node,
+                after: timeout,
+            })?
+    }
+
+    /// Sends one message over a one-off connection to an address whose
+    /// node id is not known yet (joining): the certificate must come from
+    /// the cluster CA and name the address's IP.
+    pub async fn call_addr(
+        &self,
+        addr: SocketAddr,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let err = |reason: String| PeerError::Unreachable { node: 0, reason };
+        let fut = async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.client.clone(), addr, &addr.ip().to_string())
+                .map_err(|e| err(e.to_string()))?;
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| err(format!("handshake with {addr} timed out")))?
+                .map_err(|e| err(format!("{addr}: {e}")))?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+            write_msg(&mut send, &PeerRequest::Hello { node: self.me }).await.map_err(err)?;
+            let _ = send.finish();
+            match read_msg::<PeerResponse>(&mut recv).await.map_err(err)? {
+                PeerResponse::Welcome => {}
+                other => return Err(err(format!("hello refused: {other:?}"))),
+            }
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+            write_msg(&mut send, req).await.map_err(err)?;
+            let _ = send.finish();
+            let r = read_msg::<PeerResponse>(&mut recv).await.map_err(err);
+            conn.close(0u32.into(), b"done");
+            r
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| PeerError::Timeout {
+                node: 0,
+                after: timeout,
+            })?
+    }
+
+    /// Streams the snapshot in `dir` (every file, recursively) to `node`
+    /// and waits for it to be installed.
+    pub async fn send_snapshot(
+        self: &Arc<Self>,
+        node: u64,
+        group: u64,
+        vote: Vote,
+        meta: SnapshotMeta,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        self.faulted(node).await?;
+        let stream_err = |reason: String| PeerError::Stream { node, reason };
+        let files = list_files(dir).map_err(|e| stream_err(e.to_string()))?;
+        let fut = async {
+            let conn = self.connection(node).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+            let header = PeerRequest::Snapshot {
+                group,
+                vote,
+                meta,
+                files: files.clone(),
+            };
+            write_msg(&mut send, &header).await.map_err(stream_err)?;
+            let mut buf = vec![0u8; CHUNK];
+            for (name, len) in &files {
+                let mut f = tokio::fs::File::open(dir.join(name))
+                    .await
+                    .map_err(|e| stream_err(e.to_string()))?;
+                let mut left = *len;
+                while left > 0 {
+                    let n = (left as usize).min(CHUNK);
+                    tokio::io::AsyncReadExt::read_exact(&mut f, &mut buf[..n])
+                        .await
+                        .map_err(|e| stream_err(format!("{name}: {e}")))?;
+                    send.write_all(&buf[..n]).await.map_err(|e| stream_err(e.to_string()))?;
+                    left -= n as u64;
+                }
+            }
+            let _ = send.finish();
+            read_msg::<PeerResponse>(&mut recv).await.map_err(stream_err)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| PeerError::Timeout {
+                node,
+                after: timeout,
+            })?
+    }
+}
+
+/// Every regular file under `dir`, as (relative path, size), sorted.
+fn list_files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(dir.join(&rel))? {
+            let e = e?;
+            let path = rel.join(e.file_name());
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                out.push((path.to_string_lossy().into_owned(), e.metadata()?.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A relative path that stays inside its directory.
+fn safe_relative(name: &str) -> bool {
+    let p = Path::new(name);
+    !name.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+async fn serve_stream(
+    service: Arc<dyn PeerService>,
+    from: u64,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let resp = match read_msg::<PeerRequest>(&mut recv).await {
+        Ok(PeerRequest::Snapshot {
+            group,
+            vote,
+            meta,
+            files,
+        }) => match receive_files(&*service, group, &files, &mut recv).await {
+            Ok(dir) => {
+                let r = service.install_snapshot(group, vote, meta, dir.clone()).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                r
+            }
+            Err(e) => PeerResponse::Failed(e),
+        },
+        Ok(req) => service.handle(from, req).await,
+        Err(e) => PeerResponse::Failed(Error::Protocol { reason: e }),
+    };
+    if write_msg(&mut send, &resp).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn receive_files(
+    service: &dyn PeerService,
+    group: u64,
+    files: &[(String, u64)],
+    recv: &mut RecvStream,
+) -> Result<PathBuf, Error> {
+    let dir = service.snapshot_staging(group)?;
+    let proto = |reason: String| Error::Protocol { reason };
+    let mut buf = vec![0u8; CHUNK];
+    for (name, len) in files {
+        if !safe_relative(name) {
+            return Err(proto(format!("snapshot file name {name:?} is not a plain relative path")));
+        }
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(Error::storage)?;
+        }
+        let mut f = tokio::fs::File::create(&path).await.map_err(Error::storage)?;
+        let mut left = *len;
+        while left > 0 {
+            let n = (left as usize).min(CHUNK);
+            recv.read_exact(&mut buf[..n])
+                .await
+                .map_err(|e| proto(format!("snapshot stream ended inside {name}: {e}")))?;
+            f.write_all(&buf[..n]).await.map_err(Error::storage)?;
+            left -= n as u64;
+        }
+        f.sync_all().await.map_err(Error::storage)?;
+    }
+    Ok(dir)
+}
+
+/// Writes one length-prefixed message.
+async fn write_msg<T: Serialize>(send: &mut SendStream, v: &T) -> Result<(), String> {
+    let body = codec::encode(v).map_err(|e| e.to_string())?;
+    if body.len() > PEER_MAX_FRAME {
+        return Err(format!("message of {} bytes exceeds the peer frame limit", body.len()));
+    }
+    let len = (body.len() as u32).to_be_bytes();
+    send.write_all(&len).await.map_err(|e| e.to_string())?;
+    send.write_all(&body).await.map_err(|e| e.to_string())
+}
+
+/// Reads one length-prefixed message (length checked before allocating).
+async fn read_msg<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, String> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+    let n = u32::from_be_bytes(prefix) as usize;
+    if n > PEER_MAX_FRAME {
+        return Err(format!("peer frame of {n} bytes exceeds the limit"));
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    codec::decode(&body).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_file_names_must_stay_inside() {
+        assert!(safe_relative("db/000012.sst"));
+        assert!(safe_relative("meta.bin"));
+        assert!(!safe_relative("../etc/passwd"));
+        assert!(!safe_relative("/etc/passwd"));
+        assert!(!safe_relative("db/../../x"));
+        assert!(!safe_relative(""));
+    }
+}
