@@ -3,7 +3,7 @@
 #
 # Topology for `create PREFIX N`:
 #
-#   ${PREFIX}hub   : bridge "br0" + one veth end "p<i>" per node (no IPs)
+#   ${PREFIX}hub   : bridge "br0" (IP .254, for the test's clients) + one veth end "p<i>" per node
 #   ${PREFIX}<i>   : "lo" up, veth end "eth0" with ${VK_SUBNET}.<i>/24,
 #                    nftables table `inet vkfault` (chains input/output,
 #                    filter hooks, policy accept) for fault rules.
@@ -149,6 +149,9 @@ cmd_create() {
     ip netns exec "$hub" sh -c \
         'for f in /proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/bridge/bridge-nf-call-ip6tables /proc/sys/net/bridge/bridge-nf-call-arptables; do [ -w "$f" ] && echo 0 > "$f"; done; exit 0'
     ip -n "$hub" link set br0 up
+    # The test's clients live in the hub: it gets the .254 address, so a
+    # socket bound there reaches every node (cuts only affect node pairs).
+    ip -n "$hub" addr add "${VK_SUBNET:-10.99.0}.254/24" dev br0
 
     for (( i = 1; i <= n; i++ )); do
         ns="${prefix}${i}"

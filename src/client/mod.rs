@@ -109,8 +109,22 @@ fn unexpected(r: Response) -> Error {
 impl Client {
     /// Connects to the first reachable address and authenticates.
     pub async fn connect(opts: ClientOptions) -> Result<Client> {
-        let mut endpoint =
+        let endpoint =
             Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(unavailable)?;
+        Self::connect_with(opts, endpoint).await
+    }
+
+    /// Like [`connect`](Self::connect), over an already bound UDP socket
+    /// (for example one bound inside another network namespace).
+    pub async fn connect_on(opts: ClientOptions, socket: std::net::UdpSocket) -> Result<Client> {
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| unavailable("no async runtime for the QUIC endpoint"))?;
+        let endpoint = Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(unavailable)?;
+        Self::connect_with(opts, endpoint).await
+    }
+
+    async fn connect_with(opts: ClientOptions, mut endpoint: Endpoint) -> Result<Client> {
         let transport =
             tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
         endpoint.set_default_client_config(tls::client_config(&opts.trust, ALPN, transport)?);
@@ -368,6 +382,14 @@ impl Client {
     pub async fn cluster_nodes(&self) -> Result<Vec<crate::proto::wire::ClusterNode>> {
         match self.call(Request::ClusterNodes).await? {
             Response::ClusterNodes(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Where a tenant's shard group runs and who leads it (admin key).
+    pub async fn shard_info(&self, tenant: &str) -> Result<crate::proto::wire::ShardInfo> {
+        match self.call(Request::ShardInfo(tenant.into())).await? {
+            Response::ShardInfo(i) => Ok(i),
             other => Err(unexpected(other)),
         }
     }

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 
 use crate::net::peer::{PeerNet, PeerRequest, PeerResponse, PeerService};
 use crate::net::tls;
-use crate::proto::wire::{ClusterNode, Request, Response};
+use crate::proto::wire::{ClusterNode, Request, Response, ShardInfo};
 use crate::proto::{Error, Result};
 use crate::raft::{self, ShardRaft, ShardSnapshot, SnapshotMeta, Vote};
 use crate::shard::{is_leader, ReplicaNet, ShardData};
@@ -650,7 +650,7 @@ impl Database {
         let target = match &req {
             Request::ClusterNodes => return self.cluster_nodes().map(Response::ClusterNodes),
             Request::ListKeys(_) => None,
-            Request::Usage(Some(t)) => match self.route(t, true).await? {
+            Request::Usage(Some(t)) | Request::ShardInfo(t) => match self.route(t, true).await? {
                 Route::Local => None,
                 Route::Remote(n) => Some(n),
             },
@@ -681,6 +681,7 @@ impl Database {
                     self.remove_node(id).await?;
                     Ok(Response::Ok)
                 }
+                Request::ShardInfo(t) => self.shard_info(&t).map(Response::ShardInfo),
                 req => crate::net::server::admin(self, req).await,
             },
             Some(node) => {
@@ -694,6 +695,26 @@ impl Database {
                 }
             }
         }
+    }
+
+    fn shard_info(&self, tenant: &str) -> Result<ShardInfo> {
+        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let t = self.tenant(tenant)?;
+        let raft = t.raft().ok_or_else(|| unavailable("replica not running"))?;
+        let (leader, voters) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_leader, m.membership_config.membership().voter_ids().collect())
+        };
+        let replicas: Vec<(u64, u64)> = t.replicas.read().iter().map(|r| (r.id, r.node)).collect();
+        Ok(ShardInfo {
+            tenant_id: tenant.to_string(),
+            group: t.group,
+            leader_node: leader.and_then(|l| replicas.iter().find(|r| r.0 == l).map(|r| r.1)),
+            replicas,
+            voters,
+            answered_by: c.me.id,
+        })
     }
 
     fn cluster_nodes(&self) -> Result<Vec<ClusterNode>> {

@@ -335,7 +335,7 @@ pub(crate) async fn admin(db: &Database, req: Request) -> Result<Response, Error
             Response::NewKey { api_key, info }
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
-        ClusterNodes | RemoveNode(_) => {
+        ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
             return Err(Error::invalid("request", "this node is not part of a cluster"))
         }
         other => {

@@ -274,6 +274,8 @@ pub enum Request {
     /// Removes a dead node from the cluster; its shard replicas are
     /// placed again on live nodes (admin).
     RemoveNode(u64),
+    /// Where a tenant's shard group runs and who leads it (admin).
+    ShardInfo(String),
 }
 
 impl Request {
@@ -343,6 +345,25 @@ pub enum Response {
     /// Cluster nodes: (id, peer address, client address, removed, leads
     /// the metadata group).
     ClusterNodes(Vec<ClusterNode>),
+    /// A tenant shard group's placement.
+    ShardInfo(ShardInfo),
+}
+
+/// A tenant shard group's placement, as one of its replicas sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Raft group.
+    pub group: u64,
+    /// (replica id, node id) of each replica.
+    pub replicas: Vec<(u64, u64)>,
+    /// Node of the current leader, if known.
+    pub leader_node: Option<u64>,
+    /// Voters of the group's current membership (replica ids).
+    pub voters: Vec<u64>,
+    /// The node that answered.
+    pub answered_by: u64,
 }
 
 /// A cluster node as `ClusterNodes` reports it.

@@ -1,0 +1,624 @@
+//! Cluster fault tests: real `vektagraf serve` processes, each in its own
+//! network namespace (`netns.sh`), faults by kill -9 and nftables cuts.
+//! After each fault the tests check that no acknowledged write is lost
+//! and that every key's read/write history is linearizable (`lincheck`).
+//!
+//! Needs root (namespaces); run through `scripts/test.sh`. The tests run
+//! one at a time (a lock), each with its own namespaces and directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "lincheck.rs"]
+mod lincheck;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lincheck::{Op, OpKind};
+use vektagraf::client::{Client, ClientOptions};
+use vektagraf::proto::wire::KeyKind;
+use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject};
+use vektagraf::{TenantConfig, Tiers};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const NETNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster-tests/netns.sh");
+const BIN: &str = env!("CARGO_BIN_EXE_vektagraf");
+const CLIENT_PORT: u16 = 7687;
+const PEER_PORT: u16 = 7787;
+
+fn netns(args: &[&str]) {
+    let out = Command::new(NETNS).args(args).output().expect("netns.sh");
+    assert!(
+        out.status.success(),
+        "netns.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` with the calling thread inside network namespace `name`.
+fn in_netns<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let orig = File::open("/proc/thread-self/ns/net").expect("own netns");
+    let target = File::open(format!("/var/run/netns/{name}")).expect("target netns");
+    // SAFETY: setns on valid namespace fds; only this thread changes.
+    unsafe {
+        assert_eq!(libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET), 0);
+    }
+    let r = f();
+    // SAFETY: as above, back to where the thread was.
+    unsafe {
+        assert_eq!(libc::setns(orig.as_raw_fd(), libc::CLONE_NEWNET), 0);
+    }
+    r
+}
+
+/// N real nodes in namespaces `<prefix>1..N`, clients in `<prefix>hub`.
+struct TestCluster {
+    prefix: String,
+    n: usize,
+    dir: PathBuf,
+    nodes: Vec<Option<Child>>,
+    starts: Vec<usize>,
+    admin_key: String,
+}
+
+impl TestCluster {
+    fn ip(i: usize) -> String {
+        format!("10.99.0.{i}")
+    }
+
+    fn client_addr(i: usize) -> SocketAddr {
+        format!("{}:{CLIENT_PORT}", Self::ip(i)).parse().unwrap()
+    }
+
+    /// Creates namespaces and certificates for `capacity` nodes and starts
+    /// the first `n` (node 1 bootstraps, the rest join).
+    async fn start(name: &str, n: usize, capacity: usize) -> TestCluster {
+        let prefix = format!("vk{}{name}x", std::process::id() % 10_000);
+        netns(&["create", &prefix, &capacity.to_string()]);
+        let dir = PathBuf::from(format!("/var/tmp/vektagraf-cluster-tests/{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ids: Vec<String> = (1..=capacity).map(|i| i.to_string()).collect();
+        let hosts: Vec<String> = (1..=capacity).map(Self::ip).collect();
+        let st = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(dir.join("certs"))
+            .args(["--nodes", &ids.join(","), "--hosts", &hosts.join(",")])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for i in 1..=capacity {
+            let c = dir.join("certs");
+            let join = if i == 1 {
+                String::new()
+            } else {
+                format!("\"{}:{PEER_PORT}\"", Self::ip(1))
+            };
+            let toml = format!(
+                "[node]\ndata_dir = \"{d}/node-{i}\"\n\
+                 [limits]\nquota_checkpoint_ms = 500\n\
+                 [raft]\nheartbeat_ms = 200\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n\
+                 [server]\nlisten = \"{ip}:{CLIENT_PORT}\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\n\
+                 [cluster]\nenabled = true\nnode_id = {i}\npeer_listen = \"{ip}:{PEER_PORT}\"\n\
+                 ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n",
+                d = dir.display(),
+                c = c.display(),
+                ip = Self::ip(i),
+            );
+            std::fs::write(dir.join(format!("node-{i}.toml")), toml).unwrap();
+        }
+        let mut c = TestCluster {
+            prefix,
+            n: capacity,
+            dir,
+            nodes: (0..capacity).map(|_| None).collect(),
+            starts: vec![0; capacity],
+            admin_key: String::new(),
+        };
+        for i in 1..=n {
+            c.spawn(i).await;
+        }
+        c.admin_key = std::fs::read_to_string(c.dir.join("node-1/admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        c
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{i}.{}.log", self.starts[i - 1]))
+    }
+
+    /// Starts node `i` and waits until it serves clients.
+    async fn spawn(&mut self, i: usize) {
+        self.starts[i - 1] += 1;
+        let log = self.log(i);
+        let f = File::create(&log).unwrap();
+        let child = Command::new(NETNS)
+            .args(["exec", &self.prefix, &i.to_string(), BIN, "serve", "--config"])
+            .arg(self.dir.join(format!("node-{i}.toml")))
+            .env("RUST_LOG", "info,openraft=warn,quinn=warn")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        self.nodes[i - 1] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on") {
+                return;
+            }
+            if let Some(c) = self.nodes[i - 1].as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("node {i} exited ({st}):\n{text}");
+                }
+            }
+            assert!(Instant::now() < deadline, "node {i} did not start:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// kill -9 of node `i` (by its PID).
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn client(&self, node: usize, key: &str) -> Client {
+        let socket = in_netns(&format!("{}hub", self.prefix), || {
+            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+        });
+        socket.set_nonblocking(true).unwrap();
+        let mut opts =
+            ClientOptions::new(vec![Self::client_addr(node)], key, &self.dir.join("certs/ca.crt"))
+                .unwrap();
+        opts.request_timeout = Duration::from_secs(8);
+        opts.max_retries = 5;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect_on(opts.clone(), socket.try_clone().unwrap()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("client to node {node}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => panic!("client to node {node}: {e}"),
+            }
+        }
+    }
+
+    async fn admin(&self, node: usize) -> Client {
+        self.client(node, &self.admin_key.clone()).await
+    }
+
+    /// A tenant with a user, a key, and collection `kv`; returns the key.
+    async fn tenant(&self, id: &str, cfg: Option<TenantConfig>) -> String {
+        let admin = self.admin(1).await;
+        let cfg = cfg.unwrap_or_else(|| roomy(id));
+        admin.create_tenant(cfg).await.unwrap();
+        admin.create_user(id, "u").await.unwrap();
+        let (key, _) = admin
+            .create_key(KeyKind::Tenant, Some(id), Some("u"), None)
+            .await
+            .unwrap();
+        let c = self.client(2, &key).await;
+        retry(|| c.create_collection(CollectionSpec::plain("kv"))).await;
+        key
+    }
+
+    async fn shard_leader(&self, tenant: &str, via: usize) -> usize {
+        let admin = self.admin(via).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(info) = admin.shard_info(tenant).await {
+                if let Some(l) = info.leader_node {
+                    return l as usize;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader for {tenant}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 1..=self.n {
+            self.kill(i);
+        }
+        let _ = Command::new(NETNS)
+            .args(["destroy", &self.prefix, &self.n.to_string()])
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn roomy(id: &str) -> TenantConfig {
+    let mut c = TenantConfig::for_tier(&Tiers::default(), id, id, "tier4", serde_json::json!({}))
+        .unwrap();
+    c.rate_limit.max_requests = 10_000_000;
+    c.request_limit.daily_limit = 1_000_000_000;
+    c.request_limit.monthly_limit = 1_000_000_000;
+    c
+}
+
+/// Retries an idempotent call on retryable errors for up to 30 s.
+async fn retry<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("gave up: {e}"),
+        }
+    }
+}
+
+/// A concurrent register workload over a few keys, plus insert-only
+/// objects, recording a history for the checker.
+struct Workload {
+    t0: Instant,
+    ops: std::sync::Mutex<Vec<Op>>,
+    /// Acknowledged unique inserts.
+    inserted: std::sync::Mutex<Vec<String>>,
+    stop: AtomicBool,
+    seq: AtomicU64,
+}
+
+const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
+
+impl Workload {
+    fn new() -> Arc<Workload> {
+        Arc::new(Workload {
+            t0: Instant::now(),
+            ops: std::sync::Mutex::new(Vec::new()),
+            inserted: std::sync::Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    fn value(o: &vektagraf::proto::Object) -> Option<String> {
+        o.properties
+            .get_path("v")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+
+    async fn run_client(self: Arc<Self>, client: Arc<Client>, id: u64) {
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            let key = KEYS[((n * 7 + id * 3) % KEYS.len() as u64) as usize];
+            let call = self.now();
+            match n % 3 {
+                0 => {
+                    let r = client.get(key).await;
+                    let ret = self.now();
+                    let op = match r {
+                        Ok(o) => Op {
+                            client: id,
+                            key: key.into(),
+                            kind: OpKind::Read(o.as_ref().and_then(Self::value)),
+                            call,
+                            ret: Some(ret),
+                        },
+                        Err(_) => continue,
+                    };
+                    self.ops.lock().unwrap().push(op);
+                }
+                1 => {
+                    let v = format!("c{id}-{}", self.seq.fetch_add(1, Ordering::Relaxed));
+                    let obj = NewObject::new("kv", key, serde_json::json!({ "v": v }));
+                    let r = client.put(obj).await;
+                    let ret = self.now();
+                    self.ops.lock().unwrap().push(Op {
+                        client: id,
+                        key: key.into(),
+                        kind: OpKind::Write(Some(v)),
+                        call,
+                        // Any failure may still have been applied.
+                        ret: r.is_ok().then_some(ret),
+                    });
+                }
+                _ => {
+                    let u = format!("u{id}-{n}");
+                    let obj = NewObject::new("kv", &u, serde_json::json!({ "v": "x" }));
+                    if client.put(obj).await.is_ok() {
+                        self.inserted.lock().unwrap().push(u);
+                    }
+                }
+            }
+            if n % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Final reads of every key, then checks: acknowledged inserts all
+    /// present (on the node of `reader`), and the history linearizable.
+    async fn verify(&self, reader: &Client) {
+        for key in KEYS {
+            let call = self.now();
+            let o = retry(|| reader.get(key)).await;
+            let ret = self.now();
+            self.ops.lock().unwrap().push(Op {
+                client: 999,
+                key: key.into(),
+                kind: OpKind::Read(o.as_ref().and_then(Self::value)),
+                call,
+                ret: Some(ret),
+            });
+        }
+        let inserted = self.inserted.lock().unwrap().clone();
+        let mut lost = Vec::new();
+        for id in &inserted {
+            if retry(|| reader.get(id)).await.is_none() {
+                lost.push(id.clone());
+            }
+        }
+        assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+        let ops = self.ops.lock().unwrap().clone();
+        let writes = ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Write(_)))
+            .count();
+        let acked = ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.ret.is_some())
+            .count();
+        eprintln!(
+            "history: {} ops ({writes} writes, {acked} acknowledged), {} acknowledged inserts",
+            ops.len(),
+            inserted.len()
+        );
+        assert!(acked > 20, "the workload made too little progress: {acked} writes");
+        match lincheck::check(&ops) {
+            Ok(stats) => eprintln!("linearizable: {stats}"),
+            Err(v) => panic!("not linearizable: {v}"),
+        }
+    }
+}
+
+/// Starts one workload client per node (clients connect to their node).
+async fn start_workload(
+    c: &TestCluster,
+    key: &str,
+    nodes: &[usize],
+) -> (Arc<Workload>, Vec<tokio::task::JoinHandle<()>>) {
+    let w = Workload::new();
+    let mut tasks = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let client = Arc::new(c.client(*node, key).await);
+        tasks.push(tokio::spawn(w.clone().run_client(client, k as u64)));
+    }
+    (w, tasks)
+}
+
+async fn stop_workload(w: &Workload, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    w.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+    }
+}
+
+async fn sleep_s(s: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(s)).await;
+}
+
+fn skip_unless_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: cluster tests need root for network namespaces");
+        return true;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_then_whole_cluster_restart_loses_no_acknowledged_write() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("a", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 1]).await;
+    sleep_s(3.0).await;
+    let leader = c.shard_leader("acme", 1).await;
+    eprintln!("kill -9 of shard leader node {leader}");
+    c.kill(leader);
+    sleep_s(5.0).await;
+    eprintln!("restarting node {leader}");
+    c.spawn(leader).await;
+    sleep_s(3.0).await;
+    stop_workload(&w, tasks).await;
+    // The restarted node catches up: its stale reads see the last insert.
+    let last = w.inserted.lock().unwrap().last().cloned().unwrap();
+    let on_restarted = c.client(leader, &key).await;
+    retry(|| async {
+        match on_restarted.get_stale(&last).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable {
+                reason: "restarted replica not caught up yet".into(),
+            }),
+        }
+    })
+    .await;
+    // Every node dies at once, then the whole cluster restarts.
+    eprintln!("kill -9 of every node, then restart");
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    for i in 1..=3 {
+        c.spawn(i).await;
+    }
+    let reader = c.client(2, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_of_the_leader_and_of_a_follower_keep_histories_linearizable() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("b", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 2]).await;
+    sleep_s(2.0).await;
+    let leader = c.shard_leader("acme", 1).await;
+    eprintln!("isolating shard leader node {leader} (minority of one)");
+    netns(&["isolate", &c.prefix, "3", &leader.to_string()]);
+    sleep_s(6.0).await;
+    // The majority side elected a new leader and serves.
+    let other = (1..=3).find(|i| *i != leader).unwrap();
+    let new_leader = c.shard_leader("acme", other).await;
+    assert_ne!(new_leader, leader, "the isolated node cannot stay leader");
+    netns(&["heal", &c.prefix, "3"]);
+    sleep_s(2.0).await;
+    let follower = (1..=3).find(|i| *i != new_leader).unwrap();
+    eprintln!("healed; now isolating follower node {follower}");
+    netns(&["isolate", &c.prefix, "3", &follower.to_string()]);
+    sleep_s(4.0).await;
+    netns(&["heal", &c.prefix, "3"]);
+    sleep_s(3.0).await;
+    stop_workload(&w, tasks).await;
+    let reader = c.client(leader, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("c", 3, 4).await;
+    let key = c.tenant("acme", None).await;
+    // A fourth node joins; it holds no replica of acme yet.
+    c.spawn(4).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 4]).await;
+    sleep_s(2.0).await;
+    let admin = c.admin(1).await;
+    let before = retry(|| admin.shard_info("acme")).await;
+    assert!(!before.replicas.iter().any(|r| r.1 == 4), "{before:?}");
+    // Kill a replica node that is not node 1 (which the admin talks to).
+    let victim = before
+        .replicas
+        .iter()
+        .map(|r| r.1 as usize)
+        .find(|n| *n != 1)
+        .unwrap();
+    eprintln!("kill -9 of node {victim}, then removing it");
+    c.kill(victim);
+    sleep_s(1.0).await;
+    retry(|| admin.remove_node(victim as u64)).await;
+    // The group's membership converges on a replica on node 4.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let i = retry(|| admin.shard_info("acme")).await;
+        let on4 = i.replicas.iter().find(|r| r.1 == 4).map(|r| r.0);
+        if let Some(r4) = on4 {
+            if i.voters.contains(&r4) && i.voters.len() == 3 {
+                break i;
+            }
+        }
+        assert!(Instant::now() < deadline, "membership did not converge: {i:?}");
+        sleep_s(0.5).await;
+    };
+    eprintln!("converged: {after:?}");
+    sleep_s(2.0).await;
+    stop_workload(&w, tasks).await;
+    // Node 4's replica has the data (stale read from its own state).
+    let on4 = c.client(4, &key).await;
+    let last = w.inserted.lock().unwrap().last().cloned().unwrap();
+    retry(|| async {
+        match on4.get_stale(&last).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable {
+                reason: "node 4 not caught up".into(),
+            }),
+        }
+    })
+    .await;
+    let nodes = admin.cluster_nodes().await.unwrap();
+    assert!(nodes.iter().any(|n| n.id == victim as u64 && n.removed));
+    let reader = c.client(4, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_quota_is_exact_with_writers_on_every_node_and_tenants_stay_isolated() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("d", 3, 3).await;
+    let mut cfg = roomy("quota");
+    cfg.storage_limit.max_objects = 40;
+    cfg.storage_limit.hard_limits = true;
+    let qkey = c.tenant("quota", Some(cfg)).await;
+    let okey = c.tenant("other", None).await;
+    // Three writers, one per node, 30 distinct objects each, at once.
+    let mut tasks = Vec::new();
+    for node in 1..=3usize {
+        let client = c.client(node, &qkey).await;
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut limited) = (0, 0);
+            for i in 0..30 {
+                let obj = NewObject::new("kv", &format!("n{node}-{i}"), serde_json::json!({}));
+                match client.put(obj).await {
+                    Ok(_) => ok += 1,
+                    Err(Error::LimitExceeded(l)) if l.kind == LimitKind::Objects => limited += 1,
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        let (ok, limited) = t.await.unwrap();
+        assert_eq!(ok + limited, 30);
+        total += ok;
+    }
+    assert_eq!(total, 40, "exactly the quota is admitted across nodes");
+    let admin = c.admin(3).await;
+    let usage = retry(|| admin.usage(Some("quota"))).await;
+    assert_eq!(usage.storage.objects, 40);
+    // Isolation on every node: the other tenant sees none of these ids,
+    // and its own object is invisible to the quota tenant.
+    let mine = c.client(1, &okey).await;
+    retry(|| mine.put(NewObject::new("kv", "secret", serde_json::json!({"v": "o"})))).await;
+    for node in 1..=3usize {
+        let other = c.client(node, &okey).await;
+        assert_eq!(other.get("n1-0").await.unwrap(), None, "node {node}");
+        assert_eq!(other.get_stale("n2-0").await.unwrap(), None, "node {node}");
+        let quota = c.client(node, &qkey).await;
+        assert_eq!(quota.get("secret").await.unwrap(), None, "node {node}");
+    }
+}
