@@ -104,7 +104,7 @@ impl TestCluster {
             let toml = format!(
                 "[node]\ndata_dir = \"{d}/node-{i}\"\n\
                  [limits]\nquota_checkpoint_ms = 500\n\
-                 [raft]\nheartbeat_ms = 200\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n\
+                 [raft]\nheartbeat_ms = 200\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_every = 300\nkeep_after_snapshot = 50\n\
                  [server]\nlisten = \"{ip}:{CLIENT_PORT}\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\n\
                  [cluster]\nenabled = true\nnode_id = {i}\npeer_listen = \"{ip}:{PEER_PORT}\"\n\
                  ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n",
@@ -239,7 +239,7 @@ impl Drop for TestCluster {
         let _ = Command::new(NETNS)
             .args(["destroy", &self.prefix, &self.n.to_string()])
             .output();
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("VK_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -929,7 +929,13 @@ impl PeerService for Service {
                 meta,
                 snapshot: ShardSnapshot { dir },
             };
-            PeerResponse::Snapshot(raft.install_full_snapshot(vote, snap).await)
+            let last = snap.meta.last_log_id;
+            let r = raft.install_full_snapshot(vote, snap).await;
+            match &r {
+                Ok(_) => tracing::info!(group, ?last, "installed a snapshot streamed by the leader"),
+                Err(e) => tracing::warn!(group, error = %e, "snapshot install failed"),
+            }
+            PeerResponse::Snapshot(r)
         })
     }
 }
