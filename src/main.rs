@@ -97,6 +97,21 @@ enum BenchCmd {
         #[arg(long)]
         no_vectors: bool,
     },
+    /// Cluster: replicated puts on 1 and 3 Vektagraf nodes vs 3 etcd 3.4 nodes.
+    Cluster {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-cluster")]
+        data: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent clients, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        clients: Vec<usize>,
+        /// Skip etcd.
+        #[arg(long)]
+        no_etcd: bool,
+    },
     /// QUIC: get, put, search over loopback vs the embedded API.
     Quic {
         /// Scratch data directory (wiped first).
@@ -137,6 +152,21 @@ fn main() -> anyhow::Result<()> {
                         vectors: vectors.min(60_000),
                         queries: queries.min(10_000),
                         vectors_enabled: !no_vectors,
+                    })
+                    .await
+                }
+                BenchCmd::Cluster {
+                    data,
+                    seconds,
+                    clients,
+                    no_etcd,
+                } => {
+                    vektagraf::bench::cluster::run(vektagraf::bench::cluster::Options {
+                        data,
+                        seconds,
+                        clients,
+                        value_size: 256,
+                        no_etcd,
                     })
                     .await
                 }

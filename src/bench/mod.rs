@@ -1,4 +1,6 @@
 //! Benchmarks run by `vektagraf bench ...` (not tests).
 
+pub mod cluster;
 pub mod engine;
+pub mod etcd;
 pub mod quic;
