@@ -112,6 +112,18 @@ enum BenchCmd {
         #[arg(long)]
         no_etcd: bool,
     },
+    /// Idle cost: CPU and memory of a 3-node cluster holding many idle tenants.
+    Idle {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-idle")]
+        data: PathBuf,
+        /// Tenants.
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        /// Seconds of each measurement.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// QUIC: get, put, search over loopback vs the embedded API.
     Quic {
         /// Scratch data directory (wiped first).
@@ -167,6 +179,18 @@ fn main() -> anyhow::Result<()> {
                         clients,
                         value_size: 256,
                         no_etcd,
+                    })
+                    .await
+                }
+                BenchCmd::Idle {
+                    data,
+                    tenants,
+                    seconds,
+                } => {
+                    vektagraf::bench::cluster::idle(vektagraf::bench::cluster::IdleOptions {
+                        data,
+                        tenants,
+                        seconds,
                     })
                     .await
                 }

@@ -260,3 +260,113 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Idle-cost options.
+#[derive(Debug, Clone)]
+pub struct IdleOptions {
+    /// Scratch directory (wiped first).
+    pub data: PathBuf,
+    /// Tenants created.
+    pub tenants: usize,
+    /// Seconds of each idle measurement.
+    pub seconds: u64,
+}
+
+/// CPU time (user + system, seconds) and resident memory (bytes) of a
+/// process, from /proc.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let threads: u64 = f.get(17).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks as f64 / hz, rss_kb * 1024, threads))
+}
+
+async fn measure_idle(nodes: &Nodes, secs: u64) -> anyhow::Result<Vec<(f64, u64, u64)>> {
+    let pids: Vec<u32> = nodes.children.iter().map(|c| c.id()).collect();
+    let before: Vec<(f64, u64, u64)> = pids.iter().map(|p| proc_usage(*p)).collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let wall = t.elapsed().as_secs_f64();
+    let after: Vec<(f64, u64, u64)> = pids.iter().map(|p| proc_usage(*p)).collect::<Result<_, _>>()?;
+    Ok(before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| ((a.0 - b.0) / wall * 100.0, a.1, a.2))
+        .collect())
+}
+
+fn print_idle(label: &str, m: &[(f64, u64, u64)]) {
+    let cpu: f64 = m.iter().map(|x| x.0).sum();
+    let rss: u64 = m.iter().map(|x| x.1).sum();
+    let per: Vec<String> = m
+        .iter()
+        .enumerate()
+        .map(|(i, x)| format!("node {}: {:.1}% CPU, {} MiB, {} threads", i + 1, x.0, x.1 >> 20, x.2))
+        .collect();
+    println!("{label:<28} total {cpu:.1}% of one core, {} MiB RSS  ({})", rss >> 20, per.join("; "));
+}
+
+/// `vektagraf bench idle`: CPU and memory of a 3-node cluster, empty and
+/// then holding `tenants` idle tenants (each a 3-replica raft group).
+pub async fn idle(opt: IdleOptions) -> anyhow::Result<()> {
+    if opt.data.exists() {
+        std::fs::remove_dir_all(&opt.data)?;
+    }
+    let nodes = start_cluster(&opt.data, 3, 27800)?;
+    let ca = nodes.dir.join("certs/ca.crt");
+    let admin_key = std::fs::read_to_string(nodes.dir.join("node-1/admin.key"))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let empty = measure_idle(&nodes, opt.seconds).await?;
+    let t = Instant::now();
+    let workers = 8;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (addr, key, ca, n) = (nodes.client_addrs[0], admin_key.trim().to_string(), ca.clone(), opt.tenants);
+        tasks.push(tokio::spawn(async move {
+            let admin = client(addr, &key, &ca).await?;
+            for i in (w..n).step_by(workers) {
+                let id = format!("idle{i:05}");
+                admin.create_tenant_for_tier(&id, &id, "tier1").await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let created = t.elapsed();
+    println!(
+        "created {} tenants (3 replicas each) in {:.1} s ({:.1} ms each)",
+        opt.tenants,
+        created.as_secs_f64(),
+        created.as_secs_f64() * 1000.0 / opt.tenants.max(1) as f64
+    );
+    // Let elections settle and idle groups quiesce before measuring.
+    tokio::time::sleep(crate::db::cluster::QUIESCE_AFTER + Duration::from_secs(10)).await;
+    let full = measure_idle(&nodes, opt.seconds).await?;
+    println!("idle for {} s, measured from /proc (user + system CPU; VmRSS):", opt.seconds);
+    print_idle("3 nodes, no tenants", &empty);
+    print_idle(&format!("3 nodes, {} idle tenants", opt.tenants), &full);
+    let dcpu: f64 = full.iter().map(|x| x.0).sum::<f64>() - empty.iter().map(|x| x.0).sum::<f64>();
+    let drss = full.iter().map(|x| x.1).sum::<u64>() as f64 - empty.iter().map(|x| x.1).sum::<u64>() as f64;
+    let n = opt.tenants.max(1) as f64;
+    println!(
+        "per idle tenant (3 replicas): {:.4}% of a core, {:.0} KiB RSS",
+        dcpu / n,
+        drss / n / 1024.0
+    );
+    Ok(())
+}

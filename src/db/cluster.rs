@@ -44,6 +44,14 @@ use super::{Database, Inner, MetaGroup, NodeRecord, Registry, Replica, TenantRec
 
 /// Reconcile period.
 pub const TICK: Duration = Duration::from_millis(250);
+/// A shard group with no request for this long quiesces: its replicas
+/// stop their raft ticks, so an idle tenant sends no heartbeats.
+pub const QUIESCE_AFTER: Duration = Duration::from_secs(10);
+/// Liveness probe period between nodes.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A node unanswered this long counts as down: quiesced groups it led
+/// wake up and elect a new leader.
+const DOWN_AFTER: Duration = Duration::from_millis(2000);
 /// Longest wait for a leader before a request gets `Unavailable`.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// Deadline of a forwarded request.
@@ -61,6 +69,9 @@ pub struct Cluster {
     meta_data: Arc<ShardData>,
     /// Membership changes in flight, by group.
     busy: Arc<Mutex<HashSet<u64>>>,
+    /// One reconcile pass at a time (the loop, and tenant creation).
+    reconciling: tokio::sync::Mutex<()>,
+    probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -142,6 +153,8 @@ pub(super) async fn start(db: &Database) -> Result<()> {
         meta: meta.clone(),
         meta_data,
         busy: Arc::new(Mutex::new(HashSet::new())),
+        reconciling: tokio::sync::Mutex::new(()),
+        probe: Mutex::new(None),
         task: Mutex::new(None),
     });
     *db.inner.registry.write() = Some(Arc::new(Registry::replicated(cluster.clone())));
@@ -191,6 +204,35 @@ pub(super) async fn start(db: &Database) -> Result<()> {
         }
     });
     *cluster.task.lock() = Some(task);
+    let weak = Arc::downgrade(&db.inner);
+    let probe = tokio::spawn(async move {
+        let mut last_ok: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+        let mut down: HashSet<u64> = HashSet::new();
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let db = Database { inner };
+            let Some(c) = db.cluster() else { return };
+            let Ok(nodes) = db.registry().and_then(|r| r.nodes()) else { continue };
+            let peers: Vec<u64> = nodes.iter().filter(|n| !n.removed && n.id != c.me.id).map(|n| n.id).collect();
+            let probes = peers.iter().map(|n| {
+                let c = c.clone();
+                let n = *n;
+                async move { (n, matches!(c.net.call(n, &PeerRequest::Ping, DOWN_AFTER / 2).await, Ok(PeerResponse::Pong))) }
+            });
+            for (n, ok) in futures::future::join_all(probes).await {
+                let seen = last_ok.entry(n).or_insert_with(Instant::now);
+                if ok {
+                    *seen = Instant::now();
+                    down.remove(&n);
+                } else if seen.elapsed() > DOWN_AFTER && down.insert(n) {
+                    tracing::warn!(node = n, "peer node unreachable; waking the quiesced groups it led");
+                    db.wake_groups_led_by(n);
+                }
+            }
+        }
+    });
+    *cluster.probe.lock() = Some(probe);
     Ok(())
 }
 
@@ -222,6 +264,9 @@ impl Cluster {
 
     pub(super) fn stop_reconcile(&self) {
         if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+        if let Some(t) = self.probe.lock().take() {
             t.abort();
         }
     }
@@ -358,7 +403,7 @@ impl Cluster {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -462,6 +507,7 @@ impl Database {
     /// Brings this node's replicas and (on leaders) memberships up to the
     /// metadata. `full`: group 0 changed since the last pass.
     pub(super) async fn reconcile(&self, c: &Cluster, full: bool) -> Result<()> {
+        let _one_at_a_time = c.reconciling.lock().await;
         let reg = self.registry()?;
         c.refresh_addrs(&reg);
         if full {
@@ -536,17 +582,44 @@ impl Database {
             }
             let Some(raft) = t.raft() else { continue };
             if !is_leader(&raft) {
+                // A new group whose first election failed (its other
+                // replicas were not running yet): its first replica
+                // campaigns again rather than waiting out a timeout.
+                let first = rec.replicas.iter().find(|r| r.initial).map(|r| r.node) == Some(me);
+                let (no_leader, fresh) = {
+                    let m = raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.current_leader.is_none(), m.last_applied.is_none_or(|l| l.index == 0))
+                };
+                if first && no_leader && fresh {
+                    let _ = raft.trigger().elect(false).await;
+                }
                 continue;
             }
-            let voters = rec.replicas.iter().map(|r| (r.id, r.node)).collect();
-            c.converge_membership(rec.group, raft.clone(), voters);
-            if let Ok(data) = t.data() {
-                if data.limits().as_ref() != Some(&rec.config.storage_limit) {
-                    let cmd = Command::SetLimits(rec.config.storage_limit.clone());
-                    tokio::spawn(async move {
-                        let _ = crate::shard::propose(&raft, cmd).await;
-                    });
-                }
+            let voters: BTreeMap<u64, u64> = rec.replicas.iter().map(|r| (r.id, r.node)).collect();
+            let members_differ = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                !m.membership_config.membership().voter_ids().eq(voters.keys().copied())
+            };
+            let limits_differ = t
+                .data()
+                .map(|d| d.limits().as_ref() != Some(&rec.config.storage_limit))
+                .unwrap_or(false);
+            if members_differ || limits_differ {
+                // Anything the leader sends needs it awake (heartbeats).
+                wake(&t, &raft);
+            }
+            if members_differ {
+                c.converge_membership(rec.group, raft.clone(), voters);
+            } else if limits_differ {
+                let cmd = Command::SetLimits(rec.config.storage_limit.clone());
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let _ = crate::shard::propose(&raft, cmd).await;
+                });
+            } else {
+                self.maybe_quiesce(c, &t, &raft, rec);
             }
         }
         // Replicas no longer placed here.
@@ -570,6 +643,125 @@ impl Database {
             }
         }
         Ok(())
+    }
+
+    /// Quiesces an idle group this node leads once every follower holds
+    /// its whole log and agrees.
+    fn maybe_quiesce(&self, c: &Cluster, t: &Arc<super::Tenant>, raft: &ShardRaft, rec: &TenantRecord) {
+        use std::sync::atomic::Ordering;
+        if t.quiesced.load(Ordering::Acquire) {
+            return;
+        }
+        let idle = crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
+        if idle < QUIESCE_AFTER.as_millis() as u64 {
+            return;
+        }
+        let (leader, last_index, caught_up) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let last = m.last_log_index.unwrap_or(0);
+            let caught = m.replication.as_ref().is_some_and(|r| {
+                r.values().all(|l| l.as_ref().map(|l| l.index) == Some(last))
+            });
+            (m.id, last, caught && m.last_applied.map(|l| l.index) == Some(last))
+        };
+        if !caught_up || !c.busy.lock().insert(rec.group) {
+            return;
+        }
+        let guard = BusyGuard {
+            busy: c.busy.clone(),
+            group: rec.group,
+        };
+        let followers: Vec<u64> = rec.replicas.iter().filter(|r| r.node != c.me.id).map(|r| r.node).collect();
+        let (net, t, raft, group) = (c.net.clone(), t.clone(), raft.clone(), rec.group);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let req = PeerRequest::Quiesce {
+                group,
+                leader,
+                last_index,
+            };
+            for f in followers {
+                match net.call(f, &req, Duration::from_secs(2)).await {
+                    Ok(PeerResponse::Quiesced(true)) => {}
+                    _ => return,
+                }
+            }
+            // A request may have arrived meanwhile.
+            let idle = crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
+            if idle >= QUIESCE_AFTER.as_millis() as u64 && raft.metrics().borrow_watched().last_log_index.unwrap_or(0) == last_index {
+                t.quiesced.store(true, Ordering::Release);
+                raft.runtime_config().tick(false);
+                tracing::debug!(group, "group quiesced");
+            } else {
+                // Followers stopped ticking: wake them with a round.
+                let _ = raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await;
+            }
+        });
+    }
+
+    /// A follower's side of quiescence.
+    fn quiesce_follower(&self, group: u64, leader: u64, last_index: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(t) = self.inner.by_group.read().get(&group).cloned() else {
+            return false;
+        };
+        let Some(raft) = t.raft() else { return false };
+        let ok = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            m.current_leader == Some(leader)
+                && m.state == openraft::ServerState::Follower
+                && m.last_log_index.unwrap_or(0) == last_index
+        };
+        if ok {
+            t.quiesced.store(true, Ordering::Release);
+            raft.runtime_config().tick(false);
+        }
+        ok
+    }
+
+    /// Wakes quiesced local replicas of groups whose leader is on `node`.
+    pub(crate) fn wake_groups_led_by(&self, node: u64) {
+        let tenants: Vec<Arc<super::Tenant>> = self.inner.tenants.read().values().cloned().collect();
+        let mut woken = 0;
+        for t in tenants {
+            if !t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let Some(raft) = t.raft() else { continue };
+            let leader = raft.metrics().borrow_watched().current_leader;
+            let on_node = leader.is_none_or(|l| t.replicas.read().iter().any(|r| r.id == l && r.node == node));
+            if on_node {
+                wake(&t, &raft);
+                woken += 1;
+            }
+        }
+        if woken > 0 {
+            tracing::info!(node, groups = woken, "woke quiesced groups");
+        }
+    }
+
+    /// Marks a local replica active (a request arrived) and wakes it.
+    fn touch(&self, tenant: &str) {
+        if let Some(t) = self.inner.tenants.read().get(tenant) {
+            t.last_active.store(crate::util::coarse_now_ms(), std::sync::atomic::Ordering::Relaxed);
+            if t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(raft) = t.raft() {
+                    wake(t, &raft);
+                }
+            }
+        }
+    }
+
+    fn wake_group(&self, group: u64) {
+        if let Some(t) = self.inner.by_group.read().get(&group) {
+            if t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some(raft) = t.raft() {
+                    wake(t, &raft);
+                }
+            }
+        }
     }
 
     /// Where a request for `tenant` is served; waits a while for a leader.
@@ -618,6 +810,7 @@ impl Database {
         hops: u8,
     ) -> Result<Response> {
         let stale = matches!(req, Request::Stale(_));
+        self.touch(tenant);
         match self.route(tenant, stale).await? {
             Route::Local => {
                 let s = self.session(tenant, user).await?;
@@ -835,6 +1028,13 @@ impl Database {
     }
 }
 
+/// Restarts a quiesced replica's raft ticks.
+fn wake(t: &super::Tenant, raft: &ShardRaft) {
+    if t.quiesced.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        raft.runtime_config().tick(true);
+    }
+}
+
 fn rand_index(n: usize) -> usize {
     if n == 0 {
         return 0;
@@ -866,8 +1066,21 @@ impl PeerService for Service {
         let db = self.db();
         Box::pin(async move {
             let Some(db) = db else { return gone() };
+            // Any raft message for a quiesced replica wakes it.
+            if let PeerRequest::Append { group, .. }
+            | PeerRequest::Vote { group, .. }
+            | PeerRequest::PreVote { group, .. } = &req
+            {
+                db.wake_group(*group);
+            }
             match req {
                 PeerRequest::Hello { .. } => PeerResponse::Welcome,
+                PeerRequest::Ping => PeerResponse::Pong,
+                PeerRequest::Quiesce {
+                    group,
+                    leader,
+                    last_index,
+                } => PeerResponse::Quiesced(db.quiesce_follower(group, leader, last_index)),
                 PeerRequest::Append { group, rpc } => match db.group_raft(group) {
                     Some(r) => PeerResponse::Append(r.append_entries(rpc).await),
                     None => no_group(group),

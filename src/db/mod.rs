@@ -1,7 +1,7 @@
 //! The embedded API: [`Database`] manages tenants and users and hands out
 //! [`Session`]s, each bound to one (tenant, user), that run operations.
 
-mod cluster;
+pub mod cluster;
 mod keys;
 mod registry;
 mod session;
@@ -41,6 +41,10 @@ pub(crate) struct Tenant {
     slot: crate::shard::ShardSlot,
     /// Cluster placement of its shard group (empty on a single node).
     replicas: RwLock<Vec<Replica>>,
+    /// Last request served here (coarse ms), for quiescence.
+    last_active: std::sync::atomic::AtomicU64,
+    /// The group's raft ticks are off here (an idle, quiesced group).
+    quiesced: std::sync::atomic::AtomicBool,
 }
 
 impl Tenant {
@@ -274,6 +278,8 @@ impl Database {
             route: Arc::new(RwLock::new(None)),
             slot: Arc::new(Mutex::new(None)),
             replicas: RwLock::new(rec.replicas.clone()),
+            last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
+            quiesced: std::sync::atomic::AtomicBool::new(false),
         });
         let (replica, cluster) = match self.cluster() {
             None => (rec.replica, None),
@@ -405,6 +411,7 @@ impl Database {
             let mut rec = TenantRecord::new(config.clone(), group, 0);
             rec.replicas = c.place(self, group).await?;
             self.registry()?.put_tenant(&rec).await?;
+            drop(_g);
             c.wait_served(self, &rec).await;
             tracing::info!(tenant = %config.tenant_id, tier = %config.tier, group, replicas = ?rec.replicas, "tenant created");
             return Ok(config);

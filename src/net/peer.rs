@@ -111,6 +111,19 @@ pub enum PeerRequest {
     Registry(Vec<RegOp>),
     /// A node asks to join the cluster.
     Join(NodeRecord),
+    /// The leader of an idle group asks its followers to stop their
+    /// raft ticks (quiescence); they agree only if they follow that
+    /// leader and hold its whole log.
+    Quiesce {
+        /// Group.
+        group: u64,
+        /// The leader's replica id.
+        leader: u64,
+        /// The leader's last log index.
+        last_index: u64,
+    },
+    /// Liveness probe between nodes.
+    Ping,
 }
 
 /// A peer's answer.
@@ -128,6 +141,10 @@ pub enum PeerResponse {
     Reply(Result<Response, Error>),
     /// A registry change: the last counter value.
     Counter(Result<u64, Error>),
+    /// Quiesce accepted (true) or refused.
+    Quiesced(bool),
+    /// Liveness answer.
+    Pong,
     /// Join result: the cluster's node records.
     Joined(Result<Vec<NodeRecord>, Error>),
     /// The message could not be served here.

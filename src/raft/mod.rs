@@ -125,7 +125,14 @@ pub async fn start_replicated_group(
         if !raft.is_initialized().await.map_err(raft_err)? {
             // Every initial replica proposes the same membership at log
             // index 0; openraft accepts that on each of them.
+            let first = members.keys().next() == Some(&replica_id);
             match raft.initialize(members).await {
+                // The first initial replica campaigns at once instead of
+                // waiting out an election timeout; placement puts it on
+                // the least loaded node, which spreads leaders.
+                Ok(()) if first => {
+                    let _ = raft.trigger().elect(false).await;
+                }
                 Ok(()) => {}
                 Err(openraft::errors::RaftError::APIError(
                     openraft::errors::InitializeError::NotAllowed(_),
