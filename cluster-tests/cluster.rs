@@ -133,7 +133,8 @@ impl TestCluster {
     }
 
     fn log(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("node-{i}.{}.log", self.starts[i - 1]))
+        self.dir
+            .join(format!("node-{i}.{}.log", self.starts[i - 1]))
     }
 
     /// Starts node `i` and waits until it serves clients.
@@ -142,7 +143,14 @@ impl TestCluster {
         let log = self.log(i);
         let f = File::create(&log).unwrap();
         let child = Command::new(NETNS)
-            .args(["exec", &self.prefix, &i.to_string(), BIN, "serve", "--config"])
+            .args([
+                "exec",
+                &self.prefix,
+                &i.to_string(),
+                BIN,
+                "serve",
+                "--config",
+            ])
             .arg(self.dir.join(format!("node-{i}.toml")))
             .env("RUST_LOG", "info,openraft=warn,quinn=warn")
             .stdout(f.try_clone().unwrap())
@@ -179,9 +187,12 @@ impl TestCluster {
             std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
         });
         socket.set_nonblocking(true).unwrap();
-        let mut opts =
-            ClientOptions::new(vec![Self::client_addr(node)], key, &self.dir.join("certs/ca.crt"))
-                .unwrap();
+        let mut opts = ClientOptions::new(
+            vec![Self::client_addr(node)],
+            key,
+            &self.dir.join("certs/ca.crt"),
+        )
+        .unwrap();
         opts.request_timeout = Duration::from_secs(8);
         opts.max_retries = 5;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -246,8 +257,8 @@ impl Drop for TestCluster {
 }
 
 fn roomy(id: &str) -> TenantConfig {
-    let mut c = TenantConfig::for_tier(&Tiers::default(), id, id, "tier4", serde_json::json!({}))
-        .unwrap();
+    let mut c =
+        TenantConfig::for_tier(&Tiers::default(), id, id, "tier4", serde_json::json!({})).unwrap();
     c.rate_limit.max_requests = 10_000_000;
     c.request_limit.daily_limit = 1_000_000_000;
     c.request_limit.monthly_limit = 1_000_000_000;
@@ -395,7 +406,10 @@ impl Workload {
             ops.len(),
             inserted.len()
         );
-        assert!(acked > 20, "the workload made too little progress: {acked} writes");
+        assert!(
+            acked > 20,
+            "the workload made too little progress: {acked} writes"
+        );
         match lincheck::check(&ops) {
             Ok(stats) => eprintln!("linearizable: {stats}"),
             Err(v) => panic!("not linearizable: {v}"),
@@ -547,7 +561,10 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
                 break i;
             }
         }
-        assert!(Instant::now() < deadline, "membership did not converge: {i:?}");
+        assert!(
+            Instant::now() < deadline,
+            "membership did not converge: {i:?}"
+        );
         sleep_s(0.5).await;
     };
     eprintln!("converged: {after:?}");
@@ -613,7 +630,14 @@ async fn storage_quota_is_exact_with_writers_on_every_node_and_tenants_stay_isol
     // Isolation on every node: the other tenant sees none of these ids,
     // and its own object is invisible to the quota tenant.
     let mine = c.client(1, &okey).await;
-    retry(|| mine.put(NewObject::new("kv", "secret", serde_json::json!({"v": "o"})))).await;
+    retry(|| {
+        mine.put(NewObject::new(
+            "kv",
+            "secret",
+            serde_json::json!({"v": "o"}),
+        ))
+    })
+    .await;
     for node in 1..=3usize {
         let other = c.client(node, &okey).await;
         assert_eq!(other.get("n1-0").await.unwrap(), None, "node {node}");

@@ -277,7 +277,11 @@ impl Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "linearizability check failed for key {:?}: {}", self.key, self.kind)?;
+        writeln!(
+            f,
+            "linearizability check failed for key {:?}: {}",
+            self.key, self.kind
+        )?;
         f.write_str(&self.explanation)
     }
 }
@@ -322,7 +326,10 @@ pub fn check(history: &[Op]) -> Result<CheckStats, Violation> {
 /// Returns a [`Violation`] naming the first key (in lexicographic order) whose
 /// sub-history is not linearizable or malformed, or, if there is none, the
 /// first key whose search budget ran out.
-pub fn check_with_limit(history: &[Op], max_states_per_key: usize) -> Result<CheckStats, Violation> {
+pub fn check_with_limit(
+    history: &[Op],
+    max_states_per_key: usize,
+) -> Result<CheckStats, Violation> {
     check_with_options(
         history,
         &CheckOptions {
@@ -374,7 +381,10 @@ pub fn check_with_options(history: &[Op], options: &CheckOptions) -> Result<Chec
     let mut inconclusive: Option<Violation> = None;
     for (key, mut ops) in by_key {
         ops.sort_by_key(|op| op.call); // stable: ties keep history order
-        if let Some(bad) = ops.iter().position(|op| op.ret.is_some_and(|r| r < op.call)) {
+        if let Some(bad) = ops
+            .iter()
+            .position(|op| op.ret.is_some_and(|r| r < op.call))
+        {
             return Err(malformed(key, &ops, bad));
         }
         let prepared = Prepared::new(ops, options.initial.get(key).map(String::as_str));
@@ -952,7 +962,15 @@ impl<'p, 'h> Search<'p, 'h> {
         }
     }
 
-    fn new_frame(&mut self, lo: usize, hi: usize, state: u32, prev: u32, depth: usize, via: Option<Move>) -> Frame {
+    fn new_frame(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        state: u32,
+        prev: u32,
+        depth: usize,
+        via: Option<Move>,
+    ) -> Frame {
         let (moves, absorb) = self.moves(lo, state, prev);
         let absorb_hi = absorb.iter().max().map_or(0, |&j| j + 1);
         Frame {
@@ -977,8 +995,8 @@ impl<'p, 'h> Search<'p, 'h> {
         let init = self.p.init;
         // A read of a value that is never written (and is not the initial
         // value) can never be satisfied.
-        let hopeless = (0..self.p.values.len())
-            .any(|v| u32::try_from(v).is_ok_and(|v| self.starved(v, init)));
+        let hopeless =
+            (0..self.p.values.len()).any(|v| u32::try_from(v).is_ok_and(|v| self.starved(v, init)));
         let root = if hopeless {
             Frame {
                 moves: Vec::new(),
@@ -1045,9 +1063,8 @@ impl<'p, 'h> Search<'p, 'h> {
 
 fn malformed(key: &str, ops: &[&Op], bad: usize) -> Violation {
     let op = ops[bad];
-    let mut explanation = format!(
-        "op #{bad} returns before it is invoked: {op}\nOps in call order:\n"
-    );
+    let mut explanation =
+        format!("op #{bad} returns before it is invoked: {op}\nOps in call order:\n");
     for (i, op) in ops.iter().enumerate() {
         let _ = writeln!(explanation, "  #{i:<5} {op}");
     }
@@ -1061,7 +1078,12 @@ fn malformed(key: &str, ops: &[&Op], bad: usize) -> Violation {
     }
 }
 
-fn build_violation(kind: ViolationKind, key: &str, p: &Prepared<'_>, search: &Search<'_, '_>) -> Violation {
+fn build_violation(
+    kind: ViolationKind,
+    key: &str,
+    p: &Prepared<'_>,
+    search: &Search<'_, '_>,
+) -> Violation {
     const WINDOW_PAD: usize = 15;
     const FULL_LISTING_MAX: usize = 80;
     const PREFIX_TAIL: usize = 12;
@@ -1143,7 +1165,10 @@ fn build_violation(kind: ViolationKind, key: &str, p: &Prepared<'_>, search: &Se
             let _ = writeln!(out, "No linearization of this key's history exists.");
         }
     }
-    let placed_completed = steps.iter().filter(|s| matches!(s, Step::Completed(_))).count();
+    let placed_completed = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Completed(_)))
+        .count();
     let _ = writeln!(
         out,
         "Longest linearizable prefix found: {} of {} completed ops (plus {} unknown-outcome writes taking effect); register value after it: {}.",
@@ -1227,8 +1252,9 @@ fn build_violation(kind: ViolationKind, key: &str, p: &Prepared<'_>, search: &Se
                     "writes a value no read observes; could be placed next".to_owned()
                 }
                 Kind::Write(_) => "could be placed next".to_owned(),
-                Kind::Read(v) => read_problem(v)
-                    .unwrap_or_else(|| "could be placed next (observes the current value)".to_owned()),
+                Kind::Read(v) => read_problem(v).unwrap_or_else(|| {
+                    "could be placed next (observes the current value)".to_owned()
+                }),
             };
             let _ = writeln!(out, "  #{} {op}: {why}", p.comp_src[c]);
         }
@@ -1417,15 +1443,15 @@ mod tests {
         assert!(v.to_string().contains("\"k\""), "{v}");
         // Longest prefix: write a, write b (2 ops).
         assert_eq!(v.longest_prefix, vec![0, 1], "{v}");
-        assert!(v.explanation.contains("register value after it: \"b\""), "{v}");
+        assert!(
+            v.explanation.contains("register value after it: \"b\""),
+            "{v}"
+        );
     }
 
     #[test]
     fn read_of_value_never_written_is_violation() {
-        let h = vec![
-            w(1, "k", "a", 0, 10),
-            r(2, "k", Some("zzz"), 20, 30),
-        ];
+        let h = vec![w(1, "k", "a", 0, 10), r(2, "k", Some("zzz"), 20, 30)];
         let v = assert_violation(&h, "k");
         assert!(v.explanation.contains("never written"), "{v}");
         // Even when the read is concurrent with everything.
@@ -1444,7 +1470,7 @@ mod tests {
         let h = vec![
             w(1, "k", "a", 0, 10),
             w_unknown(2, "k", "b", 20),
-            r(3, "k", Some("a"), 25, 30), // not yet applied
+            r(3, "k", Some("a"), 25, 30),       // not yet applied
             r(3, "k", Some("b"), 1_000, 1_010), // applied much later
             r(1, "k", Some("b"), 2_000, 2_010),
         ];
@@ -1479,10 +1505,7 @@ mod tests {
 
     #[test]
     fn timed_out_write_cannot_take_effect_before_its_call() {
-        let h = vec![
-            r(1, "k", Some("b"), 0, 50),
-            w_unknown(2, "k", "b", 100),
-        ];
+        let h = vec![r(1, "k", Some("b"), 0, 50), w_unknown(2, "k", "b", 100)];
         assert_violation(&h, "k");
     }
 
@@ -1535,17 +1558,29 @@ mod tests {
         ]);
         // Read of the deleted value after the delete completed: violation.
         assert_violation(
-            &[w(1, "k", "a", 0, 10), del(1, "k", 20, 30), r(2, "k", Some("a"), 40, 50)],
+            &[
+                w(1, "k", "a", 0, 10),
+                del(1, "k", 20, 30),
+                r(2, "k", Some("a"), 40, 50),
+            ],
             "k",
         );
         // Read absent after a put completed and before any delete: violation.
         assert_violation(
-            &[w(1, "k", "a", 0, 10), r(2, "k", None, 20, 30), del(1, "k", 40, 50)],
+            &[
+                w(1, "k", "a", 0, 10),
+                r(2, "k", None, 20, 30),
+                del(1, "k", 40, 50),
+            ],
             "k",
         );
         // Read concurrent with the delete may see either.
         for seen in [None, Some("a")] {
-            assert_ok(&[w(1, "k", "a", 0, 10), del(1, "k", 20, 40), r(2, "k", seen, 25, 35)]);
+            assert_ok(&[
+                w(1, "k", "a", 0, 10),
+                del(1, "k", 20, 40),
+                r(2, "k", seen, 25, 35),
+            ]);
         }
         // Timed-out delete that is observed, then re-put.
         assert_ok(&[
@@ -1596,10 +1631,7 @@ mod tests {
         init.insert("x".to_owned(), "init".to_owned());
         assert!(check_with_initial(&h, &init).is_ok());
         // The initial value can be overwritten and not come back.
-        let h2 = vec![
-            w(1, "x", "new", 0, 10),
-            r(1, "x", Some("init"), 20, 30),
-        ];
+        let h2 = vec![w(1, "x", "new", 0, 10), r(1, "x", Some("init"), 20, 30)];
         let v = check_with_initial(&h2, &init).expect_err("stale initial value");
         assert_eq!(v.kind, ViolationKind::NotLinearizable);
     }
@@ -1624,7 +1656,10 @@ mod tests {
         (0..n)
             .flat_map(|i| {
                 let v = format!("x{i}");
-                [w(1, key, &v, i * 10, i * 10 + 4), r(1, key, Some(&v), i * 10 + 5, i * 10 + 9)]
+                [
+                    w(1, key, &v, i * 10, i * 10 + 4),
+                    r(1, key, Some(&v), i * 10 + 5, i * 10 + 9),
+                ]
             })
             .collect()
     }
@@ -1707,16 +1742,19 @@ mod tests {
             .filter(|op| !(matches!(op.kind, OpKind::Read(_)) && op.ret.is_none()))
             .collect();
         fn go(ops: &[&Op], placed: &mut [bool], state: Option<String>) -> bool {
-            if ops.iter().zip(placed.iter()).all(|(op, &p)| p || op.ret.is_none()) {
+            if ops
+                .iter()
+                .zip(placed.iter())
+                .all(|(op, &p)| p || op.ret.is_none())
+            {
                 return true;
             }
             for i in 0..ops.len() {
                 if placed[i] {
                     continue;
                 }
-                let blocked = (0..ops.len()).any(|j| {
-                    !placed[j] && j != i && ops[j].ret.is_some_and(|rj| rj < ops[i].call)
-                });
+                let blocked = (0..ops.len())
+                    .any(|j| !placed[j] && j != i && ops[j].ret.is_some_and(|rj| rj < ops[i].call));
                 if blocked {
                     continue;
                 }
@@ -1769,10 +1807,20 @@ mod tests {
             let mut h = Vec::new();
             for i in 0..n {
                 let call = rng.below(20);
-                let ret = if rng.chance(20) { None } else { Some(call + rng.below(10)) };
+                let ret = if rng.chance(20) {
+                    None
+                } else {
+                    Some(call + rng.below(10))
+                };
                 let v = vals[rng.below(4) as usize];
                 let op = if rng.chance(50) {
-                    Op { client: i as u64, key: "k".into(), kind: OpKind::Write(v.map(str::to_owned)), call, ret }
+                    Op {
+                        client: i as u64,
+                        key: "k".into(),
+                        kind: OpKind::Write(v.map(str::to_owned)),
+                        call,
+                        ret,
+                    }
                 } else {
                     Op::read(i as u64, "k", v, call, ret)
                 };
@@ -1826,12 +1874,32 @@ mod tests {
                 let (op, lin) = if timed_out {
                     t = call + 3 * max_dur;
                     if roll < 50 {
-                        (Op::read(c, key, Some("garbage-never-written"), call, None), None)
+                        (
+                            Op::read(c, key, Some("garbage-never-written"), call, None),
+                            None,
+                        )
                     } else {
                         counter += 1;
-                        let kind = if roll < 90 { OpKind::Write(Some(format!("v{counter}"))) } else { OpKind::Write(None) };
-                        let lin = if rng.chance(50) { Some(call + 1 + rng.below(20 * max_dur)) } else { None };
-                        (Op { client: c, key, kind, call, ret: None }, lin)
+                        let kind = if roll < 90 {
+                            OpKind::Write(Some(format!("v{counter}")))
+                        } else {
+                            OpKind::Write(None)
+                        };
+                        let lin = if rng.chance(50) {
+                            Some(call + 1 + rng.below(20 * max_dur))
+                        } else {
+                            None
+                        };
+                        (
+                            Op {
+                                client: c,
+                                key,
+                                kind,
+                                call,
+                                ret: None,
+                            },
+                            lin,
+                        )
                     }
                 } else {
                     let lin = call + 1 + rng.below(max_dur);
@@ -1845,12 +1913,23 @@ mod tests {
                     } else {
                         OpKind::Write(None)
                     };
-                    (Op { client: c, key, kind, call, ret: Some(ret) }, Some(lin))
+                    (
+                        Op {
+                            client: c,
+                            key,
+                            kind,
+                            call,
+                            ret: Some(ret),
+                        },
+                        Some(lin),
+                    )
                 };
                 planned.push(Planned { op, lin });
             }
         }
-        let mut order: Vec<usize> = (0..planned.len()).filter(|&i| planned[i].lin.is_some()).collect();
+        let mut order: Vec<usize> = (0..planned.len())
+            .filter(|&i| planned[i].lin.is_some())
+            .collect();
         order.sort_by_key(|&i| (planned[i].lin, i));
         let mut store: HashMap<String, Option<String>> = HashMap::new();
         for i in order {
@@ -1872,10 +1951,14 @@ mod tests {
     /// every linearization, and nothing else writes W1's value.
     fn mutate_stale(h: &mut [Op], key: &str) -> usize {
         let writes: Vec<usize> = (0..h.len())
-            .filter(|&i| h[i].key == key && h[i].ret.is_some() && matches!(h[i].kind, OpKind::Write(_)))
+            .filter(|&i| {
+                h[i].key == key && h[i].ret.is_some() && matches!(h[i].kind, OpKind::Write(_))
+            })
             .collect();
         let mut reads: Vec<usize> = (0..h.len())
-            .filter(|&i| h[i].key == key && h[i].ret.is_some() && matches!(h[i].kind, OpKind::Read(_)))
+            .filter(|&i| {
+                h[i].key == key && h[i].ret.is_some() && matches!(h[i].kind, OpKind::Read(_))
+            })
             .collect();
         reads.sort_by_key(|&i| h[i].call);
         let mid = reads.len() / 2;
@@ -1899,8 +1982,12 @@ mod tests {
             else {
                 continue;
             };
-            let OpKind::Write(stale) = h[w1].kind.clone() else { continue };
-            let OpKind::Read(seen) = &mut h[ri].kind else { continue };
+            let OpKind::Write(stale) = h[w1].kind.clone() else {
+                continue;
+            };
+            let OpKind::Read(seen) = &mut h[ri].kind else {
+                continue;
+            };
             assert_ne!(*seen, stale, "original history was not linearizable?");
             *seen = stale;
             return ri;

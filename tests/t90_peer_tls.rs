@@ -36,7 +36,13 @@ impl PeerService for WhoCalled {
     }
 }
 
-fn node(dir: &std::path::Path, ca_dir: &str, trust_dir: &str, me: u64, cert_of: u64) -> Arc<PeerNet> {
+fn node(
+    dir: &std::path::Path,
+    ca_dir: &str,
+    trust_dir: &str,
+    me: u64,
+    cert_of: u64,
+) -> Arc<PeerNet> {
     let ca = read_certs(&dir.join(trust_dir).join("ca.crt")).unwrap();
     let id = load_identity(
         &dir.join(ca_dir).join(format!("node-{cert_of}.crt")),
@@ -73,29 +79,43 @@ async fn peers_need_a_cluster_ca_certificate_that_names_their_node() {
     // A certificate from another CA fails the handshake.
     let foreign = node(dir, "foreign", "cluster", 2, 2);
     foreign.set_addr(1, addr);
-    assert!(matches!(ask(&foreign, 1).await, Err(PeerError::Unreachable { .. })));
+    assert!(matches!(
+        ask(&foreign, 1).await,
+        Err(PeerError::Unreachable { .. })
+    ));
 
     // A cluster certificate of node 3 cannot pose as node 2.
     let impostor = node(dir, "cluster", "cluster", 2, 3);
     impostor.set_addr(1, addr);
-    assert!(matches!(ask(&impostor, 1).await, Err(PeerError::Unreachable { .. })));
+    assert!(matches!(
+        ask(&impostor, 1).await,
+        Err(PeerError::Unreachable { .. })
+    ));
 
     // The dialer checks the server too: node 1's certificate does not
     // name node 3, so dialing "node 3" at node 1's address is refused.
     let careful = node(dir, "cluster", "cluster", 2, 2);
     careful.set_addr(3, addr);
-    assert!(matches!(ask(&careful, 3).await, Err(PeerError::Unreachable { .. })));
+    assert!(matches!(
+        ask(&careful, 3).await,
+        Err(PeerError::Unreachable { .. })
+    ));
 
     // A server with a foreign certificate is refused by the dialer.
     let rogue = node(dir, "foreign", "foreign", 1, 1);
     rogue.serve(Arc::new(WhoCalled));
     let member = node(dir, "cluster", "cluster", 2, 2);
     member.set_addr(1, rogue.local_addr().unwrap());
-    assert!(matches!(ask(&member, 1).await, Err(PeerError::Unreachable { .. })));
+    assert!(matches!(
+        ask(&member, 1).await,
+        Err(PeerError::Unreachable { .. })
+    ));
 
     // Failed dials back off: an immediate retry does not dial again.
     match ask(&member, 1).await {
-        Err(PeerError::Unreachable { reason, .. }) => assert!(reason.contains("backing off"), "{reason}"),
+        Err(PeerError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("backing off"), "{reason}")
+        }
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -133,7 +133,13 @@ async fn prepare(nodes: &Nodes) -> anyhow::Result<String> {
     let ca = nodes.dir.join("certs/ca.crt");
     let admin_key = std::fs::read_to_string(nodes.dir.join("node-1/admin.key"))?;
     let admin = client(nodes.client_addrs[0], admin_key.trim(), &ca).await?;
-    let mut cfg = TenantConfig::for_tier(&Tiers::default(), "bench", "bench", "custom", serde_json::json!({}))?;
+    let mut cfg = TenantConfig::for_tier(
+        &Tiers::default(),
+        "bench",
+        "bench",
+        "custom",
+        serde_json::json!({}),
+    )?;
     cfg.rate_limit.max_requests = u64::MAX / 8;
     cfg.request_limit.daily_limit = u64::MAX / 8;
     cfg.request_limit.monthly_limit = u64::MAX / 8;
@@ -150,7 +156,13 @@ async fn prepare(nodes: &Nodes) -> anyhow::Result<String> {
     Ok(key)
 }
 
-async fn vk_load(nodes: &Nodes, key: &str, clients: usize, value: &str, secs: u64) -> anyhow::Result<LoadResult> {
+async fn vk_load(
+    nodes: &Nodes,
+    key: &str,
+    clients: usize,
+    value: &str,
+    secs: u64,
+) -> anyhow::Result<LoadResult> {
     let ca = nodes.dir.join("certs/ca.crt");
     let mut conns = Vec::new();
     for i in 0..clients {
@@ -166,7 +178,11 @@ async fn vk_load(nodes: &Nodes, key: &str, clients: usize, value: &str, secs: u6
             let (mut lat, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let obj = NewObject::new("kv", &format!("c{i}-{n}"), serde_json::json!({ "v": value }));
+                let obj = NewObject::new(
+                    "kv",
+                    &format!("c{i}-{n}"),
+                    serde_json::json!({ "v": value }),
+                );
                 let s = Instant::now();
                 match c.put(obj).await {
                     Ok(_) => lat.push(s.elapsed().as_micros() as u64),
@@ -216,7 +232,10 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         "system", "clients", "puts/s", "p50 ms", "p99 ms", "errors"
     );
     let mut results: Vec<(String, usize, f64)> = Vec::new();
-    for (name, n, port) in [("vektagraf 1 node", 1usize, 27600u16), ("vektagraf 3 nodes", 3, 27700)] {
+    for (name, n, port) in [
+        ("vektagraf 1 node", 1usize, 27600u16),
+        ("vektagraf 3 nodes", 3, 27700),
+    ] {
         let nodes = start_cluster(&opt.data.join(format!("vk{n}")), n, port)
             .with_context(|| format!("starting {name}"))?;
         let key = prepare(&nodes).await?;
@@ -230,26 +249,48 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     if !opt.no_etcd {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-cluster.sh");
         let edir = opt.data.join("etcd");
-        let up = Command::new(&script).arg("up").arg(&edir).stdout(Stdio::null()).status()?;
-        anyhow::ensure!(up.success(), "etcd cluster did not start ({})", script.display());
+        let up = Command::new(&script)
+            .arg("up")
+            .arg(&edir)
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(
+            up.success(),
+            "etcd cluster did not start ({})",
+            script.display()
+        );
         let endpoints: Vec<SocketAddr> = (1..=3)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 23790 + i)))
             .collect();
         let r = async {
             for &c in &opt.clients {
-                let r = put_load(&endpoints, c, opt.value_size, Duration::from_secs(opt.seconds)).await?;
+                let r = put_load(
+                    &endpoints,
+                    c,
+                    opt.value_size,
+                    Duration::from_secs(opt.seconds),
+                )
+                .await?;
                 row("etcd 3.4, 3 nodes", c, &r);
                 results.push(("etcd".into(), c, r.per_sec()));
             }
             Ok::<(), anyhow::Error>(())
         }
         .await;
-        let _ = Command::new(&script).arg("down").arg(&edir).stdout(Stdio::null()).status();
+        let _ = Command::new(&script)
+            .arg("down")
+            .arg(&edir)
+            .stdout(Stdio::null())
+            .status();
         r?;
         println!();
         for &c in &opt.clients {
             let get = |n: &str| results.iter().find(|r| r.0 == n && r.1 == c).map(|r| r.2);
-            if let (Some(v3), Some(e), Some(v1)) = (get("vektagraf 3 nodes"), get("etcd"), get("vektagraf 1 node")) {
+            if let (Some(v3), Some(e), Some(v1)) = (
+                get("vektagraf 3 nodes"),
+                get("etcd"),
+                get("vektagraf 1 node"),
+            ) {
                 println!(
                     "{c:>3} clients: vektagraf 3 nodes / etcd 3 nodes = {:.2}x; vektagraf 3 nodes / 1 node = {:.2}x",
                     v3 / e,
@@ -296,11 +337,17 @@ fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
 
 async fn measure_idle(nodes: &Nodes, secs: u64) -> anyhow::Result<Vec<(f64, u64, u64)>> {
     let pids: Vec<u32> = nodes.children.iter().map(|c| c.id()).collect();
-    let before: Vec<(f64, u64, u64)> = pids.iter().map(|p| proc_usage(*p)).collect::<Result<_, _>>()?;
+    let before: Vec<(f64, u64, u64)> = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let wall = t.elapsed().as_secs_f64();
-    let after: Vec<(f64, u64, u64)> = pids.iter().map(|p| proc_usage(*p)).collect::<Result<_, _>>()?;
+    let after: Vec<(f64, u64, u64)> = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
     Ok(before
         .iter()
         .zip(&after)
@@ -314,9 +361,21 @@ fn print_idle(label: &str, m: &[(f64, u64, u64)]) {
     let per: Vec<String> = m
         .iter()
         .enumerate()
-        .map(|(i, x)| format!("node {}: {:.1}% CPU, {} MiB, {} threads", i + 1, x.0, x.1 >> 20, x.2))
+        .map(|(i, x)| {
+            format!(
+                "node {}: {:.1}% CPU, {} MiB, {} threads",
+                i + 1,
+                x.0,
+                x.1 >> 20,
+                x.2
+            )
+        })
         .collect();
-    println!("{label:<28} total {cpu:.1}% of one core, {} MiB RSS  ({})", rss >> 20, per.join("; "));
+    println!(
+        "{label:<28} total {cpu:.1}% of one core, {} MiB RSS  ({})",
+        rss >> 20,
+        per.join("; ")
+    );
 }
 
 /// `vektagraf bench idle`: CPU and memory of a 3-node cluster, empty and
@@ -334,7 +393,12 @@ pub async fn idle(opt: IdleOptions) -> anyhow::Result<()> {
     let workers = 8;
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (addr, key, ca, n) = (nodes.client_addrs[0], admin_key.trim().to_string(), ca.clone(), opt.tenants);
+        let (addr, key, ca, n) = (
+            nodes.client_addrs[0],
+            admin_key.trim().to_string(),
+            ca.clone(),
+            opt.tenants,
+        );
         tasks.push(tokio::spawn(async move {
             let admin = client(addr, &key, &ca).await?;
             for i in (w..n).step_by(workers) {
@@ -357,11 +421,15 @@ pub async fn idle(opt: IdleOptions) -> anyhow::Result<()> {
     // Let elections settle and idle groups quiesce before measuring.
     tokio::time::sleep(crate::db::cluster::QUIESCE_AFTER + Duration::from_secs(10)).await;
     let full = measure_idle(&nodes, opt.seconds).await?;
-    println!("idle for {} s, measured from /proc (user + system CPU; VmRSS):", opt.seconds);
+    println!(
+        "idle for {} s, measured from /proc (user + system CPU; VmRSS):",
+        opt.seconds
+    );
     print_idle("3 nodes, no tenants", &empty);
     print_idle(&format!("3 nodes, {} idle tenants", opt.tenants), &full);
     let dcpu: f64 = full.iter().map(|x| x.0).sum::<f64>() - empty.iter().map(|x| x.0).sum::<f64>();
-    let drss = full.iter().map(|x| x.1).sum::<u64>() as f64 - empty.iter().map(|x| x.1).sum::<u64>() as f64;
+    let drss = full.iter().map(|x| x.1).sum::<u64>() as f64
+        - empty.iter().map(|x| x.1).sum::<u64>() as f64;
     let n = opt.tenants.max(1) as f64;
     println!(
         "per idle tenant (3 replicas): {:.4}% of a core, {:.0} KiB RSS",

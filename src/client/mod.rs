@@ -372,7 +372,10 @@ impl Client {
     /// Get by id from any replica's local state: no read-index round,
     /// possibly behind the leader (a stale read).
     pub async fn get_stale(&self, id: &str) -> Result<Option<Object>> {
-        match self.call(Request::Stale(Box::new(Request::Get(id.into())))).await? {
+        match self
+            .call(Request::Stale(Box::new(Request::Get(id.into()))))
+            .await?
+        {
             Response::Object(o) => Ok(o),
             other => Err(unexpected(other)),
         }

@@ -222,13 +222,23 @@ impl NodeConfig {
             if c.node_id == 0 {
                 return Err(cfg_err("cluster.node_id", "must be at least 1"));
             }
-            for (k, v) in [("cluster.ca", &c.ca), ("cluster.cert", &c.cert), ("cluster.key", &c.key)] {
+            for (k, v) in [
+                ("cluster.ca", &c.ca),
+                ("cluster.cert", &c.cert),
+                ("cluster.key", &c.key),
+            ] {
                 if v.is_empty() {
-                    return Err(cfg_err(k, "required when cluster.enabled (see `vektagraf certs`)"));
+                    return Err(cfg_err(
+                        k,
+                        "required when cluster.enabled (see `vektagraf certs`)",
+                    ));
                 }
             }
             if c.replication_factor == 0 || c.meta_voters == 0 {
-                return Err(cfg_err("cluster", "replication_factor and meta_voters must be at least 1"));
+                return Err(cfg_err(
+                    "cluster",
+                    "replication_factor and meta_voters must be at least 1",
+                ));
             }
         }
         Ok(())

@@ -72,6 +72,8 @@ pub struct Cluster {
     /// One reconcile pass at a time (the loop, and tenant creation).
     reconciling: tokio::sync::Mutex<()>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Nodes the liveness probe finds unreachable.
+    down: parking_lot::RwLock<HashSet<u64>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -155,6 +157,7 @@ pub(super) async fn start(db: &Database) -> Result<()> {
         busy: Arc::new(Mutex::new(HashSet::new())),
         reconciling: tokio::sync::Mutex::new(()),
         probe: Mutex::new(None),
+        down: parking_lot::RwLock::new(HashSet::new()),
         task: Mutex::new(None),
     });
     *db.inner.registry.write() = Some(Arc::new(Registry::replicated(cluster.clone())));
@@ -171,7 +174,10 @@ pub(super) async fn start(db: &Database) -> Result<()> {
                 .await
                 .map_err(raft::raft_err)?;
             meta.wait(Some(Duration::from_secs(30)))
-                .state(openraft::ServerState::Leader, "bootstrap node leads group 0")
+                .state(
+                    openraft::ServerState::Leader,
+                    "bootstrap node leads group 0",
+                )
                 .await
                 .map_err(raft::raft_err)?;
             db.registry()?.put_node(&me).await?;
@@ -213,20 +219,41 @@ pub(super) async fn start(db: &Database) -> Result<()> {
             let Some(inner) = weak.upgrade() else { return };
             let db = Database { inner };
             let Some(c) = db.cluster() else { return };
-            let Ok(nodes) = db.registry().and_then(|r| r.nodes()) else { continue };
-            let peers: Vec<u64> = nodes.iter().filter(|n| !n.removed && n.id != c.me.id).map(|n| n.id).collect();
+            let Ok(nodes) = db.registry().and_then(|r| r.nodes()) else {
+                continue;
+            };
+            let peers: Vec<u64> = nodes
+                .iter()
+                .filter(|n| !n.removed && n.id != c.me.id)
+                .map(|n| n.id)
+                .collect();
             let probes = peers.iter().map(|n| {
                 let c = c.clone();
                 let n = *n;
-                async move { (n, matches!(c.net.call(n, &PeerRequest::Ping, DOWN_AFTER / 2).await, Ok(PeerResponse::Pong))) }
+                async move {
+                    (
+                        n,
+                        matches!(
+                            c.net.call(n, &PeerRequest::Ping, DOWN_AFTER / 2).await,
+                            Ok(PeerResponse::Pong)
+                        ),
+                    )
+                }
             });
             for (n, ok) in futures::future::join_all(probes).await {
                 let seen = last_ok.entry(n).or_insert_with(Instant::now);
                 if ok {
                     *seen = Instant::now();
-                    down.remove(&n);
+                    if down.remove(&n) {
+                        c.down.write().remove(&n);
+                        tracing::info!(node = n, "peer node reachable again");
+                    }
                 } else if seen.elapsed() > DOWN_AFTER && down.insert(n) {
-                    tracing::warn!(node = n, "peer node unreachable; waking the quiesced groups it led");
+                    c.down.write().insert(n);
+                    tracing::warn!(
+                        node = n,
+                        "peer node unreachable; waking the quiesced groups it led"
+                    );
                     db.wake_groups_led_by(n);
                 }
             }
@@ -294,7 +321,11 @@ impl Cluster {
             for a in through {
                 let addr = parse_addr("cluster.join", a)?;
                 let req = PeerRequest::Join(self.me.clone());
-                match self.net.call_addr(addr, &req, Duration::from_secs(20)).await {
+                match self
+                    .net
+                    .call_addr(addr, &req, Duration::from_secs(20))
+                    .await
+                {
                     Ok(PeerResponse::Joined(Ok(nodes))) => {
                         for n in &nodes {
                             if n.id != self.me.id {
@@ -307,12 +338,16 @@ impl Cluster {
                         return Ok(());
                     }
                     Ok(PeerResponse::Joined(Err(e))) if !e.is_retryable() => return Err(e),
-                    Ok(other) => tracing::info!(through = %addr, answer = ?other, "join not accepted yet"),
+                    Ok(other) => {
+                        tracing::info!(through = %addr, answer = ?other, "join not accepted yet")
+                    }
                     Err(e) => tracing::info!(through = %addr, error = %e, "join: peer unreachable"),
                 }
             }
             if Instant::now() > deadline {
-                return Err(unavailable("could not join the cluster through any --join address"));
+                return Err(unavailable(
+                    "could not join the cluster through any --join address",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -329,7 +364,9 @@ impl Cluster {
                         let req = PeerRequest::Registry(ops.clone());
                         match self.net.call(l, &req, FORWARD_TIMEOUT).await {
                             Ok(PeerResponse::Counter(Ok(v))) => return Ok(v),
-                            Ok(PeerResponse::Counter(Err(e))) if !e.is_retryable() => return Err(e),
+                            Ok(PeerResponse::Counter(Err(e))) if !e.is_retryable() => {
+                                return Err(e)
+                            }
                             _ => {}
                         }
                     }
@@ -351,7 +388,9 @@ impl Cluster {
                 // Registry ops cannot fail at apply but storage errors.
                 _ => Err(NotHere(None)),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(NotHere(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(NotHere(f.leader_id))
+            }
             Err(_) => Err(NotHere(None)),
         }
     }
@@ -413,7 +452,12 @@ impl Cluster {
             .replicas
             .iter()
             .find(|r| r.node == self.me.id)
-            .ok_or_else(|| unavailable(format!("tenant {} has no replica here", rec.config.tenant_id)))?;
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "tenant {} has no replica here",
+                    rec.config.tenant_id
+                ))
+            })?;
         let initial = mine.initial.then(|| {
             rec.replicas
                 .iter()
@@ -531,14 +575,22 @@ impl Database {
                 .collect();
             let live: Vec<u64> = nodes.iter().filter(|n| !n.removed).map(|n| n.id).collect();
             // Keep live voters; fill up to meta_voters from the others.
-            let mut voters: BTreeSet<u64> = current.iter().copied().filter(|v| live.contains(v)).collect();
+            let mut voters: BTreeSet<u64> = current
+                .iter()
+                .copied()
+                .filter(|v| live.contains(v))
+                .collect();
             for n in &live {
                 if voters.len() >= c.settings.meta_voters {
                     break;
                 }
                 voters.insert(*n);
             }
-            let learners: Vec<u64> = live.iter().copied().filter(|n| !voters.contains(n)).collect();
+            let learners: Vec<u64> = live
+                .iter()
+                .copied()
+                .filter(|n| !voters.contains(n))
+                .collect();
             for l in learners {
                 let known = c
                     .meta
@@ -552,7 +604,11 @@ impl Database {
                     let _ = c.meta.add_learner(l, member(l), false).await;
                 }
             }
-            c.converge_membership(0, c.meta.clone(), voters.into_iter().map(|v| (v, v)).collect());
+            c.converge_membership(
+                0,
+                c.meta.clone(),
+                voters.into_iter().map(|v| (v, v)).collect(),
+            );
         }
         // Replicas placed here.
         let mut placed = HashSet::new();
@@ -589,7 +645,10 @@ impl Database {
                 let (no_leader, fresh) = {
                     let m = raft.metrics();
                     let m = m.borrow_watched();
-                    (m.current_leader.is_none(), m.last_applied.is_none_or(|l| l.index == 0))
+                    (
+                        m.current_leader.is_none(),
+                        m.last_applied.is_none_or(|l| l.index == 0),
+                    )
                 };
                 if first && no_leader && fresh {
                     let _ = raft.trigger().elect(false).await;
@@ -600,7 +659,10 @@ impl Database {
             let members_differ = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
-                !m.membership_config.membership().voter_ids().eq(voters.keys().copied())
+                !m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .eq(voters.keys().copied())
             };
             let limits_differ = t
                 .data()
@@ -632,8 +694,10 @@ impl Database {
             .cloned()
             .collect();
         for id in stale {
-            // Only once the metadata is current enough to say so: a
-            // record that is simply missing here may be behind.
+            // Safe against a lagging copy of the metadata: a replica is
+            // only loaded from a record, and group 0's state only moves
+            // forward, so a record that placed it here and is gone now
+            // was deleted or re-placed.
             if let Some(t) = self.unload(&id) {
                 tracing::info!(tenant = %id, group = t.group, "replica no longer placed here; removing it");
                 let _ = self.stop_shard(&id).await;
@@ -647,12 +711,19 @@ impl Database {
 
     /// Quiesces an idle group this node leads once every follower holds
     /// its whole log and agrees.
-    fn maybe_quiesce(&self, c: &Cluster, t: &Arc<super::Tenant>, raft: &ShardRaft, rec: &TenantRecord) {
+    fn maybe_quiesce(
+        &self,
+        c: &Cluster,
+        t: &Arc<super::Tenant>,
+        raft: &ShardRaft,
+        rec: &TenantRecord,
+    ) {
         use std::sync::atomic::Ordering;
         if t.quiesced.load(Ordering::Acquire) {
             return;
         }
-        let idle = crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
+        let idle =
+            crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
         if idle < QUIESCE_AFTER.as_millis() as u64 {
             return;
         }
@@ -661,9 +732,14 @@ impl Database {
             let m = m.borrow_watched();
             let last = m.last_log_index.unwrap_or(0);
             let caught = m.replication.as_ref().is_some_and(|r| {
-                r.values().all(|l| l.as_ref().map(|l| l.index) == Some(last))
+                r.values()
+                    .all(|l| l.as_ref().map(|l| l.index) == Some(last))
             });
-            (m.id, last, caught && m.last_applied.map(|l| l.index) == Some(last))
+            (
+                m.id,
+                last,
+                caught && m.last_applied.map(|l| l.index) == Some(last),
+            )
         };
         if !caught_up || !c.busy.lock().insert(rec.group) {
             return;
@@ -672,7 +748,12 @@ impl Database {
             busy: c.busy.clone(),
             group: rec.group,
         };
-        let followers: Vec<u64> = rec.replicas.iter().filter(|r| r.node != c.me.id).map(|r| r.node).collect();
+        let followers: Vec<u64> = rec
+            .replicas
+            .iter()
+            .filter(|r| r.node != c.me.id)
+            .map(|r| r.node)
+            .collect();
         let (net, t, raft, group) = (c.net.clone(), t.clone(), raft.clone(), rec.group);
         tokio::spawn(async move {
             let _guard = guard;
@@ -688,14 +769,19 @@ impl Database {
                 }
             }
             // A request may have arrived meanwhile.
-            let idle = crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
-            if idle >= QUIESCE_AFTER.as_millis() as u64 && raft.metrics().borrow_watched().last_log_index.unwrap_or(0) == last_index {
+            let idle =
+                crate::util::coarse_now_ms().saturating_sub(t.last_active.load(Ordering::Relaxed));
+            if idle >= QUIESCE_AFTER.as_millis() as u64
+                && raft.metrics().borrow_watched().last_log_index.unwrap_or(0) == last_index
+            {
                 t.quiesced.store(true, Ordering::Release);
                 raft.runtime_config().tick(false);
                 tracing::debug!(group, "group quiesced");
             } else {
                 // Followers stopped ticking: wake them with a round.
-                let _ = raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await;
+                let _ = raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await;
             }
         });
     }
@@ -723,7 +809,8 @@ impl Database {
 
     /// Wakes quiesced local replicas of groups whose leader is on `node`.
     pub(crate) fn wake_groups_led_by(&self, node: u64) {
-        let tenants: Vec<Arc<super::Tenant>> = self.inner.tenants.read().values().cloned().collect();
+        let tenants: Vec<Arc<super::Tenant>> =
+            self.inner.tenants.read().values().cloned().collect();
         let mut woken = 0;
         for t in tenants {
             if !t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
@@ -731,7 +818,12 @@ impl Database {
             }
             let Some(raft) = t.raft() else { continue };
             let leader = raft.metrics().borrow_watched().current_leader;
-            let on_node = leader.is_none_or(|l| t.replicas.read().iter().any(|r| r.id == l && r.node == node));
+            let on_node = leader.is_none_or(|l| {
+                t.replicas
+                    .read()
+                    .iter()
+                    .any(|r| r.id == l && r.node == node)
+            });
             if on_node {
                 wake(&t, &raft);
                 woken += 1;
@@ -745,7 +837,10 @@ impl Database {
     /// Marks a local replica active (a request arrived) and wakes it.
     fn touch(&self, tenant: &str) {
         if let Some(t) = self.inner.tenants.read().get(tenant) {
-            t.last_active.store(crate::util::coarse_now_ms(), std::sync::atomic::Ordering::Relaxed);
+            t.last_active.store(
+                crate::util::coarse_now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
                 if let Some(raft) = t.raft() {
                     wake(t, &raft);
@@ -766,7 +861,9 @@ impl Database {
 
     /// Where a request for `tenant` is served; waits a while for a leader.
     pub(crate) async fn route(&self, tenant: &str, stale: bool) -> Result<Route> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let local = self.inner.tenants.read().get(tenant).cloned();
@@ -787,15 +884,26 @@ impl Database {
                 }
                 None => {
                     let rec = self.record(tenant)?;
-                    // Not held here: any replica's node routes it on.
-                    let nodes: Vec<u64> = rec.replicas.iter().map(|r| r.node).collect();
+                    // Not held here: any replica's reachable node routes it on.
+                    let down = c.down.read().clone();
+                    let mut nodes: Vec<u64> = rec
+                        .replicas
+                        .iter()
+                        .map(|r| r.node)
+                        .filter(|n| !down.contains(n))
+                        .collect();
+                    if nodes.is_empty() {
+                        nodes = rec.replicas.iter().map(|r| r.node).collect();
+                    }
                     if let Some(n) = nodes.get(rand_index(nodes.len())) {
                         return Ok(Route::Remote(*n));
                     }
                 }
             }
             if Instant::now() > deadline {
-                return Err(unavailable(format!("shard of tenant {tenant} has no leader")));
+                return Err(unavailable(format!(
+                    "shard of tenant {tenant} has no leader"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -818,9 +926,13 @@ impl Database {
             }
             Route::Remote(node) => {
                 if hops >= MAX_HOPS {
-                    return Err(unavailable(format!("shard of tenant {tenant} is moving; retry")));
+                    return Err(unavailable(format!(
+                        "shard of tenant {tenant} is moving; retry"
+                    )));
                 }
-                let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+                let c = self
+                    .cluster()
+                    .ok_or_else(|| unavailable("not a cluster node"))?;
                 let fwd = PeerRequest::Forward {
                     tenant: tenant.to_string(),
                     user: user.to_string(),
@@ -839,7 +951,9 @@ impl Database {
     /// Serves an admin request: on group 0's leader, or for usage, on a
     /// replica of the tenant.
     pub(crate) async fn serve_admin(&self, req: Request, hops: u8) -> Result<Response> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         let target = match &req {
             Request::ClusterNodes => return self.cluster_nodes().map(Response::ClusterNodes),
             Request::ListKeys(_) => None,
@@ -881,7 +995,11 @@ impl Database {
                 if hops >= MAX_HOPS {
                     return Err(unavailable("metadata leader is moving; retry"));
                 }
-                match c.net.call(node, &PeerRequest::Admin(req, hops + 1), FORWARD_TIMEOUT).await? {
+                match c
+                    .net
+                    .call(node, &PeerRequest::Admin(req, hops + 1), FORWARD_TIMEOUT)
+                    .await?
+                {
                     PeerResponse::Reply(r) => r,
                     PeerResponse::Failed(e) => Err(e),
                     other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
@@ -891,13 +1009,18 @@ impl Database {
     }
 
     fn shard_info(&self, tenant: &str) -> Result<ShardInfo> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         let t = self.tenant(tenant)?;
         let raft = t.raft().ok_or_else(|| unavailable("replica not running"))?;
         let (leader, voters) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
-            (m.current_leader, m.membership_config.membership().voter_ids().collect())
+            (
+                m.current_leader,
+                m.membership_config.membership().voter_ids().collect(),
+            )
         };
         let replicas: Vec<(u64, u64)> = t.replicas.read().iter().map(|r| (r.id, r.node)).collect();
         Ok(ShardInfo {
@@ -911,11 +1034,16 @@ impl Database {
     }
 
     fn cluster_nodes(&self) -> Result<Vec<ClusterNode>> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         let (voters, leader): (BTreeSet<u64>, Option<u64>) = {
             let m = c.meta.metrics();
             let m = m.borrow_watched();
-            (m.membership_config.membership().voter_ids().collect(), m.current_leader)
+            (
+                m.membership_config.membership().voter_ids().collect(),
+                m.current_leader,
+            )
         };
         Ok(self
             .registry()?
@@ -935,7 +1063,9 @@ impl Database {
     /// Admits a node (on group 0's leader): records it; the reconcile
     /// loop adds it to group 0.
     async fn handle_join(&self, rec: NodeRecord, hops: u8) -> Result<Vec<NodeRecord>> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         if !is_leader(&c.meta) {
             let leader = c
                 .meta_leader()
@@ -945,7 +1075,11 @@ impl Database {
                 return Err(unavailable("metadata leader is moving; retry"));
             }
             let _ = hops;
-            return match c.net.call(leader, &PeerRequest::Join(rec), FORWARD_TIMEOUT).await? {
+            return match c
+                .net
+                .call(leader, &PeerRequest::Join(rec), FORWARD_TIMEOUT)
+                .await?
+            {
                 PeerResponse::Joined(r) => r,
                 other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
             };
@@ -976,7 +1110,9 @@ impl Database {
     /// replicas on another live node (the shard leaders then change their
     /// memberships). Runs on group 0's leader.
     pub async fn remove_node(&self, id: u64) -> Result<()> {
-        let c = self.cluster().ok_or_else(|| unavailable("not a cluster node"))?;
+        let c = self
+            .cluster()
+            .ok_or_else(|| unavailable("not a cluster node"))?;
         if id == c.me.id {
             return Err(Error::invalid(
                 "node",
@@ -989,10 +1125,15 @@ impl Database {
             .nodes()?
             .into_iter()
             .find(|n| n.id == id)
-            .ok_or_else(|| Error::not_found("node", &id.to_string()))?;
+            .ok_or_else(|| Error::not_found("node", id.to_string()))?;
         node.removed = true;
         reg.put_node(&node).await?;
-        let live: Vec<u64> = reg.nodes()?.into_iter().filter(|n| !n.removed).map(|n| n.id).collect();
+        let live: Vec<u64> = reg
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.removed)
+            .map(|n| n.id)
+            .collect();
         let mut moved = 0;
         for mut rec in reg.tenants()? {
             if !rec.replicas.iter().any(|r| r.node == id) {
@@ -1024,7 +1165,11 @@ impl Database {
         if group == 0 {
             return self.cluster().map(|c| c.meta.clone());
         }
-        self.inner.by_group.read().get(&group).and_then(|t| t.raft())
+        self.inner
+            .by_group
+            .read()
+            .get(&group)
+            .and_then(|t| t.raft())
     }
 }
 
@@ -1058,7 +1203,9 @@ fn gone() -> PeerResponse {
 }
 
 fn no_group(group: u64) -> PeerResponse {
-    PeerResponse::Failed(unavailable(format!("group {group} has no replica on this node")))
+    PeerResponse::Failed(unavailable(format!(
+        "group {group} has no replica on this node"
+    )))
 }
 
 impl PeerService for Service {
@@ -1102,28 +1249,36 @@ impl PeerService for Service {
                     hops,
                     request,
                 } => PeerResponse::Reply(db.serve_tenant(&tenant, &user, request, hops).await),
-                PeerRequest::Admin(req, hops) => PeerResponse::Reply(db.serve_admin(req, hops).await),
-                PeerRequest::Registry(ops) => match db.cluster() {
-                    Some(c) => PeerResponse::Counter(
-                        c.commit_here(ops)
-                            .await
-                            .map_err(|_| unavailable("this node does not lead the metadata group")),
-                    ),
-                    None => gone(),
-                },
+                PeerRequest::Admin(req, hops) => {
+                    PeerResponse::Reply(db.serve_admin(req, hops).await)
+                }
+                PeerRequest::Registry(ops) => {
+                    match db.cluster() {
+                        Some(c) => PeerResponse::Counter(c.commit_here(ops).await.map_err(|_| {
+                            unavailable("this node does not lead the metadata group")
+                        })),
+                        None => gone(),
+                    }
+                }
                 PeerRequest::Join(rec) => PeerResponse::Joined(db.handle_join(rec, 1).await),
             }
         })
     }
 
     fn snapshot_staging(&self, group: u64) -> Result<PathBuf> {
-        let db = self.db().ok_or_else(|| unavailable("node is shutting down"))?;
+        let db = self
+            .db()
+            .ok_or_else(|| unavailable("node is shutting down"))?;
         if db.group_raft(group).is_none() {
-            return Err(unavailable(format!("group {group} has no replica on this node")));
+            return Err(unavailable(format!(
+                "group {group} has no replica on this node"
+            )));
         }
-        let dir = db
-            .shard_dir(group)
-            .join(format!("incoming-{}-{}", crate::util::now_ms(), rand_index(1 << 20)));
+        let dir = db.shard_dir(group).join(format!(
+            "incoming-{}-{}",
+            crate::util::now_ms(),
+            rand_index(1 << 20)
+        ));
         std::fs::create_dir_all(&dir).map_err(Error::storage)?;
         Ok(dir)
     }
@@ -1137,7 +1292,9 @@ impl PeerService for Service {
     ) -> BoxFuture<'static, PeerResponse> {
         let raft = self.db().and_then(|db| db.group_raft(group));
         Box::pin(async move {
-            let Some(raft) = raft else { return no_group(group) };
+            let Some(raft) = raft else {
+                return no_group(group);
+            };
             let snap = openraft::Snapshot {
                 meta,
                 snapshot: ShardSnapshot { dir },
@@ -1145,7 +1302,9 @@ impl PeerService for Service {
             let last = snap.meta.last_log_id;
             let r = raft.install_full_snapshot(vote, snap).await;
             match &r {
-                Ok(_) => tracing::info!(group, ?last, "installed a snapshot streamed by the leader"),
+                Ok(_) => {
+                    tracing::info!(group, ?last, "installed a snapshot streamed by the leader")
+                }
                 Err(e) => tracing::warn!(group, error = %e, "snapshot install failed"),
             }
             PeerResponse::Snapshot(r)

@@ -93,7 +93,9 @@ impl Database {
     /// unknown on a cluster node (a key created moments ago elsewhere).
     pub async fn authenticate_fresh(&self, api_key: &str) -> Result<KeyInfo> {
         let first = self.authenticate(api_key);
-        if self.cluster().is_none() || !matches!(&first, Err(Error::Unauthenticated { reason }) if reason == "unknown API key") {
+        if self.cluster().is_none()
+            || !matches!(&first, Err(Error::Unauthenticated { reason }) if reason == "unknown API key")
+        {
             return first;
         }
         for _ in 0..20 {

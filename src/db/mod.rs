@@ -317,7 +317,10 @@ impl Database {
                 })
             }
         }
-        self.inner.by_group.write().insert(rec.group, tenant.clone());
+        self.inner
+            .by_group
+            .write()
+            .insert(rec.group, tenant.clone());
         self.inner
             .tenants
             .write()
@@ -340,7 +343,9 @@ impl Database {
     /// Removes every byte of a tenant: shard directory, raft log, registry.
     async fn purge(&self, rec: &TenantRecord) -> Result<()> {
         self.purge_local(rec.group).await?;
-        self.registry()?.remove_tenant(&rec.config.tenant_id).await?;
+        self.registry()?
+            .remove_tenant(&rec.config.tenant_id)
+            .await?;
         tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
         Ok(())
     }
@@ -551,7 +556,9 @@ impl Database {
                 id: user.to_string(),
             });
         }
-        self.registry()?.put_user(&UserRecord::new(tenant, user)).await
+        self.registry()?
+            .put_user(&UserRecord::new(tenant, user))
+            .await
     }
 
     /// Removes a user from a tenant.

@@ -100,6 +100,9 @@ pub trait MetaGroup: Send + Sync {
     fn propose(&self, ops: Vec<RegOp>) -> BoxFuture<'_, Result<u64, Error>>;
 }
 
+/// A key and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 enum Backend {
     /// The node's own RocksDB instance (`node/`), synced writes.
     Local(DB),
@@ -183,14 +186,15 @@ impl Registry {
 
     /// Keys (without the prefix of the table) and values of `table`
     /// starting with `prefix`, in key order.
-    fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    fn scan(&self, table: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
         let mut out = Vec::new();
         match &self.backend {
             Backend::Local(db) => {
                 let cf = db
                     .cf_handle(table)
                     .ok_or_else(|| st(format!("column family {table} missing")))?;
-                let it = db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward));
+                let it =
+                    db.iterator_cf(cf, IteratorMode::From(prefix, rocksdb::Direction::Forward));
                 for item in it {
                     let (k, v) = item.map_err(st)?;
                     if !k.starts_with(prefix) {

@@ -275,7 +275,11 @@ pub fn cert_names_node(cert: &CertificateDer<'_>, id: u64) -> bool {
 }
 
 fn transport() -> Result<quinn::TransportConfig, Error> {
-    let mut t = tls::transport(Duration::from_secs(10), Some(Duration::from_secs(2)), MAX_PEER_STREAMS)?;
+    let mut t = tls::transport(
+        Duration::from_secs(10),
+        Some(Duration::from_secs(2)),
+        MAX_PEER_STREAMS,
+    )?;
     t.max_concurrent_uni_streams(0u32.into());
     Ok(t)
 }
@@ -294,10 +298,12 @@ impl PeerNet {
             roots.add(c.clone()).map_err(tls_config_err)?;
         }
         let roots = Arc::new(roots);
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), tls::provider())
-                .build()
-                .map_err(tls_config_err)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            tls::provider(),
+        )
+        .build()
+        .map_err(tls_config_err)?;
         let mut server_tls = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_config_err)?
@@ -306,7 +312,8 @@ impl PeerNet {
             .map_err(tls_config_err)?;
         server_tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(tls_config_err)?,
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+                .map_err(tls_config_err)?,
         ));
         server.transport_config(Arc::new(transport()?));
         let mut client_tls = rustls::ClientConfig::builder_with_provider(tls::provider())
@@ -400,9 +407,12 @@ impl PeerNet {
                     .unwrap_or(false);
                 if !certified {
                     tracing::warn!(%remote, claimed = node, "peer certificate does not name the node it claims; refused");
-                    let _ = write_msg(&mut send, &PeerResponse::Failed(Error::Unauthenticated {
-                        reason: format!("certificate is not valid for {}", node_name(node)),
-                    }))
+                    let _ = write_msg(
+                        &mut send,
+                        &PeerResponse::Failed(Error::Unauthenticated {
+                            reason: format!("certificate is not valid for {}", node_name(node)),
+                        }),
+                    )
                     .await;
                     conn.close(2u32.into(), b"certificate does not match node id");
                     return;
@@ -493,7 +503,10 @@ impl PeerNet {
             .await
             .map_err(|_| unreachable(format!("handshake with {addr} timed out")))?
             .map_err(|e| unreachable(format!("{addr}: {e}")))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         write_msg(&mut send, &PeerRequest::Hello { node: self.me })
             .await
             .map_err(|e| unreachable(e.to_string()))?;
@@ -531,10 +544,15 @@ impl PeerNet {
         let stream_err = |reason: String| PeerError::Stream { node, reason };
         let fut = async {
             let conn = self.connection(node).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| stream_err(e.to_string()))?;
             write_msg(&mut send, req).await.map_err(stream_err)?;
             let _ = send.finish();
-            read_msg::<PeerResponse>(&mut recv).await.map_err(stream_err)
+            read_msg::<PeerResponse>(&mut recv)
+                .await
+                .map_err(stream_err)
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -564,7 +582,9 @@ impl PeerNet {
                 .map_err(|_| err(format!("handshake with {addr} timed out")))?
                 .map_err(|e| err(format!("{addr}: {e}")))?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
-            write_msg(&mut send, &PeerRequest::Hello { node: self.me }).await.map_err(err)?;
+            write_msg(&mut send, &PeerRequest::Hello { node: self.me })
+                .await
+                .map_err(err)?;
             let _ = send.finish();
             match read_msg::<PeerResponse>(&mut recv).await.map_err(err)? {
                 PeerResponse::Welcome => {}
@@ -601,7 +621,10 @@ impl PeerNet {
         let files = list_files(dir).map_err(|e| stream_err(e.to_string()))?;
         let fut = async {
             let conn = self.connection(node).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| stream_err(e.to_string()))?;
             let header = PeerRequest::Snapshot {
                 group,
                 vote,
@@ -620,12 +643,16 @@ impl PeerNet {
                     tokio::io::AsyncReadExt::read_exact(&mut f, &mut buf[..n])
                         .await
                         .map_err(|e| stream_err(format!("{name}: {e}")))?;
-                    send.write_all(&buf[..n]).await.map_err(|e| stream_err(e.to_string()))?;
+                    send.write_all(&buf[..n])
+                        .await
+                        .map_err(|e| stream_err(e.to_string()))?;
                     left -= n as u64;
                 }
             }
             let _ = send.finish();
-            read_msg::<PeerResponse>(&mut recv).await.map_err(stream_err)
+            read_msg::<PeerResponse>(&mut recv)
+                .await
+                .map_err(stream_err)
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -678,7 +705,9 @@ async fn serve_stream(
             files,
         }) => match receive_files(&*service, group, &files, &mut recv).await {
             Ok(dir) => {
-                let r = service.install_snapshot(group, vote, meta, dir.clone()).await;
+                let r = service
+                    .install_snapshot(group, vote, meta, dir.clone())
+                    .await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 r
             }
@@ -703,13 +732,19 @@ async fn receive_files(
     let mut buf = vec![0u8; CHUNK];
     for (name, len) in files {
         if !safe_relative(name) {
-            return Err(proto(format!("snapshot file name {name:?} is not a plain relative path")));
+            return Err(proto(format!(
+                "snapshot file name {name:?} is not a plain relative path"
+            )));
         }
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(Error::storage)?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(Error::storage)?;
         }
-        let mut f = tokio::fs::File::create(&path).await.map_err(Error::storage)?;
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(Error::storage)?;
         let mut left = *len;
         while left > 0 {
             let n = (left as usize).min(CHUNK);
@@ -728,7 +763,10 @@ async fn receive_files(
 async fn write_msg<T: Serialize>(send: &mut SendStream, v: &T) -> Result<(), String> {
     let body = codec::encode(v).map_err(|e| e.to_string())?;
     if body.len() > PEER_MAX_FRAME {
-        return Err(format!("message of {} bytes exceeds the peer frame limit", body.len()));
+        return Err(format!(
+            "message of {} bytes exceeds the peer frame limit",
+            body.len()
+        ));
     }
     let len = (body.len() as u32).to_be_bytes();
     send.write_all(&len).await.map_err(|e| e.to_string())?;
@@ -738,13 +776,17 @@ async fn write_msg<T: Serialize>(send: &mut SendStream, v: &T) -> Result<(), Str
 /// Reads one length-prefixed message (length checked before allocating).
 async fn read_msg<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, String> {
     let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
     let n = u32::from_be_bytes(prefix) as usize;
     if n > PEER_MAX_FRAME {
         return Err(format!("peer frame of {n} bytes exceeds the limit"));
     }
     let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
     codec::decode(&body).map_err(|e| e.to_string())
 }
 

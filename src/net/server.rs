@@ -336,7 +336,10 @@ pub(crate) async fn admin(db: &Database, req: Request) -> Result<Response, Error
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
         ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
-            return Err(Error::invalid("request", "this node is not part of a cluster"))
+            return Err(Error::invalid(
+                "request",
+                "this node is not part of a cluster",
+            ))
         }
         other => {
             return Err(denied(format!(
@@ -354,9 +357,7 @@ pub(crate) async fn data(s: &Session, req: Request) -> Result<Response, Error> {
         if matches!(*inner, Stale(_)) {
             return Err(Error::invalid("request", "Stale cannot wrap Stale"));
         }
-        let stale = s
-            .clone()
-            .with_consistency(crate::shard::Consistency::Stale);
+        let stale = s.clone().with_consistency(crate::shard::Consistency::Stale);
         return Box::pin(data(&stale, *inner)).await;
     }
     Ok(match req {

@@ -137,7 +137,9 @@ fn remote(e: impl std::fmt::Display) -> RPCError<C> {
 }
 
 fn unexpected(r: PeerResponse) -> RPCError<C> {
-    RPCError::Network(NetworkError::from_string(format!("unexpected answer: {r:?}")))
+    RPCError::Network(NetworkError::from_string(format!(
+        "unexpected answer: {r:?}"
+    )))
 }
 
 impl RaftNetworkV2<C> for PeerClient {
@@ -156,7 +158,11 @@ impl RaftNetworkV2<C> for PeerClient {
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<C>, o: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        o: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         let group = self.group;
         match self.call(PeerRequest::Vote { group, rpc }, &o).await? {
             PeerResponse::Vote(r) => r.map_err(remote),

@@ -695,7 +695,9 @@ fn apply_registry(store: &ShardStore, ops: &[RegOp], batch: &mut Batch<'_>) -> R
             RegOp::Put { table, key, value } => {
                 batch.put_raw(CF_META, &RegOp::storage_key(table, key), value)?
             }
-            RegOp::Delete { table, key } => batch.delete(CF_META, &RegOp::storage_key(table, key))?,
+            RegOp::Delete { table, key } => {
+                batch.delete(CF_META, &RegOp::storage_key(table, key))?
+            }
             RegOp::DeletePrefix { table, prefix } => {
                 let p = RegOp::storage_key(table, prefix);
                 let mut doomed = Vec::new();
@@ -712,9 +714,9 @@ fn apply_registry(store: &ShardStore, ops: &[RegOp], batch: &mut Batch<'_>) -> R
                 let cur = match counters.get(&k) {
                     Some(v) => *v,
                     None => match store.get_raw(CF_META, &k)? {
-                        Some(b) => u64::from_be_bytes(
-                            b.as_slice().try_into().map_err(Error::storage)?,
-                        ),
+                        Some(b) => {
+                            u64::from_be_bytes(b.as_slice().try_into().map_err(Error::storage)?)
+                        }
                         None => 0,
                     },
                 };
