@@ -646,3 +646,50 @@ async fn storage_quota_is_exact_with_writers_on_every_node_and_tenants_stay_isol
         assert_eq!(quota.get("secret").await.unwrap(), None, "node {node}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_quiesced_tenant_survives_the_death_of_its_leader_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("e", 3, 3).await;
+    let key = c.tenant("sleepy", None).await;
+    let writer = c.client(1, &key).await;
+    retry(|| {
+        writer.put(NewObject::new(
+            "kv",
+            "k",
+            serde_json::json!({"v": "before"}),
+        ))
+    })
+    .await;
+    // Idle for longer than QUIESCE_AFTER: every replica stops ticking.
+    let admin = c.admin(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let info = retry(|| admin.shard_info("sleepy")).await;
+        if info.quiesced {
+            break info.leader_node.expect("a quiesced group has a leader") as usize;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle group did not quiesce: {info:?}"
+        );
+        sleep_s(1.0).await;
+    };
+    // Its leader's node dies; the followers must notice (liveness probe),
+    // wake, elect, and serve both reads and writes.
+    eprintln!("group quiesced; kill -9 of its leader node {leader}");
+    c.kill(leader);
+    let other = (1..=3).find(|i| *i != leader).unwrap();
+    let client = c.client(other, &key).await;
+    let got = retry(|| client.get("k")).await.expect("object survives");
+    assert_eq!(Workload::value(&got).as_deref(), Some("before"));
+    retry(|| client.put(NewObject::new("kv", "k", serde_json::json!({"v": "after"})))).await;
+    let got = retry(|| client.get("k")).await.unwrap();
+    assert_eq!(Workload::value(&got).as_deref(), Some("after"));
+    let admin = c.admin(other).await;
+    let info = retry(|| admin.shard_info("sleepy")).await;
+    assert_ne!(info.leader_node, Some(leader as u64), "{info:?}");
+}

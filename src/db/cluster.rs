@@ -1030,6 +1030,7 @@ impl Database {
             replicas,
             voters,
             answered_by: c.me.id,
+            quiesced: t.quiesced.load(std::sync::atomic::Ordering::Acquire),
         })
     }
 

@@ -364,6 +364,8 @@ pub struct ShardInfo {
     pub voters: Vec<u64>,
     /// The node that answered.
     pub answered_by: u64,
+    /// Its replica is quiesced (idle: raft ticks stopped).
+    pub quiesced: bool,
 }
 
 /// A cluster node as `ClusterNodes` reports it.
