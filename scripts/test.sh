@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test (unit, integration, openraft's storage suite, the QUIC
-# server tests, and a bounded fuzz run of the wire decoder) in the
-# release profile, the one profile RocksDB and FAISS are built in.
+# server tests, the peer mTLS test, the cluster fault tests on real
+# processes in network namespaces (cluster-tests/, root only), and a
+# bounded fuzz run of the wire decoder) in the release profile, the one
+# profile RocksDB and FAISS are built in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
