@@ -693,3 +693,42 @@ async fn an_idle_quiesced_tenant_survives_the_death_of_its_leader_node() {
     let info = retry(|| admin.shard_info("sleepy")).await;
     assert_ne!(info.leader_node, Some(leader as u64), "{info:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_three_split_with_the_leader_in_the_minority_keeps_histories_linearizable() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("f", 5, 5).await;
+    let key = c.tenant("acme", None).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 4, 5]).await;
+    sleep_s(2.0).await;
+    let admin = c.admin(1).await;
+    let info = retry(|| admin.shard_info("acme")).await;
+    let leader = c.shard_leader("acme", 1).await;
+    // The minority: the shard leader's node and a node holding no replica.
+    let spare = (1..=5usize)
+        .find(|n| !info.replicas.iter().any(|r| r.1 as usize == *n))
+        .unwrap();
+    let minority = [leader, spare];
+    let majority: Vec<usize> = (1..=5).filter(|n| !minority.contains(n)).collect();
+    eprintln!("split {minority:?} | {majority:?}");
+    for a in minority {
+        for b in &majority {
+            netns(&["cut", &c.prefix, &a.to_string(), &b.to_string()]);
+        }
+    }
+    sleep_s(6.0).await;
+    // The majority side elected a leader among the other two replicas.
+    let new_leader = c.shard_leader("acme", majority[0]).await;
+    assert!(
+        majority.contains(&new_leader),
+        "leader {new_leader} is not on the majority side"
+    );
+    netns(&["heal", &c.prefix, "5"]);
+    sleep_s(3.0).await;
+    stop_workload(&w, tasks).await;
+    let reader = c.client(leader, &key).await;
+    w.verify(&reader).await;
+}

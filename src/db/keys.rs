@@ -48,7 +48,7 @@ impl Database {
                 let t = tenant.ok_or(Error::MissingTenantContext)?;
                 let u =
                     user.ok_or_else(|| Error::invalid("user_id", "a tenant key needs a user"))?;
-                self.tenant(t)?;
+                self.record(t)?;
                 if self.registry()?.user(t, u)?.is_none() {
                     return Err(Error::not_found("user", u));
                 }
