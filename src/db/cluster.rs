@@ -670,7 +670,7 @@ impl Database {
                 .unwrap_or(false);
             if members_differ || limits_differ {
                 // Anything the leader sends needs it awake (heartbeats).
-                wake(&t, &raft);
+                wake(&t);
             }
             if members_differ {
                 c.converge_membership(rec.group, raft.clone(), voters);
@@ -825,7 +825,7 @@ impl Database {
                     .any(|r| r.id == l && r.node == node)
             });
             if on_node {
-                wake(&t, &raft);
+                wake(&t);
                 woken += 1;
             }
         }
@@ -841,21 +841,13 @@ impl Database {
                 crate::util::coarse_now_ms(),
                 std::sync::atomic::Ordering::Relaxed,
             );
-            if t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
-                if let Some(raft) = t.raft() {
-                    wake(t, &raft);
-                }
-            }
+            wake(t);
         }
     }
 
     fn wake_group(&self, group: u64) {
         if let Some(t) = self.inner.by_group.read().get(&group) {
-            if t.quiesced.load(std::sync::atomic::Ordering::Acquire) {
-                if let Some(raft) = t.raft() {
-                    wake(t, &raft);
-                }
-            }
+            wake(t);
         }
     }
 
@@ -939,11 +931,7 @@ impl Database {
                     hops: hops + 1,
                     request: req,
                 };
-                match c.net.call(node, &fwd, FORWARD_TIMEOUT).await? {
-                    PeerResponse::Reply(r) => r,
-                    PeerResponse::Failed(e) => Err(e),
-                    other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
-                }
+                forward(&c, node, &fwd).await
             }
         }
     }
@@ -995,15 +983,7 @@ impl Database {
                 if hops >= MAX_HOPS {
                     return Err(unavailable("metadata leader is moving; retry"));
                 }
-                match c
-                    .net
-                    .call(node, &PeerRequest::Admin(req, hops + 1), FORWARD_TIMEOUT)
-                    .await?
-                {
-                    PeerResponse::Reply(r) => r,
-                    PeerResponse::Failed(e) => Err(e),
-                    other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
-                }
+                forward(&c, node, &PeerRequest::Admin(req, hops + 1)).await
             }
         }
     }
@@ -1136,11 +1116,13 @@ impl Database {
             .map(|n| n.id)
             .collect();
         let mut moved = 0;
-        for mut rec in reg.tenants()? {
+        let tenants = reg.tenants()?;
+        // Kept current as replicas are placed (the dead node is no target).
+        let mut load = replica_load(&tenants);
+        for mut rec in tenants {
             if !rec.replicas.iter().any(|r| r.node == id) {
                 continue;
             }
-            let load = replica_load(&reg.tenants()?);
             rec.replicas.retain(|r| r.node != id);
             let target = live
                 .iter()
@@ -1149,6 +1131,7 @@ impl Database {
                 .copied();
             if let Some(node) = target {
                 let rid = reg.next_id("replica").await?;
+                *load.entry(node).or_insert(0) += 1;
                 rec.replicas.push(Replica {
                     id: rid,
                     node,
@@ -1175,9 +1158,21 @@ impl Database {
 }
 
 /// Restarts a quiesced replica's raft ticks.
-fn wake(t: &super::Tenant, raft: &ShardRaft) {
-    if t.quiesced.swap(false, std::sync::atomic::Ordering::AcqRel) {
-        raft.runtime_config().tick(true);
+fn wake(t: &super::Tenant) {
+    use std::sync::atomic::Ordering;
+    if t.quiesced.load(Ordering::Acquire) && t.quiesced.swap(false, Ordering::AcqRel) {
+        if let Some(raft) = t.raft() {
+            raft.runtime_config().tick(true);
+        }
+    }
+}
+
+/// Sends a forwarded request and unwraps the response it carries back.
+async fn forward(c: &Cluster, node: u64, req: &PeerRequest) -> Result<Response> {
+    match c.net.call(node, req, FORWARD_TIMEOUT).await? {
+        PeerResponse::Reply(r) => r,
+        PeerResponse::Failed(e) => Err(e),
+        other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
     }
 }
 

@@ -491,31 +491,35 @@ impl PeerNet {
     }
 
     async fn dial(&self, node: u64) -> Result<Connection, PeerError> {
-        let unreachable = |reason: String| PeerError::Unreachable { node, reason };
-        let addr = self
-            .addr(node)
-            .ok_or_else(|| unreachable("no known address".into()))?;
+        let addr = self.addr(node).ok_or_else(|| PeerError::Unreachable {
+            node,
+            reason: "no known address".into(),
+        })?;
+        self.connect(addr, &node_name(node))
+            .await
+            .map_err(|reason| PeerError::Unreachable { node, reason })
+    }
+
+    /// Dials `addr` expecting a certificate valid for `server_name`, and
+    /// introduces this node (`Hello`); the connection is usable once the
+    /// peer welcomes it.
+    async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, String> {
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), addr, &node_name(node))
-            .map_err(|e| unreachable(e.to_string()))?;
+            .connect_with(self.client.clone(), addr, server_name)
+            .map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| unreachable(format!("handshake with {addr} timed out")))?
-            .map_err(|e| unreachable(format!("{addr}: {e}")))?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        write_msg(&mut send, &PeerRequest::Hello { node: self.me })
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| format!("handshake with {addr} timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_msg(&mut send, &PeerRequest::Hello { node: self.me }).await?;
         let _ = send.finish();
         match tokio::time::timeout(CONNECT_TIMEOUT, read_msg::<PeerResponse>(&mut recv)).await {
             Ok(Ok(PeerResponse::Welcome)) => Ok(conn),
-            Ok(Ok(other)) => Err(unreachable(format!("hello refused: {other:?}"))),
-            Ok(Err(e)) => Err(unreachable(format!("hello: {e}"))),
-            Err(_) => Err(unreachable("hello timed out".into())),
+            Ok(Ok(other)) => Err(format!("hello refused: {other:?}")),
+            Ok(Err(e)) => Err(format!("hello: {e}")),
+            Err(_) => Err("hello timed out".into()),
         }
     }
 
@@ -573,23 +577,10 @@ impl PeerNet {
     ) -> Result<PeerResponse, PeerError> {
         let err = |reason: String| PeerError::Unreachable { node: 0, reason };
         let fut = async {
-            let connecting = self
-                .endpoint
-                .connect_with(self.client.clone(), addr, &addr.ip().to_string())
-                .map_err(|e| err(e.to_string()))?;
-            let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                .await
-                .map_err(|_| err(format!("handshake with {addr} timed out")))?
-                .map_err(|e| err(format!("{addr}: {e}")))?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
-            write_msg(&mut send, &PeerRequest::Hello { node: self.me })
+            let conn = self
+                .connect(addr, &addr.ip().to_string())
                 .await
                 .map_err(err)?;
-            let _ = send.finish();
-            match read_msg::<PeerResponse>(&mut recv).await.map_err(err)? {
-                PeerResponse::Welcome => {}
-                other => return Err(err(format!("hello refused: {other:?}"))),
-            }
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
             write_msg(&mut send, req).await.map_err(err)?;
             let _ = send.finish();
