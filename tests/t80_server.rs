@@ -1,11 +1,13 @@
 //! The real server (a child process) and the real driver over loopback.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+
+use common::node::{raw_connection, raw_request, start_node, Node};
 
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::{Envelope, KeyKind, Request, Response, ALPN};
@@ -13,65 +15,6 @@ use vektagraf::proto::{
     CollectionSpec, Direction, Error, Filter, LimitKind, NewObject, OperationType, Query, Traverse,
     VectorSearch, WriteOp,
 };
-
-/// A node started with `vektagraf serve`, killed (by its PID) on drop.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    cert: PathBuf,
-    admin_key: String,
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node() -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = dir.path().join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!("[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nquota_checkpoint_ms = 500\n", data.display().to_string()),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vektagraf"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut cert) = (None, None);
-    while addr.is_none() || cert.is_none() {
-        let line = lines.next().expect("node exited before listening").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            addr = Some(a.trim().parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("certificate ") {
-            cert = Some(PathBuf::from(rest.split(" sha256 ").next().unwrap()));
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let admin_key = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    Node {
-        child,
-        addr: addr.unwrap(),
-        cert: cert.unwrap(),
-        admin_key,
-        dir: data,
-        _dir: dir,
-    }
-}
 
 async fn client(node: &Node, key: &str) -> Result<Client, Error> {
     let mut o = ClientOptions::new(vec![node.addr], key, &node.cert)?;
@@ -354,30 +297,6 @@ async fn credentials_bind_the_tenant_and_bad_credentials_get_typed_errors() {
 
     // A wrong ALPN never gets a connection.
     assert!(raw_connection(&node, b"http/1.1").await.is_err());
-}
-
-async fn raw_connection(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
-    let certs = vektagraf::net::tls::read_certs(&node.cert).unwrap();
-    let t = vektagraf::net::tls::transport(Duration::from_secs(10), None, 16).unwrap();
-    let cfg = vektagraf::net::tls::client_config(&certs, alpn, t).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(cfg);
-    let conn = ep
-        .connect(node.addr, "localhost")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
-async fn raw_request(conn: &quinn::Connection, bytes: &[u8]) -> Response {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    let _ = send.finish();
-    let env = vektagraf::net::frame::read_frame::<Response>(&mut recv, 1 << 20)
-        .await
-        .unwrap();
-    env.body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,10 +13,27 @@ use crate::proto::{Error, OperationType, Result};
 
 use super::{Database, KeyRecord};
 
+/// How long a key id found in no registry copy is answered "unknown"
+/// without looking again.
+pub const UNKNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The in-memory key cache.
-#[derive(Default)]
 pub(crate) struct KeyCache {
     pub(crate) keys: RwLock<HashMap<String, KeyRecord>>,
+    /// Key ids recently looked up and not found (bounded, expiring).
+    pub(crate) unknown: moka::sync::Cache<String, ()>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            keys: RwLock::default(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(UNKNOWN_KEY_TTL)
+                .build(),
+        }
+    }
 }
 
 fn unauth(reason: &str) -> Error {
@@ -91,6 +108,11 @@ impl Database {
     /// [`authenticate`](Self::authenticate), waiting up to a second for
     /// this node's copy of the metadata to catch up when the key is
     /// unknown on a cluster node (a key created moments ago elsewhere).
+    ///
+    /// A miss never reloads the key table: it polls the one key id in the
+    /// local registry, and a key id that stays unknown is remembered as
+    /// unknown for two seconds, so guessing costs one lookup per
+    /// key id at most.
     pub async fn authenticate_fresh(&self, api_key: &str) -> Result<KeyInfo> {
         let first = self.authenticate(api_key);
         if self.cluster().is_none()
@@ -98,13 +120,20 @@ impl Database {
         {
             return first;
         }
+        let Some((id, _)) = key::parse(api_key) else {
+            return first;
+        };
+        if self.inner.keys.unknown.contains_key(id) {
+            return first;
+        }
         for _ in 0..20 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            self.load_keys()?;
-            if let Ok(k) = self.authenticate(api_key) {
-                return Ok(k);
+            if let Some(rec) = self.registry()?.key(id)? {
+                self.inner.keys.keys.write().insert(rec.key_id.clone(), rec);
+                return self.authenticate(api_key);
             }
         }
+        self.inner.keys.unknown.insert(id.to_string(), ());
         self.authenticate(api_key)
     }
 

@@ -348,6 +348,14 @@ impl Registry {
         self.commit(vec![op]).await.map(drop)
     }
 
+    /// One API key record.
+    pub fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, Error> {
+        match self.get(CF_KEYS, key_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(st)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every API key record.
     pub fn keys(&self) -> Result<Vec<KeyRecord>, Error> {
         self.decode_all(CF_KEYS, b"")

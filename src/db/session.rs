@@ -174,12 +174,55 @@ impl Session {
                 cost.complexity,
             ));
         }
-        let permit = self
-            .tenant
-            .limiter
-            .admit(op, crate::util::coarse_now_ms())?;
+        let permit = self.admit_tenant(op).await?;
         let slot = self.db.admission.acquire(q.priority).await?;
         Ok((permit, slot, cfg))
+    }
+
+    /// The tenant limiter's check. Where the daily and monthly counts must
+    /// be reserved durably first (on the shard's leader), waits for the
+    /// reservation; when one runs low, starts the next in the background.
+    async fn admit_tenant(&self, op: OperationType) -> Result<crate::limits::Permit> {
+        use crate::limits::Admit;
+        for _ in 0..4 {
+            match self
+                .tenant
+                .limiter
+                .admit_or_reserve(op, crate::util::coarse_now_ms())?
+            {
+                Admit::Permit(p, refill) => {
+                    if refill {
+                        if let Ok(actor) = self.tenant.actor() {
+                            let _ = actor.cast(ShardMsg::Reserve(None));
+                        }
+                    }
+                    return Ok(p);
+                }
+                Admit::Reserve => {
+                    let actor = self.tenant.actor()?;
+                    let timeout = self.timeout();
+                    match actor
+                        .call(|tx| ShardMsg::Reserve(Some(tx)), Some(timeout))
+                        .await
+                    {
+                        Ok(CallResult::Success(r)) => r?,
+                        Ok(CallResult::Timeout) => {
+                            return Err(Error::Timeout {
+                                after_ms: timeout.as_millis() as u64,
+                            })
+                        }
+                        Ok(CallResult::SenderError) | Err(_) => {
+                            return Err(Error::Unavailable {
+                                reason: "shard stopped while serving the request".into(),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            reason: "request counters could not be reserved; retry".into(),
+        })
     }
 
     /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.

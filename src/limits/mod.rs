@@ -10,4 +10,7 @@ mod tenant;
 pub use admission::{Admission, AdmissionPermit};
 pub use complexity::{estimate, Cost};
 pub use rate::{RateRejection, RateWindow};
-pub use tenant::{Permit, QuotaCounters, TenantLimiter, CONCURRENCY_RETRY_MS};
+pub use tenant::{
+    reservation_step, Admit, Permit, QuotaCounters, Reservation, TenantLimiter,
+    CONCURRENCY_RETRY_MS,
+};

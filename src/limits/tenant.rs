@@ -40,6 +40,29 @@ pub struct QuotaCounters {
 }
 
 impl QuotaCounters {
+    /// Raises these counters to `other`'s: for the same day or month the
+    /// larger count wins, a later period replaces an earlier one, and the
+    /// per-operation totals take the larger of each. Never lowers a count,
+    /// so applying it twice, or out of order, changes nothing.
+    pub fn merge_max(&mut self, other: &QuotaCounters) {
+        self.next_boundary = 0;
+        if other.day > self.day {
+            self.day = other.day;
+            self.daily = other.daily;
+        } else if other.day == self.day {
+            self.daily = self.daily.max(other.daily);
+        }
+        if other.month > self.month {
+            self.month = other.month;
+            self.monthly = other.monthly;
+        } else if other.month == self.month {
+            self.monthly = self.monthly.max(other.monthly);
+        }
+        for (mine, theirs) in self.by_operation.iter_mut().zip(other.by_operation) {
+            *mine = (*mine).max(theirs);
+        }
+    }
+
     fn roll(&mut self, now_ms: u64) {
         if now_ms < self.next_boundary {
             return;
@@ -72,6 +95,57 @@ struct State {
     /// Bumped on every admitted request; the checkpointer compares it.
     version: u64,
     rejected: u64,
+    reserve: Reserve,
+}
+
+/// Durable reservations of the daily and monthly counts (on the replica
+/// that leads the tenant's shard). Before a request is admitted, the
+/// counts it brings the tenant to must already be persisted through the
+/// shard's raft log as a ceiling, so a kill -9 can lose unused
+/// reservation (the tenant is refused up to one [`reservation_step`] early
+/// that day) but never an admitted request.
+#[derive(Debug, Default)]
+struct Reserve {
+    /// Reservations are required (this replica leads the group).
+    on: bool,
+    /// No reservation has landed since `on` was set: the first one also
+    /// raises the counts to whatever a previous leader had reserved.
+    fresh: bool,
+    /// Changes with every leadership change; a reservation proposed in an
+    /// earlier epoch is ignored when it lands.
+    epoch: u64,
+    /// A reservation is being proposed.
+    pending: bool,
+    /// The durable ceiling: (day, daily, month, monthly).
+    ceiling: Option<(u32, u64, u32, u64)>,
+}
+
+/// How many requests one reservation covers for a limit: 1/32 of it,
+/// between 1 and 4,096. The most a kill -9 can cost a tenant is one step
+/// of its daily and of its monthly budget.
+pub fn reservation_step(limit: u64) -> u64 {
+    (limit / 32).clamp(1, 4096)
+}
+
+/// The outcome of [`TenantLimiter::admit_or_reserve`].
+#[derive(Debug)]
+pub enum Admit {
+    /// Admitted. `refill`: the reservation runs low; start the next one
+    /// (this caller is the only one told).
+    Permit(Permit, bool),
+    /// The request is within every limit but beyond the durable
+    /// reservation: reserve (and wait for it), then ask again.
+    Reserve,
+}
+
+/// A reservation to propose: the counters to persist and the epoch to
+/// hand back to [`TenantLimiter::reserved`].
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// Counters (daily and monthly are the new ceilings).
+    pub counters: QuotaCounters,
+    /// Leadership epoch it was made in.
+    pub epoch: u64,
 }
 
 /// Limit state of one tenant. Shared by its sessions and its shard actor.
@@ -110,6 +184,7 @@ impl TenantLimiter {
             quota,
             version: 0,
             rejected: 0,
+            reserve: Reserve::default(),
         };
         Self::configure(&mut st, cfg);
         Arc::new(Self {
@@ -160,12 +235,54 @@ impl TenantLimiter {
         &self.tenant_id
     }
 
-    /// Admits one request of `op` at `now_ms`, or says which limit refuses it.
+    /// Admits one request of `op` at `now_ms`, or says which limit refuses
+    /// it. Where reservations are required and do not cover the request,
+    /// it is refused as `Unavailable` (callers that can wait use
+    /// [`admit_or_reserve`](Self::admit_or_reserve)).
     pub fn admit(self: &Arc<Self>, op: OperationType, now_ms: u64) -> Result<Permit, Error> {
+        match self.admit_or_reserve(op, now_ms)? {
+            Admit::Permit(p, _) => Ok(p),
+            Admit::Reserve => Err(Error::Unavailable {
+                reason: format!(
+                    "tenant {}: request counters are being persisted; retry",
+                    self.tenant_id
+                ),
+            }),
+        }
+    }
+
+    /// Admits one request of `op` at `now_ms`, says which limit refuses
+    /// it, or asks for a reservation first.
+    pub fn admit_or_reserve(
+        self: &Arc<Self>,
+        op: OperationType,
+        now_ms: u64,
+    ) -> Result<Admit, Error> {
         let mut st = self.state.lock();
         if let Err(e) = self.check_locked(&mut st, op, now_ms) {
             st.rejected += 1;
             return Err(e);
+        }
+        let mut refill = false;
+        if st.reserve.on {
+            let q = &st.quota;
+            let covered = match st.reserve.ceiling {
+                Some((day, daily, month, monthly)) => {
+                    day == q.day && q.daily < daily && month == q.month && q.monthly < monthly
+                }
+                None => false,
+            };
+            if !covered {
+                return Ok(Admit::Reserve);
+            }
+            if let Some((_, daily, _, monthly)) = st.reserve.ceiling {
+                let low = daily - (q.daily + 1) < reservation_step(st.daily_limit).div_ceil(2)
+                    || monthly - (q.monthly + 1) < reservation_step(st.monthly_limit).div_ceil(2);
+                if low && !st.reserve.pending {
+                    st.reserve.pending = true;
+                    refill = true;
+                }
+            }
         }
         st.overall.record(now_ms);
         if let Some(w) = &mut st.per_op[op.index()] {
@@ -176,9 +293,79 @@ impl TenantLimiter {
         st.quota.by_operation[op.index()] += 1;
         st.version += 1;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Permit {
-            limiter: Arc::clone(self),
-        })
+        Ok(Admit::Permit(
+            Permit {
+                limiter: Arc::clone(self),
+            },
+            refill,
+        ))
+    }
+
+    /// Turns reservations on (this replica now leads the tenant's shard)
+    /// or off. Every change starts a new epoch and forgets the ceiling: a
+    /// new leader's first reservation also raises its counts to what any
+    /// earlier leader reserved.
+    pub fn set_reserving(&self, on: bool) {
+        let mut st = self.state.lock();
+        if st.reserve.on == on {
+            return;
+        }
+        let epoch = st.reserve.epoch + 1;
+        st.reserve = Reserve {
+            on,
+            fresh: on,
+            epoch,
+            pending: false,
+            ceiling: None,
+        };
+    }
+
+    /// The next reservation to propose at `now_ms`: the current counts
+    /// plus one [`reservation_step`] each, capped at the limits.
+    pub fn reservation(&self, now_ms: u64) -> Reservation {
+        let mut st = self.state.lock();
+        st.quota.roll(now_ms);
+        let mut counters = st.quota.clone();
+        counters.daily = (st
+            .quota
+            .daily
+            .saturating_add(reservation_step(st.daily_limit)))
+        .min(st.daily_limit.max(st.quota.daily.saturating_add(1)));
+        counters.monthly = (st
+            .quota
+            .monthly
+            .saturating_add(reservation_step(st.monthly_limit)))
+        .min(st.monthly_limit.max(st.quota.monthly.saturating_add(1)));
+        st.reserve.pending = true;
+        Reservation {
+            counters,
+            epoch: st.reserve.epoch,
+        }
+    }
+
+    /// A reservation landed: `before` is what was persisted just before
+    /// it applied, `after` what is persisted now. Ignored if leadership
+    /// changed since it was made.
+    pub fn reserved(&self, epoch: u64, before: &QuotaCounters, after: &QuotaCounters) {
+        let mut st = self.state.lock();
+        if !st.reserve.on || st.reserve.epoch != epoch {
+            return;
+        }
+        st.reserve.pending = false;
+        if st.reserve.fresh {
+            // Whatever an earlier leader reserved may have been admitted.
+            st.quota.merge_max(before);
+            st.reserve.fresh = false;
+        }
+        st.reserve.ceiling = Some((after.day, after.daily, after.month, after.monthly));
+    }
+
+    /// A reservation failed to land; the next request may try again.
+    pub fn reservation_failed(&self, epoch: u64) {
+        let mut st = self.state.lock();
+        if st.reserve.epoch == epoch {
+            st.reserve.pending = false;
+        }
     }
 
     /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.
@@ -248,24 +435,7 @@ impl TenantLimiter {
     /// Merges counters persisted by the shard (after a restart): for the
     /// same day or month the larger count wins, a newer period replaces.
     pub fn restore_quota(&self, persisted: QuotaCounters) {
-        let mut st = self.state.lock();
-        let q = &mut st.quota;
-        q.next_boundary = 0;
-        if persisted.day > q.day {
-            q.day = persisted.day;
-            q.daily = persisted.daily;
-        } else if persisted.day == q.day {
-            q.daily = q.daily.max(persisted.daily);
-        }
-        if persisted.month > q.month {
-            q.month = persisted.month;
-            q.monthly = persisted.monthly;
-        } else if persisted.month == q.month {
-            q.monthly = q.monthly.max(persisted.monthly);
-        }
-        for (mine, theirs) in q.by_operation.iter_mut().zip(persisted.by_operation) {
-            *mine = (*mine).max(theirs);
-        }
+        self.state.lock().quota.merge_max(&persisted);
     }
 
     /// Operations in flight.
@@ -408,6 +578,150 @@ mod tests {
         );
         let next_month = calendar::next_month_start(T0);
         l.admit(OperationType::Read, next_month).unwrap();
+    }
+
+    fn reserving(daily: u64) -> Arc<TenantLimiter> {
+        let mut c = cfg();
+        c.rate_limit.max_requests = 1_000_000;
+        c.request_limit.daily_limit = daily;
+        c.request_limit.monthly_limit = 1_000_000;
+        let l = TenantLimiter::new(&c, QuotaCounters::default());
+        l.set_reserving(true);
+        l
+    }
+
+    fn permit(a: Admit) -> (Permit, bool) {
+        match a {
+            Admit::Permit(p, refill) => (p, refill),
+            Admit::Reserve => panic!("asked to reserve"),
+        }
+    }
+
+    #[test]
+    fn reservation_steps() {
+        assert_eq!(reservation_step(0), 1);
+        assert_eq!(reservation_step(120), 3);
+        assert_eq!(reservation_step(320), 10);
+        assert_eq!(reservation_step(u64::MAX), 4096);
+    }
+
+    #[test]
+    fn nothing_is_admitted_beyond_the_durable_reservation() {
+        let l = reserving(320); // step 10
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+        let r = l.reservation(T0);
+        assert_eq!((r.counters.daily, r.counters.monthly), (10, 4096));
+        // The first reservation after taking over: an earlier leader had
+        // reserved up to 40 today, so 40 may have been admitted.
+        let mut before = QuotaCounters::default();
+        before.merge_max(&r.counters);
+        before.daily = 40;
+        let mut after = before.clone();
+        after.merge_max(&r.counters);
+        l.reserved(r.epoch, &before, &after);
+        assert_eq!(l.quota_snapshot().0.daily, 40);
+        // The ceiling (40) does not cover the 41st request.
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+        let r = l.reservation(T0);
+        assert_eq!(r.counters.daily, 50);
+        let mut after = before.clone();
+        after.merge_max(&r.counters);
+        l.reserved(r.epoch, &before, &after);
+        // 41..=50 are admitted; a refill is asked for exactly once, when
+        // fewer than half a step (5) would be left.
+        let mut refills = 0;
+        for i in 41..=50u64 {
+            let (_p, refill) = permit(l.admit_or_reserve(OperationType::Read, T0).unwrap());
+            if refill {
+                assert_eq!(i, 46);
+                refills += 1;
+            }
+        }
+        assert_eq!(refills, 1);
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+        assert_eq!(l.quota_snapshot().0.daily, 50);
+    }
+
+    #[test]
+    fn a_reservation_from_an_earlier_leadership_is_ignored() {
+        let l = reserving(320);
+        let old = l.reservation(T0);
+        l.set_reserving(false);
+        l.set_reserving(true);
+        let mut after = QuotaCounters::default();
+        after.merge_max(&old.counters);
+        l.reserved(old.epoch, &QuotaCounters::default(), &after);
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+    }
+
+    #[test]
+    fn reservations_are_capped_at_the_limit_and_roll_with_the_day() {
+        let l = reserving(12); // step 1
+        for _ in 0..12 {
+            assert!(matches!(
+                l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+                Admit::Reserve
+            ));
+            let r = l.reservation(T0);
+            assert!(r.counters.daily <= 12);
+            let mut after = QuotaCounters::default();
+            after.merge_max(&r.counters);
+            l.reserved(r.epoch, &QuotaCounters::default(), &after);
+            permit(l.admit_or_reserve(OperationType::Read, T0).unwrap());
+        }
+        assert_eq!(
+            kind(l.admit_or_reserve(OperationType::Read, T0).unwrap_err()),
+            LimitKind::Daily
+        );
+        // Yesterday's ceiling covers nothing today.
+        let tomorrow = calendar::next_day_start(T0);
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, tomorrow).unwrap(),
+            Admit::Reserve
+        ));
+    }
+
+    #[test]
+    fn merge_max_never_lowers_and_takes_later_periods() {
+        let a = QuotaCounters {
+            day: 10,
+            daily: 5,
+            month: 3,
+            monthly: 50,
+            by_operation: [1, 2, 3, 4, 5],
+            ..Default::default()
+        };
+        let mut m = a.clone();
+        m.merge_max(&QuotaCounters {
+            day: 9,
+            daily: 99,
+            month: 3,
+            monthly: 40,
+            by_operation: [9, 0, 0, 0, 0],
+            ..Default::default()
+        });
+        assert_eq!((m.day, m.daily, m.month, m.monthly), (10, 5, 3, 50));
+        assert_eq!(m.by_operation, [9, 2, 3, 4, 5]);
+        m.merge_max(&QuotaCounters {
+            day: 11,
+            daily: 1,
+            month: 3,
+            monthly: 60,
+            ..Default::default()
+        });
+        assert_eq!((m.day, m.daily, m.month, m.monthly), (11, 1, 3, 60));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! request. Each request travels on its own bidirectional stream, so many
 //! are in flight per connection (bounded by `max_streams_per_connection`).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,16 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Idle connections close after this, ms.
     pub idle_timeout_ms: u64,
+    /// Handshake plus authentication must finish within this, ms.
+    pub auth_timeout_ms: u64,
+    /// Connections handshaking or not yet authenticated, at once.
+    pub max_unauthenticated: usize,
+    /// Of those, from one IP address.
+    pub max_unauthenticated_per_ip: usize,
+    /// Connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Failed authentications per IP address per minute.
+    pub max_auth_failures_per_ip: u32,
 }
 
 impl Default for ServerSettings {
@@ -58,6 +70,11 @@ impl Default for ServerSettings {
             max_streams_per_connection: 256,
             max_connections: 1024,
             idle_timeout_ms: 30_000,
+            auth_timeout_ms: 5_000,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_ip: 32,
+            max_connections_per_ip: 512,
+            max_auth_failures_per_ip: 30,
         }
     }
 }
@@ -99,7 +116,10 @@ impl Server {
             None,
             settings.max_streams_per_connection,
         )?;
-        let server_cfg = tls::server_config(&identity, ALPN, transport)?;
+        let mut server_cfg = tls::server_config(&identity, ALPN, transport)?;
+        // Incoming connections quinn buffers before we accept or refuse
+        // them: no more than can be admitted at once.
+        server_cfg.max_incoming(settings.max_unauthenticated.max(1));
         let endpoint =
             Endpoint::server(server_cfg, settings.listen).map_err(|e| Error::InvalidConfig {
                 key: "server.listen".into(),
@@ -108,21 +128,42 @@ impl Server {
         let local_addr = endpoint.local_addr().map_err(Error::storage)?;
         let ep = endpoint.clone();
         let settings = Arc::new(settings);
+        let gate = Arc::new(Gate::new(settings));
         let task = tokio::spawn(async move {
-            let live = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
             while let Some(incoming) = ep.accept().await {
-                let Ok(permit) = live.clone().try_acquire_owned() else {
-                    incoming.refuse();
+                let remote = incoming.remote_address();
+                // Busy: make the client prove its address (one round trip,
+                // no state kept here) before a handshake is spent on it.
+                if gate.pending_at_least_half()
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                {
+                    let _ = incoming.retry();
                     continue;
-                };
-                let (db, settings) = (db.clone(), settings.clone());
-                tokio::spawn(async move {
-                    let remote = incoming.remote_address();
-                    match incoming.await {
-                        Ok(conn) => serve_connection(db, conn, settings).await,
-                        Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
+                }
+                let slot = match gate.admit(remote.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tracing::debug!(%remote, why, "connection refused");
+                        incoming.refuse();
+                        continue;
                     }
-                    drop(permit);
+                };
+                let (db, gate) = (db.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + gate.auth_timeout();
+                    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "handshake timed out");
+                            return;
+                        }
+                    };
+                    serve_connection(db, conn, gate, slot, deadline).await;
                 });
             }
         });
@@ -143,6 +184,153 @@ impl Server {
     }
 }
 
+/// Largest frame a connection may send before it authenticates: enough
+/// for `Authenticate` with any key this node issues.
+pub const PRE_AUTH_MAX_FRAME: usize = 4096;
+/// QUIC close code: `max_connections` reached.
+pub const CLOSE_BUSY: u32 = 1;
+/// QUIC close code: no successful `Authenticate` within `auth_timeout_ms`.
+pub const CLOSE_AUTH_TIMEOUT: u32 = 2;
+/// The window of `max_auth_failures_per_ip`.
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Admission of connections: counts unauthenticated connections (in
+/// total and per address) and connections per address, holds the
+/// `max_connections` slots, and remembers failed authentications per
+/// address. Every map here holds only addresses with a live connection
+/// or is a bounded, expiring cache.
+struct Gate {
+    settings: Arc<ServerSettings>,
+    live: Arc<tokio::sync::Semaphore>,
+    counts: Mutex<GateCounts>,
+    failures: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+}
+
+#[derive(Default)]
+struct GateCounts {
+    pending: usize,
+    per_ip: HashMap<IpAddr, PerIp>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PerIp {
+    all: usize,
+    pending: usize,
+}
+
+impl Gate {
+    fn new(settings: Arc<ServerSettings>) -> Self {
+        Self {
+            live: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
+            counts: Mutex::new(GateCounts::default()),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(AUTH_FAILURE_WINDOW)
+                .build(),
+            settings,
+        }
+    }
+
+    fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.auth_timeout_ms)
+    }
+
+    fn pending_at_least_half(&self) -> bool {
+        self.counts.lock().pending * 2 >= self.settings.max_unauthenticated
+    }
+
+    /// Admits a new, unauthenticated connection from `ip`, or says which
+    /// cap refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, &'static str> {
+        let s = &self.settings;
+        let mut c = self.counts.lock();
+        if c.pending >= s.max_unauthenticated {
+            return Err("max_unauthenticated reached");
+        }
+        let now = c.per_ip.get(&ip).copied().unwrap_or_default();
+        if now.pending >= s.max_unauthenticated_per_ip {
+            return Err("max_unauthenticated_per_ip reached");
+        }
+        if now.all >= s.max_connections_per_ip {
+            return Err("max_connections_per_ip reached");
+        }
+        c.pending += 1;
+        c.per_ip.insert(
+            ip,
+            PerIp {
+                all: now.all + 1,
+                pending: now.pending + 1,
+            },
+        );
+        Ok(IpSlot {
+            gate: self.clone(),
+            ip,
+            pending: true,
+        })
+    }
+
+    /// Refuses `ip` while it has used up its failed authentications.
+    fn check_failures(&self, ip: IpAddr) -> Result<(), Error> {
+        let max = self.settings.max_auth_failures_per_ip;
+        match self.failures.get(&ip) {
+            Some(n) if n.load(Ordering::Relaxed) >= max => Err(Error::Unauthenticated {
+                reason: format!(
+                    "{max} failed authentications from {ip} within {} s: refused until the window passes",
+                    AUTH_FAILURE_WINDOW.as_secs()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_failure(&self, ip: IpAddr) {
+        self.failures
+            .get_with(ip, || Arc::new(AtomicU32::new(0)))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One admitted connection's place in the per-address counts; released
+/// when the connection ends.
+struct IpSlot {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+    pending: bool,
+}
+
+impl IpSlot {
+    /// The connection authenticated: it no longer counts as pending.
+    fn authenticated(&mut self) {
+        if !self.pending {
+            return;
+        }
+        self.pending = false;
+        let mut c = self.gate.counts.lock();
+        c.pending = c.pending.saturating_sub(1);
+        if let Some(e) = c.per_ip.get_mut(&self.ip) {
+            e.pending = e.pending.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut c = self.gate.counts.lock();
+        if self.pending {
+            c.pending = c.pending.saturating_sub(1);
+        }
+        if let Some(e) = c.per_ip.get_mut(&self.ip) {
+            e.all = e.all.saturating_sub(1);
+            if self.pending {
+                e.pending = e.pending.saturating_sub(1);
+            }
+            if e.all == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Per-connection state: the authenticated key and its session.
 #[derive(Default)]
 struct ConnState {
@@ -150,10 +338,45 @@ struct ConnState {
     session: Option<Session>,
 }
 
-async fn serve_connection(db: Database, conn: Connection, settings: Arc<ServerSettings>) {
+async fn serve_connection(
+    db: Database,
+    conn: Connection,
+    gate: Arc<Gate>,
+    mut slot: IpSlot,
+    deadline: tokio::time::Instant,
+) {
     let remote = conn.remote_address();
     tracing::debug!(%remote, "client connected");
     let state = Arc::new(Mutex::new(ConnState::default()));
+    // Until it authenticates, a connection gets one stream at a time,
+    // small frames, and only Ping and Authenticate, until the deadline.
+    loop {
+        let step = tokio::time::timeout_at(deadline, async {
+            let (send, recv) = conn.accept_bi().await.ok()?;
+            Some(serve_pre_auth(&db, &gate, &state, remote.ip(), send, recv).await)
+        })
+        .await;
+        match step {
+            Ok(Some(true)) => break,
+            Ok(Some(false)) => continue,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(%remote, "closed: not authenticated in time");
+                conn.close(CLOSE_AUTH_TIMEOUT.into(), b"not authenticated in time");
+                return;
+            }
+        }
+    }
+    // A max_connections slot is taken only once the connection has
+    // authenticated: handshakes and unauthenticated connections count
+    // against max_unauthenticated instead, so they cannot crowd out
+    // clients that have keys.
+    let Ok(_live) = gate.live.clone().try_acquire_owned() else {
+        tracing::info!(%remote, "closed: max_connections reached");
+        conn.close(CLOSE_BUSY.into(), b"server busy: max_connections reached");
+        return;
+    };
+    slot.authenticated();
     let auth_lock = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -163,50 +386,119 @@ async fn serve_connection(db: Database, conn: Connection, settings: Arc<ServerSe
                 return;
             }
         };
-        let (db, state, settings, auth_lock) = (
-            db.clone(),
-            state.clone(),
-            settings.clone(),
-            auth_lock.clone(),
-        );
+        let (db, state, gate, auth_lock) =
+            (db.clone(), state.clone(), gate.clone(), auth_lock.clone());
         tokio::spawn(async move {
-            serve_stream(db, state, auth_lock, send, recv, settings.max_frame_bytes).await;
+            serve_stream(db, gate, state, auth_lock, remote.ip(), send, recv).await;
         });
     }
 }
 
-async fn serve_stream(
-    db: Database,
-    state: Arc<Mutex<ConnState>>,
-    auth_lock: Arc<tokio::sync::Mutex<()>>,
+/// Serves one stream of a connection that has not authenticated yet;
+/// true once it has.
+async fn serve_pre_auth(
+    db: &Database,
+    gate: &Gate,
+    state: &Mutex<ConnState>,
+    ip: IpAddr,
     mut send: SendStream,
     mut recv: RecvStream,
-    max: usize,
+) -> bool {
+    let (id, response, authenticated) =
+        match read_frame::<Request>(&mut recv, PRE_AUTH_MAX_FRAME).await {
+            Ok(env) => match env.body {
+                Request::Ping => (env.request_id, Response::Pong, false),
+                Request::Authenticate { api_key } => {
+                    match authenticate(db, gate, state, ip, &api_key).await {
+                        Ok(info) => (env.request_id, Response::Principal(info), true),
+                        Err(e) => (env.request_id, Response::Error(e), false),
+                    }
+                }
+                _ => (
+                    env.request_id,
+                    Response::Error(Error::Unauthenticated {
+                        reason: "no credentials on this connection: send Authenticate first".into(),
+                    }),
+                    false,
+                ),
+            },
+            Err(e) => (0, bad_frame(&mut recv, e), false),
+        };
+    if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
+        tracing::debug!(error = %e, "could not send response");
+    }
+    authenticated
+}
+
+fn bad_frame(recv: &mut RecvStream, e: FrameError) -> Response {
+    if let FrameError::TooLarge { .. } = e {
+        // Do not read (or buffer) the rest of an oversized frame.
+        let _ = recv.stop(0u32.into());
+    }
+    tracing::debug!(error = %e, "bad frame");
+    Response::Error(Error::Protocol {
+        reason: e.to_string(),
+    })
+}
+
+/// Checks a key and binds the connection to it. Failures count against
+/// the address's `max_auth_failures_per_ip`.
+async fn authenticate(
+    db: &Database,
+    gate: &Gate,
+    state: &Mutex<ConnState>,
+    ip: IpAddr,
+    api_key: &str,
+) -> Result<KeyInfo, Error> {
+    gate.check_failures(ip)?;
+    let info = match db.authenticate_fresh(api_key).await {
+        Ok(info) => info,
+        Err(e) => {
+            if matches!(e, Error::Unauthenticated { .. }) {
+                gate.record_failure(ip);
+                tracing::info!(%ip, reason = %e, "authentication failed");
+            }
+            return Err(e);
+        }
+    };
+    let session = match (info.kind, &info.tenant_id, &info.user_id) {
+        // On a cluster the tenant's shard may live elsewhere: each
+        // request is routed instead.
+        (KeyKind::Tenant, Some(t), Some(u)) if db.cluster().is_none() => {
+            Some(db.session(t, u).await?)
+        }
+        _ => None,
+    };
+    let mut st = state.lock();
+    st.key = Some(info.clone());
+    st.session = session;
+    Ok(info)
+}
+
+async fn serve_stream(
+    db: Database,
+    gate: Arc<Gate>,
+    state: Arc<Mutex<ConnState>>,
+    auth_lock: Arc<tokio::sync::Mutex<()>>,
+    ip: IpAddr,
+    mut send: SendStream,
+    mut recv: RecvStream,
 ) {
+    let max = gate.settings.max_frame_bytes;
     let (id, response) = match read_frame::<Request>(&mut recv, max).await {
         Ok(env) => {
             let id = env.request_id;
-            let r = if matches!(env.body, Request::Authenticate { .. }) {
+            let r = if let Request::Authenticate { api_key } = env.body {
                 let _g = auth_lock.lock().await;
-                handle(&db, &state, env.body).await
+                authenticate(&db, &gate, &state, ip, &api_key)
+                    .await
+                    .map(Response::Principal)
             } else {
                 handle(&db, &state, env.body).await
             };
             (id, r.unwrap_or_else(Response::Error))
         }
-        Err(e) => {
-            if let FrameError::TooLarge(_) = e {
-                // Do not read (or buffer) the rest of an oversized frame.
-                let _ = recv.stop(0u32.into());
-            }
-            tracing::debug!(error = %e, "bad frame");
-            (
-                0,
-                Response::Error(Error::Protocol {
-                    reason: e.to_string(),
-                }),
-            )
-        }
+        Err(e) => (0, bad_frame(&mut recv, e)),
     };
     if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
         tracing::debug!(error = %e, "could not send response");
@@ -220,23 +512,13 @@ fn denied(reason: impl Into<String>) -> Error {
 }
 
 async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result<Response, Error> {
-    // Unauthenticated requests.
     match req {
         Request::Ping => return Ok(Response::Pong),
-        Request::Authenticate { api_key } => {
-            let info = db.authenticate_fresh(&api_key).await?;
-            let session = match (info.kind, &info.tenant_id, &info.user_id) {
-                // On a cluster the tenant's shard may live elsewhere: each
-                // request is routed instead.
-                (KeyKind::Tenant, Some(t), Some(u)) if db.cluster().is_none() => {
-                    Some(db.session(t, u).await?)
-                }
-                _ => None,
-            };
-            let mut st = state.lock();
-            st.key = Some(info.clone());
-            st.session = session;
-            return Ok(Response::Principal(info));
+        Request::Authenticate { .. } => {
+            return Err(Error::invalid(
+                "request",
+                "Authenticate is served before dispatch",
+            ))
         }
         _ => {}
     }

@@ -26,9 +26,15 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    /// The length prefix exceeds [`MAX_FRAME_BYTES`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    TooLarge(usize),
+    /// The length prefix exceeds the reader's limit ([`MAX_FRAME_BYTES`]
+    /// or less; before authentication, 4 KiB).
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// The length the prefix claims.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The stream ended inside a frame.
     #[error("truncated frame: {0}")]
     Truncated(String),
@@ -65,7 +71,10 @@ impl<T: Serialize> Envelope<T> {
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let payload = codec::encode(self).map_err(|e| FrameError::Malformed(e.to_string()))?;
         if payload.len() > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge(payload.len()));
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                max: MAX_FRAME_BYTES,
+            });
         }
         let mut out = Vec::with_capacity(4 + payload.len());
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -79,7 +88,7 @@ impl<T: Serialize> Envelope<T> {
 pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, FrameError> {
     let n = u32::from_be_bytes(prefix) as usize;
     if n > max {
-        return Err(FrameError::TooLarge(n));
+        return Err(FrameError::TooLarge { len: n, max });
     }
     Ok(n)
 }
@@ -100,9 +109,11 @@ pub fn decode_envelope<T: serde::de::DeserializeOwned>(
     if version != WIRE_VERSION {
         return Err(FrameError::UnsupportedVersion(version));
     }
-    codec::decode(payload).map_err(|e| match e {
-        codec::CodecError::Decode(m) if m.contains("UnexpectedEnd") => FrameError::Truncated(m),
-        other => FrameError::Malformed(other.to_string()),
+    codec::decode_untrusted(payload, codec::DecodeLimits::for_input(payload.len())).map_err(|e| {
+        match e {
+            codec::CodecError::Decode(m) if m.contains("UnexpectedEnd") => FrameError::Truncated(m),
+            other => FrameError::Malformed(other.to_string()),
+        }
     })
 }
 
@@ -409,7 +420,10 @@ mod tests {
         // Oversized prefix: refused from the prefix alone.
         assert_eq!(
             frame_len([0xFF, 0xFF, 0xFF, 0xFF], MAX_FRAME_BYTES),
-            Err(FrameError::TooLarge(u32::MAX as usize))
+            Err(FrameError::TooLarge {
+                len: u32::MAX as usize,
+                max: MAX_FRAME_BYTES
+            })
         );
         // Unknown version.
         let v2 = Envelope {

@@ -68,6 +68,9 @@ pub enum ShardMsg {
     Read(ReadOp, Consistency, RpcReplyPort<Result<ReadResult, Error>>),
     /// Checkpoint the request counters if they changed.
     CheckpointQuota,
+    /// Reserve the next block of daily and monthly requests durably
+    /// (see [`TenantLimiter::reservation`]); answer when it has landed.
+    Reserve(Option<RpcReplyPort<Result<(), Error>>>),
     /// Flush, checkpoint and stop the raft group (graceful close).
     Close(RpcReplyPort<Result<(), Error>>),
     /// Fault injection: the handler fails, as a bug would, and the
@@ -186,6 +189,7 @@ impl Actor for ShardActor {
             return Err(e.into());
         }
         myself.send_interval(args.quota_checkpoint, || ShardMsg::CheckpointQuota);
+        watch_leadership(&raft, args.limiter.clone());
         tracing::info!(tenant = %args.tenant_id, group = args.group, objects = data.object_count(), "shard started");
         let checkpointed = args.limiter.quota_snapshot().1;
         Ok(ShardState {
@@ -216,8 +220,10 @@ impl Actor for ShardActor {
                 });
             }
             ShardMsg::CheckpointQuota => {
+                // Only the leader's counts are the tenant's; they only ever
+                // raise what is persisted (merge_max at apply).
                 let (quota, version) = st.args.limiter.quota_snapshot();
-                if version != st.checkpointed {
+                if version != st.checkpointed && is_leader(&st.raft) {
                     st.checkpointed = version;
                     let raft = st.raft.clone();
                     let tenant = st.args.tenant_id.clone();
@@ -228,15 +234,39 @@ impl Actor for ShardActor {
                     });
                 }
             }
+            ShardMsg::Reserve(reply) => {
+                let limiter = st.args.limiter.clone();
+                let r = limiter.reservation(crate::util::coarse_now_ms());
+                let raft = st.raft.clone();
+                tokio::spawn(async move {
+                    let landed = match propose(&raft, Command::CheckpointQuota(r.counters)).await {
+                        Ok(CommandResult::Quota { before, after }) => {
+                            limiter.reserved(r.epoch, &before, &after);
+                            Ok(())
+                        }
+                        Ok(other) => Err(Error::Storage {
+                            reason: format!("unexpected reservation result {other:?}"),
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    if landed.is_err() {
+                        limiter.reservation_failed(r.epoch);
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(landed);
+                    }
+                });
+            }
             ShardMsg::Fail => {
                 return Err(format!("injected failure in shard {}", st.args.tenant_id).into());
             }
             ShardMsg::Close(reply) => {
                 let (quota, _) = st.args.limiter.quota_snapshot();
                 let r = async {
-                    // A follower of a replicated group has no counters to keep.
-                    if st.args.cluster.is_none() || is_leader(&st.raft) {
-                        propose(&st.raft, Command::CheckpointQuota(quota)).await?;
+                    // The leader replaces its unused reservation by the
+                    // counts really admitted; a follower has none to keep.
+                    if is_leader(&st.raft) {
+                        propose(&st.raft, Command::SetQuota(quota)).await?;
                     }
                     st.raft.shutdown().await.map_err(raft::raft_err)?;
                     let data = st.data.clone();
@@ -275,6 +305,23 @@ pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Er
         }),
         Err(e) => Err(raft::raft_err(e)),
     }
+}
+
+/// Keeps the limiter's reservations on exactly while this replica leads
+/// its group; ends when the group shuts down.
+fn watch_leadership(raft: &ShardRaft, limiter: Arc<TenantLimiter>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut rx = raft.server_metrics();
+    tokio::spawn(async move {
+        loop {
+            let leader = rx.borrow_watched().state == openraft::ServerState::Leader;
+            limiter.set_reserving(leader);
+            if rx.changed().await.is_err() {
+                limiter.set_reserving(false);
+                return;
+            }
+        }
+    });
 }
 
 /// Whether this replica currently leads its group.

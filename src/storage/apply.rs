@@ -580,6 +580,14 @@ pub fn apply(
             CommandResult::Done(Ok(0))
         }
         Command::CheckpointQuota(q) => {
+            let before: crate::limits::QuotaCounters =
+                store.get(CF_META, meta_key::QUOTA)?.unwrap_or_default();
+            let mut after = before.clone();
+            after.merge_max(q);
+            batch.put(CF_META, meta_key::QUOTA, &after)?;
+            CommandResult::Quota { before, after }
+        }
+        Command::SetQuota(q) => {
             batch.put(CF_META, meta_key::QUOTA, q)?;
             CommandResult::Done(Ok(q.daily))
         }

@@ -28,7 +28,10 @@ pub enum Command {
     DropCollection(String),
     /// Sets the storage limits enforced at apply.
     SetLimits(StorageLimitConfig),
-    /// Persists the daily and monthly request counters.
+    /// Raises the persisted request counters (a reservation or a
+    /// checkpoint): per period the larger count wins, so it never lowers
+    /// them and is safe to apply twice ([`QuotaCounters::merge_max`]).
+    /// The result is [`CommandResult::Quota`].
     CheckpointQuota(QuotaCounters),
     /// S4: deletes up to `max` objects created before `cutoff_ms`.
     PurgeOlderThan {
@@ -42,6 +45,10 @@ pub enum Command {
     /// Cluster metadata (group 0 only): changes to the replicated registry,
     /// applied all together.
     Registry(Vec<RegOp>),
+    /// Sets the persisted request counters exactly: the leader's last
+    /// word on a graceful close, replacing unused reservation by the
+    /// counts really admitted.
+    SetQuota(QuotaCounters),
 }
 
 /// One change to the replicated registry. Keys live in the state
@@ -107,6 +114,7 @@ impl fmt::Display for Command {
             }
             Command::PurgeOlderThan { cutoff_ms, .. } => write!(f, "purge_older_than({cutoff_ms})"),
             Command::Registry(ops) => write!(f, "registry({} ops)", ops.len()),
+            Command::SetQuota(q) => write!(f, "set_quota(day {} = {})", q.day, q.daily),
         }
     }
 }
@@ -127,4 +135,12 @@ pub enum CommandResult {
     },
     /// A command that succeeded or failed as a whole.
     Done(Result<u64, Error>),
+    /// The persisted request counters just before and just after a
+    /// [`Command::CheckpointQuota`].
+    Quota {
+        /// Before.
+        before: QuotaCounters,
+        /// After.
+        after: QuotaCounters,
+    },
 }

@@ -2,6 +2,8 @@
 //! openraft) in a temp dir, tenants with chosen limits.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod node;
+
 use std::path::Path;
 
 use vektagraf::proto::{CollectionSpec, NewObject, OperationType};
