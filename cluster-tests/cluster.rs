@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lincheck::{Op, OpKind};
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::KeyKind;
-use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject};
+use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject, WriteOutcome};
 use vektagraf::{TenantConfig, Tiers};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -183,6 +183,12 @@ impl TestCluster {
     }
 
     async fn client(&self, node: usize, key: &str) -> Client {
+        self.client_losing(node, key, 0).await
+    }
+
+    /// A client whose first answer to each of its first `lose` writes is
+    /// thrown away (the driver's fault injection), forcing retries.
+    async fn client_losing(&self, node: usize, key: &str, lose: u32) -> Client {
         let socket = in_netns(&format!("{}hub", self.prefix), || {
             std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
         });
@@ -195,6 +201,7 @@ impl TestCluster {
         .unwrap();
         opts.request_timeout = Duration::from_secs(8);
         opts.max_retries = 5;
+        opts.fault_lose_write_answers = lose;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect_on(opts.clone(), socket.try_clone().unwrap()).await {
@@ -731,4 +738,67 @@ async fn a_two_three_split_with_the_leader_in_the_minority_keeps_histories_linea
     stop_workload(&w, tasks).await;
     let reader = c.client(leader, &key).await;
     w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_whose_answers_are_lost_apply_exactly_once_across_a_leader_kill() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("x", 3, 3).await;
+    let key = c.tenant("once", None).await;
+    let leader = c.shard_leader("once", 1).await;
+    // Writers on the two other nodes; the first answer to every write is
+    // lost after the write ran, so every write is retried at least once.
+    let mut tasks = Vec::new();
+    for node in (1..=3usize).filter(|n| *n != leader) {
+        let client = c.client_losing(node, &key, u32::MAX).await;
+        tasks.push(tokio::spawn(async move {
+            let (mut created, mut failed) = (Vec::new(), 0);
+            for i in 0..150 {
+                let id = format!("n{node}-{i}");
+                match client
+                    .put(NewObject::new("kv", &id, serde_json::json!({})))
+                    .await
+                {
+                    Ok(w) => {
+                        // Applied twice, the retry would answer Updated.
+                        assert_eq!(w.outcomes, vec![WriteOutcome::Created], "{id}");
+                        created.push(id);
+                    }
+                    // Retries exhausted during the failover: outcome unknown.
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (created, failed)
+        }));
+    }
+    sleep_s(2.0).await;
+    eprintln!("kill -9 of shard leader node {leader} under retried writes");
+    c.kill(leader);
+    let (mut created, mut failed) = (Vec::new(), 0);
+    for t in tasks {
+        let (ok, f) = t.await.unwrap();
+        created.extend(ok);
+        failed += f;
+    }
+    c.spawn(leader).await;
+    let reader = c.client((leader % 3) + 1, &key).await;
+    for id in &created {
+        assert!(
+            retry(|| reader.get(id)).await.is_some(),
+            "{id} acknowledged but missing"
+        );
+    }
+    eprintln!(
+        "exactly once: {} writes answered Created after a lost answer and a retry, {failed} gave up during the failover",
+        created.len()
+    );
+    assert!(
+        created.len() >= 200,
+        "too few writes succeeded: {}",
+        created.len()
+    );
 }

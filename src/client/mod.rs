@@ -60,6 +60,10 @@ pub struct ClientOptions {
     pub max_delay: Duration,
     /// Items per batch request (the tenant's `max_batch_size`).
     pub max_batch_size: usize,
+    /// Fault injection for tests: the first answer to each of the first
+    /// this many writes is thrown away as if the network had lost it (the
+    /// write has run on the node), so the driver retries it.
+    pub fault_lose_write_answers: u32,
 }
 
 impl ClientOptions {
@@ -75,6 +79,7 @@ impl ClientOptions {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
             max_batch_size: crate::tenant::DEFAULT_MAX_BATCH_SIZE,
+            fault_lose_write_answers: 0,
         })
     }
 }
@@ -89,6 +94,15 @@ pub struct Client {
     connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     principal: parking_lot::Mutex<Option<KeyInfo>>,
+    /// Random id under which the nodes remember this client's writes.
+    client_id: u64,
+    /// Next write sequence number.
+    next_seq: AtomicU64,
+    /// Sequence numbers of writes not yet answered (bounded by the
+    /// requests in flight).
+    unanswered: parking_lot::Mutex<std::collections::BTreeSet<u64>>,
+    /// Answers still to throw away (fault injection).
+    lose_answers: std::sync::atomic::AtomicU32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -129,12 +143,16 @@ impl Client {
             tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
         endpoint.set_default_client_config(tls::client_config(&opts.trust, ALPN, transport)?);
         let c = Client {
-            opts,
             endpoint,
             conn: parking_lot::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             principal: parking_lot::Mutex::new(None),
+            client_id: rand::thread_rng().gen(),
+            next_seq: AtomicU64::new(1),
+            unanswered: parking_lot::Mutex::new(std::collections::BTreeSet::new()),
+            lose_answers: std::sync::atomic::AtomicU32::new(opts.fault_lose_write_answers),
+            opts,
         };
         c.connection().await?;
         Ok(c)
@@ -231,8 +249,32 @@ impl Client {
         }
     }
 
-    /// Sends a request, retrying retryable failures (R4).
+    /// Sends a request, retrying retryable failures (R4). Every write
+    /// goes out as [`Request::Once`] under this client's id and a new
+    /// sequence number, so a write whose answer was lost is retried too
+    /// and applies once: the retry gets the first answer.
     pub async fn call(&self, req: Request) -> Result<Response> {
+        if req.operation() != Some(OperationType::Write) || matches!(req, Request::Once { .. }) {
+            return self.call_attempts(req).await;
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let acked_below = {
+            let mut open = self.unanswered.lock();
+            open.insert(seq);
+            open.first().copied().unwrap_or(seq)
+        };
+        let once = Request::Once {
+            client: self.client_id,
+            seq,
+            acked_below,
+            request: Box::new(req),
+        };
+        let r = self.call_attempts(once).await;
+        self.unanswered.lock().remove(&seq);
+        r
+    }
+
+    async fn call_attempts(&self, req: Request) -> Result<Response> {
         let mut attempt = 0u32;
         loop {
             let mut sent = false;
@@ -241,6 +283,13 @@ impl Client {
                     sent = true;
                     match self.round_trip(&conn, &req).await {
                         Ok(Response::Error(e)) => Err(e),
+                        Ok(_)
+                            if attempt == 0
+                                && matches!(req, Request::Once { .. })
+                                && self.lose_answer() =>
+                        {
+                            Err(unavailable("answer lost (fault injection)"))
+                        }
                         other => other,
                     }
                 }
@@ -253,9 +302,11 @@ impl Client {
             // A write that reached the node and then lost its answer may have
             // happened: it is not retried (limit rejections are, they
             // happened before anything ran).
+            // Writes the driver sends as `Once` are safe to retry.
             let maybe_applied = sent
                 && matches!(err, Error::Unavailable { .. } | Error::Timeout { .. })
-                && req.operation() == Some(OperationType::Write);
+                && req.operation() == Some(OperationType::Write)
+                && !matches!(req, Request::Once { .. });
             let retryable =
                 err.is_retryable() && !maybe_applied && !matches!(err, Error::Timeout { .. });
             if !retryable || attempt >= self.opts.max_retries {
@@ -274,6 +325,12 @@ impl Client {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    fn lose_answer(&self) -> bool {
+        self.lose_answers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     async fn expect_ok(&self, req: Request) -> Result<()> {

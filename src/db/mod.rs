@@ -27,7 +27,7 @@ pub use keys::write_private;
 pub use registry::{
     KeyRecord, MetaGroup, NodeRecord, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
-pub use session::{Session, MAX_TRANSACTION_OPS};
+pub use session::{OnceTag, Session, MAX_TRANSACTION_OPS};
 
 /// The tenant used for every session when multi-tenancy is disabled.
 pub const DEFAULT_TENANT: &str = "default";

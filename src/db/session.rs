@@ -28,6 +28,18 @@ use crate::tenant::TenantConfig;
 
 use super::{Inner, Tenant};
 
+/// A client's exactly-once tag for one request (see
+/// [`Session::with_once`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnceTag {
+    /// The client's random id.
+    pub client: u64,
+    /// The request's sequence number.
+    pub seq: u64,
+    /// Every sequence below this has been answered to the client.
+    pub acked_below: u64,
+}
+
 /// Most ops in one transaction (a transaction is one raft entry).
 pub const MAX_TRANSACTION_OPS: usize = 10_000;
 
@@ -38,6 +50,7 @@ pub struct Session {
     tenant: Arc<Tenant>,
     user: String,
     consistency: Consistency,
+    once: Option<OnceTag>,
 }
 
 impl std::fmt::Debug for Session {
@@ -105,6 +118,7 @@ impl Session {
             tenant,
             user,
             consistency: Consistency::Linearizable,
+            once: None,
         }
     }
 
@@ -116,6 +130,30 @@ impl Session {
     /// The session's user.
     pub fn user_id(&self) -> &str {
         &self.user
+    }
+
+    /// The same session with its writes applied at most once under the
+    /// client's (`client`, `seq`): a retry returns the first answer.
+    pub fn with_once(mut self, tag: OnceTag) -> Self {
+        self.once = Some(tag);
+        self
+    }
+
+    /// Proposes a write command (wrapped for exactly-once when the session
+    /// carries a tag; `part` numbers the commands of one request).
+    async fn propose(&self, cmd: Command, part: u32) -> Result<CommandResult> {
+        let cmd = match self.once {
+            Some(t) => Command::Once {
+                client: t.client,
+                seq: t.seq,
+                part,
+                acked_below: t.acked_below,
+                now_ms: crate::util::now_ms(),
+                cmd: Box::new(cmd),
+            },
+            None => cmd,
+        };
+        call_write(&self.tenant.actor()?, cmd, self.timeout()).await
     }
 
     /// The same session with stale (local) reads allowed.
@@ -238,6 +276,7 @@ impl Session {
         &self,
         ops: Vec<WriteOp>,
         atomic: bool,
+        part: u32,
     ) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
         let (_p, _s, cfg) = self
             .admit(OperationType::Write, estimate::write(ops.len()))
@@ -281,7 +320,7 @@ impl Session {
                 format!("{size} bytes encoded; the node accepts at most {} per command (limits.max_command_bytes)", self.db.config.limits.max_command_bytes),
             ));
         }
-        let r = call_write(&self.tenant.actor()?, cmd, self.timeout()).await?;
+        let r = self.propose(cmd, part).await?;
         match r {
             CommandResult::Write { results, warnings } => {
                 for w in &warnings {
@@ -307,7 +346,7 @@ impl Session {
     }
 
     async fn write_one(&self, op: WriteOp) -> Result<WriteResult> {
-        let (mut results, warnings) = self.write(vec![op], true).await?;
+        let (mut results, warnings) = self.write(vec![op], true, 0).await?;
         let outcome = results
             .pop()
             .unwrap_or_else(|| Err(Error::storage("empty result")))?;
@@ -379,7 +418,7 @@ impl Session {
                 format!("a transaction holds 1 to {MAX_TRANSACTION_OPS} ops"),
             ));
         }
-        let (results, warnings) = self.write(ops, true).await?;
+        let (results, warnings) = self.write(ops, true, 0).await?;
         let outcomes = results.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(WriteResult {
             outcomes,
@@ -396,10 +435,12 @@ impl Session {
         let size = self.tenant.config().max_batch_size();
         let mut out = Vec::with_capacity(ops.len());
         let mut iter = ops.into_iter().peekable();
+        let mut part = 0u32;
         while iter.peek().is_some() {
             let chunk: Vec<WriteOp> = iter.by_ref().take(size).collect();
+            part += 1;
             let n = chunk.len();
-            match self.write(chunk, false).await {
+            match self.write(chunk, false, part).await {
                 Ok((results, _)) => out.extend(results),
                 Err(e) => out.extend(std::iter::repeat_n(Err(e), n)),
             }
@@ -411,13 +452,7 @@ impl Session {
     pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
         storage::check_collection(&spec)?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match call_write(
-            &self.tenant.actor()?,
-            Command::CreateCollection(spec),
-            self.timeout(),
-        )
-        .await?
-        {
+        match self.propose(Command::CreateCollection(spec), 0).await? {
             CommandResult::Done(r) => r.map(|_| ()),
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
         }
@@ -426,12 +461,9 @@ impl Session {
     /// Removes an empty collection.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match call_write(
-            &self.tenant.actor()?,
-            Command::DropCollection(name.to_string()),
-            self.timeout(),
-        )
-        .await?
+        match self
+            .propose(Command::DropCollection(name.to_string()), 0)
+            .await?
         {
             CommandResult::Done(r) => r.map(|_| ()),
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
@@ -458,7 +490,7 @@ impl Session {
             cutoff_ms,
             max,
         };
-        match call_write(&self.tenant.actor()?, cmd, self.timeout()).await? {
+        match self.propose(cmd, 0).await? {
             CommandResult::Done(r) => r,
             other => Err(Error::storage(format!("unexpected result {other:?}"))),
         }

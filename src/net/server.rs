@@ -642,6 +642,25 @@ pub(crate) async fn data(s: &Session, req: Request) -> Result<Response, Error> {
         let stale = s.clone().with_consistency(crate::shard::Consistency::Stale);
         return Box::pin(data(&stale, *inner)).await;
     }
+    if let Once {
+        client,
+        seq,
+        acked_below,
+        request,
+    } = req
+    {
+        if request.operation() != Some(OperationType::Write)
+            || matches!(*request, Once { .. } | Stale(_))
+        {
+            return Err(Error::invalid("request", "Once wraps one write request"));
+        }
+        let once = s.clone().with_once(crate::db::OnceTag {
+            client,
+            seq,
+            acked_below,
+        });
+        return Box::pin(data(&once, *request)).await;
+    }
     Ok(match req {
         CreateCollection(spec) => {
             s.create_collection(spec).await?;

@@ -287,6 +287,20 @@ pub enum Request {
     RemoveNode(u64),
     /// Where a tenant's shard group runs and who leads it (admin).
     ShardInfo(String),
+    /// A write applied at most once per (`client`, `seq`): a retry of a
+    /// write whose answer was lost returns the first answer and changes
+    /// nothing. The driver wraps every write in one.
+    Once {
+        /// The client's random id.
+        client: u64,
+        /// The request's sequence number (unique per client).
+        seq: u64,
+        /// The client has received the answers of every sequence below
+        /// this; the node forgets them.
+        acked_below: u64,
+        /// The write.
+        request: Box<Request>,
+    },
 }
 
 impl Request {
@@ -306,6 +320,7 @@ impl Request {
             Search { .. } => OperationType::VectorSearch,
             Traverse(_) => OperationType::GraphTraverse,
             Stale(inner) => return inner.operation(),
+            Once { request, .. } => return request.operation(),
             _ => return None,
         })
     }

@@ -132,7 +132,13 @@ pub struct ShardState {
     raft: ShardRaft,
     data: Arc<ShardData>,
     checkpointed: u64,
+    /// When exactly-once results were last expired (coarse ms).
+    expired_once_at: u64,
 }
+
+/// How long a node remembers a write's exactly-once result for a client
+/// that never acknowledges it (a client that went away).
+pub const ONCE_TTL: Duration = Duration::from_secs(600);
 
 impl Actor for ShardActor {
     type Msg = ShardMsg;
@@ -197,6 +203,7 @@ impl Actor for ShardActor {
             raft,
             data,
             checkpointed,
+            expired_once_at: crate::util::coarse_now_ms(),
         })
     }
 
@@ -227,9 +234,27 @@ impl Actor for ShardActor {
                     st.checkpointed = version;
                     let raft = st.raft.clone();
                     let tenant = st.args.tenant_id.clone();
+                    let now = crate::util::coarse_now_ms();
+                    // Results of clients that went away, at most once a
+                    // minute and only while the tenant is active (an idle
+                    // group stays quiet).
+                    let expire = now.saturating_sub(st.expired_once_at) >= 60_000;
+                    if expire {
+                        st.expired_once_at = now;
+                    }
                     tokio::spawn(async move {
                         if let Err(e) = propose(&raft, Command::CheckpointQuota(quota)).await {
                             tracing::warn!(%tenant, error = %e, "request counter checkpoint failed");
+                        }
+                        if expire {
+                            let cmd = Command::ExpireOnce {
+                                before_ms: crate::util::now_ms()
+                                    .saturating_sub(ONCE_TTL.as_millis() as u64),
+                                max: 10_000,
+                            };
+                            if let Err(e) = propose(&raft, cmd).await {
+                                tracing::warn!(%tenant, error = %e, "expiring exactly-once results failed");
+                            }
                         }
                     });
                 }

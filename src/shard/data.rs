@@ -665,3 +665,74 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::proto::{CollectionSpec, NewObject, WriteOp, WriteOutcome};
+
+    fn once(seq: u64, acked_below: u64, cmd: Command) -> Command {
+        Command::Once {
+            client: 7,
+            seq,
+            part: 0,
+            acked_below,
+            now_ms: 1_000 + seq,
+            cmd: Box::new(cmd),
+        }
+    }
+
+    fn put(id: &str) -> Command {
+        Command::Write {
+            ops: vec![WriteOp::Put(NewObject::new("c", id, serde_json::json!({})))],
+            atomic: true,
+            now_ms: 1,
+        }
+    }
+
+    fn outcome(r: CommandResult) -> WriteOutcome {
+        match r {
+            CommandResult::Write { mut results, .. } => results.pop().unwrap().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn once_applies_once_forgets_acknowledged_results_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        apply(&once(
+            1,
+            1,
+            Command::CreateCollection(CollectionSpec::plain("c")),
+        ));
+        assert_eq!(outcome(apply(&once(2, 1, put("x")))), WriteOutcome::Created);
+        // The retry answers as the first time did and writes nothing.
+        let usage = data.usage();
+        assert_eq!(outcome(apply(&once(2, 1, put("x")))), WriteOutcome::Created);
+        assert_eq!(data.usage(), usage);
+        // Sequence 3 acknowledges 1 and 2: their results are forgotten, so
+        // a (misbehaving) resend of 2 applies again.
+        assert_eq!(outcome(apply(&once(3, 3, put("y")))), WriteOutcome::Created);
+        assert_eq!(outcome(apply(&once(2, 3, put("x")))), WriteOutcome::Updated);
+        // Expiry forgets what is left (sequences 2 and 3).
+        let r = apply(&Command::ExpireOnce {
+            before_ms: u64::MAX,
+            max: 100,
+        });
+        assert_eq!(r, CommandResult::Done(Ok(2)));
+        assert_eq!(
+            apply(&Command::ExpireOnce {
+                before_ms: u64::MAX,
+                max: 100
+            }),
+            CommandResult::Done(Ok(0))
+        );
+        // A nested Once is refused.
+        let r = apply(&once(9, 3, once(10, 3, put("z"))));
+        assert!(matches!(r, CommandResult::Done(Err(_))), "{r:?}");
+    }
+}

@@ -14,7 +14,7 @@ use crate::proto::{
 };
 use crate::tenant::{validate_name, StorageLimitConfig};
 
-use super::command::{Command, CommandResult, RegOp};
+use super::command::{Command, CommandResult, OnceRecord, RegOp};
 use super::store::{
     edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord, ObjectRecord,
     ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
@@ -92,6 +92,9 @@ pub struct Applied {
     /// The new meta (to install after the batch is written).
     pub meta: ShardMeta,
 }
+
+/// Most results of one client a single exactly-once write forgets.
+const MAX_ONCE_FORGOTTEN_PER_COMMAND: usize = 1024;
 
 /// Bytes an object counts for.
 pub fn object_size(id: &str, rec: &ObjectRecord) -> Result<u64, Error> {
@@ -586,6 +589,82 @@ pub fn apply(
             after.merge_max(q);
             batch.put(CF_META, meta_key::QUOTA, &after)?;
             CommandResult::Quota { before, after }
+        }
+        Command::Once {
+            client,
+            seq,
+            part,
+            acked_below,
+            now_ms,
+            cmd,
+        } => {
+            let key = meta_key::once(*client, *seq, *part);
+            if let Some(prev) = store.get::<OnceRecord>(CF_META, &key)? {
+                // Applied before: the first answer, and nothing written.
+                return Ok(Applied {
+                    result: prev.result,
+                    vectors: Vec::new(),
+                    collections_changed: false,
+                    meta: meta.clone(),
+                });
+            }
+            if matches!(
+                **cmd,
+                Command::Once { .. } | Command::ExpireOnce { .. } | Command::Registry(_)
+            ) {
+                return Ok(Applied {
+                    result: CommandResult::Done(Err(Error::invalid(
+                        "command",
+                        "only a write can be applied once",
+                    ))),
+                    vectors: Vec::new(),
+                    collections_changed: false,
+                    meta: meta.clone(),
+                });
+            }
+            let inner = apply(store, meta, cmd, batch)?;
+            batch.put(
+                CF_META,
+                &key,
+                &OnceRecord {
+                    at_ms: *now_ms,
+                    result: inner.result.clone(),
+                },
+            )?;
+            // The client has its answers below `acked_below`: forget them.
+            let prefix = meta_key::once_client(*client);
+            let mut done = Vec::new();
+            store.scan_prefix(CF_META, &prefix, |k, _| {
+                let s = k
+                    .get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                if s >= *acked_below {
+                    return Ok(false);
+                }
+                done.push(k.to_vec());
+                Ok(done.len() < MAX_ONCE_FORGOTTEN_PER_COMMAND)
+            })?;
+            for k in done {
+                batch.delete(CF_META, &k)?;
+            }
+            return Ok(inner);
+        }
+        Command::ExpireOnce { before_ms, max } => {
+            let mut old = Vec::new();
+            store.scan_prefix(CF_META, meta_key::ONCE_PREFIX, |k, v| {
+                let rec: OnceRecord = super::store::decode_value(v)?;
+                if rec.at_ms < *before_ms {
+                    old.push(k.to_vec());
+                }
+                Ok(old.len() < *max as usize)
+            })?;
+            let n = old.len() as u64;
+            for k in old {
+                batch.delete(CF_META, &k)?;
+            }
+            CommandResult::Done(Ok(n))
         }
         Command::SetQuota(q) => {
             batch.put(CF_META, meta_key::QUOTA, q)?;

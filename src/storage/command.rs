@@ -49,6 +49,41 @@ pub enum Command {
     /// word on a graceful close, replacing unused reservation by the
     /// counts really admitted.
     SetQuota(QuotaCounters),
+    /// Applies `cmd` at most once per (`client`, `seq`, `part`): the first
+    /// time its result is remembered, later times that result is returned
+    /// and nothing is written. Results of the client's sequences below
+    /// `acked_below` (answers it has received) are forgotten.
+    Once {
+        /// The client's random id.
+        client: u64,
+        /// The client's sequence number of the request.
+        seq: u64,
+        /// Which command of the request (a batch is split into several).
+        part: u32,
+        /// Every sequence below this has been answered to the client.
+        acked_below: u64,
+        /// Proposer's clock, for expiry.
+        now_ms: u64,
+        /// The write.
+        cmd: Box<Command>,
+    },
+    /// Forgets up to `max` exactly-once results recorded before
+    /// `before_ms` (clients that went away).
+    ExpireOnce {
+        /// Cutoff (proposer's clock).
+        before_ms: u64,
+        /// Most results forgotten by this command.
+        max: u32,
+    },
+}
+
+/// An exactly-once result as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnceRecord {
+    /// When it was applied (proposer's clock).
+    pub at_ms: u64,
+    /// The result returned the first time.
+    pub result: CommandResult,
 }
 
 /// One change to the replicated registry. Keys live in the state
@@ -115,6 +150,10 @@ impl fmt::Display for Command {
             Command::PurgeOlderThan { cutoff_ms, .. } => write!(f, "purge_older_than({cutoff_ms})"),
             Command::Registry(ops) => write!(f, "registry({} ops)", ops.len()),
             Command::SetQuota(q) => write!(f, "set_quota(day {} = {})", q.day, q.daily),
+            Command::Once {
+                client, seq, cmd, ..
+            } => write!(f, "once({client:x}/{seq}: {cmd})"),
+            Command::ExpireOnce { before_ms, .. } => write!(f, "expire_once({before_ms})"),
         }
     }
 }

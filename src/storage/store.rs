@@ -61,6 +61,25 @@ pub mod meta_key {
     pub const QUOTA: &[u8] = b"quota";
     /// Prefix of collection specs: `coll/<name>`.
     pub const COLLECTION_PREFIX: &[u8] = b"coll/";
+    /// Prefix of exactly-once results:
+    /// `once/<client u64 BE><seq u64 BE><part u32 BE>`.
+    pub const ONCE_PREFIX: &[u8] = b"once/";
+
+    /// The key of one exactly-once result.
+    pub fn once(client: u64, seq: u64, part: u32) -> Vec<u8> {
+        [
+            ONCE_PREFIX,
+            &client.to_be_bytes(),
+            &seq.to_be_bytes(),
+            &part.to_be_bytes(),
+        ]
+        .concat()
+    }
+
+    /// The prefix of one client's exactly-once results.
+    pub fn once_client(client: u64) -> Vec<u8> {
+        [ONCE_PREFIX, &client.to_be_bytes()].concat()
+    }
 }
 
 /// An object as stored (its id is the key).
