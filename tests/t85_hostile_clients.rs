@@ -228,6 +228,15 @@ async fn a_kill_9_never_lets_a_tenant_past_its_daily_limit() {
         }
     }
     println!("daily limit {LIMIT}: count read {after} after kill -9; {admitted} admitted in all");
+    // A driver that retries does not wait for tomorrow: a refusal whose
+    // retry_after lies past its deadline comes back at once.
+    let mut o = ClientOptions::new(vec![node.addr], &key, &node.cert).unwrap();
+    o.max_retries = 5;
+    let patient = Client::connect(o).await.unwrap();
+    let t = std::time::Instant::now();
+    let r = patient.get("x").await;
+    assert!(matches!(&r, Err(Error::LimitExceeded(l)) if l.kind == LimitKind::Daily), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "waited {:?} for a daily quota", t.elapsed());
     assert!(
         admitted <= LIMIT,
         "{admitted} admitted against a daily limit of {LIMIT}"
@@ -238,4 +247,18 @@ async fn a_kill_9_never_lets_a_tenant_past_its_daily_limit() {
         admitted + step >= LIMIT,
         "{admitted} admitted: more than {step} lost"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_address_is_skipped_after_the_connect_timeout() {
+    let node = start_node_with("");
+    // Nothing listens on the first address.
+    let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let o = ClientOptions::new(vec![dead, node.addr], &node.admin_key, &node.cert).unwrap();
+    assert_eq!(o.connect_timeout, Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    let c = Client::connect(o).await.unwrap();
+    c.ping().await.unwrap();
+    // Well before the 30 s request timeout the old driver waited.
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
 }

@@ -50,8 +50,13 @@ pub struct ClientOptions {
     pub trust: Vec<CertificateDer<'static>>,
     /// The API key.
     pub api_key: String,
-    /// Deadline of one attempt.
+    /// Deadline of one attempt; retries never wait past this from the
+    /// first attempt either (a refusal whose `retry_after` lies beyond it,
+    /// a daily quota for example, returns at once).
     pub request_timeout: Duration,
+    /// Longest wait for one address to answer a connect (then the next
+    /// address is tried).
+    pub connect_timeout: Duration,
     /// Retries after the first attempt (R4 `max_retries`).
     pub max_retries: u32,
     /// First backoff (R4 `base_delay`), doubled per retry, with jitter.
@@ -75,6 +80,7 @@ impl ClientOptions {
             trust: tls::read_certs(trust_pem)?,
             api_key: api_key.to_string(),
             request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
             max_retries: 3,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
@@ -183,7 +189,7 @@ impl Client {
                     continue;
                 }
             };
-            match tokio::time::timeout(self.opts.request_timeout, connecting).await {
+            match tokio::time::timeout(self.opts.connect_timeout, connecting).await {
                 Ok(Ok(conn)) => {
                     // A connection is healthy only after a round trip.
                     let r = self
@@ -205,9 +211,10 @@ impl Client {
                 }
                 Ok(Err(e)) => last = unavailable(format!("{addr}: {e}")),
                 Err(_) => {
-                    last = Error::Timeout {
-                        after_ms: self.opts.request_timeout.as_millis() as u64,
-                    }
+                    last = unavailable(format!(
+                        "{addr}: no answer within {} ms (connect_timeout)",
+                        self.opts.connect_timeout.as_millis()
+                    ))
                 }
             }
         }
@@ -275,6 +282,7 @@ impl Client {
     }
 
     async fn call_attempts(&self, req: Request) -> Result<Response> {
+        let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
         let mut attempt = 0u32;
         loop {
             let mut sent = false;
@@ -321,6 +329,12 @@ impl Client {
                 .mul_f64(jitter)
                 .max(err.retry_after().unwrap_or_default())
                 .min(self.opts.max_delay);
+            // Never wait past the deadline: a refusal that lifts later
+            // (a daily quota) is returned now.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if err.retry_after().unwrap_or_default() > left.min(self.opts.max_delay) || wait >= left {
+                return Err(err);
+            }
             tracing::debug!(attempt, ?wait, error = %err, "retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
