@@ -15,6 +15,7 @@
 //! | [`config`] | layered node configuration |
 //! | [`auth`] | API keys |
 //! | [`net`] | TLS, framing, the QUIC server |
+//! | [`router`] | the router actor: every client request's front door, and request dispatch |
 //! | [`client`] | the QUIC client driver |
 //! | [`codec`] | the one binary encoding (bincode 2) |
 //!
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod net;
 pub mod proto;
 pub mod raft;
+pub mod router;
 pub mod shard;
 pub mod storage;
 pub mod tenant;

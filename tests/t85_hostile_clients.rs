@@ -235,8 +235,15 @@ async fn a_kill_9_never_lets_a_tenant_past_its_daily_limit() {
     let patient = Client::connect(o).await.unwrap();
     let t = std::time::Instant::now();
     let r = patient.get("x").await;
-    assert!(matches!(&r, Err(Error::LimitExceeded(l)) if l.kind == LimitKind::Daily), "{r:?}");
-    assert!(t.elapsed() < Duration::from_secs(20), "waited {:?} for a daily quota", t.elapsed());
+    assert!(
+        matches!(&r, Err(Error::LimitExceeded(l)) if l.kind == LimitKind::Daily),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "waited {:?} for a daily quota",
+        t.elapsed()
+    );
     assert!(
         admitted <= LIMIT,
         "{admitted} admitted against a daily limit of {LIMIT}"
@@ -260,5 +267,9 @@ async fn a_dead_address_is_skipped_after_the_connect_timeout() {
     let c = Client::connect(o).await.unwrap();
     c.ping().await.unwrap();
     // Well before the 30 s request timeout the old driver waited.
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
 }

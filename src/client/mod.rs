@@ -332,7 +332,8 @@ impl Client {
             // Never wait past the deadline: a refusal that lifts later
             // (a daily quota) is returned now.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if err.retry_after().unwrap_or_default() > left.min(self.opts.max_delay) || wait >= left {
+            if err.retry_after().unwrap_or_default() > left.min(self.opts.max_delay) || wait >= left
+            {
                 return Err(err);
             }
             tracing::debug!(attempt, ?wait, error = %err, "retrying");

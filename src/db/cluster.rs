@@ -75,6 +75,34 @@ pub struct Cluster {
     /// Nodes the liveness probe finds unreachable.
     down: parking_lot::RwLock<HashSet<u64>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Users (tenant, user) found in the registry, each with the group-0
+    /// applied index it was checked at: any metadata change (a user
+    /// removed, a tenant deleted) makes the entry stale.
+    known_users: moka::sync::Cache<(String, String), u64>,
+}
+
+impl Cluster {
+    /// Whether `user` of `tenant` exists, from the node's cache while group
+    /// 0 has not changed since it was checked (no registry read per
+    /// request).
+    pub(crate) fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool> {
+        let version = self
+            .meta
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let key = (tenant.to_string(), user.to_string());
+        if self.known_users.get(&key) == Some(version) {
+            return Ok(true);
+        }
+        let exists = reg.user(tenant, user)?.is_some();
+        if exists {
+            self.known_users.insert(key, version);
+        }
+        Ok(exists)
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -82,6 +110,9 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster").field("me", &self.me).finish()
     }
 }
+
+/// Users a node remembers having checked (see `Cluster::known_users`).
+const KNOWN_USERS: u64 = 10_000;
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable {
@@ -156,6 +187,9 @@ pub(super) async fn start(db: &Database) -> Result<()> {
         meta_data,
         busy: Arc::new(Mutex::new(HashSet::new())),
         reconciling: tokio::sync::Mutex::new(()),
+        known_users: moka::sync::Cache::builder()
+            .max_capacity(KNOWN_USERS)
+            .build(),
         probe: Mutex::new(None),
         down: parking_lot::RwLock::new(HashSet::new()),
         task: Mutex::new(None),
@@ -914,7 +948,7 @@ impl Database {
         match self.route(tenant, stale).await? {
             Route::Local => {
                 let s = self.session(tenant, user).await?;
-                crate::net::server::data(&s, req).await
+                crate::router::dispatch::data(&s, req).await
             }
             Route::Remote(node) => {
                 if hops >= MAX_HOPS {
@@ -977,7 +1011,7 @@ impl Database {
                     Ok(Response::Ok)
                 }
                 Request::ShardInfo(t) => self.shard_info(&t).map(Response::ShardInfo),
-                req => crate::net::server::admin(self, req).await,
+                req => crate::router::dispatch::admin(self, req).await,
             },
             Some(node) => {
                 if hops >= MAX_HOPS {

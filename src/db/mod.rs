@@ -583,6 +583,16 @@ impl Database {
 
     // ----- sessions (X1) -----
 
+    /// Whether `user` of `tenant` exists (on a cluster node, from its
+    /// cache of checked users while group 0 is unchanged).
+    fn user_exists(&self, tenant: &str, user: &str) -> Result<bool> {
+        let reg = self.registry()?;
+        match self.cluster() {
+            Some(c) => c.user_exists(&reg, tenant, user),
+            None => Ok(reg.user(tenant, user)?.is_some()),
+        }
+    }
+
     /// A session of `user` in `tenant`. Every operation of the session runs
     /// in that tenant; with `strict_isolation` the user must belong to it.
     pub async fn session(&self, tenant: &str, user: &str) -> Result<Session> {
@@ -610,7 +620,7 @@ impl Database {
             }
             Err(e) => return Err(e),
         };
-        if mt.enabled && mt.strict_isolation && self.registry()?.user(tenant_id, user)?.is_none() {
+        if mt.enabled && mt.strict_isolation && !self.user_exists(tenant_id, user)? {
             return Err(Error::UnauthorizedTenantAccess {
                 user_id: user.to_string(),
                 tenant_id: tenant_id.to_string(),

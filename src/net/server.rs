@@ -21,7 +21,8 @@ use crate::db::Database;
 use crate::proto::wire::{
     Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES,
 };
-use crate::proto::{Error, OperationType};
+use crate::proto::Error;
+use crate::router::Router;
 use crate::Session;
 
 use super::frame::{read_frame, write_frame};
@@ -89,6 +90,7 @@ pub struct Server {
     /// Path of the certificate clients should trust.
     pub cert_path: std::path::PathBuf,
     task: tokio::task::JoinHandle<()>,
+    router: Router,
 }
 
 impl Server {
@@ -129,6 +131,8 @@ impl Server {
         let ep = endpoint.clone();
         let settings = Arc::new(settings);
         let gate = Arc::new(Gate::new(settings));
+        let router = crate::router::Router::start(db.clone()).await?;
+        let node_router = router.clone();
         let task = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let remote = incoming.remote_address();
@@ -149,7 +153,7 @@ impl Server {
                         continue;
                     }
                 };
-                let (db, gate) = (db.clone(), gate.clone());
+                let (db, gate, router) = (db.clone(), gate.clone(), router.clone());
                 tokio::spawn(async move {
                     let deadline = tokio::time::Instant::now() + gate.auth_timeout();
                     let conn = match tokio::time::timeout_at(deadline, incoming).await {
@@ -163,11 +167,12 @@ impl Server {
                             return;
                         }
                     };
-                    serve_connection(db, conn, gate, slot, deadline).await;
+                    serve_connection(db, router, conn, gate, slot, deadline).await;
                 });
             }
         });
         Ok(Server {
+            router: node_router,
             endpoint,
             local_addr,
             fingerprint,
@@ -180,6 +185,7 @@ impl Server {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"shutting down");
         self.task.abort();
+        self.router.stop();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
     }
 }
@@ -340,6 +346,7 @@ struct ConnState {
 
 async fn serve_connection(
     db: Database,
+    router: Router,
     conn: Connection,
     gate: Arc<Gate>,
     mut slot: IpSlot,
@@ -386,10 +393,15 @@ async fn serve_connection(
                 return;
             }
         };
-        let (db, state, gate, auth_lock) =
-            (db.clone(), state.clone(), gate.clone(), auth_lock.clone());
+        let (db, router, state, gate, auth_lock) = (
+            db.clone(),
+            router.clone(),
+            state.clone(),
+            gate.clone(),
+            auth_lock.clone(),
+        );
         tokio::spawn(async move {
-            serve_stream(db, gate, state, auth_lock, remote.ip(), send, recv).await;
+            serve_stream(db, router, gate, state, auth_lock, remote.ip(), send, recv).await;
         });
     }
 }
@@ -475,8 +487,10 @@ async fn authenticate(
     Ok(info)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream(
     db: Database,
+    router: Router,
     gate: Arc<Gate>,
     state: Arc<Mutex<ConnState>>,
     auth_lock: Arc<tokio::sync::Mutex<()>>,
@@ -494,7 +508,18 @@ async fn serve_stream(
                     .await
                     .map(Response::Principal)
             } else {
-                handle(&db, &state, env.body).await
+                let principal = {
+                    let st = state.lock();
+                    st.key
+                        .as_ref()
+                        .map(|k| (k.key_id.clone(), st.session.clone()))
+                };
+                match principal {
+                    Some((key_id, session)) => router.request(key_id, session, env.body).await,
+                    None => Err(Error::Unauthenticated {
+                        reason: "no credentials on this connection: send Authenticate first".into(),
+                    }),
+                }
             };
             (id, r.unwrap_or_else(Response::Error))
         }
@@ -503,238 +528,4 @@ async fn serve_stream(
     if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
         tracing::debug!(error = %e, "could not send response");
     }
-}
-
-fn denied(reason: impl Into<String>) -> Error {
-    Error::PermissionDenied {
-        reason: reason.into(),
-    }
-}
-
-async fn handle(db: &Database, state: &Mutex<ConnState>, req: Request) -> Result<Response, Error> {
-    match req {
-        Request::Ping => return Ok(Response::Pong),
-        Request::Authenticate { .. } => {
-            return Err(Error::invalid(
-                "request",
-                "Authenticate is served before dispatch",
-            ))
-        }
-        _ => {}
-    }
-    let (key_id, session) = {
-        let st = state.lock();
-        let Some(k) = &st.key else {
-            return Err(Error::Unauthenticated {
-                reason: "no credentials on this connection: send Authenticate first".into(),
-            });
-        };
-        (k.key_id.clone(), st.session.clone())
-    };
-    let key = db.key_still_valid(&key_id)?;
-    if let Request::WhoAmI = req {
-        return Ok(Response::Principal(key));
-    }
-    match key.kind {
-        KeyKind::Admin if db.cluster().is_some() => db.serve_admin(req, 0).await,
-        KeyKind::Admin => admin(db, req).await,
-        KeyKind::Tenant => {
-            if let Some(op) = req.operation() {
-                if let Some(allowed) = &key.operations {
-                    if !allowed.contains(&op) {
-                        return Err(denied(format!(
-                            "this key may not run {op} operations (allowed: {allowed:?})"
-                        )));
-                    }
-                }
-            }
-            if db.cluster().is_some() {
-                let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
-                    return Err(Error::MissingTenantContext);
-                };
-                return db.serve_tenant(t, u, req, 0).await;
-            }
-            let s = session.ok_or(Error::MissingTenantContext)?;
-            data(&s, req).await
-        }
-    }
-}
-
-/// Runs an admin request on this node.
-pub(crate) async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
-    use Request::*;
-    Ok(match req {
-        CreateTenant(cfg) => Response::Tenant(db.create_tenant(cfg).await?),
-        CreateTenantForTier {
-            tenant_id,
-            name,
-            tier,
-        } => {
-            let cfg = crate::TenantConfig::for_tier(
-                &db.tiers(),
-                &tenant_id,
-                &name,
-                &tier,
-                serde_json::json!({}),
-            )?;
-            Response::Tenant(db.create_tenant(cfg).await?)
-        }
-        GetTenant(id) => Response::Tenant(db.get_tenant(&id).await?),
-        UpdateTenant(id, up) => Response::Tenant(db.update_tenant(&id, up).await?),
-        DeleteTenant(id) => {
-            db.delete_tenant(&id).await?;
-            Response::Ok
-        }
-        ListTenants => Response::Tenants(db.list_tenants().await?),
-        Usage(Some(id)) => Response::Usage(db.usage(&id).await?),
-        Usage(None) => return Err(Error::MissingTenantContext),
-        CreateUser(t, u) => {
-            db.create_user(&t, &u).await?;
-            Response::Ok
-        }
-        RemoveUser(t, u) => {
-            db.remove_user(&t, &u).await?;
-            Response::Ok
-        }
-        ListUsers(t) => Response::Users(db.list_users(&t).await?),
-        CreateKey {
-            kind,
-            tenant_id,
-            user_id,
-            operations,
-        } => {
-            let (api_key, info) = db
-                .create_key(kind, tenant_id.as_deref(), user_id.as_deref(), operations)
-                .await?;
-            Response::NewKey { api_key, info }
-        }
-        RevokeKey(id) => {
-            db.revoke_key(&id).await?;
-            Response::Ok
-        }
-        RotateKey(id) => {
-            let (api_key, info) = db.rotate_key(&id).await?;
-            Response::NewKey { api_key, info }
-        }
-        ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
-        ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
-            return Err(Error::invalid(
-                "request",
-                "this node is not part of a cluster",
-            ))
-        }
-        other => {
-            return Err(denied(format!(
-                "an admin key reaches no tenant's data ({})",
-                request_name(&other)
-            )))
-        }
-    })
-}
-
-/// Runs a tenant's data request on this node's replica.
-pub(crate) async fn data(s: &Session, req: Request) -> Result<Response, Error> {
-    use Request::*;
-    if let Stale(inner) = req {
-        if matches!(*inner, Stale(_)) {
-            return Err(Error::invalid("request", "Stale cannot wrap Stale"));
-        }
-        let stale = s.clone().with_consistency(crate::shard::Consistency::Stale);
-        return Box::pin(data(&stale, *inner)).await;
-    }
-    if let Once {
-        client,
-        seq,
-        acked_below,
-        request,
-    } = req
-    {
-        if request.operation() != Some(OperationType::Write)
-            || matches!(*request, Once { .. } | Stale(_))
-        {
-            return Err(Error::invalid("request", "Once wraps one write request"));
-        }
-        let once = s.clone().with_once(crate::db::OnceTag {
-            client,
-            seq,
-            acked_below,
-        });
-        return Box::pin(data(&once, *request)).await;
-    }
-    Ok(match req {
-        CreateCollection(spec) => {
-            s.create_collection(spec).await?;
-            Response::Ok
-        }
-        DropCollection(name) => {
-            s.drop_collection(&name).await?;
-            Response::Ok
-        }
-        ListCollections => Response::Collections(s.collections()?),
-        Put(obj) => Response::Write(s.put(obj).await?),
-        Update {
-            id,
-            properties_json,
-            vector,
-        } => {
-            let props: serde_json::Value = serde_json::from_str(&properties_json)
-                .map_err(|e| Error::invalid("properties", e.to_string()))?;
-            Response::Write(s.update(&id, props, vector).await?)
-        }
-        Delete(id) => Response::Write(s.delete(&id).await?),
-        Transaction(ops) => Response::Write(s.transaction(ops).await?),
-        Batch(ops) => {
-            if ops.len() > crate::db::MAX_TRANSACTION_OPS {
-                return Err(Error::invalid(
-                    "ops",
-                    format!("at most {} ops per request", crate::db::MAX_TRANSACTION_OPS),
-                ));
-            }
-            Response::Batch(s.batch(ops).await)
-        }
-        Get(id) => Response::Object(s.get(&id).await?),
-        Query(q) => Response::Objects(s.query(q).await?),
-        Search {
-            search,
-            with_objects,
-        } => Response::Hits(if with_objects {
-            s.vector_search(search).await?
-        } else {
-            s.vector_search_ids(search).await?
-        }),
-        Traverse(t) => Response::Nodes(s.traverse(t).await?),
-        Usage(None) => Response::Usage(s.usage()?),
-        Usage(Some(t)) => {
-            s.check_tenant(&t)?;
-            Response::Usage(s.usage()?)
-        }
-        CanPerform(op) => {
-            s.can_perform_operation(op)?;
-            Response::Ok
-        }
-        Scan {
-            collection,
-            after,
-            limit,
-        } => Response::Objects(s.scan(&collection, after.as_deref(), limit).await?),
-        other => {
-            return Err(denied(format!(
-                "{} needs an admin key",
-                request_name(&other)
-            )))
-        }
-    })
-}
-
-fn request_name(r: &Request) -> String {
-    let dbg = format!("{r:?}");
-    dbg.split(['(', ' ', '{'])
-        .next()
-        .unwrap_or("request")
-        .to_string()
-}
-
-/// An operation type, for the CLI.
-pub fn parse_operation(s: &str) -> Option<OperationType> {
-    OperationType::parse(s)
 }

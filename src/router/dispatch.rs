@@ -1,0 +1,238 @@
+//! Request dispatch: what each request does, in one place. The router
+//! actor runs [`request`] for every client request; the cluster runs
+//! [`data`] and [`admin`] for requests forwarded to this node.
+
+use crate::db::Database;
+use crate::proto::wire::{KeyKind, Request, Response};
+use crate::proto::{Error, OperationType};
+use crate::Session;
+
+fn denied(reason: impl Into<String>) -> Error {
+    Error::PermissionDenied {
+        reason: reason.into(),
+    }
+}
+
+/// Serves one request of an authenticated principal: an admin request
+/// on this node or (on a cluster) where group 0 leads; a tenant's data
+/// request in the key's tenant, on this node's replica or forwarded to
+/// the shard leader. `session`: the connection's session (standalone
+/// nodes bind one at authentication).
+pub async fn request(
+    db: &Database,
+    key_id: &str,
+    session: Option<Session>,
+    req: Request,
+) -> Result<Response, Error> {
+    if let Request::Ping = req {
+        return Ok(Response::Pong);
+    }
+    if let Request::Authenticate { .. } = req {
+        return Err(Error::invalid(
+            "request",
+            "Authenticate is served before dispatch",
+        ));
+    }
+    // Re-checked on every request: a revoked key fails on its next one.
+    let key = db.key_still_valid(key_id)?;
+    if let Request::WhoAmI = req {
+        return Ok(Response::Principal(key));
+    }
+    match key.kind {
+        KeyKind::Admin if db.cluster().is_some() => db.serve_admin(req, 0).await,
+        KeyKind::Admin => admin(db, req).await,
+        KeyKind::Tenant => {
+            if let Some(op) = req.operation() {
+                if let Some(allowed) = &key.operations {
+                    if !allowed.contains(&op) {
+                        return Err(denied(format!(
+                            "this key may not run {op} operations (allowed: {allowed:?})"
+                        )));
+                    }
+                }
+            }
+            if db.cluster().is_some() {
+                let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
+                    return Err(Error::MissingTenantContext);
+                };
+                return db.serve_tenant(t, u, req, 0).await;
+            }
+            let s = session.ok_or(Error::MissingTenantContext)?;
+            data(&s, req).await
+        }
+    }
+}
+
+/// Runs an admin request on this node.
+pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
+    use Request::*;
+    Ok(match req {
+        CreateTenant(cfg) => Response::Tenant(db.create_tenant(cfg).await?),
+        CreateTenantForTier {
+            tenant_id,
+            name,
+            tier,
+        } => {
+            let cfg = crate::TenantConfig::for_tier(
+                &db.tiers(),
+                &tenant_id,
+                &name,
+                &tier,
+                serde_json::json!({}),
+            )?;
+            Response::Tenant(db.create_tenant(cfg).await?)
+        }
+        GetTenant(id) => Response::Tenant(db.get_tenant(&id).await?),
+        UpdateTenant(id, up) => Response::Tenant(db.update_tenant(&id, up).await?),
+        DeleteTenant(id) => {
+            db.delete_tenant(&id).await?;
+            Response::Ok
+        }
+        ListTenants => Response::Tenants(db.list_tenants().await?),
+        Usage(Some(id)) => Response::Usage(db.usage(&id).await?),
+        Usage(None) => return Err(Error::MissingTenantContext),
+        CreateUser(t, u) => {
+            db.create_user(&t, &u).await?;
+            Response::Ok
+        }
+        RemoveUser(t, u) => {
+            db.remove_user(&t, &u).await?;
+            Response::Ok
+        }
+        ListUsers(t) => Response::Users(db.list_users(&t).await?),
+        CreateKey {
+            kind,
+            tenant_id,
+            user_id,
+            operations,
+        } => {
+            let (api_key, info) = db
+                .create_key(kind, tenant_id.as_deref(), user_id.as_deref(), operations)
+                .await?;
+            Response::NewKey { api_key, info }
+        }
+        RevokeKey(id) => {
+            db.revoke_key(&id).await?;
+            Response::Ok
+        }
+        RotateKey(id) => {
+            let (api_key, info) = db.rotate_key(&id).await?;
+            Response::NewKey { api_key, info }
+        }
+        ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
+        ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
+            return Err(Error::invalid(
+                "request",
+                "this node is not part of a cluster",
+            ))
+        }
+        other => {
+            return Err(denied(format!(
+                "an admin key reaches no tenant's data ({})",
+                request_name(&other)
+            )))
+        }
+    })
+}
+
+/// Runs a tenant's data request on this node's replica.
+pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
+    use Request::*;
+    if let Stale(inner) = req {
+        if matches!(*inner, Stale(_)) {
+            return Err(Error::invalid("request", "Stale cannot wrap Stale"));
+        }
+        let stale = s.clone().with_consistency(crate::shard::Consistency::Stale);
+        return Box::pin(data(&stale, *inner)).await;
+    }
+    if let Once {
+        client,
+        seq,
+        acked_below,
+        request,
+    } = req
+    {
+        if request.operation() != Some(OperationType::Write)
+            || matches!(*request, Once { .. } | Stale(_))
+        {
+            return Err(Error::invalid("request", "Once wraps one write request"));
+        }
+        let once = s.clone().with_once(crate::db::OnceTag {
+            client,
+            seq,
+            acked_below,
+        });
+        return Box::pin(data(&once, *request)).await;
+    }
+    Ok(match req {
+        CreateCollection(spec) => {
+            s.create_collection(spec).await?;
+            Response::Ok
+        }
+        DropCollection(name) => {
+            s.drop_collection(&name).await?;
+            Response::Ok
+        }
+        ListCollections => Response::Collections(s.collections()?),
+        Put(obj) => Response::Write(s.put(obj).await?),
+        Update {
+            id,
+            properties_json,
+            vector,
+        } => {
+            let props: serde_json::Value = serde_json::from_str(&properties_json)
+                .map_err(|e| Error::invalid("properties", e.to_string()))?;
+            Response::Write(s.update(&id, props, vector).await?)
+        }
+        Delete(id) => Response::Write(s.delete(&id).await?),
+        Transaction(ops) => Response::Write(s.transaction(ops).await?),
+        Batch(ops) => {
+            if ops.len() > crate::db::MAX_TRANSACTION_OPS {
+                return Err(Error::invalid(
+                    "ops",
+                    format!("at most {} ops per request", crate::db::MAX_TRANSACTION_OPS),
+                ));
+            }
+            Response::Batch(s.batch(ops).await)
+        }
+        Get(id) => Response::Object(s.get(&id).await?),
+        Query(q) => Response::Objects(s.query(q).await?),
+        Search {
+            search,
+            with_objects,
+        } => Response::Hits(if with_objects {
+            s.vector_search(search).await?
+        } else {
+            s.vector_search_ids(search).await?
+        }),
+        Traverse(t) => Response::Nodes(s.traverse(t).await?),
+        Usage(None) => Response::Usage(s.usage()?),
+        Usage(Some(t)) => {
+            s.check_tenant(&t)?;
+            Response::Usage(s.usage()?)
+        }
+        CanPerform(op) => {
+            s.can_perform_operation(op)?;
+            Response::Ok
+        }
+        Scan {
+            collection,
+            after,
+            limit,
+        } => Response::Objects(s.scan(&collection, after.as_deref(), limit).await?),
+        other => {
+            return Err(denied(format!(
+                "{} needs an admin key",
+                request_name(&other)
+            )))
+        }
+    })
+}
+
+fn request_name(r: &Request) -> String {
+    let dbg = format!("{r:?}");
+    dbg.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("request")
+        .to_string()
+}
