@@ -718,12 +718,13 @@ mod tests {
         // a (misbehaving) resend of 2 applies again.
         assert_eq!(outcome(apply(&once(3, 3, put("y")))), WriteOutcome::Created);
         assert_eq!(outcome(apply(&once(2, 3, put("x")))), WriteOutcome::Updated);
-        // Expiry forgets what is left (sequences 2 and 3).
+        // Expiry forgets what is left: sequences 2 and 3 and the client's
+        // forgotten-below mark.
         let r = apply(&Command::ExpireOnce {
             before_ms: u64::MAX,
             max: 100,
         });
-        assert_eq!(r, CommandResult::Done(Ok(2)));
+        assert_eq!(r, CommandResult::Done(Ok(3)));
         assert_eq!(
             apply(&Command::ExpireOnce {
                 before_ms: u64::MAX,

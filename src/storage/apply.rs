@@ -14,7 +14,7 @@ use crate::proto::{
 };
 use crate::tenant::{validate_name, StorageLimitConfig};
 
-use super::command::{Command, CommandResult, OnceRecord, RegOp};
+use super::command::{Command, CommandResult, OnceLow, OnceRecord, RegOp};
 use super::store::{
     edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord, ObjectRecord,
     ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
@@ -93,8 +93,48 @@ pub struct Applied {
     pub meta: ShardMeta,
 }
 
-/// Most results of one client a single exactly-once write forgets.
-const MAX_ONCE_FORGOTTEN_PER_COMMAND: usize = 1024;
+/// Above this many sequences at once, forgetting uses a range delete
+/// instead of point deletes.
+const MAX_ONCE_POINT_DELETES: u64 = 1024;
+
+/// Forgets a client's exactly-once results below `below` (the client has
+/// their answers): point deletes of the sequences since its last mark, so
+/// no write ever iterates over earlier deletions.
+fn forget_acknowledged(
+    store: &ShardStore,
+    batch: &mut Batch<'_>,
+    client: u64,
+    below: u64,
+    now_ms: u64,
+) -> Result<(), Error> {
+    let low_key = meta_key::once_low(client);
+    let low = store
+        .get::<OnceLow>(CF_META, &low_key)?
+        .map(|l| l.below)
+        .unwrap_or(0);
+    if below <= low {
+        return Ok(());
+    }
+    if below - low <= MAX_ONCE_POINT_DELETES {
+        for s in low..below {
+            batch.delete(CF_META, &meta_key::once(client, s))?;
+        }
+    } else {
+        batch.delete_range(
+            CF_META,
+            &meta_key::once(client, low),
+            &meta_key::once(client, below),
+        )?;
+    }
+    batch.put(
+        CF_META,
+        &low_key,
+        &OnceLow {
+            below,
+            at_ms: now_ms,
+        },
+    )
+}
 
 /// Bytes an object counts for.
 pub fn object_size(id: &str, rec: &ObjectRecord) -> Result<u64, Error> {
@@ -598,11 +638,17 @@ pub fn apply(
             now_ms,
             cmd,
         } => {
-            let key = meta_key::once(*client, *seq, *part);
-            if let Some(prev) = store.get::<OnceRecord>(CF_META, &key)? {
+            let key = meta_key::once(*client, *seq);
+            let mut rec = store
+                .get::<OnceRecord>(CF_META, &key)?
+                .unwrap_or(OnceRecord {
+                    at_ms: *now_ms,
+                    results: Vec::new(),
+                });
+            if let Some((_, first)) = rec.results.iter().find(|(p, _)| p == part) {
                 // Applied before: the first answer, and nothing written.
                 return Ok(Applied {
-                    result: prev.result,
+                    result: first.clone(),
                     vectors: Vec::new(),
                     collections_changed: false,
                     meta: meta.clone(),
@@ -623,43 +669,27 @@ pub fn apply(
                 });
             }
             let inner = apply(store, meta, cmd, batch)?;
-            batch.put(
-                CF_META,
-                &key,
-                &OnceRecord {
-                    at_ms: *now_ms,
-                    result: inner.result.clone(),
-                },
-            )?;
-            // The client has its answers below `acked_below`: forget them.
-            let prefix = meta_key::once_client(*client);
-            let mut done = Vec::new();
-            store.scan_prefix(CF_META, &prefix, |k, _| {
-                let s = k
-                    .get(prefix.len()..prefix.len() + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(u64::MAX);
-                if s >= *acked_below {
-                    return Ok(false);
-                }
-                done.push(k.to_vec());
-                Ok(done.len() < MAX_ONCE_FORGOTTEN_PER_COMMAND)
-            })?;
-            for k in done {
-                batch.delete(CF_META, &k)?;
-            }
+            rec.at_ms = *now_ms;
+            rec.results.push((*part, inner.result.clone()));
+            batch.put(CF_META, &key, &rec)?;
+            forget_acknowledged(store, batch, *client, (*acked_below).min(*seq), *now_ms)?;
             return Ok(inner);
         }
         Command::ExpireOnce { before_ms, max } => {
             let mut old = Vec::new();
-            store.scan_prefix(CF_META, meta_key::ONCE_PREFIX, |k, v| {
-                let rec: OnceRecord = super::store::decode_value(v)?;
-                if rec.at_ms < *before_ms {
-                    old.push(k.to_vec());
-                }
-                Ok(old.len() < *max as usize)
-            })?;
+            for prefix in [meta_key::ONCE_PREFIX, meta_key::ONCE_LOW_PREFIX] {
+                store.scan_prefix(CF_META, prefix, |k, v| {
+                    let at_ms = if prefix == meta_key::ONCE_PREFIX {
+                        super::store::decode_value::<OnceRecord>(v)?.at_ms
+                    } else {
+                        super::store::decode_value::<OnceLow>(v)?.at_ms
+                    };
+                    if at_ms < *before_ms {
+                        old.push(k.to_vec());
+                    }
+                    Ok(old.len() < *max as usize)
+                })?;
+            }
             let n = old.len() as u64;
             for k in old {
                 batch.delete(CF_META, &k)?;

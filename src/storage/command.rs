@@ -77,13 +77,23 @@ pub enum Command {
     },
 }
 
-/// An exactly-once result as stored.
+/// The exactly-once results of one request as stored (a batch split into
+/// several commands has one per part).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnceRecord {
-    /// When it was applied (proposer's clock).
+    /// When it was last applied to (proposer's clock).
     pub at_ms: u64,
-    /// The result returned the first time.
-    pub result: CommandResult,
+    /// (part, the result returned the first time).
+    pub results: Vec<(u32, CommandResult)>,
+}
+
+/// A client's mark: results below `below` are forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnceLow {
+    /// Every sequence below this is forgotten.
+    pub below: u64,
+    /// When it last moved (proposer's clock), for expiry.
+    pub at_ms: u64,
 }
 
 /// One change to the replicated registry. Keys live in the state

@@ -61,24 +61,20 @@ pub mod meta_key {
     pub const QUOTA: &[u8] = b"quota";
     /// Prefix of collection specs: `coll/<name>`.
     pub const COLLECTION_PREFIX: &[u8] = b"coll/";
-    /// Prefix of exactly-once results:
-    /// `once/<client u64 BE><seq u64 BE><part u32 BE>`.
+    /// Prefix of exactly-once results: `once/<client u64 BE><seq u64 BE>`.
     pub const ONCE_PREFIX: &[u8] = b"once/";
+    /// Prefix of each client's forgotten-below mark:
+    /// `oncelow/<client u64 BE>`.
+    pub const ONCE_LOW_PREFIX: &[u8] = b"oncelow/";
 
-    /// The key of one exactly-once result.
-    pub fn once(client: u64, seq: u64, part: u32) -> Vec<u8> {
-        [
-            ONCE_PREFIX,
-            &client.to_be_bytes(),
-            &seq.to_be_bytes(),
-            &part.to_be_bytes(),
-        ]
-        .concat()
+    /// The key of one request's exactly-once results.
+    pub fn once(client: u64, seq: u64) -> Vec<u8> {
+        [ONCE_PREFIX, &client.to_be_bytes(), &seq.to_be_bytes()].concat()
     }
 
-    /// The prefix of one client's exactly-once results.
-    pub fn once_client(client: u64) -> Vec<u8> {
-        [ONCE_PREFIX, &client.to_be_bytes()].concat()
+    /// The key of a client's forgotten-below mark.
+    pub fn once_low(client: u64) -> Vec<u8> {
+        [ONCE_LOW_PREFIX, &client.to_be_bytes()].concat()
     }
 }
 
@@ -385,6 +381,12 @@ impl Batch<'_> {
     /// Deletes a key.
     pub fn delete(&mut self, cf: &str, key: &[u8]) -> Result<(), Error> {
         self.batch.delete_cf(self.store.cf(cf)?, key);
+        Ok(())
+    }
+
+    /// Deletes the keys in `[from, to)`.
+    pub fn delete_range(&mut self, cf: &str, from: &[u8], to: &[u8]) -> Result<(), Error> {
+        self.batch.delete_range_cf(self.store.cf(cf)?, from, to);
         Ok(())
     }
 
