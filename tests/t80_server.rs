@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::node::{raw_connection, raw_request, start_node, Node};
+use common::node::{client, raw_connection, raw_request, start_node};
 
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::{Envelope, KeyKind, Request, Response, ALPN};
@@ -15,13 +15,6 @@ use vektagraf::proto::{
     CollectionSpec, Direction, Error, Filter, LimitKind, NewObject, OperationType, Query, Traverse,
     VectorSearch, WriteOp,
 };
-
-async fn client(node: &Node, key: &str) -> Result<Client, Error> {
-    let mut o = ClientOptions::new(vec![node.addr], key, &node.cert)?;
-    o.request_timeout = Duration::from_secs(20);
-    o.max_retries = 0;
-    Client::connect(o).await
-}
 
 /// Admin creates a tenant with a user and returns a tenant key.
 async fn tenant_key(admin: &Client, tenant: &str, ops: Option<Vec<OperationType>>) -> String {

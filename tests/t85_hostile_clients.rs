@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::node::{raw_connection, raw_connection_from, raw_request, start_node_with};
+use common::node::{client, raw_connection, raw_connection_from, raw_request, start_node_with};
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::net::server::{CLOSE_AUTH_TIMEOUT, PRE_AUTH_MAX_FRAME};
 use vektagraf::proto::wire::{Envelope, Request, Response, ALPN};
@@ -41,13 +41,6 @@ fn auth_frame(key: &str) -> Vec<u8> {
     )
     .to_frame()
     .unwrap()
-}
-
-async fn client(node: &common::node::Node, key: &str) -> Result<Client, Error> {
-    let mut o = ClientOptions::new(vec![node.addr], key, &node.cert)?;
-    o.request_timeout = Duration::from_secs(10);
-    o.max_retries = 0;
-    Client::connect(o).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,9 @@ impl Budget {
         }
     }
 
-    fn enter<E: de::Error>(&self) -> Result<(), E> {
+    /// Runs `f` (which decodes a compound value) one level deeper, or
+    /// refuses before it starts if that is past the depth limit.
+    fn nested<T, E: de::Error>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let d = self.depth.get() + 1;
         if d > self.max_depth {
             self.exceeded.set(Some(Exceeded::Depth(self.max_depth)));
@@ -63,11 +65,17 @@ impl Budget {
             )));
         }
         self.depth.set(d);
-        Ok(())
+        let r = f();
+        self.depth.set(d - 1);
+        r
     }
 
-    fn leave(&self) {
-        self.depth.set(self.depth.get().saturating_sub(1));
+    /// `visitor`, wrapped so what it visits is bounded too.
+    fn visit<V>(&self, visitor: V) -> Vis<'_, V> {
+        Vis {
+            inner: visitor,
+            budget: self,
+        }
     }
 
     fn charge<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
@@ -125,7 +133,7 @@ struct Vis<'b, V> {
 macro_rules! scalar {
     ($($method:ident),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-            self.inner.$method(Vis { inner: visitor, budget: self.budget })
+            self.inner.$method(self.budget.visit(visitor))
         }
     )*};
 }
@@ -133,10 +141,8 @@ macro_rules! scalar {
 macro_rules! compound {
     ($($method:ident),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-            self.budget.enter::<D::Error>()?;
-            let r = self.inner.$method(Vis { inner: visitor, budget: self.budget });
-            self.budget.leave();
-            r
+            let b = self.budget;
+            b.nested(|| self.inner.$method(b.visit(visitor)))
         }
     )*};
 }
@@ -175,13 +181,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.inner.deserialize_unit_struct(
-            name,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        )
+        self.inner
+            .deserialize_unit_struct(name, self.budget.visit(visitor))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -189,16 +190,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.budget.enter::<D::Error>()?;
-        let r = self.inner.deserialize_newtype_struct(
-            name,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| {
+            self.inner
+                .deserialize_newtype_struct(name, b.visit(visitor))
+        })
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -206,16 +202,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.budget.enter::<D::Error>()?;
-        let r = self.inner.deserialize_tuple(
-            len,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| self.inner.deserialize_tuple(len, b.visit(visitor)))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -224,17 +212,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.budget.enter::<D::Error>()?;
-        let r = self.inner.deserialize_tuple_struct(
-            name,
-            len,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| {
+            self.inner
+                .deserialize_tuple_struct(name, len, b.visit(visitor))
+        })
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -243,17 +225,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.budget.enter::<D::Error>()?;
-        let r = self.inner.deserialize_struct(
-            name,
-            fields,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| {
+            self.inner
+                .deserialize_struct(name, fields, b.visit(visitor))
+        })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -262,17 +238,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.budget.enter::<D::Error>()?;
-        let r = self.inner.deserialize_enum(
-            name,
-            variants,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| {
+            self.inner
+                .deserialize_enum(name, variants, b.visit(visitor))
+        })
     }
 
     fn is_human_readable(&self) -> bool {
@@ -492,16 +462,8 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Variant<'_, A> {
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.budget.enter::<A::Error>()?;
-        let r = self.inner.tuple_variant(
-            len,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| self.inner.tuple_variant(len, b.visit(visitor)))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -509,15 +471,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Variant<'_, A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.budget.enter::<A::Error>()?;
-        let r = self.inner.struct_variant(
-            fields,
-            Vis {
-                inner: visitor,
-                budget: self.budget,
-            },
-        );
-        self.budget.leave();
-        r
+        let b = self.budget;
+        b.nested(|| self.inner.struct_variant(fields, b.visit(visitor)))
     }
 }

@@ -63,6 +63,18 @@ impl DecodeLimits {
             max_memory: len.saturating_mul(8).saturating_add(1 << 20),
         }
     }
+
+    /// The bound for a message of `len` bytes from another node: peers are
+    /// authenticated, but a bug or a compromised node must not take this
+    /// one down either. Looser on memory than [`for_input`](Self::for_input)
+    /// (32 bytes per input byte plus 16 MiB): raft batches of tiny entries
+    /// are legitimate.
+    pub fn for_peer(len: usize) -> Self {
+        Self {
+            max_depth: MAX_DECODE_DEPTH,
+            max_memory: len.saturating_mul(32).saturating_add(16 << 20),
+        }
+    }
 }
 
 /// Decodes bytes from the network: like [`decode`], and also refuses,

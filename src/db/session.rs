@@ -72,15 +72,13 @@ fn limit_err(kind: LimitKind, limit: u64, current: u64, requested: u64) -> Error
     })
 }
 
-pub(crate) async fn call_write(
+/// Asks the shard actor and waits for its answer, within `timeout`.
+async fn call_shard<T: Send + 'static>(
     actor: &ActorRef<ShardMsg>,
-    cmd: Command,
+    msg: impl FnOnce(ractor::RpcReplyPort<Result<T>>) -> ShardMsg,
     timeout: Duration,
-) -> Result<CommandResult> {
-    match actor
-        .call(|tx| ShardMsg::Write(cmd, tx), Some(timeout))
-        .await
-    {
+) -> Result<T> {
+    match actor.call(msg, Some(timeout)).await {
         Ok(CallResult::Success(r)) => r,
         Ok(CallResult::Timeout) => Err(Error::Timeout {
             after_ms: timeout.as_millis() as u64,
@@ -91,24 +89,21 @@ pub(crate) async fn call_write(
     }
 }
 
+pub(crate) async fn call_write(
+    actor: &ActorRef<ShardMsg>,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<CommandResult> {
+    call_shard(actor, |tx| ShardMsg::Write(cmd, tx), timeout).await
+}
+
 async fn call_read(
     actor: &ActorRef<ShardMsg>,
     op: ReadOp,
     c: Consistency,
     timeout: Duration,
 ) -> Result<ReadResult> {
-    match actor
-        .call(|tx| ShardMsg::Read(op, c, tx), Some(timeout))
-        .await
-    {
-        Ok(CallResult::Success(r)) => r,
-        Ok(CallResult::Timeout) => Err(Error::Timeout {
-            after_ms: timeout.as_millis() as u64,
-        }),
-        Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable {
-            reason: "shard stopped while serving the request".into(),
-        }),
-    }
+    call_shard(actor, |tx| ShardMsg::Read(op, c, tx), timeout).await
 }
 
 impl Session {
@@ -238,23 +233,7 @@ impl Session {
                 }
                 Admit::Reserve => {
                     let actor = self.tenant.actor()?;
-                    let timeout = self.timeout();
-                    match actor
-                        .call(|tx| ShardMsg::Reserve(Some(tx)), Some(timeout))
-                        .await
-                    {
-                        Ok(CallResult::Success(r)) => r?,
-                        Ok(CallResult::Timeout) => {
-                            return Err(Error::Timeout {
-                                after_ms: timeout.as_millis() as u64,
-                            })
-                        }
-                        Ok(CallResult::SenderError) | Err(_) => {
-                            return Err(Error::Unavailable {
-                                reason: "shard stopped while serving the request".into(),
-                            })
-                        }
-                    }
+                    call_shard(&actor, |tx| ShardMsg::Reserve(Some(tx)), self.timeout()).await?;
                 }
             }
         }

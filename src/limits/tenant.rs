@@ -127,6 +127,19 @@ pub fn reservation_step(limit: u64) -> u64 {
     (limit / 32).clamp(1, 4096)
 }
 
+/// The ceiling a reservation asks for after `used` requests: one step
+/// more, capped at the limit (but always at least one more request).
+fn next_ceiling(used: u64, limit: u64) -> u64 {
+    used.saturating_add(reservation_step(limit))
+        .min(limit.max(used.saturating_add(1)))
+}
+
+/// Whether admitting one more request under `ceiling` leaves less than
+/// half a step: time to reserve the next block.
+fn runs_low(ceiling: u64, used: u64, limit: u64) -> bool {
+    ceiling - (used + 1) < reservation_step(limit).div_ceil(2)
+}
+
 /// The outcome of [`TenantLimiter::admit_or_reserve`].
 #[derive(Debug)]
 pub enum Admit {
@@ -266,22 +279,22 @@ impl TenantLimiter {
         let mut refill = false;
         if st.reserve.on {
             let q = &st.quota;
-            let covered = match st.reserve.ceiling {
-                Some((day, daily, month, monthly)) => {
-                    day == q.day && q.daily < daily && month == q.month && q.monthly < monthly
+            let (daily, monthly) = match st.reserve.ceiling {
+                Some((day, daily, month, monthly))
+                    if day == q.day
+                        && month == q.month
+                        && q.daily < daily
+                        && q.monthly < monthly =>
+                {
+                    (daily, monthly)
                 }
-                None => false,
+                _ => return Ok(Admit::Reserve),
             };
-            if !covered {
-                return Ok(Admit::Reserve);
-            }
-            if let Some((_, daily, _, monthly)) = st.reserve.ceiling {
-                let low = daily - (q.daily + 1) < reservation_step(st.daily_limit).div_ceil(2)
-                    || monthly - (q.monthly + 1) < reservation_step(st.monthly_limit).div_ceil(2);
-                if low && !st.reserve.pending {
-                    st.reserve.pending = true;
-                    refill = true;
-                }
+            let low = runs_low(daily, q.daily, st.daily_limit)
+                || runs_low(monthly, q.monthly, st.monthly_limit);
+            if low && !st.reserve.pending {
+                st.reserve.pending = true;
+                refill = true;
             }
         }
         st.overall.record(now_ms);
@@ -326,16 +339,8 @@ impl TenantLimiter {
         let mut st = self.state.lock();
         st.quota.roll(now_ms);
         let mut counters = st.quota.clone();
-        counters.daily = (st
-            .quota
-            .daily
-            .saturating_add(reservation_step(st.daily_limit)))
-        .min(st.daily_limit.max(st.quota.daily.saturating_add(1)));
-        counters.monthly = (st
-            .quota
-            .monthly
-            .saturating_add(reservation_step(st.monthly_limit)))
-        .min(st.monthly_limit.max(st.quota.monthly.saturating_add(1)));
+        counters.daily = next_ceiling(st.quota.daily, st.daily_limit);
+        counters.monthly = next_ceiling(st.quota.monthly, st.monthly_limit);
         st.reserve.pending = true;
         Reservation {
             counters,

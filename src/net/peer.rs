@@ -778,14 +778,7 @@ async fn read_msg<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, Strin
     recv.read_exact(&mut body)
         .await
         .map_err(|e| e.to_string())?;
-    // Peers are authenticated, but a bug or a compromised node must not
-    // take this one down either: depth-bounded, and a looser memory bound
-    // than clients get (raft batches of tiny entries are legitimate).
-    let limits = codec::DecodeLimits {
-        max_depth: codec::MAX_DECODE_DEPTH,
-        max_memory: n.saturating_mul(32).saturating_add(16 << 20),
-    };
-    codec::decode_untrusted(&body, limits).map_err(|e| e.to_string())
+    codec::decode_untrusted(&body, codec::DecodeLimits::for_peer(n)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

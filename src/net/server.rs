@@ -305,7 +305,8 @@ struct IpSlot {
 }
 
 impl IpSlot {
-    /// The connection authenticated: it no longer counts as pending.
+    /// The connection authenticated (or ended): it no longer counts as
+    /// pending.
     fn authenticated(&mut self) {
         if !self.pending {
             return;
@@ -321,15 +322,10 @@ impl IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
+        self.authenticated();
         let mut c = self.gate.counts.lock();
-        if self.pending {
-            c.pending = c.pending.saturating_sub(1);
-        }
         if let Some(e) = c.per_ip.get_mut(&self.ip) {
             e.all = e.all.saturating_sub(1);
-            if self.pending {
-                e.pending = e.pending.saturating_sub(1);
-            }
             if e.all == 0 {
                 c.per_ip.remove(&self.ip);
             }
@@ -426,13 +422,7 @@ async fn serve_pre_auth(
                         Err(e) => (env.request_id, Response::Error(e), false),
                     }
                 }
-                _ => (
-                    env.request_id,
-                    Response::Error(Error::Unauthenticated {
-                        reason: "no credentials on this connection: send Authenticate first".into(),
-                    }),
-                    false,
-                ),
+                _ => (env.request_id, Response::Error(no_credentials()), false),
             },
             Err(e) => (0, bad_frame(&mut recv, e), false),
         };
@@ -440,6 +430,12 @@ async fn serve_pre_auth(
         tracing::debug!(error = %e, "could not send response");
     }
     authenticated
+}
+
+fn no_credentials() -> Error {
+    Error::Unauthenticated {
+        reason: "no credentials on this connection: send Authenticate first".into(),
+    }
 }
 
 fn bad_frame(recv: &mut RecvStream, e: FrameError) -> Response {
@@ -516,9 +512,7 @@ async fn serve_stream(
                 };
                 match principal {
                     Some((key_id, session)) => router.request(key_id, session, env.body).await,
-                    None => Err(Error::Unauthenticated {
-                        reason: "no credentials on this connection: send Authenticate first".into(),
-                    }),
+                    None => Err(no_credentials()),
                 }
             };
             (id, r.unwrap_or_else(Response::Error))

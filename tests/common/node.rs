@@ -103,6 +103,18 @@ fn spawn(cfg: &std::path::Path) -> (Child, SocketAddr, PathBuf) {
     (child, addr.unwrap(), cert.unwrap())
 }
 
+/// A driver connected to `node` with `key`: no retries (each test sees
+/// every error), 20 s per request.
+pub async fn client(
+    node: &Node,
+    key: &str,
+) -> Result<vektagraf::client::Client, vektagraf::proto::Error> {
+    let mut o = vektagraf::client::ClientOptions::new(vec![node.addr], key, &node.cert)?;
+    o.request_timeout = Duration::from_secs(20);
+    o.max_retries = 0;
+    vektagraf::client::Client::connect(o).await
+}
+
 /// A QUIC connection to `node` with `alpn`, from 127.0.0.1.
 pub async fn raw_connection(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
     raw_connection_from(node, alpn, "127.0.0.1:0".parse().unwrap()).await
