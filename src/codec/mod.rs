@@ -134,6 +134,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_largest_command_config_allows_is_half_the_decode_limit() {
+        assert_eq!(crate::config::MAX_COMMAND_BYTES, MAX_DECODE_BYTES / 2);
+    }
+
+    #[test]
     fn trailing_bytes_are_rejected() {
         let mut b = encode(&(1u32, "x".to_string())).unwrap();
         b.push(0);

@@ -1,13 +1,27 @@
 //! Node configuration: compiled-in defaults, a file, environment
 //! overrides, then validation into typed settings.
+//!
+//! This module imports nothing else of the crate: it is the bottom layer
+//! every other module may read. Checks that need another module's
+//! knowledge (tier names) run where that module is used
+//! (`Database::open`); a bound shared with another module is a constant
+//! here whose relation the other module asserts in a unit test.
+
+mod error;
+mod raft;
+mod server;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::Error;
-use crate::raft::RaftSettings;
-use crate::tenant::Tier;
+pub use error::ConfigError;
+pub use raft::RaftSettings;
+pub use server::{ServerSettings, DEFAULT_MAX_FRAME_BYTES};
+
+/// Largest `limits.max_command_bytes`: half the decoder's byte limit
+/// (`codec::MAX_DECODE_BYTES`, which asserts the relation).
+pub const MAX_COMMAND_BYTES: usize = 32 << 20;
 
 /// The compiled-in defaults (`config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -83,7 +97,7 @@ pub struct NodeConfig {
     /// `[raft]`.
     pub raft: RaftSettings,
     /// `[server]`.
-    pub server: crate::net::ServerSettings,
+    pub server: ServerSettings,
     /// `[cluster]`.
     pub cluster: ClusterSettings,
 }
@@ -117,11 +131,8 @@ pub struct ClusterSettings {
     pub meta_voters: usize,
 }
 
-fn cfg_err(key: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+fn cfg_err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new(key, reason)
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -142,7 +153,7 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 
 impl NodeConfig {
     /// Defaults, then `file` (if any), then `VEKTAGRAF__*` environment overrides.
-    pub fn load(file: Option<&Path>) -> Result<NodeConfig, Error> {
+    pub fn load(file: Option<&Path>) -> Result<NodeConfig, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
@@ -157,7 +168,10 @@ impl NodeConfig {
     }
 
     /// Builds a config from an optional file text and (key, value) overrides.
-    pub fn from_layers(file: Option<&str>, env: &[(String, String)]) -> Result<NodeConfig, Error> {
+    pub fn from_layers(
+        file: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<NodeConfig, ConfigError> {
         let mut v: toml::Value =
             toml::from_str(DEFAULT_TOML).map_err(|e| cfg_err("default.toml", e.to_string()))?;
         if let Some(text) = file {
@@ -198,11 +212,9 @@ impl NodeConfig {
         c
     }
 
-    /// Rejects nonsense, naming the key.
-    pub fn validate(&self) -> Result<(), Error> {
-        if Tier::parse(&self.multi_tenancy.default_tier).is_none() {
-            return Err(cfg_err("multi_tenancy.default_tier", "unknown tier"));
-        }
+    /// Rejects nonsense, naming the key. (The default tier's name is
+    /// checked against the tiers by `Database::open`.)
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if l.max_in_flight == 0 {
             return Err(cfg_err("limits.max_in_flight", "must be at least 1"));
@@ -210,7 +222,7 @@ impl NodeConfig {
         if l.request_timeout_ms == 0 || l.queue_timeout_ms == 0 || l.quota_checkpoint_ms == 0 {
             return Err(cfg_err("limits", "timeouts and intervals must be positive"));
         }
-        if l.max_command_bytes < 4096 || l.max_command_bytes > crate::codec::MAX_DECODE_BYTES / 2 {
+        if l.max_command_bytes < 4096 || l.max_command_bytes > MAX_COMMAND_BYTES {
             return Err(cfg_err(
                 "limits.max_command_bytes",
                 "must be in 4 KiB..=32 MiB",

@@ -129,6 +129,12 @@ impl Database {
         let dir = dir.as_ref().to_path_buf();
         config.node.data_dir = dir.clone();
         config.validate()?;
+        if crate::tenant::Tier::parse(&config.multi_tenancy.default_tier).is_none() {
+            return Err(Error::InvalidConfig {
+                key: "multi_tenancy.default_tier".into(),
+                reason: "unknown tier".into(),
+            });
+        }
         std::fs::create_dir_all(dir.join("shards")).map_err(io)?;
         let tiers = if config.node.tiers_file.is_empty() {
             Tiers::default()
@@ -749,4 +755,13 @@ pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
         in_flight: t.limiter.in_flight(),
         warnings,
     })
+}
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Error::InvalidConfig {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
 }

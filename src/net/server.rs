@@ -15,70 +15,16 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::ServerSettings;
 use crate::db::Database;
-use crate::proto::wire::{
-    Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES,
-};
+use crate::proto::wire::{Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN};
 use crate::proto::Error;
 use crate::router::Router;
 use crate::Session;
 
 use super::frame::{read_frame, write_frame};
 use super::tls;
-
-/// `[server]` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// PEM certificate chain (empty: self-signed, created on first start).
-    pub cert: String,
-    /// PEM private key.
-    pub key: String,
-    /// Extra SANs for the self-signed certificate.
-    pub extra_names: Vec<String>,
-    /// Largest request frame, bytes.
-    pub max_frame_bytes: usize,
-    /// Requests in flight per connection.
-    pub max_streams_per_connection: u32,
-    /// Connections at once.
-    pub max_connections: usize,
-    /// Idle connections close after this, ms.
-    pub idle_timeout_ms: u64,
-    /// Handshake plus authentication must finish within this, ms.
-    pub auth_timeout_ms: u64,
-    /// Connections handshaking or not yet authenticated, at once.
-    pub max_unauthenticated: usize,
-    /// Of those, from one IP address.
-    pub max_unauthenticated_per_ip: usize,
-    /// Connections from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Failed authentications per IP address per minute.
-    pub max_auth_failures_per_ip: u32,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7687)),
-            cert: String::new(),
-            key: String::new(),
-            extra_names: Vec::new(),
-            max_frame_bytes: MAX_FRAME_BYTES,
-            max_streams_per_connection: 256,
-            max_connections: 1024,
-            idle_timeout_ms: 30_000,
-            auth_timeout_ms: 5_000,
-            max_unauthenticated: 256,
-            max_unauthenticated_per_ip: 32,
-            max_connections_per_ip: 512,
-            max_auth_failures_per_ip: 30,
-        }
-    }
-}
 
 /// A running server.
 pub struct Server {
@@ -521,5 +467,16 @@ async fn serve_stream(
     };
     if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
         tracing::debug!(error = %e, "could not send response");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_frame_limit_is_the_wire_limit() {
+        assert_eq!(
+            crate::config::DEFAULT_MAX_FRAME_BYTES,
+            crate::proto::wire::MAX_FRAME_BYTES
+        );
     }
 }
