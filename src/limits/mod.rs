@@ -4,6 +4,7 @@
 mod admission;
 pub mod calendar;
 mod complexity;
+pub mod grant;
 mod rate;
 mod tenant;
 
@@ -11,6 +12,6 @@ pub use admission::{Admission, AdmissionPermit};
 pub use complexity::{estimate, Cost};
 pub use rate::{RateRejection, RateWindow};
 pub use tenant::{
-    reservation_step, Admit, Permit, QuotaCounters, Reservation, TenantLimiter,
+    reservation_step, Admit, Grant, Permit, QuotaCounters, Reservation, TenantLimiter,
     CONCURRENCY_RETRY_MS,
 };

@@ -68,6 +68,11 @@ impl RateWindow {
         self.limit
     }
 
+    /// The window's length in ms.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
     fn roll(&mut self, now_ms: u64) {
         // Fast path: still inside the current window (no division).
         if now_ms >= self.start

@@ -151,6 +151,22 @@ pub enum Admit {
     Reserve,
 }
 
+/// The outcome of [`TenantLimiter::grant`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// `granted` requests (at least 1) admitted for the follower.
+    /// `refill`: the durable reservation runs low; start the next one.
+    Granted {
+        /// Requests granted.
+        granted: u64,
+        /// Start the next reservation.
+        refill: bool,
+    },
+    /// Within every limit but beyond the durable reservation: reserve,
+    /// then ask again.
+    Reserve,
+}
+
 /// A reservation to propose: the counters to persist and the epoch to
 /// hand back to [`TenantLimiter::reserved`].
 #[derive(Debug, Clone)]
@@ -297,6 +313,18 @@ impl TenantLimiter {
                 refill = true;
             }
         }
+        Self::record_locked(&mut st, op, now_ms);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(Admit::Permit(
+            Permit {
+                limiter: Arc::clone(self),
+            },
+            refill,
+        ))
+    }
+
+    /// Counts one admitted request in the windows and the counters.
+    fn record_locked(st: &mut State, op: OperationType, now_ms: u64) {
         st.overall.record(now_ms);
         if let Some(w) = &mut st.per_op[op.index()] {
             w.record(now_ms);
@@ -305,13 +333,91 @@ impl TenantLimiter {
         st.quota.monthly += 1;
         st.quota.by_operation[op.index()] += 1;
         st.version += 1;
+    }
+
+    /// The budget shape a grant of `op` is sized from: the tighter of the
+    /// overall window and `op`'s own, as (requests, window ms).
+    pub fn grant_shape(&self, op: OperationType) -> (u64, u64) {
+        let st = self.state.lock();
+        let overall = (st.overall.limit(), st.overall.window_ms());
+        match &st.per_op[op.index()] {
+            Some(w) if w.limit() < overall.0 => (w.limit(), w.window_ms()),
+            _ => overall,
+        }
+    }
+
+    /// Leader side of a grant (see [`super::grant`]): charges `debt`
+    /// requests of `op` a follower admitted while it waited (counted even
+    /// beyond the limits: they were served), then admits up to `cap` more
+    /// on the follower's behalf, as many as the rate windows, the daily
+    /// and monthly counts and the durable reservation allow. Refuses with
+    /// the limit that is spent when not one fits; concurrency is the
+    /// follower's to check.
+    pub fn grant(
+        &self,
+        op: OperationType,
+        cap: u64,
+        debt: u64,
+        now_ms: u64,
+    ) -> Result<Grant, Error> {
+        let mut st = self.state.lock();
+        self.check_allowed(&st, op)?;
+        st.quota.roll(now_ms);
+        for _ in 0..debt.min(super::grant::MAX_GRANT) {
+            Self::record_locked(&mut st, op, now_ms);
+        }
+        let mut granted = 0;
+        let mut refill = false;
+        while granted < cap {
+            if let Err(e) = Self::check_budget(&mut st, op, now_ms) {
+                if granted == 0 {
+                    st.rejected += 1;
+                    return Err(e);
+                }
+                break;
+            }
+            if st.reserve.on {
+                let q = &st.quota;
+                let covered = matches!(st.reserve.ceiling, Some((day, daily, month, monthly))
+                    if day == q.day && month == q.month && q.daily < daily && q.monthly < monthly);
+                if !covered {
+                    if !st.reserve.pending {
+                        st.reserve.pending = true;
+                        refill = true;
+                    }
+                    if granted == 0 {
+                        return Ok(Grant::Reserve);
+                    }
+                    break;
+                }
+                let (daily, monthly) = match st.reserve.ceiling {
+                    Some((_, d, _, m)) => (d, m),
+                    None => (0, 0),
+                };
+                let low = runs_low(daily, q.daily, st.daily_limit)
+                    || runs_low(monthly, q.monthly, st.monthly_limit);
+                if low && !st.reserve.pending {
+                    st.reserve.pending = true;
+                    refill = true;
+                }
+            }
+            Self::record_locked(&mut st, op, now_ms);
+            granted += 1;
+        }
+        Ok(Grant::Granted { granted, refill })
+    }
+
+    /// Follower side: admits one request of `op` already paid for by a
+    /// grant. Checks only what is this node's to check: the tenant is
+    /// enabled, `op` allowed, and a concurrency slot free.
+    pub fn admit_granted(self: &Arc<Self>, op: OperationType) -> Result<Permit, Error> {
+        let st = self.state.lock();
+        self.check_allowed(&st, op)?;
+        self.check_concurrency(&st)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Admit::Permit(
-            Permit {
-                limiter: Arc::clone(self),
-            },
-            refill,
-        ))
+        Ok(Permit {
+            limiter: Arc::clone(self),
+        })
     }
 
     /// Turns reservations on (this replica now leads the tenant's shard)
@@ -380,6 +486,12 @@ impl TenantLimiter {
     }
 
     fn check_locked(&self, st: &mut State, op: OperationType, now_ms: u64) -> Result<(), Error> {
+        self.check_allowed(st, op)?;
+        self.check_concurrency(st)?;
+        Self::check_budget(st, op, now_ms)
+    }
+
+    fn check_allowed(&self, st: &State, op: OperationType) -> Result<(), Error> {
         if !st.enabled {
             return Err(Error::TenantDisabled {
                 tenant_id: self.tenant_id.clone(),
@@ -388,6 +500,10 @@ impl TenantLimiter {
         if !st.allowed[op.index()] {
             return Err(Error::OperationNotAllowed { operation: op });
         }
+        Ok(())
+    }
+
+    fn check_concurrency(&self, st: &State) -> Result<(), Error> {
         let in_flight = self.in_flight.load(Ordering::Acquire);
         if in_flight >= st.concurrent_limit {
             return Err(limit(
@@ -397,6 +513,11 @@ impl TenantLimiter {
                 Some(CONCURRENCY_RETRY_MS),
             ));
         }
+        Ok(())
+    }
+
+    /// The request budget: daily, monthly, overall and per-operation rate.
+    fn check_budget(st: &mut State, op: OperationType, now_ms: u64) -> Result<(), Error> {
         st.quota.roll(now_ms);
         if st.quota.daily >= st.daily_limit {
             let wait = calendar::next_day_start(now_ms) - now_ms;
@@ -727,6 +848,118 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((m.day, m.daily, m.month, m.monthly), (11, 1, 3, 60));
+    }
+
+    #[test]
+    fn a_grant_takes_what_the_window_has_left_then_refuses_with_the_limit() {
+        // Overall 5 + 2 burst = 7 per window; writes 3 per window.
+        let l = TenantLimiter::new(&cfg(), QuotaCounters::default());
+        assert_eq!(l.grant_shape(OperationType::Read), (7, 60_000));
+        assert_eq!(l.grant_shape(OperationType::Write), (3, 60_000));
+        l.admit(OperationType::Read, T0).unwrap();
+        let g = l.grant(OperationType::Read, 4, 0, T0).unwrap();
+        assert_eq!(
+            g,
+            Grant::Granted {
+                granted: 4,
+                refill: false
+            }
+        );
+        // Trickle: 2 left in the window, a grant of up to 4 gets 2.
+        let g = l.grant(OperationType::Read, 4, 0, T0).unwrap();
+        assert_eq!(
+            g,
+            Grant::Granted {
+                granted: 2,
+                refill: false
+            }
+        );
+        let e = l.grant(OperationType::Read, 4, 0, T0).unwrap_err();
+        assert_eq!(kind(e), LimitKind::Rate);
+        // Everything granted counts: usage and the daily count.
+        let (q, _) = l.quota_snapshot();
+        assert_eq!(
+            (q.daily, q.by_operation[OperationType::Read.index()]),
+            (7, 7)
+        );
+    }
+
+    #[test]
+    fn a_grant_charges_debt_first_even_past_the_limit() {
+        let l = TenantLimiter::new(&cfg(), QuotaCounters::default());
+        let g = l.grant(OperationType::Read, 10, 3, T0).unwrap();
+        assert_eq!(
+            g,
+            Grant::Granted {
+                granted: 4,
+                refill: false
+            }
+        );
+        // Spent: a debt of 2 is still charged, and nothing granted.
+        assert_eq!(
+            kind(l.grant(OperationType::Read, 10, 2, T0).unwrap_err()),
+            LimitKind::Rate
+        );
+        assert_eq!(l.quota_snapshot().0.daily, 9);
+    }
+
+    #[test]
+    fn a_grant_stays_within_the_durable_reservation() {
+        let l = reserving(320); // step 10
+        assert_eq!(
+            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            Grant::Reserve
+        );
+        let r = l.reservation(T0);
+        let before = QuotaCounters::default();
+        l.reserved(r.epoch, &before, &r.counters);
+        // Ceiling 10: 4, then 4 more with a refill asked (under half a
+        // step left), then the last 2 of the ceiling.
+        assert_eq!(
+            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            Grant::Granted {
+                granted: 4,
+                refill: false
+            }
+        );
+        assert_eq!(
+            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            Grant::Granted {
+                granted: 4,
+                refill: true
+            }
+        );
+        assert_eq!(
+            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            Grant::Granted {
+                granted: 2,
+                refill: false
+            }
+        );
+        assert_eq!(
+            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            Grant::Reserve
+        );
+    }
+
+    #[test]
+    fn granted_requests_check_only_concurrency_and_permission() {
+        let mut c = cfg();
+        c.request_limit.concurrent_limit = 1;
+        c.request_limit.daily_limit = 0; // spent: only the leader checks it
+        let l = TenantLimiter::new(&c, QuotaCounters::default());
+        let p = l.admit_granted(OperationType::Read).unwrap();
+        assert_eq!(
+            kind(l.admit_granted(OperationType::Read).unwrap_err()),
+            LimitKind::Concurrency
+        );
+        drop(p);
+        l.admit_granted(OperationType::Read).unwrap();
+        assert!(matches!(
+            l.admit_granted(OperationType::GraphTraverse),
+            Err(Error::OperationNotAllowed { .. })
+        ));
+        assert_eq!(l.quota_snapshot().0.daily, 0);
     }
 
     #[test]
