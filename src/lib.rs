@@ -29,11 +29,13 @@
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod db;
 pub mod limits;
 pub mod net;
+pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod router;
@@ -45,4 +47,5 @@ pub mod vector;
 
 pub use config::NodeConfig;
 pub use db::{Database, Session};
+pub use node::Node;
 pub use tenant::{TenantConfig, Tiers};

@@ -233,17 +233,16 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
     }
     cfg.validate()?;
     let data_dir = cfg.node.data_dir.clone();
-    let settings = cfg.server.clone();
-    let db = vektagraf::Database::open(&data_dir, cfg).await?;
+    let node = vektagraf::Node::start(cfg).await?;
     let key_path = data_dir.join("admin.key");
-    if let Some(p) = db.ensure_admin_key(&key_path).await? {
+    if let Some(p) = node.db().ensure_admin_key(&key_path).await? {
         println!(
             "admin key created: {} (mode 0600; shown nowhere else)",
             p.display()
         );
     }
-    let server = vektagraf::net::Server::start(db.clone(), settings).await?;
-    if let Some(c) = db.cluster() {
+    let server = node.server();
+    if let Some(c) = node.cluster() {
         println!(
             "cluster node {} peer endpoint {}",
             c.me().id,
@@ -272,8 +271,7 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
         _ = term.recv() => {}
     }
     println!("shutting down");
-    server.shutdown().await;
-    db.close().await?;
+    node.shutdown().await?;
     Ok(())
 }
 

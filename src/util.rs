@@ -23,3 +23,22 @@ pub fn coarse_now_ms() -> u64 {
     }
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
+
+/// Writes a file with mode 0600.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> crate::proto::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(crate::proto::Error::storage)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(crate::proto::Error::storage)?;
+    f.write_all(contents)
+        .map_err(crate::proto::Error::storage)?;
+    f.sync_all().map_err(crate::proto::Error::storage)
+}

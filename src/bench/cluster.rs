@@ -419,7 +419,7 @@ pub async fn idle(opt: IdleOptions) -> anyhow::Result<()> {
         created.as_secs_f64() * 1000.0 / opt.tenants.max(1) as f64
     );
     // Let elections settle and idle groups quiesce before measuring.
-    tokio::time::sleep(crate::db::cluster::QUIESCE_AFTER + Duration::from_secs(10)).await;
+    tokio::time::sleep(crate::cluster::QUIESCE_AFTER + Duration::from_secs(10)).await;
     let full = measure_idle(&nodes, opt.seconds).await?;
     println!(
         "idle for {} s, measured from /proc (user + system CPU; VmRSS):",

@@ -115,7 +115,7 @@ impl Database {
     /// key id at most.
     pub async fn authenticate_fresh(&self, api_key: &str) -> Result<KeyInfo> {
         let first = self.authenticate(api_key);
-        if self.cluster().is_none()
+        if !self.is_clustered()
             || !matches!(&first, Err(Error::Unauthenticated { reason }) if reason == "unknown API key")
         {
             return first;
@@ -235,25 +235,7 @@ impl Database {
             return Ok(None);
         }
         let (api_key, _) = self.create_key(KeyKind::Admin, None, None, None).await?;
-        write_private(path, format!("{api_key}\n").as_bytes())?;
+        crate::util::write_private(path, format!("{api_key}\n").as_bytes())?;
         Ok(Some(path.to_path_buf()))
     }
-}
-
-/// Writes a file with mode 0600.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(Error::storage)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(Error::storage)?;
-    f.write_all(contents).map_err(Error::storage)?;
-    f.sync_all().map_err(Error::storage)
 }

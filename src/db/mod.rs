@@ -1,7 +1,6 @@
 //! The embedded API: [`Database`] manages tenants and users and hands out
 //! [`Session`]s, each bound to one (tenant, user), that run operations.
 
-pub mod cluster;
 mod keys;
 mod registry;
 mod session;
@@ -11,19 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef};
 
 use crate::config::NodeConfig;
 use crate::limits::{Admission, QuotaCounters, TenantLimiter};
 use crate::proto::{Error, LimitKind, OperationType, Result, TenantUsage};
 use crate::raft::RaftLogDb;
-use crate::shard::{ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMsg};
+use crate::shard::{ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMsg};
 use crate::storage::StorageEnv;
 use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
 
-pub use cluster::Cluster;
-pub use keys::write_private;
 pub use registry::{
     KeyRecord, MetaGroup, NodeRecord, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
@@ -31,6 +29,25 @@ pub use session::{OnceTag, Session, MAX_TRANSACTION_OPS};
 
 /// The tenant used for every session when multi-tenancy is disabled.
 pub const DEFAULT_TENANT: &str = "default";
+
+/// What the engine asks of the cluster layer on a cluster node. The
+/// cluster implements it and attaches itself with
+/// [`Database::attach_cluster`]; a standalone node has none.
+pub trait ClusterHooks: Send + Sync {
+    /// Places a new tenant's shard group `group`: its replicas.
+    fn place<'a>(&'a self, db: &'a Database, group: u64) -> BoxFuture<'a, Result<Vec<Replica>>>;
+    /// Waits (a few seconds at most) until a new tenant's group is served,
+    /// when this node holds one of its replicas.
+    fn wait_served<'a>(&'a self, db: &'a Database, rec: &'a TenantRecord) -> BoxFuture<'a, ()>;
+    /// Whether `user` of `tenant` exists, from the node's cache of checked
+    /// users while the metadata is unchanged.
+    fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool>;
+    /// Stops the cluster's background loops (first step of a close).
+    fn stop_background(&self);
+    /// Stops the metadata group and the peer transport (after the
+    /// engine's shards, before its log store closes).
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
 
 /// A loaded tenant: config, limiter, and the route to its shard actor.
 pub(crate) struct Tenant {
@@ -71,6 +88,42 @@ impl Tenant {
             reason: format!("shard of tenant {} is not running", self.config().tenant_id),
         })
     }
+
+    /// The raft group of its shard.
+    pub(crate) fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Takes a newer config (from the cluster's metadata): the next
+    /// request sees its limits.
+    pub(crate) fn sync_config(&self, config: &TenantConfig) {
+        if *self.config() != *config {
+            *self.config.write() = Arc::new(config.clone());
+            self.limiter.update(config);
+        }
+    }
+
+    /// The cluster placement of its group (empty on a single node).
+    pub(crate) fn replicas(&self) -> Vec<Replica> {
+        self.replicas.read().clone()
+    }
+
+    /// Takes a newer placement (from the cluster's metadata).
+    pub(crate) fn sync_replicas(&self, replicas: &[Replica]) {
+        if *self.replicas.read() != replicas {
+            *self.replicas.write() = replicas.to_vec();
+        }
+    }
+
+    /// When a request last arrived here (coarse ms).
+    pub(crate) fn last_active(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.last_active
+    }
+
+    /// Whether the group's raft ticks are off here (quiesced).
+    pub(crate) fn quiesced(&self) -> &std::sync::atomic::AtomicBool {
+        &self.quiesced
+    }
 }
 
 pub(crate) struct Inner {
@@ -84,8 +137,8 @@ pub(crate) struct Inner {
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     /// Loaded tenants by raft group (peer messages name the group).
     by_group: RwLock<HashMap<u64, Arc<Tenant>>>,
-    /// Cluster runtime (None on a standalone node).
-    cluster: RwLock<Option<Arc<Cluster>>>,
+    /// The cluster layer (None on a standalone node).
+    cluster: RwLock<Option<Arc<dyn ClusterHooks>>>,
     supervisor: ActorRef<SupervisorMsg>,
     keys: keys::KeyCache,
     /// Serialises tenant lifecycle changes (create, update, delete).
@@ -119,13 +172,38 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// A [`Database`] handle that does not keep it open (background tasks
+/// of the layers above hold one).
+#[derive(Clone)]
+pub(crate) struct WeakDatabase(std::sync::Weak<Inner>);
+
+impl WeakDatabase {
+    /// The database, while it is open somewhere.
+    pub(crate) fn upgrade(&self) -> Option<Database> {
+        self.0.upgrade().map(|inner| Database { inner })
+    }
+}
+
 fn io(e: impl std::fmt::Display) -> Error {
     Error::storage(e)
 }
 
 impl Database {
-    /// Opens (or creates) a node's data under `dir` and starts every tenant's shard.
-    pub async fn open(dir: impl AsRef<Path>, mut config: NodeConfig) -> Result<Database> {
+    /// Opens (or creates) a node's data under `dir` and starts every
+    /// tenant's shard. With `cluster.enabled` the engine opens empty: the
+    /// cluster layer (`node::Node`) attaches the registry and starts the
+    /// replicas placed here.
+    pub async fn open(dir: impl AsRef<Path>, config: NodeConfig) -> Result<Database> {
+        Self::open_in(dir, config, None).await
+    }
+
+    /// [`open`](Self::open), with the shard supervisor linked under
+    /// `parent` (the node's supervisor) when given.
+    pub(crate) async fn open_in(
+        dir: impl AsRef<Path>,
+        mut config: NodeConfig,
+        parent: Option<ActorCell>,
+    ) -> Result<Database> {
         let dir = dir.as_ref().to_path_buf();
         config.node.data_dir = dir.clone();
         config.validate()?;
@@ -154,12 +232,13 @@ impl Database {
             l.max_queued,
             Duration::from_millis(l.queue_timeout_ms),
         );
-        let (supervisor, _) =
-            Actor::spawn(None, ShardSupervisor, ())
-                .await
-                .map_err(|e| Error::Unavailable {
-                    reason: format!("supervisor failed to start: {e}"),
-                })?;
+        let spawned = match parent {
+            Some(parent) => Actor::spawn_linked(None, ShardSupervisor, (), parent).await,
+            None => Actor::spawn(None, ShardSupervisor, ()).await,
+        };
+        let (supervisor, _) = spawned.map_err(|e| Error::Unavailable {
+            reason: format!("supervisor failed to start: {e}"),
+        })?;
         let clustered = config.cluster.enabled;
         let registry = if clustered {
             None
@@ -184,11 +263,9 @@ impl Database {
             }),
         };
         if clustered {
-            // The registry is the metadata group's; shards start from the
-            // reconcile loop as placement assigns them.
-            cluster::start(&db).await?;
-            db.load_keys()?;
-            tracing::info!(dir = %db.inner.dir.display(), node = db.inner.config.cluster.node_id, "cluster node open");
+            // The registry is the metadata group's: the cluster layer
+            // attaches it, and starts shards as placement assigns them.
+            tracing::info!(dir = %db.inner.dir.display(), node = db.inner.config.cluster.node_id, "cluster node engine open");
             return Ok(db);
         }
         db.load_keys()?;
@@ -209,7 +286,7 @@ impl Database {
     pub async fn close(&self) -> Result<()> {
         let cluster = self.inner.cluster.read().clone();
         if let Some(c) = &cluster {
-            c.stop_reconcile();
+            c.stop_background();
         }
         let _g = self.inner.lifecycle.lock().await;
         let ids: Vec<String> = self.inner.tenants.read().keys().cloned().collect();
@@ -234,7 +311,65 @@ impl Database {
         first_err.map_or(Ok(()), Err)
     }
 
-    fn registry(&self) -> Result<Arc<Registry>> {
+    /// Attaches the cluster layer: the registry becomes the metadata
+    /// group's (`meta`), and tenant lifecycle goes through `hooks`.
+    pub(crate) fn attach_cluster(&self, hooks: Arc<dyn ClusterHooks>, meta: Arc<dyn MetaGroup>) {
+        *self.inner.registry.write() = Some(Arc::new(Registry::replicated(meta)));
+        *self.inner.cluster.write() = Some(hooks);
+    }
+
+    /// Whether this node runs as part of a cluster (its cluster layer is
+    /// attached).
+    pub fn is_clustered(&self) -> bool {
+        self.inner.cluster.read().is_some()
+    }
+
+    fn hooks(&self) -> Option<Arc<dyn ClusterHooks>> {
+        self.inner.cluster.read().clone()
+    }
+
+    /// A handle that does not keep the database open.
+    pub(crate) fn downgrade(&self) -> WeakDatabase {
+        WeakDatabase(Arc::downgrade(&self.inner))
+    }
+
+    /// The storage environment shared by every shard instance.
+    pub(crate) fn storage_env(&self) -> &StorageEnv {
+        &self.inner.env
+    }
+
+    /// The node's raft log store (every group's log).
+    pub(crate) fn raft_logs(&self) -> &Arc<RaftLogDb> {
+        &self.inner.logs
+    }
+
+    /// Serialises tenant lifecycle changes (create, update, delete, and
+    /// the cluster's node removal).
+    pub(crate) async fn lock_lifecycle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.lifecycle.lock().await
+    }
+
+    /// The loaded tenant `id`, if its replica runs here.
+    pub(crate) fn loaded(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.inner.tenants.read().get(id).cloned()
+    }
+
+    /// Every loaded tenant.
+    pub(crate) fn loaded_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.inner.tenants.read().values().cloned().collect()
+    }
+
+    /// Ids of the loaded tenants.
+    pub(crate) fn loaded_ids(&self) -> Vec<String> {
+        self.inner.tenants.read().keys().cloned().collect()
+    }
+
+    /// The loaded tenant whose shard is raft group `group`.
+    pub(crate) fn loaded_group(&self, group: u64) -> Option<Arc<Tenant>> {
+        self.inner.by_group.read().get(&group).cloned()
+    }
+
+    pub(crate) fn registry(&self) -> Result<Arc<Registry>> {
         self.inner
             .registry
             .read()
@@ -254,7 +389,8 @@ impl Database {
         self.inner.tiers.read().clone()
     }
 
-    async fn stop_shard(&self, tenant: &str) -> Result<()> {
+    /// Stops a tenant's shard actor (its raft group shuts down).
+    pub(crate) async fn stop_shard(&self, tenant: &str) -> Result<()> {
         let r = self
             .inner
             .supervisor
@@ -271,11 +407,25 @@ impl Database {
         }
     }
 
-    fn shard_dir(&self, group: u64) -> PathBuf {
+    /// Where raft group `group` keeps its data on this node.
+    pub(crate) fn shard_dir(&self, group: u64) -> PathBuf {
         self.inner.dir.join("shards").join(group.to_string())
     }
 
+    /// Starts this node's (one-voter) replica of a standalone tenant.
     async fn load_tenant(&self, rec: &TenantRecord) -> Result<()> {
+        self.open_replica(rec, rec.replica, None).await
+    }
+
+    /// Starts this node's replica `replica` of `rec`'s shard group and
+    /// loads the tenant; `net`: how it reaches the rest of a replicated
+    /// group (None: a one-voter group).
+    pub(crate) async fn open_replica(
+        &self,
+        rec: &TenantRecord,
+        replica: u64,
+        net: Option<ReplicaNet>,
+    ) -> Result<()> {
         let limiter = TenantLimiter::new(&rec.config, QuotaCounters::default());
         let tenant = Arc::new(Tenant {
             config: RwLock::new(Arc::new(rec.config.clone())),
@@ -287,10 +437,6 @@ impl Database {
             last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
         });
-        let (replica, cluster) = match self.cluster() {
-            None => (rec.replica, None),
-            Some(c) => c.replica_net(rec)?,
-        };
         let args = ShardArgs {
             tenant_id: rec.config.tenant_id.clone(),
             group: rec.group,
@@ -304,7 +450,7 @@ impl Database {
             quota_checkpoint: Duration::from_millis(self.inner.config.limits.quota_checkpoint_ms),
             slot: tenant.slot.clone(),
             route: tenant.route.clone(),
-            cluster,
+            cluster: net,
         };
         let started = self
             .inner
@@ -335,15 +481,10 @@ impl Database {
     }
 
     /// Forgets a loaded tenant (its shard is stopped separately).
-    fn unload(&self, id: &str) -> Option<Arc<Tenant>> {
+    pub(crate) fn unload(&self, id: &str) -> Option<Arc<Tenant>> {
         let t = self.inner.tenants.write().remove(id)?;
         self.inner.by_group.write().remove(&t.group);
         Some(t)
-    }
-
-    /// The cluster runtime, on a cluster node.
-    pub fn cluster(&self) -> Option<Arc<Cluster>> {
-        self.inner.cluster.read().clone()
     }
 
     /// Removes every byte of a tenant: shard directory, raft log, registry.
@@ -357,7 +498,7 @@ impl Database {
     }
 
     /// Removes this node's copy of a shard group: directory and raft log.
-    async fn purge_local(&self, group: u64) -> Result<()> {
+    pub(crate) async fn purge_local(&self, group: u64) -> Result<()> {
         let dir = self.shard_dir(group);
         // A closing RocksDB instance may still be finishing a background
         // flush into the directory: retry for a while.
@@ -389,7 +530,8 @@ impl Database {
             })
     }
 
-    fn record(&self, id: &str) -> Result<TenantRecord> {
+    /// The active registry record of tenant `id`.
+    pub(crate) fn record(&self, id: &str) -> Result<TenantRecord> {
         self.registry()?
             .tenant(id)?
             .filter(|r| r.state == TenantState::Active)
@@ -418,7 +560,7 @@ impl Database {
             });
         }
         let group = self.registry()?.next_id("group").await?;
-        if let Some(c) = self.cluster() {
+        if let Some(c) = self.hooks() {
             let mut rec = TenantRecord::new(config.clone(), group, 0);
             rec.replicas = c.place(self, group).await?;
             self.registry()?.put_tenant(&rec).await?;
@@ -443,7 +585,7 @@ impl Database {
     /// A tenant's config.
     pub async fn get_tenant(&self, id: &str) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
-        if self.cluster().is_some() {
+        if self.is_clustered() {
             return Ok(self.record(id)?.config);
         }
         Ok((*self.tenant(id)?.config()).clone())
@@ -451,7 +593,7 @@ impl Database {
 
     /// Every tenant's config, by id.
     pub async fn list_tenants(&self) -> Result<Vec<TenantConfig>> {
-        if self.cluster().is_some() {
+        if self.is_clustered() {
             let mut v: Vec<TenantConfig> = self
                 .registry()?
                 .tenants()?
@@ -478,7 +620,7 @@ impl Database {
     pub async fn update_tenant(&self, id: &str, update: TenantUpdate) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
         let _g = self.inner.lifecycle.lock().await;
-        if self.cluster().is_some() {
+        if self.is_clustered() {
             // Every node's reconcile loop brings its replica's config up
             // to the record; the shard leader sets the storage limits.
             let mut rec = self.record(id)?;
@@ -534,7 +676,7 @@ impl Database {
         validate_tenant_id(id)?;
         let _g = self.inner.lifecycle.lock().await;
         let mut rec = self.record(id)?;
-        if self.cluster().is_some() {
+        if self.is_clustered() {
             // Each node's reconcile loop purges its replica once the
             // record is gone.
             self.forget_keys_of(id).await?;
@@ -593,7 +735,7 @@ impl Database {
     /// cache of checked users while group 0 is unchanged).
     fn user_exists(&self, tenant: &str, user: &str) -> Result<bool> {
         let reg = self.registry()?;
-        match self.cluster() {
+        match self.hooks() {
             Some(c) => c.user_exists(&reg, tenant, user),
             None => Ok(reg.user(tenant, user)?.is_some()),
         }

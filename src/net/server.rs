@@ -36,12 +36,16 @@ pub struct Server {
     /// Path of the certificate clients should trust.
     pub cert_path: std::path::PathBuf,
     task: tokio::task::JoinHandle<()>,
-    router: Router,
 }
 
 impl Server {
-    /// Binds the endpoint and starts accepting connections.
-    pub async fn start(db: Database, settings: ServerSettings) -> Result<Server, Error> {
+    /// Binds the endpoint and starts accepting connections; every
+    /// authenticated request goes to `router`.
+    pub async fn start(
+        db: Database,
+        router: Router,
+        settings: ServerSettings,
+    ) -> Result<Server, Error> {
         let tls_dir = db.config().node.data_dir.join("tls");
         let (cert, key) = if settings.cert.is_empty() {
             (None, None)
@@ -77,8 +81,6 @@ impl Server {
         let ep = endpoint.clone();
         let settings = Arc::new(settings);
         let gate = Arc::new(Gate::new(settings));
-        let router = crate::router::Router::start(db.clone()).await?;
-        let node_router = router.clone();
         let task = tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let remote = incoming.remote_address();
@@ -118,7 +120,6 @@ impl Server {
             }
         });
         Ok(Server {
-            router: node_router,
             endpoint,
             local_addr,
             fingerprint,
@@ -131,7 +132,6 @@ impl Server {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"shutting down");
         self.task.abort();
-        self.router.stop();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
     }
 }
@@ -418,9 +418,7 @@ async fn authenticate(
     let session = match (info.kind, &info.tenant_id, &info.user_id) {
         // On a cluster the tenant's shard may live elsewhere: each
         // request is routed instead.
-        (KeyKind::Tenant, Some(t), Some(u)) if db.cluster().is_none() => {
-            Some(db.session(t, u).await?)
-        }
+        (KeyKind::Tenant, Some(t), Some(u)) if !db.is_clustered() => Some(db.session(t, u).await?),
         _ => None,
     };
     let mut st = state.lock();

@@ -110,7 +110,7 @@ pub fn server_identity(
         .push(DnType::CommonName, "vektagraf node (self-signed)");
     let cert = params.self_signed(&key_pair).map_err(tls_err)?;
     std::fs::write(&c, cert.pem()).map_err(tls_err)?;
-    crate::db::write_private(&k, key_pair.serialize_pem().as_bytes())?;
+    crate::util::write_private(&k, key_pair.serialize_pem().as_bytes())?;
     Ok((load_identity(&c, &k)?, true))
 }
 
@@ -152,7 +152,7 @@ pub fn make_certs(out: &Path, node_ids: &[u64], hosts: &[String]) -> Result<Cert
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     let ca_cert_path = out.join("ca.crt");
     std::fs::write(&ca_cert_path, ca_cert.pem()).map_err(tls_err)?;
-    crate::db::write_private(&out.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    crate::util::write_private(&out.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     let issuer = Issuer::new(ca_params, ca_key);
     let mut nodes = Vec::new();
     for id in node_ids {
@@ -173,7 +173,7 @@ pub fn make_certs(out: &Path, node_ids: &[u64], hosts: &[String]) -> Result<Cert
             out.join(format!("node-{id}.key")),
         );
         std::fs::write(&c, cert.pem() + &ca_cert.pem()).map_err(tls_err)?;
-        crate::db::write_private(&k, key.serialize_pem().as_bytes())?;
+        crate::util::write_private(&k, key.serialize_pem().as_bytes())?;
         nodes.push((*id, c, k));
     }
     Ok(CertFiles {

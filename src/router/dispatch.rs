@@ -1,7 +1,11 @@
 //! Request dispatch: what each request does, in one place. The router
-//! actor runs [`request`] for every client request; the cluster runs
-//! [`data`] and [`admin`] for requests forwarded to this node.
+//! actor runs [`request`] for every client request; on a cluster,
+//! [`route`](super::route) runs [`data`] and [`admin`] where the request
+//! belongs (here, or for a request forwarded to this node).
 
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
 use crate::db::Database;
 use crate::proto::wire::{KeyKind, Request, Response};
 use crate::proto::{Error, OperationType};
@@ -16,10 +20,12 @@ fn denied(reason: impl Into<String>) -> Error {
 /// Serves one request of an authenticated principal: an admin request
 /// on this node or (on a cluster) where group 0 leads; a tenant's data
 /// request in the key's tenant, on this node's replica or forwarded to
-/// the shard leader. `session`: the connection's session (standalone
+/// the shard leader. `cluster`: the node's cluster runtime (None on a
+/// standalone node). `session`: the connection's session (standalone
 /// nodes bind one at authentication).
 pub async fn request(
     db: &Database,
+    cluster: Option<&Arc<Cluster>>,
     key_id: &str,
     session: Option<Session>,
     req: Request,
@@ -38,10 +44,10 @@ pub async fn request(
     if let Request::WhoAmI = req {
         return Ok(Response::Principal(key));
     }
-    match key.kind {
-        KeyKind::Admin if db.cluster().is_some() => db.serve_admin(req, 0).await,
-        KeyKind::Admin => admin(db, req).await,
-        KeyKind::Tenant => {
+    match (key.kind, cluster) {
+        (KeyKind::Admin, Some(c)) => super::route::serve_admin(db, c, req, 0).await,
+        (KeyKind::Admin, None) => admin(db, req).await,
+        (KeyKind::Tenant, cluster) => {
             if let Some(op) = req.operation() {
                 if let Some(allowed) = &key.operations {
                     if !allowed.contains(&op) {
@@ -51,11 +57,11 @@ pub async fn request(
                     }
                 }
             }
-            if db.cluster().is_some() {
+            if let Some(c) = cluster {
                 let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
                     return Err(Error::MissingTenantContext);
                 };
-                return db.serve_tenant(t, u, req, 0).await;
+                return super::route::serve_tenant(db, c, t, u, req, 0).await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;
             data(&s, req).await

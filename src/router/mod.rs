@@ -8,15 +8,19 @@
 //! reply port. The handler never awaits the work itself: each request runs
 //! on its own task, so one slow tenant never holds the mailbox. The
 //! mailbox is bounded by the server's limits (authenticated connections ×
-//! streams per connection).
+//! streams per connection). Routing on a cluster (which node serves a
+//! request, forwarding) is in [`route`].
 
 pub mod dispatch;
+pub mod route;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::cluster::Cluster;
 use crate::db::Database;
 use crate::proto::wire::{Request, Response};
 use crate::proto::Error;
@@ -40,24 +44,32 @@ pub enum RouterMsg {
 /// The actor.
 pub struct RouterActor;
 
+/// What the router serves: the node's engine, and its cluster runtime on
+/// a cluster node.
+#[derive(Clone)]
+pub struct RouterState {
+    db: Database,
+    cluster: Option<Arc<Cluster>>,
+}
+
 impl Actor for RouterActor {
     type Msg = RouterMsg;
-    type State = Database;
-    type Arguments = Database;
+    type State = RouterState;
+    type Arguments = RouterState;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<RouterMsg>,
-        db: Database,
-    ) -> Result<Database, ActorProcessingErr> {
-        Ok(db)
+        state: RouterState,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Ok(state)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
-        db: &mut Database,
+        state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Request {
@@ -66,9 +78,9 @@ impl Actor for RouterActor {
                 req,
                 reply,
             } => {
-                let db = db.clone();
+                let RouterState { db, cluster } = state.clone();
                 tokio::spawn(async move {
-                    let r = dispatch::request(&db, &key_id, session, req).await;
+                    let r = dispatch::request(&db, cluster.as_ref(), &key_id, session, req).await;
                     let _ = reply.send(r);
                 });
             }
@@ -85,15 +97,23 @@ pub struct Router {
 }
 
 impl Router {
-    /// Starts the router of `db`'s node.
-    pub async fn start(db: Database) -> Result<Router, Error> {
+    /// Starts the router of `db`'s node (`cluster`: its cluster runtime,
+    /// on a cluster node), linked under `parent` (the node's supervisor)
+    /// when given.
+    pub async fn start(
+        db: Database,
+        cluster: Option<Arc<Cluster>>,
+        parent: Option<ActorCell>,
+    ) -> Result<Router, Error> {
         let timeout = Duration::from_millis(db.config().limits.request_timeout_ms);
-        let (actor, _) =
-            Actor::spawn(None, RouterActor, db)
-                .await
-                .map_err(|e| Error::Unavailable {
-                    reason: format!("router did not start: {e}"),
-                })?;
+        let state = RouterState { db, cluster };
+        let spawned = match parent {
+            Some(parent) => Actor::spawn_linked(None, RouterActor, state, parent).await,
+            None => Actor::spawn(None, RouterActor, state).await,
+        };
+        let (actor, _) = spawned.map_err(|e| Error::Unavailable {
+            reason: format!("router did not start: {e}"),
+        })?;
         Ok(Router { actor, timeout })
     }
 

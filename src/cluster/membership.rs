@@ -1,0 +1,231 @@
+//! Membership: joining the cluster, admitting and removing nodes, and
+//! bringing a raft group's voters to the record.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use parking_lot::Mutex;
+
+use crate::db::{Database, NodeRecord, Registry, Replica};
+use crate::net::peer::{PeerRequest, PeerResponse};
+use crate::proto::{Error, Result};
+use crate::raft::ShardRaft;
+use crate::shard::is_leader;
+
+use super::placement::replica_load;
+use super::{member, parse_addr, unavailable, Cluster, FORWARD_TIMEOUT, MAX_HOPS};
+
+impl Cluster {
+    pub(super) fn refresh_addrs(&self, reg: &Registry) {
+        if let Ok(nodes) = reg.nodes() {
+            for n in nodes {
+                if n.id != self.me.id {
+                    if let Ok(a) = n.peer_addr.parse() {
+                        self.net.set_addr(n.id, a);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn join(&self, through: &[String]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for a in through {
+                let addr = parse_addr("cluster.join", a)?;
+                let req = PeerRequest::Join(self.me.clone());
+                match self
+                    .net
+                    .call_addr(addr, &req, Duration::from_secs(20))
+                    .await
+                {
+                    Ok(PeerResponse::Joined(Ok(nodes))) => {
+                        for n in &nodes {
+                            if n.id != self.me.id {
+                                if let Ok(a) = n.peer_addr.parse() {
+                                    self.net.set_addr(n.id, a);
+                                }
+                            }
+                        }
+                        tracing::info!(node = self.me.id, through = %addr, nodes = nodes.len(), "joined the cluster");
+                        return Ok(());
+                    }
+                    Ok(PeerResponse::Joined(Err(e))) if !e.is_retryable() => return Err(e),
+                    Ok(other) => {
+                        tracing::info!(through = %addr, answer = ?other, "join not accepted yet")
+                    }
+                    Err(e) => tracing::info!(through = %addr, error = %e, "join: peer unreachable"),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable(
+                    "could not join the cluster through any --join address",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Admits a node (on group 0's leader): records it; the reconcile
+    /// loop adds it to group 0.
+    pub(super) async fn handle_join(
+        &self,
+        db: &Database,
+        rec: NodeRecord,
+        hops: u8,
+    ) -> Result<Vec<NodeRecord>> {
+        let c = self;
+        if !is_leader(&c.meta) {
+            let leader = c
+                .meta_leader()
+                .filter(|l| *l != c.me.id)
+                .ok_or_else(|| unavailable("the metadata group has no leader"))?;
+            if hops >= MAX_HOPS {
+                return Err(unavailable("metadata leader is moving; retry"));
+            }
+            let _ = hops;
+            return match c
+                .net
+                .call(leader, &PeerRequest::Join(rec), FORWARD_TIMEOUT)
+                .await?
+            {
+                PeerResponse::Joined(r) => r,
+                other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
+            };
+        }
+        let reg = db.registry()?;
+        if rec.id == 0 {
+            return Err(Error::invalid("node_id", "must be at least 1"));
+        }
+        if let Some(old) = reg.nodes()?.into_iter().find(|n| n.id == rec.id) {
+            if old.removed {
+                return Err(Error::invalid(
+                    "node_id",
+                    format!("node {} was removed; a node id is never reused", rec.id),
+                ));
+            }
+        }
+        let mut rec = rec;
+        rec.removed = false;
+        reg.put_node(&rec).await?;
+        if let Ok(a) = rec.peer_addr.parse() {
+            c.net.set_addr(rec.id, a);
+        }
+        tracing::info!(node = rec.id, peer = %rec.peer_addr, "node joined");
+        reg.nodes()
+    }
+
+    /// Removes a dead node: marks it removed and places each of its
+    /// replicas on another live node (the shard leaders then change their
+    /// memberships). Runs on group 0's leader.
+    pub async fn remove_node(&self, db: &Database, id: u64) -> Result<()> {
+        let c = self;
+        if id == c.me.id {
+            return Err(Error::invalid(
+                "node",
+                "a node cannot remove itself; ask another node",
+            ));
+        }
+        let _g = db.lock_lifecycle().await;
+        let reg = db.registry()?;
+        let mut node = reg
+            .nodes()?
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::not_found("node", id.to_string()))?;
+        node.removed = true;
+        reg.put_node(&node).await?;
+        let live: Vec<u64> = reg
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.removed)
+            .map(|n| n.id)
+            .collect();
+        let mut moved = 0;
+        let tenants = reg.tenants()?;
+        // Kept current as replicas are placed (the dead node is no target).
+        let mut load = replica_load(&tenants);
+        for mut rec in tenants {
+            if !rec.replicas.iter().any(|r| r.node == id) {
+                continue;
+            }
+            rec.replicas.retain(|r| r.node != id);
+            let target = live
+                .iter()
+                .filter(|n| !rec.replicas.iter().any(|r| r.node == **n))
+                .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+                .copied();
+            if let Some(node) = target {
+                let rid = reg.next_id("replica").await?;
+                *load.entry(node).or_insert(0) += 1;
+                rec.replicas.push(Replica {
+                    id: rid,
+                    node,
+                    initial: false,
+                });
+            }
+            reg.put_tenant(&rec).await?;
+            moved += 1;
+        }
+        tracing::info!(node = id, replicas_moved = moved, "node removed");
+        Ok(())
+    }
+
+    /// Spawns a membership change of `raft` (group `group`) to exactly
+    /// `voters` (replica id → node), unless one is already running.
+    pub(super) fn converge_membership(
+        &self,
+        group: u64,
+        raft: ShardRaft,
+        voters: BTreeMap<u64, u64>,
+    ) {
+        let current: BTreeSet<u64> = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.state != openraft::ServerState::Leader {
+                return;
+            }
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let want: BTreeSet<u64> = voters.keys().copied().collect();
+        if current == want || want.is_empty() {
+            return;
+        }
+        if !self.busy.lock().insert(group) {
+            return;
+        }
+        let guard = BusyGuard {
+            busy: self.busy.clone(),
+            group,
+        };
+        tokio::spawn(async move {
+            let _guard = guard;
+            for (id, node) in &voters {
+                if !current.contains(id) {
+                    if let Err(e) = raft.add_learner(*id, member(*node), true).await {
+                        tracing::info!(group, replica = id, error = %e, "adding learner failed; will retry");
+                        return;
+                    }
+                }
+            }
+            match raft.change_membership(want.clone(), false).await {
+                Ok(_) => tracing::info!(group, voters = ?want, "membership changed"),
+                Err(e) => tracing::info!(group, error = %e, "membership change failed; will retry"),
+            }
+        });
+    }
+}
+
+/// Releases a group's membership-change slot when its task ends.
+pub(super) struct BusyGuard {
+    pub(super) busy: Arc<Mutex<HashSet<u64>>>,
+    pub(super) group: u64,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.busy.lock().remove(&self.group);
+    }
+}

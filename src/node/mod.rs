@@ -1,0 +1,129 @@
+//! A running node: the layers composed. [`Node::start`] opens the engine
+//! ([`Database`]), starts the cluster runtime when `cluster.enabled`,
+//! the router, and the QUIC server; [`Node::shutdown`] stops them in the
+//! reverse order. A [`NodeSupervisor`] actor is the parent of the
+//! `RouterActor` and of the engine's `ShardSupervisor`.
+//!
+//! ```text
+//! node ── router ── cluster ── db (engine) ── shard ── raft / storage / vector
+//!   └──── net (server, peer transport) ┘
+//! ```
+
+mod supervisor;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+
+pub use supervisor::NodeSupervisor;
+
+use crate::cluster::Cluster;
+use crate::config::NodeConfig;
+use crate::db::Database;
+use crate::net::Server;
+use crate::proto::{Error, Result};
+use crate::router::{route::PeerRequests, Router};
+
+/// A running node: engine, cluster runtime (on a cluster), router and
+/// client endpoint.
+pub struct Node {
+    db: Database,
+    cluster: Option<Arc<Cluster>>,
+    router: Router,
+    server: Server,
+    supervisor: ActorRef<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("db", &self.db)
+            .field("cluster", &self.cluster)
+            .field("listen", &self.server.local_addr)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts a node from `config`: the engine on `node.data_dir`, the
+    /// cluster runtime (when `cluster.enabled`: joins or bootstraps, then
+    /// reconciles), the router, and the server on `server.listen`.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let (supervisor, _) =
+            Actor::spawn(None, NodeSupervisor, ())
+                .await
+                .map_err(|e| Error::Unavailable {
+                    reason: format!("node supervisor did not start: {e}"),
+                })?;
+        let parent = supervisor.get_cell();
+        let dir = config.node.data_dir.clone();
+        let settings = config.server.clone();
+        let clustered = config.cluster.enabled;
+        let db = match Database::open_in(&dir, config, Some(parent.clone())).await {
+            Ok(db) => db,
+            Err(e) => {
+                supervisor.stop(None);
+                return Err(e);
+            }
+        };
+        let started = async {
+            let cluster = if clustered {
+                Some(Cluster::start(&db, Arc::new(PeerRequests)).await?)
+            } else {
+                None
+            };
+            let router = Router::start(db.clone(), cluster.clone(), Some(parent)).await?;
+            match Server::start(db.clone(), router.clone(), settings).await {
+                Ok(server) => Ok((cluster, router, server)),
+                Err(e) => {
+                    router.stop();
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        match started {
+            Ok((cluster, router, server)) => Ok(Node {
+                db,
+                cluster,
+                router,
+                server,
+                supervisor,
+            }),
+            Err(e) => {
+                let _ = db.close().await;
+                supervisor.stop(None);
+                Err(e)
+            }
+        }
+    }
+
+    /// The engine.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The cluster runtime, on a cluster node.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// The client endpoint.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Stops the node in order: the server (no new requests), the router,
+    /// the cluster's background loops, then the engine (its shards, then
+    /// group 0 and the peer transport, then its stores).
+    pub async fn shutdown(self) -> Result<()> {
+        self.server.shutdown().await;
+        self.router.stop();
+        if let Some(c) = &self.cluster {
+            c.stop_reconcile();
+        }
+        let closed = self.db.close().await;
+        self.supervisor.stop(None);
+        closed
+    }
+}

@@ -1,0 +1,248 @@
+//! Routing on a cluster: where a request runs. A tenant's data request
+//! runs on the node whose replica leads the tenant's group; any other
+//! node forwards it there over the peer transport (at most
+//! [`MAX_HOPS`] hops; a stale read is served by any replica). Admin
+//! requests run on group 0's leader, after a read-index round.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::cluster::{rand_index, Cluster, Forwarded, FORWARD_TIMEOUT, LEADER_WAIT, MAX_HOPS};
+use crate::db::Database;
+use crate::net::peer::{PeerRequest, PeerResponse};
+use crate::proto::wire::{ClusterNode, Request, Response, ShardInfo};
+use crate::proto::{Error, Result};
+use crate::shard::is_leader;
+
+use super::dispatch;
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+/// Where a tenant request is served.
+pub(crate) enum Route {
+    /// On this node's replica.
+    Local,
+    /// On another node.
+    Remote(u64),
+}
+
+/// Where a request for `tenant` is served; waits a while for a leader.
+pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool) -> Result<Route> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        let local = db.loaded(tenant);
+        match local {
+            Some(t) => {
+                if let Some(raft) = t.raft() {
+                    if stale || is_leader(&raft) {
+                        return Ok(Route::Local);
+                    }
+                    let leader = raft.metrics().borrow_watched().current_leader;
+                    if let Some(l) = leader {
+                        let node = t.replicas().iter().find(|r| r.id == l).map(|r| r.node);
+                        if let Some(n) = node.filter(|n| *n != c.me().id) {
+                            return Ok(Route::Remote(n));
+                        }
+                    }
+                }
+            }
+            None => {
+                let rec = db.record(tenant)?;
+                // Not held here: any replica's reachable node routes it on.
+                let down = c.down_nodes();
+                let mut nodes: Vec<u64> = rec
+                    .replicas
+                    .iter()
+                    .map(|r| r.node)
+                    .filter(|n| !down.contains(n))
+                    .collect();
+                if nodes.is_empty() {
+                    nodes = rec.replicas.iter().map(|r| r.node).collect();
+                }
+                if let Some(n) = nodes.get(rand_index(nodes.len())) {
+                    return Ok(Route::Remote(*n));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(unavailable(format!(
+                "shard of tenant {tenant} has no leader"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Serves a tenant's data request on the node where it belongs.
+pub async fn serve_tenant(
+    db: &Database,
+    c: &Cluster,
+    tenant: &str,
+    user: &str,
+    req: Request,
+    hops: u8,
+) -> Result<Response> {
+    let stale = matches!(req, Request::Stale(_));
+    c.touch(db, tenant);
+    match route(db, c, tenant, stale).await? {
+        Route::Local => {
+            let s = db.session(tenant, user).await?;
+            dispatch::data(&s, req).await
+        }
+        Route::Remote(node) => {
+            if hops >= MAX_HOPS {
+                return Err(unavailable(format!(
+                    "shard of tenant {tenant} is moving; retry"
+                )));
+            }
+            let fwd = PeerRequest::Forward {
+                tenant: tenant.to_string(),
+                user: user.to_string(),
+                hops: hops + 1,
+                request: req,
+            };
+            forward(c, node, &fwd).await
+        }
+    }
+}
+
+/// Serves an admin request: on group 0's leader, or for usage, on a
+/// replica of the tenant.
+pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> Result<Response> {
+    let target = match &req {
+        Request::ClusterNodes => return cluster_nodes(db, c).map(Response::ClusterNodes),
+        Request::ListKeys(_) => None,
+        Request::Usage(Some(t)) | Request::ShardInfo(t) => match route(db, c, t, true).await? {
+            Route::Local => None,
+            Route::Remote(n) => Some(n),
+        },
+        _ => {
+            let deadline = Instant::now() + LEADER_WAIT;
+            loop {
+                if is_leader(c.meta_raft()) {
+                    // Serve on current metadata.
+                    c.meta_raft()
+                        .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    break None;
+                }
+                if let Some(l) = c.meta_leader().filter(|l| *l != c.me().id) {
+                    break Some(l);
+                }
+                if Instant::now() > deadline {
+                    return Err(unavailable("the metadata group has no leader"));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    match target {
+        None => match req {
+            Request::RemoveNode(id) => {
+                c.remove_node(db, id).await?;
+                Ok(Response::Ok)
+            }
+            Request::ShardInfo(t) => shard_info(db, c, &t).map(Response::ShardInfo),
+            req => dispatch::admin(db, req).await,
+        },
+        Some(node) => {
+            if hops >= MAX_HOPS {
+                return Err(unavailable("metadata leader is moving; retry"));
+            }
+            forward(c, node, &PeerRequest::Admin(req, hops + 1)).await
+        }
+    }
+}
+
+fn shard_info(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {
+    let t = db.tenant(tenant)?;
+    let raft = t.raft().ok_or_else(|| unavailable("replica not running"))?;
+    let (leader, voters) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        (
+            m.current_leader,
+            m.membership_config.membership().voter_ids().collect(),
+        )
+    };
+    let replicas: Vec<(u64, u64)> = t.replicas().iter().map(|r| (r.id, r.node)).collect();
+    Ok(ShardInfo {
+        tenant_id: tenant.to_string(),
+        group: t.group(),
+        leader_node: leader.and_then(|l| replicas.iter().find(|r| r.0 == l).map(|r| r.1)),
+        replicas,
+        voters,
+        answered_by: c.me().id,
+        quiesced: t.quiesced().load(std::sync::atomic::Ordering::Acquire),
+    })
+}
+
+fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
+    let (voters, leader): (BTreeSet<u64>, Option<u64>) = {
+        let m = c.meta_raft().metrics();
+        let m = m.borrow_watched();
+        (
+            m.membership_config.membership().voter_ids().collect(),
+            m.current_leader,
+        )
+    };
+    Ok(db
+        .registry()?
+        .nodes()?
+        .into_iter()
+        .map(|n| ClusterNode {
+            voter: voters.contains(&n.id),
+            leader: leader == Some(n.id),
+            id: n.id,
+            peer_addr: n.peer_addr,
+            client_addr: n.client_addr,
+            removed: n.removed,
+        })
+        .collect())
+}
+
+/// Sends a forwarded request and unwraps the response it carries back.
+async fn forward(c: &Cluster, node: u64, req: &PeerRequest) -> Result<Response> {
+    match c.net.call(node, req, FORWARD_TIMEOUT).await? {
+        PeerResponse::Reply(r) => r,
+        PeerResponse::Failed(e) => Err(e),
+        other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
+    }
+}
+
+/// Serves the requests other nodes forward here (the cluster's peer
+/// service calls it).
+pub struct PeerRequests;
+
+impl Forwarded for PeerRequests {
+    fn tenant(
+        &self,
+        db: Database,
+        cluster: Arc<Cluster>,
+        tenant: String,
+        user: String,
+        req: Request,
+        hops: u8,
+    ) -> BoxFuture<'static, Result<Response>> {
+        Box::pin(async move { serve_tenant(&db, &cluster, &tenant, &user, req, hops).await })
+    }
+
+    fn admin(
+        &self,
+        db: Database,
+        cluster: Arc<Cluster>,
+        req: Request,
+        hops: u8,
+    ) -> BoxFuture<'static, Result<Response>> {
+        Box::pin(async move { serve_admin(&db, &cluster, req, hops).await })
+    }
+}
