@@ -4,6 +4,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`config`] | layered node configuration and its settings structs (the bottom layer) |
 //! | [`proto`] | operations, data model, filters, errors: shared with clients |
 //! | [`tenant`] | `TenantConfig`, tiers, id rules (pure) |
 //! | [`limits`] | rate windows, quotas, concurrency, priority admission, cost model (pure) |
@@ -11,20 +12,36 @@
 //! | [`vector`] | `VectorIndex` over FAISS |
 //! | [`raft`] | openraft type config, shared log store with group commit, state machine |
 //! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor) |
-//! | [`db`] | the embedded API: `Database`, `Session` |
-//! | [`config`] | layered node configuration |
+//! | [`db`] | the engine, embedded API: `Database`, `Session` |
+//! | [`cluster`] | group 0, membership, placement, reconcile, quiescence, the peer service |
+//! | [`router`] | the router actor: every client request's front door, dispatch and routing |
+//! | [`node`] | a running node: engine, cluster, router and server composed; the node supervisor |
 //! | [`auth`] | API keys |
-//! | [`net`] | TLS, framing, the QUIC server |
-//! | [`router`] | the router actor: every client request's front door, and request dispatch |
+//! | [`net`] | TLS, framing, the QUIC server, the peer transport |
 //! | [`client`] | the QUIC client driver |
 //! | [`codec`] | the one binary encoding (bincode 2) |
 //!
-//! Dependency rule: `proto` imports nothing else of the crate but `codec`
-//! and the shared `tenant` types; `client` imports only `proto`, `tenant`
-//! and `net::{tls, frame}`;
-//! the pure modules (`tenant`, `limits`) import only `proto`; `storage`,
-//! `vector` and `raft` know nothing of actors; only `shard` and `db` start
-//! actors.
+//! Dependency rule (one way, top to bottom):
+//!
+//! ```text
+//! node ─→ net::server ─→ router ─→ cluster ─→ db ─→ shard ─→ raft ─→ storage, vector
+//!                                     └─→ net::peer, net::tls
+//! config ←─ every layer (config imports nothing of the crate)
+//! ```
+//!
+//! `config` imports nothing else of the crate. The engine (`db`) never
+//! names `cluster`, `router`, `net` or `node`: where it needs the cluster
+//! it calls the `db::ClusterHooks` and `db::MetaGroup` traits the
+//! cluster implements. `cluster` never names `router` or `node`: it
+//! serves forwarded requests through its `Forwarded` trait, which the
+//! router implements. `tests/t05_layers.rs` checks these rules. `proto`
+//! imports nothing else of the crate but `codec` and the shared `tenant`
+//! types; `client` imports only `proto`, `tenant` and `net::{tls,
+//! frame}`; the pure modules (`tenant`, `limits`) import only `proto`;
+//! `storage`, `vector` and `raft` know nothing of actors; only `shard`,
+//! `db`, `router` and `node` start actors. One cycle is left: `raft`
+//! and `shard` replicate over `net::peer`, which names raft's types and
+//! `db::NodeRecord`.
 
 pub mod auth;
 pub mod bench;

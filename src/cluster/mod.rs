@@ -4,31 +4,30 @@
 //!
 //! It sits above the engine ([`Database`]): it drives the engine through
 //! its small crate API (open and close replicas, loaded tenants and their
-//! raft handles) and attaches itself as the engine's
-//! [`ClusterHooks`](crate::db::ClusterHooks) and
-//! [`MetaGroup`](crate::db::MetaGroup). Routing of client requests lives
-//! in the router, which serves forwarded requests through [`Forwarded`].
+//! raft handles) and attaches itself as the engine's [`ClusterHooks`]
+//! and [`MetaGroup`]. Routing of client requests lives in the router,
+//! which serves forwarded requests through [`Forwarded`].
 //!
-//! - **Group 0** ([`meta`]) is a raft group like any shard's (same log
+//! - **Group 0** (`meta`) is a raft group like any shard's (same log
 //!   store, same state machine type). Its state is the registry: nodes,
 //!   tenants with their placement, users, key hashes and counters
 //!   ([`Command::Registry`](crate::storage::Command::Registry)). Every
 //!   node follows it (voters up to `cluster.meta_voters`, the rest
 //!   learners) and reads the registry from its local copy.
-//! - **Membership** ([`membership`]): joins, node removal, and bringing a
+//! - **Membership** (`membership`): joins, node removal, and bringing a
 //!   group's voters to the record.
-//! - **Placement** ([`placement`]): a new tenant's group gets
+//! - **Placement** (`placement`): a new tenant's group gets
 //!   `replication_factor` replicas on the live nodes holding the fewest
 //!   replicas. Replica ids come from a counter in group 0, so they are
 //!   never reused.
-//! - **Reconcile** ([`reconcile`], every node, every [`TICK`]): peer
+//! - **Reconcile** (`reconcile`, every node, every [`TICK`]): peer
 //!   addresses from the node records; start replicas placed here, stop
 //!   and purge replicas no longer placed here; config changes. On
 //!   leaders: bring group memberships (group 0's and each shard's) and
 //!   storage limits up to the records.
-//! - **Quiescence** ([`quiesce`]): idle groups stop their raft ticks; the
+//! - **Quiescence** (`quiesce`): idle groups stop their raft ticks; the
 //!   liveness probe wakes the groups of a node that stops answering.
-//! - **Peer service** ([`service`]): raft messages, snapshot install,
+//! - **Peer service** (`service`): raft messages, snapshot install,
 //!   registry proposals, joins, and forwarded requests (to the router).
 
 mod membership;

@@ -1,5 +1,11 @@
 //! The embedded API: [`Database`] manages tenants and users and hands out
 //! [`Session`]s, each bound to one (tenant, user), that run operations.
+//!
+//! This is the engine, below the cluster, the router, the network and the
+//! node: it names none of them. The cluster drives it through a small
+//! crate API (open and close a tenant replica, the loaded tenants, their
+//! raft handles, placement and quiescence state) and attaches itself as
+//! the engine's [`ClusterHooks`] and [`MetaGroup`].
 
 mod keys;
 mod registry;
@@ -32,7 +38,7 @@ pub const DEFAULT_TENANT: &str = "default";
 
 /// What the engine asks of the cluster layer on a cluster node. The
 /// cluster implements it and attaches itself with
-/// [`Database::attach_cluster`]; a standalone node has none.
+/// `Database::attach_cluster`; a standalone node has none.
 pub trait ClusterHooks: Send + Sync {
     /// Places a new tenant's shard group `group`: its replicas.
     fn place<'a>(&'a self, db: &'a Database, group: u64) -> BoxFuture<'a, Result<Vec<Replica>>>;

@@ -1,0 +1,82 @@
+//! The module layers are one-way: a lower layer never names a higher one.
+//! Reads the source files; fails naming the file and the forbidden path.
+//!
+//! `node` → `router` → `cluster` → `db` (the engine) → `shard` → `raft`,
+//! `storage`, `vector`; `config` is the bottom and imports nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &str) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir)];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            out.push((p, text));
+        }
+    }
+    assert!(!out.is_empty(), "no sources under src/{dir}");
+    out
+}
+
+/// Every mention of a forbidden path in `dir`, as "file:line: text".
+fn mentions(dir: &str, forbidden: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, text) in sources(dir) {
+        for (n, line) in text.lines().enumerate() {
+            if forbidden.iter().any(|f| line.contains(f)) {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn config_imports_nothing_of_the_crate() {
+    let found = mentions("config", &["crate::", "super::super"]);
+    assert!(
+        found.is_empty(),
+        "config must stay the bottom layer:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_engine_knows_nothing_of_cluster_router_net_or_node() {
+    let found = mentions(
+        "db",
+        &[
+            "crate::cluster",
+            "crate::router",
+            "crate::net",
+            "crate::node",
+        ],
+    );
+    assert!(found.is_empty(), "db is below them:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_cluster_knows_nothing_of_router_or_node() {
+    let found = mentions("cluster", &["crate::router", "crate::node"]);
+    assert!(
+        found.is_empty(),
+        "cluster is below them:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_router_knows_nothing_of_the_node() {
+    let found = mentions("router", &["crate::node"]);
+    assert!(
+        found.is_empty(),
+        "router is below node:\n{}",
+        found.join("\n")
+    );
+}
