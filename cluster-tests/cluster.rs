@@ -22,6 +22,7 @@ use lincheck::{Op, OpKind};
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::KeyKind;
 use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject, WriteOutcome};
+use vektagraf::tenant::Window;
 use vektagraf::{TenantConfig, Tiers};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -189,6 +190,17 @@ impl TestCluster {
     /// A client whose first answer to each of its first `lose` writes is
     /// thrown away (the driver's fault injection), forcing retries.
     async fn client_losing(&self, node: usize, key: &str, lose: u32) -> Client {
+        self.client_with(node, key, |o| o.fault_lose_write_answers = lose)
+            .await
+    }
+
+    /// A client to node `node` with options adjusted by `adjust`.
+    async fn client_with(
+        &self,
+        node: usize,
+        key: &str,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> Client {
         let socket = in_netns(&format!("{}hub", self.prefix), || {
             std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
         });
@@ -201,7 +213,7 @@ impl TestCluster {
         .unwrap();
         opts.request_timeout = Duration::from_secs(8);
         opts.max_retries = 5;
-        opts.fault_lose_write_answers = lose;
+        adjust(&mut opts);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect_on(opts.clone(), socket.try_clone().unwrap()).await {
@@ -801,4 +813,328 @@ async fn writes_whose_answers_are_lost_apply_exactly_once_across_a_leader_kill()
         "too few writes succeeded: {}",
         created.len()
     );
+}
+
+/// Counts of one client's requests in a quota test.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spent {
+    admitted: u64,
+    /// Refused by the limit the test is about.
+    limited: u64,
+    /// Any other error (unavailable during a failover, timeouts).
+    other: u64,
+}
+
+impl std::ops::AddAssign for Spent {
+    fn add_assign(&mut self, o: Spent) {
+        self.admitted += o.admitted;
+        self.limited += o.limited;
+        self.other += o.other;
+    }
+}
+
+/// Clients that never retry (each call is one admission decision), two
+/// per node in `nodes`: one sending linearizable gets (forwarded to the
+/// shard leader from a follower), one stale gets (served by the replica
+/// it reaches, on a follower from a grant).
+async fn one_shot_clients(c: &TestCluster, key: &str, nodes: &[usize]) -> Vec<(bool, Arc<Client>)> {
+    let mut out = Vec::new();
+    for &n in nodes {
+        for stale in [false, true] {
+            let client = c.client_with(n, key, |o| o.max_retries = 0).await;
+            out.push((stale, Arc::new(client)));
+        }
+    }
+    out
+}
+
+/// Sends gets of object `k` from every client, each paced `every`, until
+/// `stop` says so; counts what was admitted and what `kind` refused.
+async fn spend(
+    clients: &[(bool, Arc<Client>)],
+    kind: LimitKind,
+    every: Duration,
+    stop: impl Fn(&Spent, Instant) -> bool + Send + Sync + 'static,
+) -> Spent {
+    let total = Arc::new(std::sync::Mutex::new(Spent::default()));
+    let stop = Arc::new(stop);
+    let mut tasks = Vec::new();
+    for (stale, client) in clients.iter().cloned() {
+        let (total, stop) = (total.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let issued = Instant::now();
+                let so_far = *total.lock().unwrap();
+                if stop(&so_far, issued) {
+                    return;
+                }
+                let r = if stale {
+                    client.get_stale("k").await
+                } else {
+                    client.get("k").await
+                };
+                {
+                    let mut t = total.lock().unwrap();
+                    match r {
+                        Ok(_) => t.admitted += 1,
+                        Err(Error::LimitExceeded(le)) if le.kind == kind => t.limited += 1,
+                        Err(_) => t.other += 1,
+                    }
+                }
+                tokio::time::sleep_until((issued + every).into()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let t = *total.lock().unwrap();
+    t
+}
+
+/// The tenant's daily count as its shard leader holds it.
+async fn daily_count(c: &TestCluster, tenant: &str, via: usize) -> u64 {
+    let admin = c.admin(via).await;
+    retry(|| admin.usage(Some(tenant))).await.requests.daily
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_cluster_wide_with_stale_and_linearizable_reads_on_every_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("r", 3, 3).await;
+    const R: u64 = 20;
+    const SECONDS: u64 = 30;
+    let mut cfg = roomy("rate");
+    cfg.rate_limit.max_requests = R;
+    cfg.rate_limit.burst_allowance = 0;
+    cfg.rate_limit.time_window = Window(Duration::from_secs(1));
+    cfg.rate_limit.sliding_window = false;
+    let key = c.tenant("rate", Some(cfg)).await;
+    let writer = c.client(1, &key).await;
+    retry(|| writer.put(NewObject::new("kv", "k", serde_json::json!({})))).await;
+    let clients = one_shot_clients(&c, &key, &[1, 2, 3]).await;
+    // Six clients, one request each per 30 ms: about 200 a second, 10 x R.
+    // Start on a whole second, so the run covers exactly SECONDS windows.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let to_whole = Duration::from_millis(1_000 - (now.as_millis() % 1_000) as u64);
+    tokio::time::sleep(to_whole + Duration::from_secs(1)).await;
+    let end = Instant::now() + Duration::from_secs(SECONDS);
+    let spent = spend(
+        &clients,
+        LimitKind::Rate,
+        Duration::from_millis(30),
+        move |_, at| at >= end,
+    )
+    .await;
+    let expected = R * SECONDS;
+    let ratio = spent.admitted as f64 / expected as f64;
+    eprintln!(
+        "global rate: {} admitted in {SECONDS} s at R = {R}/s (expected {expected}, ratio {ratio:.3}); {} refused by the rate limit, {} other errors",
+        spent.admitted, spent.limited, spent.other
+    );
+    assert!(
+        spent.limited > 5 * expected,
+        "the load must be about 10 x R: {spent:?}"
+    );
+    assert!(
+        (0.95..=1.05).contains(&ratio),
+        "admitted {} is not within 5% of R x {SECONDS} = {expected}",
+        spent.admitted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daily_quota_holds_across_a_leader_kill_and_a_restart_of_every_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("q", 3, 3).await;
+    const N: u64 = 300;
+    let mut cfg = roomy("daily");
+    cfg.request_limit.daily_limit = N;
+    let key = c.tenant("daily", Some(cfg)).await;
+    let writer = c.client(1, &key).await;
+    retry(|| writer.put(NewObject::new("kv", "k", serde_json::json!({})))).await;
+    let leader = c.shard_leader("daily", 1).await;
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    let base = daily_count(&c, "daily", others[0]).await;
+    let every = Duration::from_millis(20);
+    // The budget is spent when every client has been refused 10 times
+    // (5 x 10 > 40 errors in a row would take a very unlucky schedule).
+    let spent_out = |clients: usize| move |s: &Spent, _: Instant| s.limited >= 10 * clients as u64;
+
+    // 1. Half the budget through all three nodes.
+    let all = one_shot_clients(&c, &key, &[1, 2, 3]).await;
+    let half = (N - base) / 2;
+    let first = spend(&all, LimitKind::Daily, every, move |s, _| {
+        s.admitted >= half
+    })
+    .await;
+    let after_first = daily_count(&c, "daily", others[0]).await;
+    eprintln!(
+        "daily: base {base}, phase 1 admitted {} (count now {after_first})",
+        first.admitted
+    );
+    assert!(
+        after_first >= base + first.admitted,
+        "the count lags what was admitted"
+    );
+    drop(all);
+
+    // 2. kill -9 of the shard leader; the rest through the other nodes.
+    eprintln!("kill -9 of shard leader node {leader}");
+    c.kill(leader);
+    let rest_clients = one_shot_clients(&c, &key, &others).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let n_clients = rest_clients.len();
+    let rest = spend(&rest_clients, LimitKind::Daily, every, move |s, at| {
+        spent_out(n_clients)(s, at) || at > deadline
+    })
+    .await;
+    let after_kill = daily_count(&c, "daily", others[0]).await;
+    let admitted = base + first.admitted + rest.admitted;
+    eprintln!(
+        "daily: phase 2 admitted {}, refused {} (daily), {} other; count {after_kill}; total admitted {admitted} of {N}",
+        rest.admitted, rest.limited, rest.other
+    );
+    assert!(
+        rest.limited >= 10 * n_clients as u64,
+        "the budget was never spent: {rest:?}"
+    );
+    assert!(
+        after_kill >= after_first,
+        "the count went down: {after_first} -> {after_kill}"
+    );
+    assert!(
+        after_kill >= admitted,
+        "count {after_kill} < admitted {admitted}"
+    );
+    // The stated bound (ARCHITECTURE.md, "Limits across the cluster"):
+    // debt of at most a quarter of a grant per follower, grants at most
+    // ceil(left / 6) here: 300 + 2 * floor(50 / 4).
+    let bound = N + 2 * (N.div_ceil(6) / 4);
+    assert!(
+        admitted <= bound,
+        "admitted {admitted} > N + bound = {bound}"
+    );
+    // Under-admission is bounded too: a lost reservation step and lost
+    // unspent grants.
+    assert!(
+        admitted + 2 * vektagraf::limits::reservation_step(N) + 20 >= N,
+        "only {admitted} of {N} admitted"
+    );
+
+    // 3. Every node killed -9 and restarted: the count does not go down and
+    //    nothing more is admitted today.
+    c.spawn(leader).await;
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    for i in 1..=3 {
+        c.spawn(i).await;
+    }
+    let after_restart = daily_count(&c, "daily", 1).await;
+    let all = one_shot_clients(&c, &key, &[1, 2, 3]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let n_clients = all.len();
+    let again = spend(&all, LimitKind::Daily, every, move |s, at| {
+        spent_out(n_clients)(s, at) || at > deadline
+    })
+    .await;
+    let total = admitted + again.admitted;
+    eprintln!(
+        "daily: after restarting every node the count is {after_restart}; {} more admitted, {} refused; total {total} of {N} (bound {bound})",
+        again.admitted, again.limited
+    );
+    assert!(
+        after_restart >= after_kill,
+        "the count went down: {after_kill} -> {after_restart}"
+    );
+    assert!(total <= bound, "admitted {total} > N + bound = {bound}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("f", 3, 3).await;
+    let key = c.tenant("fail", None).await;
+    let leader = c.shard_leader("fail", 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let killed_at = Arc::new(AtomicU64::new(u64::MAX));
+    let mut tasks = Vec::new();
+    // Two writers on each surviving node, one put per 10 ms each.
+    for node in (1..=3usize).filter(|n| *n != leader) {
+        for w in 0..2 {
+            let client = c.client(node, &key).await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                // (issued ms, done ms, ok) of every put.
+                let mut log = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let issued = t0.elapsed().as_millis() as u64;
+                    let r = client
+                        .put(NewObject::new(
+                            "kv",
+                            &format!("n{node}w{w}-{i}"),
+                            serde_json::json!({}),
+                        ))
+                        .await;
+                    log.push((
+                        issued,
+                        t0.elapsed().as_millis() as u64,
+                        r.map_err(|e| e.to_string()),
+                    ));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                log
+            }));
+        }
+    }
+    sleep_s(3.0).await;
+    killed_at.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    eprintln!("kill -9 of shard leader node {leader} under writes from the other nodes");
+    c.kill(leader);
+    sleep_s(10.0).await;
+    stop.store(true, Ordering::Relaxed);
+    let k = killed_at.load(Ordering::Relaxed);
+    let mut log = Vec::new();
+    for t in tasks {
+        log.extend(t.await.unwrap());
+    }
+    let failed: Vec<_> = log.iter().filter(|(_, _, r)| r.is_err()).collect();
+    let first_fresh = log
+        .iter()
+        .filter(|(issued, _, r)| *issued >= k && r.is_ok())
+        .map(|(_, done, _)| done - k)
+        .min();
+    let in_flight_done = log
+        .iter()
+        .filter(|(issued, done, _)| *issued < k && *done >= k)
+        .map(|(_, done, _)| done - k)
+        .max()
+        .unwrap_or(0);
+    let before = log.iter().filter(|(i, _, _)| *i < k).count();
+    eprintln!(
+        "failover: {} writes ({before} before the kill); the first write issued after the kill succeeded {:?} ms after it; writes in flight at the kill all finished within {in_flight_done} ms; {} failed; election timeout 800-1600 ms",
+        log.len(),
+        first_fresh,
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "writes failed across the failover: {failed:?}"
+    );
+    assert!(first_fresh.is_some(), "no write succeeded after the kill");
 }

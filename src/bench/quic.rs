@@ -110,7 +110,7 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
 
     let mut settings = db.config().server.clone();
     settings.listen = "127.0.0.1:0".parse()?;
-    let router = crate::router::Router::start(db.clone(), None, None).await?;
+    let router = crate::router::Router::start(db.clone(), None, Default::default(), None).await?;
     let server = crate::net::Server::start(db.clone(), router.clone(), settings).await?;
     let (key, _) = db
         .create_key(KeyKind::Tenant, Some("bench"), Some("b"), None)

@@ -95,6 +95,18 @@ pub trait Forwarded: Send + Sync {
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>>;
+    /// Node `from` asks for a grant from `tenant`'s request budget (this
+    /// node should lead its shard): `want` requests of `op`, after
+    /// charging `debt`. Returns the number granted.
+    fn grant(
+        &self,
+        db: Database,
+        from: u64,
+        tenant: String,
+        op: crate::proto::OperationType,
+        want: u64,
+        debt: u64,
+    ) -> BoxFuture<'static, Result<u64>>;
 }
 
 /// The cluster runtime of a node.

@@ -51,7 +51,7 @@ fn no_group(group: u64) -> PeerResponse {
 }
 
 impl PeerService for Service {
-    fn handle(&self, _from: u64, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+    fn handle(&self, from: u64, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
         let (db, c, forwarded) = (self.db(), self.cluster.upgrade(), self.forwarded.clone());
         Box::pin(async move {
             let (Some(db), Some(c)) = (db, c) else {
@@ -98,6 +98,12 @@ impl PeerService for Service {
                 PeerRequest::Admin(req, hops) => {
                     PeerResponse::Reply(forwarded.admin(db, c, req, hops).await)
                 }
+                PeerRequest::Grant {
+                    tenant,
+                    op,
+                    want,
+                    debt,
+                } => PeerResponse::Granted(forwarded.grant(db, from, tenant, op, want, debt).await),
                 PeerRequest::Registry(ops) => PeerResponse::Counter(
                     c.commit_here(ops)
                         .await

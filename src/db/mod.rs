@@ -95,6 +95,26 @@ impl Tenant {
         })
     }
 
+    /// The tenant's limiter on this node.
+    pub(crate) fn limiter(&self) -> &Arc<TenantLimiter> {
+        &self.limiter
+    }
+
+    /// Starts the next durable reservation of the request counts in the
+    /// background (the limiter said it runs low).
+    pub(crate) fn start_reservation(&self) {
+        if let Ok(actor) = self.actor() {
+            let _ = actor.cast(ShardMsg::Reserve(None));
+        }
+    }
+
+    /// Reserves the next block of the request counts durably and waits
+    /// for it.
+    pub(crate) async fn reserve(&self, timeout: Duration) -> Result<()> {
+        let actor = self.actor()?;
+        session::call_shard(&actor, |tx| ShardMsg::Reserve(Some(tx)), timeout).await
+    }
+
     /// The raft group of its shard.
     pub(crate) fn group(&self) -> u64 {
         self.group

@@ -51,6 +51,8 @@ pub struct Session {
     user: String,
     consistency: Consistency,
     once: Option<OnceTag>,
+    /// The request was paid for by a grant of the shard leader's budget.
+    granted: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -73,7 +75,7 @@ fn limit_err(kind: LimitKind, limit: u64, current: u64, requested: u64) -> Error
 }
 
 /// Asks the shard actor and waits for its answer, within `timeout`.
-async fn call_shard<T: Send + 'static>(
+pub(crate) async fn call_shard<T: Send + 'static>(
     actor: &ActorRef<ShardMsg>,
     msg: impl FnOnce(ractor::RpcReplyPort<Result<T>>) -> ShardMsg,
     timeout: Duration,
@@ -114,6 +116,7 @@ impl Session {
             user,
             consistency: Consistency::Linearizable,
             once: None,
+            granted: false,
         }
     }
 
@@ -217,6 +220,9 @@ impl Session {
     /// reservation; when one runs low, starts the next in the background.
     async fn admit_tenant(&self, op: OperationType) -> Result<crate::limits::Permit> {
         use crate::limits::Admit;
+        if self.granted {
+            return self.tenant.limiter.admit_granted(op);
+        }
         for _ in 0..4 {
             match self
                 .tenant
@@ -240,6 +246,15 @@ impl Session {
         Err(Error::Unavailable {
             reason: "request counters could not be reserved; retry".into(),
         })
+    }
+
+    /// This session's next request was already admitted against the
+    /// tenant's budget on its shard leader (a grant, drawn by the router):
+    /// only permission and concurrency are checked here.
+    pub(crate) fn granted(&self) -> Session {
+        let mut s = self.clone();
+        s.granted = true;
+        s
     }
 
     /// R3 `can_perform_operation`: would `op` be admitted now? Consumes nothing.

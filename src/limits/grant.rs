@@ -46,6 +46,16 @@ pub fn grant_cap(limit: u64, window_ms: u64, consumers: u64) -> u64 {
     (share as u64).clamp(1, MAX_GRANT)
 }
 
+/// Near the end of a daily or monthly budget grants shrink: with `left`
+/// requests of it left, split between `consumers` (the leader and the
+/// followers drawing grants), one grant is at most half a share, so the
+/// budget trickles out to every consumer instead of going to the first
+/// asker, and the debt a follower can run into (a quarter of its last
+/// grant) shrinks with it.
+pub fn trickle(cap: u64, left: u64, consumers: u64) -> u64 {
+    cap.min(left.div_ceil(2 * consumers.max(1)).max(1))
+}
+
 /// The most debt a bucket may run into after a grant of `granted`.
 pub fn max_debt(granted: u64) -> u64 {
     granted / 4
@@ -223,6 +233,18 @@ mod tests {
         assert_eq!(grant_cap(100, 60_000, 3), 1);
         assert_eq!(grant_cap(u64::MAX, 1, 1), MAX_GRANT);
         assert_eq!(grant_cap(10, 0, 0), MAX_GRANT.min(2_500));
+    }
+
+    #[test]
+    fn grants_trickle_near_the_end_of_the_budget() {
+        // 300 left, three consumers: at most 50.
+        assert_eq!(trickle(4_096, 300, 3), 50);
+        assert_eq!(trickle(10, 300, 3), 10);
+        // 7 left: ceil(7 / 6) = 2; 1 left: 1; nothing left: still asks 1
+        // (the limiter refuses it).
+        assert_eq!(trickle(4_096, 7, 3), 2);
+        assert_eq!(trickle(4_096, 1, 3), 1);
+        assert_eq!(trickle(4_096, 0, 3), 1);
     }
 
     #[test]

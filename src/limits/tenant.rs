@@ -352,11 +352,14 @@ impl TenantLimiter {
     /// on the follower's behalf, as many as the rate windows, the daily
     /// and monthly counts and the durable reservation allow. Refuses with
     /// the limit that is spent when not one fits; concurrency is the
-    /// follower's to check.
+    /// follower's to check. Near the end of the daily or monthly budget
+    /// the grant shrinks to [`super::grant::trickle`] of what is left,
+    /// split between `consumers`.
     pub fn grant(
         &self,
         op: OperationType,
         cap: u64,
+        consumers: u64,
         debt: u64,
         now_ms: u64,
     ) -> Result<Grant, Error> {
@@ -366,6 +369,11 @@ impl TenantLimiter {
         for _ in 0..debt.min(super::grant::MAX_GRANT) {
             Self::record_locked(&mut st, op, now_ms);
         }
+        let left = st
+            .daily_limit
+            .saturating_sub(st.quota.daily)
+            .min(st.monthly_limit.saturating_sub(st.quota.monthly));
+        let cap = super::grant::trickle(cap, left, consumers);
         let mut granted = 0;
         let mut refill = false;
         while granted < cap {
@@ -857,7 +865,7 @@ mod tests {
         assert_eq!(l.grant_shape(OperationType::Read), (7, 60_000));
         assert_eq!(l.grant_shape(OperationType::Write), (3, 60_000));
         l.admit(OperationType::Read, T0).unwrap();
-        let g = l.grant(OperationType::Read, 4, 0, T0).unwrap();
+        let g = l.grant(OperationType::Read, 4, 1, 0, T0).unwrap();
         assert_eq!(
             g,
             Grant::Granted {
@@ -866,7 +874,7 @@ mod tests {
             }
         );
         // Trickle: 2 left in the window, a grant of up to 4 gets 2.
-        let g = l.grant(OperationType::Read, 4, 0, T0).unwrap();
+        let g = l.grant(OperationType::Read, 4, 1, 0, T0).unwrap();
         assert_eq!(
             g,
             Grant::Granted {
@@ -874,7 +882,7 @@ mod tests {
                 refill: false
             }
         );
-        let e = l.grant(OperationType::Read, 4, 0, T0).unwrap_err();
+        let e = l.grant(OperationType::Read, 4, 1, 0, T0).unwrap_err();
         assert_eq!(kind(e), LimitKind::Rate);
         // Everything granted counts: usage and the daily count.
         let (q, _) = l.quota_snapshot();
@@ -887,7 +895,7 @@ mod tests {
     #[test]
     fn a_grant_charges_debt_first_even_past_the_limit() {
         let l = TenantLimiter::new(&cfg(), QuotaCounters::default());
-        let g = l.grant(OperationType::Read, 10, 3, T0).unwrap();
+        let g = l.grant(OperationType::Read, 10, 1, 3, T0).unwrap();
         assert_eq!(
             g,
             Grant::Granted {
@@ -897,7 +905,7 @@ mod tests {
         );
         // Spent: a debt of 2 is still charged, and nothing granted.
         assert_eq!(
-            kind(l.grant(OperationType::Read, 10, 2, T0).unwrap_err()),
+            kind(l.grant(OperationType::Read, 10, 1, 2, T0).unwrap_err()),
             LimitKind::Rate
         );
         assert_eq!(l.quota_snapshot().0.daily, 9);
@@ -907,7 +915,7 @@ mod tests {
     fn a_grant_stays_within_the_durable_reservation() {
         let l = reserving(320); // step 10
         assert_eq!(
-            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            l.grant(OperationType::Read, 4, 1, 0, T0).unwrap(),
             Grant::Reserve
         );
         let r = l.reservation(T0);
@@ -916,28 +924,28 @@ mod tests {
         // Ceiling 10: 4, then 4 more with a refill asked (under half a
         // step left), then the last 2 of the ceiling.
         assert_eq!(
-            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            l.grant(OperationType::Read, 4, 1, 0, T0).unwrap(),
             Grant::Granted {
                 granted: 4,
                 refill: false
             }
         );
         assert_eq!(
-            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            l.grant(OperationType::Read, 4, 1, 0, T0).unwrap(),
             Grant::Granted {
                 granted: 4,
                 refill: true
             }
         );
         assert_eq!(
-            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            l.grant(OperationType::Read, 4, 1, 0, T0).unwrap(),
             Grant::Granted {
                 granted: 2,
                 refill: false
             }
         );
         assert_eq!(
-            l.grant(OperationType::Read, 4, 0, T0).unwrap(),
+            l.grant(OperationType::Read, 4, 1, 0, T0).unwrap(),
             Grant::Reserve
         );
     }

@@ -107,6 +107,19 @@ pub enum PeerRequest {
     /// An admin request forwarded to the metadata group's leader, with
     /// its hop count.
     Admin(Request, u8),
+    /// A follower's router asks the shard leader's node for a grant of
+    /// `want` requests of `op` from `tenant`'s budget, reporting `debt`
+    /// it admitted while waiting (see `limits::grant`).
+    Grant {
+        /// Tenant.
+        tenant: String,
+        /// Operation type.
+        op: crate::proto::OperationType,
+        /// Requests asked for.
+        want: u64,
+        /// Requests admitted on credit, to charge first.
+        debt: u64,
+    },
     /// Registry changes proposed to the metadata group's leader.
     Registry(Vec<RegOp>),
     /// A node asks to join the cluster.
@@ -141,6 +154,8 @@ pub enum PeerResponse {
     Reply(Result<Response, Error>),
     /// A registry change: the last counter value.
     Counter(Result<u64, Error>),
+    /// Requests granted (at least 1), or the limit that refuses.
+    Granted(Result<u64, Error>),
     /// Quiesce accepted (true) or refused.
     Quiesced(bool),
     /// Liveness answer.

@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::db::Database;
 use crate::net::Server;
 use crate::proto::{Error, Result};
-use crate::router::{route::PeerRequests, Router};
+use crate::router::{grants::Grants, route::PeerRequests, Router};
 
 /// A running node: engine, cluster runtime (on a cluster), router and
 /// client endpoint.
@@ -67,12 +67,16 @@ impl Node {
             }
         };
         let started = async {
+            let grants = Arc::new(Grants::new());
             let cluster = if clustered {
-                Some(Cluster::start(&db, Arc::new(PeerRequests)).await?)
+                let peer = Arc::new(PeerRequests {
+                    grants: grants.clone(),
+                });
+                Some(Cluster::start(&db, peer).await?)
             } else {
                 None
             };
-            let router = Router::start(db.clone(), cluster.clone(), Some(parent)).await?;
+            let router = Router::start(db.clone(), cluster.clone(), grants, Some(parent)).await?;
             match Server::start(db.clone(), router.clone(), settings).await {
                 Ok(server) => Ok((cluster, router, server)),
                 Err(e) => {

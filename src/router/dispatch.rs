@@ -21,11 +21,12 @@ fn denied(reason: impl Into<String>) -> Error {
 /// on this node or (on a cluster) where group 0 leads; a tenant's data
 /// request in the key's tenant, on this node's replica or forwarded to
 /// the shard leader. `cluster`: the node's cluster runtime (None on a
-/// standalone node). `session`: the connection's session (standalone
+/// standalone node); `grants`: its share of tenants' budgets. `session`: the connection's session (standalone
 /// nodes bind one at authentication).
 pub async fn request(
     db: &Database,
     cluster: Option<&Arc<Cluster>>,
+    grants: &super::grants::Grants,
     key_id: &str,
     session: Option<Session>,
     req: Request,
@@ -61,7 +62,7 @@ pub async fn request(
                 let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
                     return Err(Error::MissingTenantContext);
                 };
-                return super::route::serve_tenant(db, c, t, u, req, 0).await;
+                return super::route::serve_tenant(db, c, grants, t, u, req, 0).await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;
             data(&s, req).await

@@ -12,6 +12,7 @@
 //! request, forwarding) is in [`route`].
 
 pub mod dispatch;
+pub mod grants;
 pub mod route;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub struct RouterActor;
 pub struct RouterState {
     db: Database,
     cluster: Option<Arc<Cluster>>,
+    grants: Arc<grants::Grants>,
 }
 
 impl Actor for RouterActor {
@@ -78,9 +80,15 @@ impl Actor for RouterActor {
                 req,
                 reply,
             } => {
-                let RouterState { db, cluster } = state.clone();
+                let RouterState {
+                    db,
+                    cluster,
+                    grants,
+                } = state.clone();
                 tokio::spawn(async move {
-                    let r = dispatch::request(&db, cluster.as_ref(), &key_id, session, req).await;
+                    let r =
+                        dispatch::request(&db, cluster.as_ref(), &grants, &key_id, session, req)
+                            .await;
                     let _ = reply.send(r);
                 });
             }
@@ -98,15 +106,21 @@ pub struct Router {
 
 impl Router {
     /// Starts the router of `db`'s node (`cluster`: its cluster runtime,
-    /// on a cluster node), linked under `parent` (the node's supervisor)
+    /// on a cluster node; `grants`: the node's grant state, shared with
+    /// the peer service), linked under `parent` (the node's supervisor)
     /// when given.
     pub async fn start(
         db: Database,
         cluster: Option<Arc<Cluster>>,
+        grants: Arc<grants::Grants>,
         parent: Option<ActorCell>,
     ) -> Result<Router, Error> {
         let timeout = Duration::from_millis(db.config().limits.request_timeout_ms);
-        let state = RouterState { db, cluster };
+        let state = RouterState {
+            db,
+            cluster,
+            grants,
+        };
         let spawned = match parent {
             Some(parent) => Actor::spawn_linked(None, RouterActor, state, parent).await,
             None => Actor::spawn(None, RouterActor, state).await,

@@ -15,10 +15,14 @@ use crate::cluster::{rand_index, Cluster, Forwarded, FORWARD_TIMEOUT, LEADER_WAI
 use crate::db::Database;
 use crate::net::peer::{PeerRequest, PeerResponse};
 use crate::proto::wire::{ClusterNode, Request, Response, ShardInfo};
-use crate::proto::{Error, Result};
+use crate::proto::{Error, OperationType, Result};
 use crate::shard::is_leader;
 
 use super::dispatch;
+use super::grants::{AskLeader, Grants};
+
+/// How long a follower waits for the shard leader's grant.
+const GRANT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable {
@@ -81,10 +85,14 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
     }
 }
 
-/// Serves a tenant's data request on the node where it belongs.
+/// Serves a tenant's data request on the node where it belongs. A stale
+/// read served by a follower replica is paid for from a grant of the
+/// shard leader's budget ([`Grants`]), so the tenant's limits hold
+/// cluster-wide.
 pub async fn serve_tenant(
     db: &Database,
-    c: &Cluster,
+    c: &Arc<Cluster>,
+    grants: &Grants,
     tenant: &str,
     user: &str,
     req: Request,
@@ -92,35 +100,136 @@ pub async fn serve_tenant(
 ) -> Result<Response> {
     let stale = matches!(req, Request::Stale(_));
     c.touch(db, tenant);
-    match route(db, c, tenant, stale).await? {
-        Route::Local => {
-            let s = db.session(tenant, user).await?;
-            dispatch::data(&s, req).await
+    // A request forwarded to a leader that dies (or loses leadership)
+    // while it waits is routed again to the new leader, if that is safe:
+    // reads, and writes under an exactly-once tag.
+    let mut reroutes = 0;
+    loop {
+        let Route::Remote(node) = route(db, c, tenant, stale).await? else {
+            break;
+        };
+        if hops >= MAX_HOPS {
+            return Err(unavailable(format!(
+                "shard of tenant {tenant} is moving; retry"
+            )));
         }
-        Route::Remote(node) => {
-            if hops >= MAX_HOPS {
-                return Err(unavailable(format!(
-                    "shard of tenant {tenant} is moving; retry"
-                )));
-            }
-            let fwd = PeerRequest::Forward {
-                tenant: tenant.to_string(),
-                user: user.to_string(),
-                hops: hops + 1,
-                request: req,
-            };
-            forward(c, node, &fwd).await
+        let fwd = PeerRequest::Forward {
+            tenant: tenant.to_string(),
+            user: user.to_string(),
+            hops: hops + 1,
+            request: req.clone(),
+        };
+        let watched = (!stale)
+            .then(|| db.loaded(tenant).and_then(|t| t.raft()))
+            .flatten();
+        let Some(raft) = watched else {
+            return forward(c, node, &fwd).await;
+        };
+        let leader = raft.metrics().borrow_watched().current_leader;
+        tokio::select! {
+            r = forward(c, node, &fwd) => return r,
+            () = leader_moves(&raft, leader) => {}
+        }
+        let safe =
+            req.operation() != Some(OperationType::Write) || matches!(req, Request::Once { .. });
+        reroutes += 1;
+        if !safe || reroutes > 3 {
+            return Err(unavailable(format!(
+                "the shard leader of tenant {tenant} changed while the request was in flight; \
+                 it may or may not have been applied"
+            )));
+        }
+        tracing::info!(
+            tenant,
+            node,
+            "shard leader changed under a forwarded request; routing it again"
+        );
+    }
+    let s = db.session(tenant, user).await?;
+    if stale {
+        if let (Some(op), Some(leader)) = (req.operation(), follower_of(db, c, tenant)?) {
+            let ask = Arc::new(LeaderNode {
+                cluster: c.clone(),
+                node: leader,
+            });
+            grants.admit_stale(tenant, op, ask).await?;
+            return dispatch::data(&s.granted(), req).await;
+        }
+    }
+    dispatch::data(&s, req).await
+}
+
+/// Resolves once `raft`'s view of its leader is no longer `leader`.
+async fn leader_moves(raft: &crate::raft::ShardRaft, leader: Option<u64>) {
+    let mut rx = raft.metrics();
+    loop {
+        if rx.borrow_watched().current_leader != leader {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
 
-/// Serves an admin request: on group 0's leader, or for usage, on a
-/// replica of the tenant.
+/// `Some(leader's node)` when this node's replica of `tenant` is a
+/// follower; `None` when it leads. A follower that knows no leader
+/// refuses: stale reads are paid from the leader's budget.
+fn follower_of(db: &Database, c: &Cluster, tenant: &str) -> Result<Option<u64>> {
+    let t = db.tenant(tenant)?;
+    let raft = t.raft().ok_or_else(|| unavailable("replica not running"))?;
+    if is_leader(&raft) {
+        return Ok(None);
+    }
+    let leader = raft.metrics().borrow_watched().current_leader;
+    let node = leader.and_then(|l| t.replicas().iter().find(|r| r.id == l).map(|r| r.node));
+    match node {
+        Some(n) if n == c.me().id => Ok(None),
+        Some(n) => Ok(Some(n)),
+        None => Err(unavailable(format!(
+            "shard of tenant {tenant} has no leader to draw a request budget from; retry"
+        ))),
+    }
+}
+
+/// Asks node `node` (the shard leader's) for grants.
+struct LeaderNode {
+    cluster: Arc<Cluster>,
+    node: u64,
+}
+
+impl AskLeader for LeaderNode {
+    fn ask(
+        &self,
+        tenant: &str,
+        op: OperationType,
+        want: u64,
+        debt: u64,
+    ) -> BoxFuture<'static, Result<u64>> {
+        let (c, node) = (self.cluster.clone(), self.node);
+        let req = PeerRequest::Grant {
+            tenant: tenant.to_string(),
+            op,
+            want,
+            debt,
+        };
+        Box::pin(async move {
+            match c.net.call(node, &req, GRANT_TIMEOUT).await? {
+                PeerResponse::Granted(r) => r,
+                PeerResponse::Failed(e) => Err(e),
+                other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
+            }
+        })
+    }
+}
+
+/// Serves an admin request: on group 0's leader, or for a tenant's usage
+/// and shard info, on its shard leader (the authoritative counts).
 pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> Result<Response> {
     let target = match &req {
         Request::ClusterNodes => return cluster_nodes(db, c).map(Response::ClusterNodes),
         Request::ListKeys(_) => None,
-        Request::Usage(Some(t)) | Request::ShardInfo(t) => match route(db, c, t, true).await? {
+        Request::Usage(Some(t)) | Request::ShardInfo(t) => match route(db, c, t, false).await? {
             Route::Local => None,
             Route::Remote(n) => Some(n),
         },
@@ -220,8 +329,12 @@ async fn forward(c: &Cluster, node: u64, req: &PeerRequest) -> Result<Response> 
 }
 
 /// Serves the requests other nodes forward here (the cluster's peer
-/// service calls it).
-pub struct PeerRequests;
+/// service calls it), and grants from the budgets of tenants whose shard
+/// this node leads.
+pub struct PeerRequests {
+    /// The node's grant state (shared with its router).
+    pub grants: Arc<Grants>,
+}
 
 impl Forwarded for PeerRequests {
     fn tenant(
@@ -233,7 +346,10 @@ impl Forwarded for PeerRequests {
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>> {
-        Box::pin(async move { serve_tenant(&db, &cluster, &tenant, &user, req, hops).await })
+        let grants = self.grants.clone();
+        Box::pin(
+            async move { serve_tenant(&db, &cluster, &grants, &tenant, &user, req, hops).await },
+        )
     }
 
     fn admin(
@@ -244,5 +360,18 @@ impl Forwarded for PeerRequests {
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>> {
         Box::pin(async move { serve_admin(&db, &cluster, req, hops).await })
+    }
+
+    fn grant(
+        &self,
+        db: Database,
+        from: u64,
+        tenant: String,
+        op: OperationType,
+        want: u64,
+        debt: u64,
+    ) -> BoxFuture<'static, Result<u64>> {
+        let grants = self.grants.clone();
+        Box::pin(async move { grants.serve(&db, from, &tenant, op, want, debt).await })
     }
 }
