@@ -1068,6 +1068,21 @@ async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
     let mut c = TestCluster::start("f", 3, 3).await;
     let key = c.tenant("fail", None).await;
     let leader = c.shard_leader("fail", 1).await;
+    // A driver given a follower's address follows the leader hint: after
+    // one request it talks to the leader directly (no forwarding hop).
+    let follower = (1..=3usize).find(|n| *n != leader).unwrap();
+    let probe = c.client(follower, &key).await;
+    assert_eq!(
+        probe.connected_to(),
+        Some(TestCluster::client_addr(follower))
+    );
+    retry(|| probe.get("nothing")).await;
+    retry(|| probe.get("nothing")).await;
+    assert_eq!(
+        probe.connected_to(),
+        Some(TestCluster::client_addr(leader)),
+        "the driver did not follow the leader hint"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let killed_at = Arc::new(AtomicU64::new(u64::MAX));
@@ -1123,11 +1138,10 @@ async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
         .iter()
         .filter(|(issued, done, _)| *issued < k && *done >= k)
         .map(|(_, done, _)| done - k)
-        .max()
-        .unwrap_or(0);
+        .max();
     let before = log.iter().filter(|(i, _, _)| *i < k).count();
     eprintln!(
-        "failover: {} writes ({before} before the kill); the first write issued after the kill succeeded {:?} ms after it; writes in flight at the kill all finished within {in_flight_done} ms; {} failed; election timeout 800-1600 ms",
+        "failover: {} writes ({before} before the kill); the first write issued after the kill succeeded {:?} ms after it; writes in flight at the kill finished within {in_flight_done:?} ms after it; {} failed; election timeout 800-1600 ms",
         log.len(),
         first_fresh,
         failed.len()

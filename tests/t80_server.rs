@@ -320,6 +320,7 @@ async fn malformed_frames_get_typed_errors_and_the_node_keeps_serving() {
         version: 9,
         request_id: 1,
         body: Request::Ping,
+        leader: None,
     })
     .unwrap();
     let mut frame = (v9.len() as u32).to_be_bytes().to_vec();

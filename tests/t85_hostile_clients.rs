@@ -19,14 +19,15 @@ fn deep_stale_frame(depth: usize) -> Vec<u8> {
     let one = vektagraf::codec::encode(&Envelope::new(7, Request::Stale(Box::new(Request::Ping))))
         .unwrap();
     let zero = vektagraf::codec::encode(&Envelope::new(7, Request::Ping)).unwrap();
-    // one = header + [Stale tag] + [Ping tag]; zero = header + [Ping tag].
-    let header = &zero[..zero.len() - 1];
-    let stale_tag = &one[header.len()..one.len() - 1];
+    // one = header + [Stale tag] + [Ping tag] + [no leader hint];
+    // zero = header + [Ping tag] + [no leader hint].
+    let header = &zero[..zero.len() - 2];
+    let stale_tag = &one[header.len()..one.len() - 2];
     let mut payload = header.to_vec();
     for _ in 0..depth {
         payload.extend_from_slice(stale_tag);
     }
-    payload.push(*zero.last().unwrap());
+    payload.extend_from_slice(&zero[zero.len() - 2..]);
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend(payload);
     frame

@@ -109,7 +109,23 @@ pub struct Client {
     unanswered: parking_lot::Mutex<std::collections::BTreeSet<u64>>,
     /// Answers still to throw away (fault injection).
     lose_answers: std::sync::atomic::AtomicU32,
+    /// The node leading this key's tenant's shard, as the last node that
+    /// forwarded a request said: tried before the configured addresses.
+    leader: parking_lot::Mutex<Option<SocketAddr>>,
+    /// A hinted address this client could not reach, and when: not
+    /// followed again for [`UNREACHABLE_FOR`] (say, behind NAT).
+    unreachable: parking_lot::Mutex<Option<(SocketAddr, std::time::Instant)>>,
 }
+
+/// How long a hinted leader address that could not be reached is ignored.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+
+/// A connection that has received nothing for this long (while its
+/// keep-alives, every [`KEEP_ALIVE`], should have drawn an answer) is
+/// taken for dead: the request is retried elsewhere when that is safe.
+const SILENT_FOR: Duration = Duration::from_millis(1_500);
+/// Keep-alive interval of the driver's connections.
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable {
@@ -145,8 +161,7 @@ impl Client {
     }
 
     async fn connect_with(opts: ClientOptions, mut endpoint: Endpoint) -> Result<Client> {
-        let transport =
-            tls::transport(Duration::from_secs(30), Some(Duration::from_secs(10)), 1024)?;
+        let transport = tls::transport(Duration::from_secs(30), Some(KEEP_ALIVE), 1024)?;
         endpoint.set_default_client_config(tls::client_config(&opts.trust, ALPN, transport)?);
         let c = Client {
             endpoint,
@@ -158,10 +173,18 @@ impl Client {
             next_seq: AtomicU64::new(1),
             unanswered: parking_lot::Mutex::new(std::collections::BTreeSet::new()),
             lose_answers: std::sync::atomic::AtomicU32::new(opts.fault_lose_write_answers),
+            leader: parking_lot::Mutex::new(None),
+            unreachable: parking_lot::Mutex::new(None),
             opts,
         };
         c.connection().await?;
         Ok(c)
+    }
+
+    /// The node address this client's live connection goes to (after a
+    /// leader hint, the shard leader's), if connected.
+    pub fn connected_to(&self) -> Option<SocketAddr> {
+        self.live().map(|c| c.remote_address())
     }
 
     /// The key's facts, as the server reported them.
@@ -181,7 +204,16 @@ impl Client {
         let mut last = Error::Unavailable {
             reason: "no address given".into(),
         };
-        for addr in &self.opts.addrs {
+        let leader = *self.leader.lock();
+        let addrs = leader
+            .iter()
+            .chain(self.opts.addrs.iter().filter(|a| Some(**a) != leader));
+        for addr in addrs {
+            if let Some(l) = leader.filter(|l| l != addr) {
+                // The hinted leader could not be reached: forget it.
+                *self.leader.lock() = None;
+                *self.unreachable.lock() = Some((l, std::time::Instant::now()));
+            }
             let connecting = match self.endpoint.connect(*addr, &self.opts.server_name) {
                 Ok(c) => c,
                 Err(e) => {
@@ -229,6 +261,47 @@ impl Client {
             .cloned()
     }
 
+    /// Follows a leader hint: the next connection goes to `addr`.
+    fn follow(&self, conn: &Connection, addr: SocketAddr) {
+        if conn.remote_address() == addr || *self.leader.lock() == Some(addr) {
+            return;
+        }
+        if let Some((bad, at)) = *self.unreachable.lock() {
+            if bad == addr && at.elapsed() < UNREACHABLE_FOR {
+                return;
+            }
+        }
+        tracing::debug!(%addr, "following the shard leader");
+        *self.leader.lock() = Some(addr);
+        let mut live = self.conn.lock();
+        if live
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            // Requests in flight keep their handle; new ones reconnect.
+            *live = None;
+        }
+    }
+
+    /// Resolves when `conn` has received nothing for [`SILENT_FOR`].
+    async fn silent(conn: &Connection) {
+        let mut seen = conn.stats().udp_rx.datagrams;
+        let mut quiet = Duration::ZERO;
+        let step = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(step).await;
+            let now = conn.stats().udp_rx.datagrams;
+            if now == seen {
+                quiet += step;
+                if quiet >= SILENT_FOR {
+                    return;
+                }
+            } else {
+                (seen, quiet) = (now, Duration::ZERO);
+            }
+        }
+    }
+
     async fn round_trip(&self, conn: &Connection, req: &Request) -> Result<Response> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fut = async {
@@ -246,9 +319,25 @@ impl Client {
                     reason: format!("response id {} for request {id}", env.request_id),
                 });
             }
+            if let Some(addr) = env.leader {
+                self.follow(conn, addr);
+            }
             Ok(env.body)
         };
-        match tokio::time::timeout(self.opts.request_timeout, fut).await {
+        let watched = async {
+            tokio::select! {
+                r = fut => r,
+                () = Self::silent(conn) => {
+                    conn.close(0u32.into(), b"no answer");
+                    Err(unavailable(format!(
+                        "{}: the node stopped answering (nothing received for {} ms)",
+                        conn.remote_address(),
+                        SILENT_FOR.as_millis()
+                    )))
+                }
+            }
+        };
+        match tokio::time::timeout(self.opts.request_timeout, watched).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 after_ms: self.opts.request_timeout.as_millis() as u64,
@@ -322,6 +411,9 @@ impl Client {
             }
             if matches!(err, Error::Unavailable { .. }) {
                 *self.conn.lock() = None;
+                // The leader may be gone: start again from the addresses
+                // given; the node that answers hints the new leader.
+                *self.leader.lock() = None;
             }
             let backoff = self.opts.base_delay.saturating_mul(1 << attempt.min(16));
             let jitter = rand::thread_rng().gen_range(0.5..1.5);

@@ -20,6 +20,15 @@ use super::{member, parse_addr, unavailable, Cluster, FORWARD_TIMEOUT, MAX_HOPS}
 impl Cluster {
     pub(super) fn refresh_addrs(&self, reg: &Registry) {
         if let Ok(nodes) = reg.nodes() {
+            let mut clients = std::collections::HashMap::new();
+            for n in &nodes {
+                if let Ok(a) = n.client_addr.parse::<std::net::SocketAddr>() {
+                    if !a.ip().is_unspecified() && !n.removed {
+                        clients.insert(n.id, a);
+                    }
+                }
+            }
+            *self.client_addrs.write() = clients;
             for n in nodes {
                 if n.id != self.me.id {
                     if let Ok(a) = n.peer_addr.parse() {

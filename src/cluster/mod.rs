@@ -129,6 +129,9 @@ pub struct Cluster {
     /// applied index it was checked at: any metadata change (a user
     /// removed, a tenant deleted) makes the entry stale.
     known_users: moka::sync::Cache<(String, String), u64>,
+    /// Client addresses of the nodes (from the registry), for the leader
+    /// hints the router gives drivers. Unspecified addresses are left out.
+    client_addrs: parking_lot::RwLock<std::collections::HashMap<u64, SocketAddr>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -163,6 +166,11 @@ pub(crate) fn rand_index(n: usize) -> usize {
 }
 
 impl Cluster {
+    /// The client address of node `node`, if it is a routable one.
+    pub fn client_addr(&self, node: u64) -> Option<SocketAddr> {
+        self.client_addrs.read().get(&node).copied()
+    }
+
     /// Starts the cluster runtime of `db`'s node: peer endpoint, group 0,
     /// then bootstrap or join, the reconcile loop and the liveness probe.
     /// Attaches itself to the engine (registry, tenant lifecycle);
@@ -227,6 +235,7 @@ impl Cluster {
             probe: Mutex::new(None),
             down: parking_lot::RwLock::new(HashSet::new()),
             task: Mutex::new(None),
+            client_addrs: Default::default(),
         });
         db.attach_cluster(cluster.clone(), cluster.clone());
         net.serve(Arc::new(service::Service::new(db, &cluster, forwarded)));

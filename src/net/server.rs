@@ -439,9 +439,10 @@ async fn serve_stream(
     mut recv: RecvStream,
 ) {
     let max = gate.settings.max_frame_bytes;
-    let (id, response) = match read_frame::<Request>(&mut recv, max).await {
+    let (id, response, leader) = match read_frame::<Request>(&mut recv, max).await {
         Ok(env) => {
             let id = env.request_id;
+            let mut leader = None;
             let r = if let Request::Authenticate { api_key } = env.body {
                 let _g = auth_lock.lock().await;
                 authenticate(&db, &gate, &state, ip, &api_key)
@@ -455,15 +456,20 @@ async fn serve_stream(
                         .map(|k| (k.key_id.clone(), st.session.clone()))
                 };
                 match principal {
-                    Some((key_id, session)) => router.request(key_id, session, env.body).await,
+                    Some((key_id, session)) => {
+                        let a = router.request(key_id, session, env.body).await;
+                        leader = a.leader;
+                        a.result
+                    }
                     None => Err(no_credentials()),
                 }
             };
-            (id, r.unwrap_or_else(Response::Error))
+            (id, r.unwrap_or_else(Response::Error), leader)
         }
-        Err(e) => (0, bad_frame(&mut recv, e)),
+        Err(e) => (0, bad_frame(&mut recv, e), None),
     };
-    if let Err(e) = write_frame(&mut send, &Envelope::new(id, response)).await {
+    let env = Envelope::new(id, response).with_leader(leader);
+    if let Err(e) = write_frame(&mut send, &env).await {
         tracing::debug!(error = %e, "could not send response");
     }
 }

@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -55,6 +55,10 @@ pub struct Envelope<T> {
     pub request_id: u64,
     /// The request or response.
     pub body: T,
+    /// In a response to a tenant's request served through another node:
+    /// the client address of the node leading the tenant's shard, where
+    /// the driver goes next to save the hop. Always `None` in requests.
+    pub leader: Option<std::net::SocketAddr>,
 }
 
 impl<T: Serialize> Envelope<T> {
@@ -64,7 +68,14 @@ impl<T: Serialize> Envelope<T> {
             version: WIRE_VERSION,
             request_id,
             body,
+            leader: None,
         }
+    }
+
+    /// With a leader hint (see [`leader`](Self::leader)).
+    pub fn with_leader(mut self, leader: Option<std::net::SocketAddr>) -> Self {
+        self.leader = leader;
+        self
     }
 
     /// The whole frame: length prefix and payload.
@@ -441,16 +452,22 @@ mod tests {
             })
         );
         // Unknown version.
-        let v2 = Envelope {
-            version: 2,
+        let v1 = Envelope {
+            version: 1,
             request_id: 1,
             body: Request::Ping,
+            leader: None,
         };
-        let f2 = crate::codec::encode(&v2).unwrap();
+        let f1 = crate::codec::encode(&v1).unwrap();
         assert_eq!(
-            decode_envelope::<Request>(&f2),
-            Err(FrameError::UnsupportedVersion(2))
+            decode_envelope::<Request>(&f1),
+            Err(FrameError::UnsupportedVersion(1))
         );
+        // A leader hint round-trips.
+        let hinted =
+            Envelope::new(7, Response::Pong).with_leader(Some("10.0.0.1:7687".parse().unwrap()));
+        let frame = hinted.to_frame().unwrap();
+        assert_eq!(decode_frame::<Response>(&frame).unwrap(), hinted);
         // Garbage.
         assert!(decode_envelope::<Request>(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
     }

@@ -30,6 +30,25 @@ pub async fn request(
     key_id: &str,
     session: Option<Session>,
     req: Request,
+) -> super::Answer {
+    let mut tenant = None;
+    let result = request_in(db, cluster, grants, key_id, session, req, &mut tenant).await;
+    let leader = match (cluster, tenant) {
+        (Some(c), Some(t)) => super::route::leader_hint(db, c, &t),
+        _ => None,
+    };
+    super::Answer { result, leader }
+}
+
+/// [`request`], noting in `tenant` which tenant's shard served it.
+async fn request_in(
+    db: &Database,
+    cluster: Option<&Arc<Cluster>>,
+    grants: &super::grants::Grants,
+    key_id: &str,
+    session: Option<Session>,
+    req: Request,
+    tenant: &mut Option<String>,
 ) -> Result<Response, Error> {
     if let Request::Ping = req {
         return Ok(Response::Pong);
@@ -62,6 +81,7 @@ pub async fn request(
                 let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
                     return Err(Error::MissingTenantContext);
                 };
+                *tenant = Some(t.clone());
                 return super::route::serve_tenant(db, c, grants, t, u, req, 0).await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;

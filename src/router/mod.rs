@@ -27,6 +27,16 @@ use crate::proto::wire::{Request, Response};
 use crate::proto::Error;
 use crate::Session;
 
+/// The router's answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response, or why there is none.
+    pub result: Result<Response, Error>,
+    /// Where the tenant's shard leader takes client requests, when it is
+    /// another node (the driver's hint; see [`crate::proto::wire::Envelope`]).
+    pub leader: Option<std::net::SocketAddr>,
+}
+
 /// Messages of the router.
 pub enum RouterMsg {
     /// A request of an authenticated principal.
@@ -38,7 +48,7 @@ pub enum RouterMsg {
         /// The request.
         req: Request,
         /// Where the answer goes.
-        reply: RpcReplyPort<Result<Response, Error>>,
+        reply: RpcReplyPort<Answer>,
     },
 }
 
@@ -132,12 +142,7 @@ impl Router {
     }
 
     /// Serves one request of an authenticated principal.
-    pub async fn request(
-        &self,
-        key_id: String,
-        session: Option<Session>,
-        req: Request,
-    ) -> Result<Response, Error> {
+    pub async fn request(&self, key_id: String, session: Option<Session>, req: Request) -> Answer {
         let call = self.actor.call(
             |reply| RouterMsg::Request {
                 key_id,
@@ -147,14 +152,18 @@ impl Router {
             },
             Some(self.timeout),
         );
-        match call.await {
-            Ok(CallResult::Success(r)) => r,
+        let result = match call.await {
+            Ok(CallResult::Success(a)) => return a,
             Ok(CallResult::Timeout) => Err(Error::Timeout {
                 after_ms: self.timeout.as_millis() as u64,
             }),
             Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable {
                 reason: "the node is stopping".into(),
             }),
+        };
+        Answer {
+            result,
+            leader: None,
         }
     }
 

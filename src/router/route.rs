@@ -159,6 +159,17 @@ pub async fn serve_tenant(
     dispatch::data(&s, req).await
 }
 
+/// The client address of the node leading `tenant`'s shard, when that is
+/// another node than this one: the hint a driver follows to send its
+/// next requests there directly.
+pub fn leader_hint(db: &Database, c: &Cluster, tenant: &str) -> Option<std::net::SocketAddr> {
+    let t = db.loaded(tenant)?;
+    let raft = t.raft()?;
+    let leader = raft.metrics().borrow_watched().current_leader?;
+    let node = t.replicas().iter().find(|r| r.id == leader)?.node;
+    (node != c.me().id).then(|| c.client_addr(node)).flatten()
+}
+
 /// Resolves once `raft`'s view of its leader is no longer `leader`.
 async fn leader_moves(raft: &crate::raft::ShardRaft, leader: Option<u64>) {
     let mut rx = raft.metrics();
