@@ -206,6 +206,74 @@ async fn vk_load(
     Ok(r)
 }
 
+/// Sequential gets by one client for `secs`, to node `addr`.
+async fn get_latency(
+    nodes: &Nodes,
+    key: &str,
+    addr: SocketAddr,
+    follow: bool,
+    secs: u64,
+) -> anyhow::Result<LoadResult> {
+    let mut opts = ClientOptions::new(vec![addr], key, &nodes.dir.join("certs/ca.crt"))?;
+    opts.follow_leader = follow;
+    let c = Client::connect(opts).await?;
+    c.put(NewObject::new("kv", "hop", serde_json::json!({ "v": 1 })))
+        .await?;
+    // Warm up (and, when following, move to the leader).
+    for _ in 0..20 {
+        c.get("hop").await?;
+    }
+    let mut r = LoadResult::default();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        let s = Instant::now();
+        match c.get("hop").await {
+            Ok(_) => r.latencies_us.push(s.elapsed().as_micros() as u64),
+            Err(_) => r.errors += 1,
+        }
+    }
+    r.elapsed = start.elapsed();
+    r.ops = r.latencies_us.len() as u64;
+    r.latencies_us.sort_unstable();
+    Ok(r)
+}
+
+/// Linearizable gets through the shard leader's node and through a
+/// follower's, with and without the driver following the leader hint.
+async fn hop_cost(nodes: &Nodes, key: &str, secs: u64) -> anyhow::Result<()> {
+    let ca = nodes.dir.join("certs/ca.crt");
+    let admin_key = std::fs::read_to_string(nodes.dir.join("node-1/admin.key"))?;
+    let admin = client(nodes.client_addrs[0], admin_key.trim(), &ca).await?;
+    let leader = admin
+        .shard_info("bench")
+        .await?
+        .leader_node
+        .context("the bench tenant has no leader")? as usize;
+    let follower = (1..=nodes.client_addrs.len())
+        .find(|n| *n != leader)
+        .context("no follower")?;
+    println!();
+    println!("linearizable gets, 1 client, {secs} s each: the cost of the forwarding hop");
+    println!(
+        "{:<40} {:>10} {:>9} {:>9}",
+        "path", "gets/s", "p50 ms", "p99 ms"
+    );
+    for (name, node, follow) in [
+        ("to the leader's node", leader, true),
+        ("to a follower, following the leader", follower, true),
+        ("to a follower, forwarded (no following)", follower, false),
+    ] {
+        let r = get_latency(nodes, key, nodes.client_addrs[node - 1], follow, secs).await?;
+        println!(
+            "{name:<40} {:>10.0} {:>9.3} {:>9.3}",
+            r.per_sec(),
+            r.percentile_ms(50.0),
+            r.percentile_ms(99.0)
+        );
+    }
+    Ok(())
+}
+
 fn row(name: &str, clients: usize, r: &LoadResult) {
     println!(
         "{name:<22} {clients:>7} {:>10.0} {:>9.2} {:>9.2} {:>7}",
@@ -243,6 +311,10 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
             let r = vk_load(&nodes, &key, c, &value, opt.seconds).await?;
             row(name, c, &r);
             results.push((name.to_string(), c, r.per_sec()));
+        }
+        if n > 1 {
+            hop_cost(&nodes, &key, opt.seconds).await?;
+            println!();
         }
         drop(nodes);
     }

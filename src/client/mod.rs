@@ -65,6 +65,11 @@ pub struct ClientOptions {
     pub max_delay: Duration,
     /// Items per batch request (the tenant's `max_batch_size`).
     pub max_batch_size: usize,
+    /// Follow the leader hints of a cluster: send a tenant's requests to
+    /// the node leading its shard, saving the forwarding hop (default on;
+    /// off when the nodes' client addresses are not reachable as the
+    /// cluster records them).
+    pub follow_leader: bool,
     /// Fault injection for tests: the first answer to each of the first
     /// this many writes is thrown away as if the network had lost it (the
     /// write has run on the node), so the driver retries it.
@@ -85,6 +90,7 @@ impl ClientOptions {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
             max_batch_size: crate::tenant::DEFAULT_MAX_BATCH_SIZE,
+            follow_leader: true,
             fault_lose_write_answers: 0,
         })
     }
@@ -319,7 +325,7 @@ impl Client {
                     reason: format!("response id {} for request {id}", env.request_id),
                 });
             }
-            if let Some(addr) = env.leader {
+            if let Some(addr) = env.leader.filter(|_| self.opts.follow_leader) {
                 self.follow(conn, addr);
             }
             Ok(env.body)
