@@ -213,6 +213,38 @@ async fn complexity_and_result_size_are_checked_before_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_query_is_stopped_by_the_rows_it_reads_not_only_its_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path()).await;
+    let mut cfg = roomy(&db, "rows");
+    cfg.request_limit.complexity_limit = 20;
+    let s = tenant(&db, cfg).await;
+    items(&s).await;
+    for chunk in 0..5 {
+        // A write of n ops costs n: 20 at a time fit.
+        let ops = (chunk * 20..chunk * 20 + 20)
+            .map(|i| WriteOp::Put(item(&format!("i{i:03}"), i as f32)))
+            .collect();
+        s.transaction(ops).await.unwrap();
+    }
+    let q = |filter: &str| Query {
+        collection: "items".into(),
+        filter: Some(vektagraf::proto::Filter::parse(filter).unwrap()),
+        limit: 10,
+    };
+    // Estimated 1 + 10 + 1 = 12, admitted; it reads all 100 rows for 5
+    // matches: 11 + 100/10 = 21 > 20, refused as it runs.
+    let l = limit_of(s.query(q(r#"{"n": {"$gte": 95}}"#)).await);
+    assert_eq!(
+        (l.kind, l.limit, l.current, l.requested),
+        (LimitKind::Complexity, 20, 20, 1)
+    );
+    // The first 10 rows all match: 11 + 10/10 = 12.
+    assert_eq!(s.query(q(r#"{"n": {"$gte": 0}}"#)).await.unwrap().len(), 10);
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_limits_objects_bytes_size_vectors_dimensions() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path()).await;

@@ -323,7 +323,11 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
             k: 10,
             filter: None,
         };
-        std::hint::black_box(data.vector_search(&s, false)?);
+        std::hint::black_box(data.vector_search(
+            &s,
+            false,
+            &mut crate::limits::WorkMeter::unbounded(),
+        )?);
     }
     let direct_qps = nq as f64 / t.elapsed().as_secs_f64();
     println!(

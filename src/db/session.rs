@@ -102,10 +102,17 @@ pub(crate) async fn call_write(
 async fn call_read(
     actor: &ActorRef<ShardMsg>,
     op: ReadOp,
-    c: Consistency,
+    consistency: Consistency,
+    complexity_limit: u64,
     timeout: Duration,
 ) -> Result<ReadResult> {
-    call_shard(actor, |tx| ShardMsg::Read(op, c, tx), timeout).await
+    let msg = |reply| ShardMsg::Read {
+        op,
+        consistency,
+        complexity_limit,
+        reply,
+    };
+    call_shard(actor, msg, timeout).await
 }
 
 impl Session {
@@ -492,9 +499,19 @@ impl Session {
 
     // ----- reads -----
 
+    /// Admits a read by its estimate, then runs it bounded by what it
+    /// really touches (the same `complexity_limit`, see `WorkMeter`).
     async fn read(&self, op: OperationType, cost: Cost, req: ReadOp) -> Result<ReadResult> {
-        let (_p, _s, _) = self.admit(op, cost).await?;
-        call_read(&self.tenant.actor()?, req, self.consistency, self.timeout()).await
+        let (_p, _s, cfg) = self.admit(op, cost).await?;
+        let limit = cfg.request_limit.complexity_limit;
+        call_read(
+            &self.tenant.actor()?,
+            req,
+            self.consistency,
+            limit,
+            self.timeout(),
+        )
+        .await
     }
 
     /// Get by id. An id of another tenant is simply not found here.

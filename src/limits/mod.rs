@@ -9,7 +9,7 @@ mod rate;
 mod tenant;
 
 pub use admission::{Admission, AdmissionPermit};
-pub use complexity::{estimate, Cost};
+pub use complexity::{estimate, Cost, WorkMeter, ROWS_PER_UNIT};
 pub use rate::{RateRejection, RateWindow};
 pub use tenant::{
     reservation_step, Admit, Grant, Permit, QuotaCounters, Reservation, TenantLimiter,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::limits::TenantLimiter;
+use crate::limits::{TenantLimiter, WorkMeter};
 use crate::proto::{Error, Object, Query, SearchHit, Traverse, TraversedNode, VectorSearch};
 use crate::raft::{self, RaftLogDb, RaftSettings, ShardRaft};
 use crate::storage::{Command, CommandResult, StorageEnv};
@@ -65,7 +65,18 @@ pub enum ShardMsg {
     /// Propose a command through raft; answer when it is applied.
     Write(Command, RpcReplyPort<Result<CommandResult, Error>>),
     /// Serve a read.
-    Read(ReadOp, Consistency, RpcReplyPort<Result<ReadResult, Error>>),
+    Read {
+        /// What to read.
+        op: ReadOp,
+        /// How fresh it must be.
+        consistency: Consistency,
+        /// The tenant's `request_limit.complexity_limit`: the rows and
+        /// edges the read touches are counted against it as it runs
+        /// ([`WorkMeter`]), and it stops with `LimitKind::Complexity`.
+        complexity_limit: u64,
+        /// Where the result goes.
+        reply: RpcReplyPort<Result<ReadResult, Error>>,
+    },
     /// Checkpoint the request counters if they changed.
     CheckpointQuota,
     /// Reserve the next block of daily and monthly requests durably
@@ -216,14 +227,27 @@ impl Actor for ShardActor {
         match msg {
             ShardMsg::Write(cmd, reply) => {
                 let raft = st.raft.clone();
+                let first = limits_first(&st.data, &cmd, &st.args.storage_limits);
                 tokio::spawn(async move {
+                    if let Some(set) = first {
+                        if let Err(e) = propose(&raft, set).await {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
                     let _ = reply.send(propose(&raft, cmd).await);
                 });
             }
-            ShardMsg::Read(op, consistency, reply) => {
+            ShardMsg::Read {
+                op,
+                consistency,
+                complexity_limit,
+                reply,
+            } => {
                 let (raft, data) = (st.raft.clone(), st.data.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(read(&raft, data, op, consistency).await);
+                    let r = read(&raft, data, op, consistency, complexity_limit).await;
+                    let _ = reply.send(r);
                 });
             }
             ShardMsg::CheckpointQuota => {
@@ -321,6 +345,19 @@ impl Actor for ShardActor {
     }
 }
 
+/// The `SetLimits` to propose before `cmd` when the shard has no storage
+/// limits in force yet. A standalone shard sets them in `pre_start`; a
+/// new group on a cluster would otherwise wait for the leader's reconcile
+/// pass (every 250 ms), and a write applied before it would meet no
+/// limit at all. Proposed ahead of the write through the same log, the
+/// limits apply before it on every replica.
+fn limits_first(data: &ShardData, cmd: &Command, want: &StorageLimitConfig) -> Option<Command> {
+    if data.limits().is_some() || matches!(cmd, Command::SetLimits(_)) {
+        return None;
+    }
+    Some(Command::SetLimits(want.clone()))
+}
+
 /// Proposes a command and waits for its applied result.
 pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Error> {
     match raft.client_write(cmd).await {
@@ -368,6 +405,7 @@ async fn read(
     data: Arc<ShardData>,
     op: ReadOp,
     consistency: Consistency,
+    complexity_limit: u64,
 ) -> Result<ReadResult, Error> {
     // In a one-voter group every acknowledged write is already applied here
     // (client_write returns after apply), so a local read is linearizable
@@ -379,19 +417,80 @@ async fn read(
                 reason: e.to_string(),
             })?;
     }
+    let limit = complexity_limit;
     let run = move || match op {
         ReadOp::Get(id) => data.get(&id).map(ReadResult::Object),
-        ReadOp::Query(q) => data.query(&q).map(ReadResult::Objects),
-        ReadOp::Search(s, with_objects) => {
-            data.vector_search(&s, with_objects).map(ReadResult::Hits)
-        }
-        ReadOp::Traverse(t) => data.traverse(&t).map(ReadResult::Nodes),
-        ReadOp::Scan(c, after, limit) => data
-            .scan(&c, after.as_deref(), limit as usize)
+        ReadOp::Query(q) => data
+            .query(&q, &mut WorkMeter::for_query(limit, &q))
+            .map(ReadResult::Objects),
+        ReadOp::Search(s, with_objects) => data
+            .vector_search(&s, with_objects, &mut WorkMeter::for_search(limit, &s))
+            .map(ReadResult::Hits),
+        ReadOp::Traverse(t) => data
+            .traverse(&t, &mut WorkMeter::for_traverse(limit, &t))
+            .map(ReadResult::Nodes),
+        ReadOp::Scan(c, after, n) => data
+            .scan(
+                &c,
+                after.as_deref(),
+                n as usize,
+                &mut WorkMeter::for_scan(limit),
+            )
             .map(ReadResult::Objects),
     };
     // Disk and FAISS work runs on the blocking pool, never on an async worker.
     tokio::task::spawn_blocking(run)
         .await
         .map_err(raft::raft_err)?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::proto::{CollectionSpec, LimitKind, NewObject, WriteOp};
+    use crate::storage::StorageEnv;
+    use crate::tenant::{TenantConfig, Tiers};
+
+    fn put(id: &str) -> Command {
+        Command::Write {
+            ops: vec![WriteOp::Put(NewObject::new("c", id, serde_json::json!({})))],
+            atomic: true,
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_new_shards_first_write_is_preceded_by_its_storage_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let mut want =
+            TenantConfig::for_tier(&Tiers::default(), "t", "T", "tier1", serde_json::json!({}))
+                .unwrap()
+                .storage_limit;
+        want.max_objects = 1;
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        // What the actor does with the first write of a group whose
+        // limits have not been set: the limits go into the log first.
+        let create = Command::CreateCollection(CollectionSpec::plain("c"));
+        let first = limits_first(&data, &create, &want).unwrap();
+        assert_eq!(first, Command::SetLimits(want.clone()));
+        apply(&first);
+        apply(&create);
+        assert_eq!(limits_first(&data, &put("a"), &want), None);
+        assert_eq!(
+            limits_first(&data, &Command::SetLimits(want.clone()), &want),
+            None
+        );
+        // So the very first writes already meet them.
+        apply(&put("a"));
+        match apply(&put("b")) {
+            CommandResult::Write { results, .. } => {
+                let e = results[0].clone().unwrap_err();
+                assert_eq!(e.limit().unwrap().kind, LimitKind::Objects);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

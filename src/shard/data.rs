@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::limits::QuotaCounters;
+use crate::limits::{QuotaCounters, WorkMeter};
 use crate::proto::{
     CollectionSpec, Direction, Error, Object, Query, SearchHit, StorageUsage, Traverse,
     TraversedNode, VectorSearch,
@@ -237,15 +237,19 @@ impl ShardData {
             .map(|r| r.into_object(id.to_string())))
     }
 
-    /// Calls `f` for each object of a collection, in id order, until it returns false.
+    /// Calls `f` for each object of a collection, in id order, until it
+    /// returns false; every row read is counted on `meter`, which stops
+    /// the scan with its error.
     fn for_each_in(
         &self,
         collection: &str,
+        meter: &mut WorkMeter,
         mut f: impl FnMut(Object) -> bool,
     ) -> Result<(), Error> {
         let store = self.store();
         let prefix = [collection.as_bytes(), b"\0"].concat();
         store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
+            meter.touch(1)?;
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             match store.object(&id)? {
                 Some(rec) => Ok(f(rec.into_object(id))),
@@ -254,8 +258,8 @@ impl ShardData {
         })
     }
 
-    /// Property query.
-    pub fn query(&self, q: &Query) -> Result<Vec<Object>, Error> {
+    /// Property query; the rows it reads are counted on `meter`.
+    pub fn query(&self, q: &Query, meter: &mut WorkMeter) -> Result<Vec<Object>, Error> {
         if self.collection(&q.collection).is_none() {
             return Err(Error::not_found("collection", &q.collection));
         }
@@ -264,7 +268,7 @@ impl ShardData {
         if limit == 0 {
             return Ok(out);
         }
-        self.for_each_in(&q.collection, |o| {
+        self.for_each_in(&q.collection, meter, |o| {
             if q.filter.as_ref().is_none_or(|f| f.matches(&o.properties)) {
                 out.push(o);
             }
@@ -273,12 +277,14 @@ impl ShardData {
         Ok(out)
     }
 
-    /// A page of a collection in id order, starting after `after`.
+    /// A page of a collection in id order, starting after `after`; the
+    /// rows it reads are counted on `meter`.
     pub fn scan(
         &self,
         collection: &str,
         after: Option<&str>,
         limit: usize,
+        meter: &mut WorkMeter,
     ) -> Result<Vec<Object>, Error> {
         if self.collection(collection).is_none() {
             return Err(Error::not_found("collection", collection));
@@ -294,6 +300,7 @@ impl ShardData {
             None => prefix.clone(),
         };
         store.scan_prefix_from(CF_MEMBERS, &prefix, &start, |k, _| {
+            meter.touch(1)?;
             let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             if let Some(rec) = store.object(&id)? {
                 out.push(rec.into_object(id));
@@ -303,11 +310,13 @@ impl ShardData {
         Ok(out)
     }
 
-    /// k-NN search; exact under a filter.
+    /// k-NN search; exact under a filter. A filtered search reads every
+    /// row of the collection, counted on `meter`.
     pub fn vector_search(
         &self,
         s: &VectorSearch,
         with_objects: bool,
+        meter: &mut WorkMeter,
     ) -> Result<Vec<SearchHit>, Error> {
         let spec = self
             .collection(&s.collection)
@@ -331,7 +340,7 @@ impl ShardData {
                 let mut best: std::collections::BinaryHeap<Scored> =
                     std::collections::BinaryHeap::with_capacity(k + 1);
                 let mut scanned = 0usize;
-                self.for_each_in(&s.collection, |o| {
+                self.for_each_in(&s.collection, meter, |o| {
                     scanned += 1;
                     if let (Some(v), true) = (&o.vector, f.matches(&o.properties)) {
                         let score = ix.exact_score(&s.vector, v);
@@ -381,7 +390,8 @@ impl ShardData {
         Ok(out)
     }
 
-    /// Neighbours of `id` along edges in `dir`, as (neighbour, label).
+    /// Neighbours of `id` along edges in `dir`, as (neighbour, label);
+    /// every edge read is counted on `meter`.
     fn neighbours(
         &self,
         store: &ShardStore,
@@ -389,6 +399,7 @@ impl ShardData {
         dir: Direction,
         labels: &[String],
         out: &mut Vec<(String, String)>,
+        meter: &mut WorkMeter,
     ) -> Result<(), Error> {
         let dirs: &[u8] = match dir {
             Direction::Out => b"o",
@@ -398,6 +409,7 @@ impl ShardData {
         for d in dirs {
             let prefix = [&[*d][..], id.as_bytes(), b"\0"].concat();
             store.scan_prefix(CF_EDGES, &prefix, |k, _| {
+                meter.touch(1)?;
                 let rest = &k[prefix.len()..];
                 if let Some(pos) = rest.iter().position(|&b| b == 0) {
                     let label = String::from_utf8_lossy(&rest[..pos]).into_owned();
@@ -414,8 +426,13 @@ impl ShardData {
         Ok(())
     }
 
-    /// Breadth-first traversal, bounded by depth and node count.
-    pub fn traverse(&self, t: &Traverse) -> Result<Vec<TraversedNode>, Error> {
+    /// Breadth-first traversal, bounded by depth and node count; the edges
+    /// it reads and the nodes it returns are charged on `meter`.
+    pub fn traverse(
+        &self,
+        t: &Traverse,
+        meter: &mut WorkMeter,
+    ) -> Result<Vec<TraversedNode>, Error> {
         let store = self.store();
         if store.object(&t.start)?.is_none() {
             return Err(Error::not_found("object", &t.start));
@@ -429,12 +446,13 @@ impl ShardData {
                 continue;
             }
             nbrs.clear();
-            self.neighbours(&store, &id, t.direction, &t.labels, &mut nbrs)?;
+            self.neighbours(&store, &id, t.direction, &t.labels, &mut nbrs, meter)?;
             for (n, label) in nbrs.drain(..) {
                 if out.len() >= t.max_nodes as usize {
                     return Ok(out);
                 }
                 if seen.insert(n.clone()) {
+                    meter.charge(1)?;
                     out.push(TraversedNode {
                         id: n.clone(),
                         depth: depth + 1,
@@ -451,7 +469,8 @@ impl ShardData {
     /// Edges from `id` (out) as (label, to).
     pub fn edges_from(&self, id: &str) -> Result<Vec<(String, String)>, Error> {
         let mut out = Vec::new();
-        self.neighbours(&self.store(), id, Direction::Out, &[], &mut out)?;
+        let mut meter = WorkMeter::unbounded();
+        self.neighbours(&self.store(), id, Direction::Out, &[], &mut out, &mut meter)?;
         Ok(out.into_iter().map(|(to, label)| (label, to)).collect())
     }
 
@@ -697,6 +716,130 @@ mod tests {
             CommandResult::Write { mut results, .. } => results.pop().unwrap().unwrap(),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn complexity(r: Result<impl std::fmt::Debug, Error>) -> (u64, u64, u64) {
+        match r {
+            Err(Error::LimitExceeded(l)) if l.kind == crate::proto::LimitKind::Complexity => {
+                (l.limit, l.current, l.requested)
+            }
+            other => panic!("expected a complexity refusal, got {other:?}"),
+        }
+    }
+
+    /// A shard with collection `c` of 100 objects `o00`..`o99` (`n` = 0..99,
+    /// a 2-d vector each) and 300 edges from `o00`: to every other object
+    /// under "a", then under "b" to `o01`..`o99`, then under "c" to `o01`..`o99`.
+    fn hundred_rows() -> (tempfile::TempDir, Arc<ShardData>) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        apply(&Command::CreateCollection(CollectionSpec::vectors("c", 2)));
+        let objects = (0..100)
+            .map(|i| {
+                let o = NewObject::new("c", &format!("o{i:02}"), serde_json::json!({"n": i}));
+                WriteOp::Put(o.with_vector(vec![i as f32, 1.0]))
+            })
+            .collect();
+        let edges = ["a", "b", "c"]
+            .iter()
+            .flat_map(|l| {
+                (1..100).map(move |i| {
+                    WriteOp::PutEdge(crate::proto::Edge {
+                        from: "o00".into(),
+                        label: l.to_string(),
+                        to: format!("o{i:02}"),
+                        properties: Default::default(),
+                    })
+                })
+            })
+            .collect();
+        for ops in [objects, edges] {
+            apply(&Command::Write {
+                ops,
+                atomic: true,
+                now_ms: 1,
+            });
+        }
+        (dir, data)
+    }
+
+    #[test]
+    fn a_filtered_query_that_reads_more_rows_than_the_complexity_limit_allows_is_refused() {
+        let (_dir, data) = hundred_rows();
+        let q = Query {
+            collection: "c".into(),
+            filter: Some(crate::proto::Filter::parse(r#"{"n": {"$gte": 95}}"#).unwrap()),
+            limit: 10,
+        };
+        // Estimate 1 + 10·1 + 10/10 = 12 passes a limit of 20; the scan
+        // reads all 100 rows for 5 matches: 11 + 100/10 = 21.
+        let r = data.query(&q, &mut WorkMeter::for_query(20, &q));
+        assert_eq!(complexity(r), (20, 20, 1));
+        let mut meter = WorkMeter::for_query(21, &q);
+        assert_eq!(data.query(&q, &mut meter).unwrap().len(), 5);
+        assert_eq!((meter.touched(), meter.spent()), (100, 21));
+        // Unfiltered, the same limit reads only the 10 rows it returns.
+        let all = Query {
+            filter: None,
+            ..q.clone()
+        };
+        let mut meter = WorkMeter::for_query(2, &all);
+        assert_eq!(data.query(&all, &mut meter).unwrap().len(), 10);
+        assert_eq!(meter.touched(), 10);
+        // A scan reads what it returns too.
+        let r = data.scan("c", None, 100, &mut WorkMeter::for_scan(10));
+        assert_eq!(complexity(r), (10, 10, 1));
+        assert_eq!(
+            data.scan("c", None, 100, &mut WorkMeter::for_scan(11))
+                .unwrap()
+                .len(),
+            100
+        );
+    }
+
+    #[test]
+    fn a_filtered_search_pays_for_every_row_it_scores() {
+        let (_dir, data) = hundred_rows();
+        let s = VectorSearch {
+            collection: "c".into(),
+            vector: vec![99.0, 1.0],
+            k: 3,
+            filter: Some(crate::proto::Filter::parse(r#"{"n": {"$lt": 50}}"#).unwrap()),
+        };
+        // Base k + 2/16 + 10 = 13, plus 100 rows / 10 = 23.
+        let r = data.vector_search(&s, false, &mut WorkMeter::for_search(22, &s));
+        assert_eq!(complexity(r), (22, 22, 1));
+        let hits = data
+            .vector_search(&s, false, &mut WorkMeter::for_search(23, &s))
+            .unwrap();
+        let ids: Vec<_> = hits.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["o49", "o48", "o47"]);
+        // Unfiltered, the index answers: only the base.
+        let s = VectorSearch { filter: None, ..s };
+        let mut meter = WorkMeter::for_search(3, &s);
+        assert_eq!(data.vector_search(&s, false, &mut meter).unwrap().len(), 3);
+        assert_eq!(meter.touched(), 0);
+    }
+
+    #[test]
+    fn a_traversal_from_a_node_with_many_edges_stops_at_the_complexity_limit() {
+        let (_dir, data) = hundred_rows();
+        // Only label "c" leads anywhere: the 198 edges under "a" and "b"
+        // are read for nothing. Base 10·1 + 5·1 = 15; 297 edges read = 29;
+        // 5 nodes returned = 5: 49 in all.
+        let t = Traverse {
+            start: "o00".into(),
+            direction: Direction::Out,
+            labels: vec!["c".into()],
+            max_depth: 1,
+            max_nodes: 5,
+        };
+        let r = data.traverse(&t, &mut WorkMeter::for_traverse(48, &t));
+        assert_eq!(complexity(r), (48, 48, 1));
+        let mut meter = WorkMeter::for_traverse(49, &t);
+        assert_eq!(data.traverse(&t, &mut meter).unwrap().len(), 5);
+        assert_eq!(meter.spent(), 49);
     }
 
     #[test]

@@ -402,17 +402,21 @@ impl<'s> Overlay<'s> {
         };
         let u = self.meta.usage.clone();
         self.check_growth(LimitKind::ObjectSize, new_size, new_size, new_size)?;
-        let objects_after = u.objects + u64::from(old.is_none());
+        // Counters saturate: a wrapped count would pass every limit check.
+        let objects_after = u.objects.saturating_add(u64::from(old.is_none()));
         self.check_growth(LimitKind::Objects, u.objects, objects_after, 1)?;
         let had_vec = old.as_ref().is_some_and(|o| o.vector.is_some());
-        let vectors_after = u.vectors + u64::from(rec.vector.is_some()) - u64::from(had_vec);
+        let vectors_after = u
+            .vectors
+            .saturating_add(u64::from(rec.vector.is_some()))
+            .saturating_sub(u64::from(had_vec));
         self.check_growth(
             LimitKind::Vectors,
             u.vectors,
             vectors_after,
             u64::from(rec.vector.is_some()),
         )?;
-        let bytes_after = (u.bytes + new_size).saturating_sub(old_size);
+        let bytes_after = u.bytes.saturating_add(new_size).saturating_sub(old_size);
         self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
         // Checked: now change the overlay.
         if let Some(o) = &old {
@@ -487,11 +491,11 @@ impl<'s> Overlay<'s> {
             None => 0,
         };
         let u = self.meta.usage.clone();
-        let bytes_after = (u.bytes + new_size).saturating_sub(old_size);
+        let bytes_after = u.bytes.saturating_add(new_size).saturating_sub(old_size);
         self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
         self.meta.usage.bytes = bytes_after;
         if old.is_none() {
-            self.meta.usage.edges += 1;
+            self.meta.usage.edges = self.meta.usage.edges.saturating_add(1);
         }
         self.edges
             .insert((e.from.clone(), e.label.clone(), e.to.clone()), Some(rec));
@@ -844,4 +848,73 @@ fn apply_registry(store: &ShardStore, ops: &[RegOp], batch: &mut Batch<'_>) -> R
         }
     }
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::storage::StorageEnv;
+    use crate::tenant::{TenantConfig, Tiers};
+
+    fn put(obj: NewObject) -> Command {
+        Command::Write {
+            ops: vec![WriteOp::Put(obj)],
+            atomic: true,
+            now_ms: 1,
+        }
+    }
+
+    /// Applies `cmd` over `meta` and writes its batch; the new meta.
+    fn run(store: &ShardStore, meta: &ShardMeta, cmd: &Command) -> (CommandResult, ShardMeta) {
+        let mut batch = store.batch();
+        let a = apply(store, meta, cmd, &mut batch).unwrap();
+        batch.commit().unwrap();
+        (a.result, a.meta)
+    }
+
+    #[test]
+    fn usage_counters_saturate_instead_of_wrapping_past_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&StorageEnv::default(), dir.path()).unwrap();
+        let meta = ShardMeta::load(&store).unwrap();
+        let create = Command::CreateCollection(CollectionSpec::vectors("c", 2));
+        let (_, meta) = run(&store, &meta, &create);
+        let with_vec = NewObject::new("c", "a", serde_json::json!({})).with_vector(vec![1.0, 2.0]);
+        let (_, meta) = run(&store, &meta, &put(with_vec));
+        assert_eq!(meta.usage.vectors, 1);
+
+        // A vector count that lags its objects (0 while "a" has one):
+        // replacing "a" without a vector goes to 0, not to u64::MAX.
+        let mut lagging = meta.clone();
+        lagging.usage.vectors = 0;
+        let plain = NewObject::new("c", "a", serde_json::json!({}));
+        let (r, after) = run(&store, &lagging, &put(plain));
+        assert!(matches!(r, CommandResult::Write { .. }), "{r:?}");
+        assert_eq!(after.usage.vectors, 0);
+
+        // Bytes near the top: a new object saturates at u64::MAX and meets
+        // the hard limit, instead of wrapping to a few bytes and passing.
+        let mut full = after.clone();
+        full.usage.bytes = u64::MAX - 1;
+        full.limits = Some(
+            TenantConfig::for_tier(&Tiers::default(), "t", "T", "tier1", serde_json::json!({}))
+                .unwrap()
+                .storage_limit,
+        );
+        let (r, unchanged) = run(
+            &store,
+            &full,
+            &put(NewObject::new("c", "b", serde_json::json!({"k": 1}))),
+        );
+        match r {
+            CommandResult::Write { results, .. } => {
+                let e = results[0].clone().unwrap_err();
+                assert_eq!(e.limit().unwrap().kind, LimitKind::StorageBytes);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(unchanged.usage.bytes, u64::MAX - 1);
+    }
 }
