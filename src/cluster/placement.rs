@@ -19,17 +19,10 @@ impl Cluster {
             return Err(unavailable("no live nodes to place a shard on"));
         }
         let load = replica_load(&reg.tenants()?);
-        let mut ranked: Vec<(usize, u64, u64)> = nodes
-            .iter()
-            .map(|n| {
-                let spread = n.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group;
-                (load.get(&n.id).copied().unwrap_or(0), spread, n.id)
-            })
-            .collect();
-        ranked.sort();
-        let rf = self.settings.replication_factor.min(nodes.len());
-        let mut out = Vec::with_capacity(rf);
-        for (_, _, node) in ranked.into_iter().take(rf) {
+        let live: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        let chosen = choose_nodes(&live, &load, group, self.settings.replication_factor);
+        let mut out = Vec::with_capacity(chosen.len());
+        for node in chosen {
             let id = reg.next_id("replica").await?;
             out.push(Replica {
                 id,
@@ -69,6 +62,32 @@ impl Cluster {
     }
 }
 
+/// The nodes of a new group's replicas: `replication_factor` distinct
+/// nodes of `live` (all of them when there are fewer), those with the
+/// fewest replicas in `load` first. Ties are broken by a hash of the node
+/// id and the group, so equally loaded nodes take turns across groups.
+pub(super) fn choose_nodes(
+    live: &[u64],
+    load: &HashMap<u64, usize>,
+    group: u64,
+    replication_factor: usize,
+) -> Vec<u64> {
+    let mut ranked: Vec<(usize, u64, u64)> = live
+        .iter()
+        .map(|&n| {
+            let spread = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group;
+            (load.get(&n).copied().unwrap_or(0), spread, n)
+        })
+        .collect();
+    ranked.sort();
+    ranked.dedup_by_key(|r| r.2);
+    ranked
+        .into_iter()
+        .take(replication_factor)
+        .map(|(_, _, n)| n)
+        .collect()
+}
+
 /// Replicas per node over every record.
 pub(super) fn replica_load(recs: &[TenantRecord]) -> HashMap<u64, usize> {
     let mut load = HashMap::new();
@@ -78,4 +97,37 @@ pub(super) fn replica_load(recs: &[TenantRecord]) -> HashMap<u64, usize> {
         }
     }
     load
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::{hash_map, vec};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Distinct live nodes, min(replication factor, live nodes) of
+        /// them, and no node left out is less loaded than one chosen.
+        #[test]
+        fn replicas_go_to_distinct_live_nodes_least_loaded_first(
+            live in vec(0u64..40, 0..12),
+            load in hash_map(0u64..40, 0usize..20, 0..40),
+            group: u64,
+            rf in 0usize..6,
+        ) {
+            let chosen = choose_nodes(&live, &load, group, rf);
+            let distinct: std::collections::BTreeSet<u64> = live.iter().copied().collect();
+            let picked: std::collections::BTreeSet<u64> = chosen.iter().copied().collect();
+            prop_assert_eq!(picked.len(), chosen.len(), "a node twice: {:?}", chosen);
+            prop_assert!(picked.is_subset(&distinct));
+            prop_assert_eq!(chosen.len(), rf.min(distinct.len()));
+            let of = |n: &u64| load.get(n).copied().unwrap_or(0);
+            let most_chosen = chosen.iter().map(of).max().unwrap_or(0);
+            for n in distinct.difference(&picked) {
+                prop_assert!(of(n) >= most_chosen, "{} (load {}) left out for load {}", n, of(n), most_chosen);
+            }
+        }
+    }
 }

@@ -172,7 +172,10 @@ impl GrantBucket {
     /// What to ask for: the demand of the last full period (or of this one,
     /// if larger), at least 1, plus the debt to pay back.
     pub fn want(&self) -> u64 {
-        self.prev.max(self.cur).clamp(1, MAX_GRANT) + self.debt
+        self.prev
+            .max(self.cur)
+            .clamp(1, MAX_GRANT)
+            .saturating_add(self.debt)
     }
 
     /// One request at `now_ms`.
@@ -202,8 +205,8 @@ impl GrantBucket {
     /// the debt this node reported with the request.
     pub fn refill(&mut self, granted: u64, paid: u64, now_ms: u64) {
         self.debt = self.debt.saturating_sub(paid);
-        self.tokens = self.tokens(now_ms) + granted;
-        self.expires_at = now_ms + GRANT_TTL_MS;
+        self.tokens = self.tokens(now_ms).saturating_add(granted);
+        self.expires_at = now_ms.saturating_add(GRANT_TTL_MS);
         self.debt_cap = max_debt(granted);
         self.refill_pending = false;
     }
@@ -355,5 +358,137 @@ mod tests {
             l.cap_for(n, T0, 1_000_000, 1_000);
         }
         assert_eq!(l.active(), MAX_LEDGER_NODES);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Take,
+        /// The leader grants `granted` and charges `pay` (a fraction in
+        /// 256ths) of the debt.
+        Refill {
+            granted: u64,
+            pay: u8,
+        },
+        Refused {
+            pay: u8,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = (u64, Step)> {
+        let s = prop_oneof![
+            6 => Just(Step::Take),
+            2 => (0u64..64, any::<u8>()).prop_map(|(granted, pay)| Step::Refill { granted, pay }),
+            1 => any::<u8>().prop_map(|pay| Step::Refused { pay }),
+        ];
+        (prop_oneof![3 => Just(0u64), 1 => 0u64..1_500], s)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Tokens never exceed what was granted and is unexpired; debt
+        /// grows only by admitting in debt, up to `max_debt` of the last
+        /// grant; every admitted request was granted, paid back, or is
+        /// owed.
+        #[test]
+        fn a_bucket_admits_only_what_was_granted_or_is_owed(steps in vec(step(), 1..300)) {
+            let mut b = GrantBucket::new();
+            let mut now = 1_795_809_600_000u64;
+            let (mut granted, mut paid, mut from_tokens, mut admitted) = (0u64, 0u64, 0u64, 0u64);
+            let mut last: Option<(u64, u64)> = None; // (granted, at)
+            for (gap, s) in steps {
+                now += gap;
+                let debt_before = b.debt();
+                match s {
+                    Step::Take => {
+                        let pending = b.refill_pending();
+                        match b.take(now) {
+                            Take::Admit | Take::AdmitAndRefill { .. } => {
+                                from_tokens += 1;
+                                admitted += 1;
+                                prop_assert_eq!(b.debt(), debt_before);
+                            }
+                            Take::AdmitInDebt => {
+                                admitted += 1;
+                                prop_assert!(pending, "debt without a refill in flight");
+                                prop_assert_eq!(b.debt(), debt_before + 1);
+                                let cap = last.map_or(0, |(g, _)| max_debt(g));
+                                prop_assert!(b.debt() <= cap, "debt {} > max_debt {}", b.debt(), cap);
+                            }
+                            Take::Wait { want } => {
+                                prop_assert!(want > b.debt());
+                                prop_assert_eq!(b.debt(), debt_before);
+                            }
+                        }
+                    }
+                    Step::Refill { granted: g, pay } => {
+                        let p = b.debt() * pay as u64 / 255;
+                        b.refill(g, p, now);
+                        granted += g;
+                        paid += p;
+                        last = Some((g, now));
+                        prop_assert_eq!(b.debt(), debt_before - p);
+                    }
+                    Step::Refused { pay } => {
+                        let p = b.debt() * pay as u64 / 255;
+                        b.refused(p);
+                        paid += p;
+                        prop_assert_eq!(b.debt(), debt_before - p);
+                    }
+                }
+                prop_assert!(b.tokens(now) <= granted - from_tokens);
+                match last {
+                    Some((_, at)) if now < at + GRANT_TTL_MS => {}
+                    _ => prop_assert_eq!(b.tokens(now), 0),
+                }
+                prop_assert!(admitted <= granted + paid + b.debt());
+            }
+        }
+
+        /// A grant's cap is in [1, MAX_GRANT] and never grows with more
+        /// consumers; the trickle is in [1, cap], never grows with more
+        /// consumers and never shrinks with more left.
+        #[test]
+        fn caps_are_bounded_and_shrink_with_consumers(
+            limit in prop_oneof![0u64..100_000, any::<u64>()],
+            window in prop_oneof![0u64..100_000, any::<u64>()],
+            consumers in 0u64..200,
+            left in prop_oneof![0u64..10_000, any::<u64>()],
+        ) {
+            let cap = grant_cap(limit, window, consumers);
+            prop_assert!((1..=MAX_GRANT).contains(&cap));
+            prop_assert!(grant_cap(limit, window, consumers + 1) <= cap);
+            let t = trickle(cap, left, consumers);
+            prop_assert!((1..=cap).contains(&t));
+            prop_assert!(trickle(cap, left, consumers + 1) <= t);
+            prop_assert!(trickle(cap, left.saturating_add(1), consumers) >= t);
+        }
+
+        /// The ledger splits between the leader and exactly the nodes that
+        /// asked within the last 2 × GRANT_TTL_MS.
+        #[test]
+        fn the_ledger_counts_the_nodes_that_asked_recently(
+            asks in vec((0u64..8, 0u64..1_500), 1..200),
+            limit in 1u64..1_000_000,
+        ) {
+            let mut ledger = GrantLedger::default();
+            let mut seen: std::collections::HashMap<u64, u64> = Default::default();
+            let mut now = 0u64;
+            for (node, gap) in asks {
+                now += gap;
+                seen.insert(node, now);
+                let recent = seen.values().filter(|&&at| now - at < 2 * GRANT_TTL_MS).count() as u64;
+                let cap = ledger.cap_for(node, now, limit, 60_000);
+                prop_assert_eq!(cap, grant_cap(limit, 60_000, recent + 1));
+                prop_assert_eq!(ledger.active() as u64, recent);
+            }
+        }
     }
 }

@@ -216,3 +216,69 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Gaps between requests: often none (bursts), otherwise up to 2 s.
+    fn gaps() -> impl Strategy<Value = Vec<(u64, u8)>> {
+        let gap = prop_oneof![3 => Just(0u64), 1 => 0u64..2_000];
+        vec((gap, 0u8..3), 1..300)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Fixed and sliding: at most `L` per aligned window; sliding: at
+        /// most `2L` in any interval of length `W`; a check that rejects
+        /// (or any extra check) counts nothing; `retry_after` is exact.
+        #[test]
+        fn windows_hold_their_bounds_and_retry_after_is_exact(
+            limit in 1u64..12,
+            window in 1u64..3_000,
+            sliding: bool,
+            t0 in 0u64..2_000_000_000_000,
+            steps in gaps(),
+        ) {
+            let mut w = RateWindow::new(limit, window, sliding);
+            // The same requests, each checked 0-2 extra times first.
+            let mut checked = RateWindow::new(limit, window, sliding);
+            let mut now = t0;
+            let mut admitted = Vec::new();
+            for (gap, extra) in steps {
+                now += gap;
+                for _ in 0..extra {
+                    let _ = checked.check(now);
+                }
+                let r = w.check(now);
+                prop_assert_eq!(r, checked.check(now));
+                match r {
+                    Ok(()) => {
+                        w.record(now);
+                        checked.record(now);
+                        admitted.push(now);
+                    }
+                    Err(rej) => {
+                        let retry = rej.retry_after_ms;
+                        prop_assert!(retry >= 1);
+                        let mut early = w.clone();
+                        prop_assert!(early.check(now + retry - 1).is_err(), "admitted before retry_after {}", retry);
+                        let mut on_time = w.clone();
+                        prop_assert!(on_time.check(now + retry).is_ok(), "refused at retry_after {}", retry);
+                    }
+                }
+            }
+            for &t in &admitted {
+                let same_window = admitted.iter().filter(|&&u| u / window == t / window).count();
+                prop_assert!(same_window as u64 <= limit, "{} in one aligned window", same_window);
+                if sliding {
+                    let within = admitted.iter().filter(|&&u| u >= t && u < t + window).count();
+                    prop_assert!(within as u64 <= 2 * limit, "{} within W of {}", within, t);
+                }
+            }
+        }
+    }
+}

@@ -137,7 +137,7 @@ fn next_ceiling(used: u64, limit: u64) -> u64 {
 /// Whether admitting one more request under `ceiling` leaves less than
 /// half a step: time to reserve the next block.
 fn runs_low(ceiling: u64, used: u64, limit: u64) -> bool {
-    ceiling - (used + 1) < reservation_step(limit).div_ceil(2)
+    ceiling.saturating_sub(used.saturating_add(1)) < reservation_step(limit).div_ceil(2)
 }
 
 /// The outcome of [`TenantLimiter::admit_or_reserve`].
@@ -977,5 +977,98 @@ mod tests {
             l.can_perform(OperationType::Write, T0).unwrap();
         }
         assert_eq!(l.quota_snapshot().0.daily, 0);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::tenant::{Tiers, Window};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_795_809_600_000; // a UTC midnight
+    const W: u64 = 1_000;
+
+    /// Reads limited only by the overall window (`limit` per second).
+    fn limiter(limit: u64, sliding: bool, daily: u64) -> Arc<TenantLimiter> {
+        let mut c =
+            TenantConfig::for_tier(&Tiers::default(), "t", "T", "tier2", serde_json::json!({}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        c.rate_limit.max_requests = limit;
+        c.rate_limit.burst_allowance = 0;
+        c.rate_limit.sliding_window = sliding;
+        c.rate_limit.time_window = Window(std::time::Duration::from_millis(W));
+        c.rate_limit.operation_types.insert(OperationType::Read, 0);
+        c.request_limit.daily_limit = daily;
+        c.request_limit.monthly_limit = u64::MAX / 2;
+        TenantLimiter::new(&c, QuotaCounters::default())
+    }
+
+    fn granted(r: Result<Grant, Error>) -> u64 {
+        match r {
+            Ok(Grant::Granted { granted, .. }) => granted,
+            _ => 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// In every aligned window, what grants admit is at most the
+        /// window's limit plus the debt charged in it.
+        #[test]
+        fn grants_stay_within_the_window_plus_charged_debt(
+            limit in 1u64..40,
+            sliding: bool,
+            calls in vec((0u64..400, 1u64..30, 1u64..4, 0u64..4), 1..120),
+        ) {
+            let l = limiter(limit, sliding, u64::MAX / 2);
+            let mut now = T0;
+            let mut per_window: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+            for (gap, cap, consumers, debt) in calls {
+                now += gap;
+                let g = granted(l.grant(OperationType::Read, cap, consumers, debt, now));
+                prop_assert!(g <= cap);
+                let e = per_window.entry(now / W).or_default();
+                e.0 += g;
+                e.1 += debt;
+                prop_assert!(e.0 <= limit, "granted {} of {} in one window", e.0, limit);
+                let (q, _) = l.quota_snapshot();
+                let total: u64 = per_window.values().map(|(g, d)| g + d).sum();
+                prop_assert_eq!(q.daily, total);
+            }
+        }
+
+        /// With reservations on, a grant never takes the daily count past
+        /// the durable ceiling (only charged debt, already served, may).
+        #[test]
+        fn grants_never_pass_the_durable_reservation(
+            daily in 1u64..400,
+            calls in vec((0u64..50, 1u64..30, 1u64..4, 0u64..3, any::<bool>()), 1..150),
+        ) {
+            let l = limiter(1_000_000, false, daily);
+            l.set_reserving(true);
+            let mut now = T0;
+            let mut ceiling = 0;
+            for (gap, cap, consumers, debt, land) in calls {
+                now += gap;
+                if land {
+                    let r = l.reservation(now);
+                    let (before, _) = l.quota_snapshot();
+                    l.reserved(r.epoch, &before, &r.counters);
+                    ceiling = r.counters.daily;
+                }
+                let before = l.quota_snapshot().0.daily;
+                let r = l.grant(OperationType::Read, cap, consumers, debt, now);
+                let after = l.quota_snapshot().0.daily;
+                if granted(r) > 0 {
+                    prop_assert!(after <= ceiling.max(before + debt), "count {} past ceiling {}", after, ceiling);
+                    prop_assert!(after <= daily.max(before + debt));
+                } else {
+                    prop_assert_eq!(after, before + debt);
+                }
+            }
+        }
     }
 }
