@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::node::{raw_connection, raw_request, start_node, Node};
 use vektagraf::client::{Client, ClientOptions};
 use vektagraf::proto::wire::{Envelope, KeyKind, Request, Response, ALPN};
-use vektagraf::proto::{CollectionSpec, NewObject, WriteOp, WriteOutcome};
+use vektagraf::proto::{CollectionSpec, NewObject, OperationType, WriteOp, WriteOutcome};
 
 async fn tenant_client(node: &Node, lose_answers: u32) -> (Client, String) {
     let admin = connect(node, &node.admin_key, 0).await;
@@ -146,5 +146,50 @@ async fn the_same_once_request_twice_applies_once_and_a_new_sequence_applies_aga
             Response::Error(vektagraf::proto::Error::InvalidArgument { .. })
         ),
         "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_gets_its_first_answer_even_when_its_limit_is_spent_by_then() {
+    let node = start_node();
+    let (setup, _) = tenant_client(&node, 0).await;
+    setup
+        .create_collection(CollectionSpec::plain("docs"))
+        .await
+        .unwrap();
+    // From now on one write a minute: the first attempt spends it.
+    let admin = connect(&node, &node.admin_key, 0).await;
+    let mut rate = admin.get_tenant("once").await.unwrap().rate_limit;
+    rate.operation_types.insert(OperationType::Write, 1);
+    rate.sliding_window = false;
+    admin
+        .update_tenant(
+            "once",
+            vektagraf::tenant::TenantUpdate {
+                rate_limit: Some(rate),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (c, _) = tenant_client(&node, 1).await;
+    // The first answer is lost after the node ran the put; the retry
+    // would be refused by the write rate if it were checked again.
+    let w = c
+        .put(NewObject::new("docs", "only", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(w.outcomes, vec![WriteOutcome::Created]);
+    // A new write is refused by the spent rate, as it should be.
+    let e = c
+        .put(NewObject::new("docs", "second", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.limit().map(|l| l.kind),
+        Some(vektagraf::proto::LimitKind::OperationRate(
+            OperationType::Write
+        )),
+        "{e:?}"
     );
 }

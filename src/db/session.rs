@@ -279,6 +279,17 @@ impl Session {
         atomic: bool,
         part: u32,
     ) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
+        // A retry of an exactly-once write that has been applied gets its
+        // first answer, before any limit or pre-check could refuse it (a
+        // batch's early errors are not remembered: it goes the long way,
+        // and the apply still answers it once).
+        if let (Some(t), true) = (self.once, atomic) {
+            match self.tenant.data()?.once_result(t.client, t.seq, part)? {
+                Some(CommandResult::Write { results, warnings }) => return Ok((results, warnings)),
+                Some(CommandResult::Done(Err(e))) => return Err(e),
+                _ => {}
+            }
+        }
         let (_p, _s, cfg) = self
             .admit(OperationType::Write, estimate::write(ops.len()))
             .await?;

@@ -127,6 +127,25 @@ impl ShardData {
         self.meta.read().collections.values().cloned().collect()
     }
 
+    /// The answer remembered for part `part` of a client's exactly-once
+    /// write (`client`, `seq`), if it has been applied here.
+    pub fn once_result(
+        &self,
+        client: u64,
+        seq: u64,
+        part: u32,
+    ) -> Result<Option<CommandResult>, Error> {
+        let rec = self
+            .store()
+            .get::<crate::storage::OnceRecord>(CF_META, &meta_key::once(client, seq))?;
+        Ok(rec.and_then(|r| {
+            r.results
+                .into_iter()
+                .find(|(p, _)| *p == part)
+                .map(|(_, r)| r)
+        }))
+    }
+
     /// Persisted request counters.
     pub fn quota(&self) -> Result<QuotaCounters, Error> {
         Ok(self
