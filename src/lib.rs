@@ -10,14 +10,14 @@
 //! | [`limits`] | rate windows, quotas, concurrency, priority admission, cost model (pure) |
 //! | [`storage`] | `ShardStore` over RocksDB, key layout, deterministic apply |
 //! | [`vector`] | `VectorIndex` over FAISS |
-//! | [`raft`] | openraft type config, shared log store with group commit, state machine |
+//! | [`raft`] | openraft type config, shared log store with group commit, state machine, the `Transport` trait replication needs |
 //! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor) |
 //! | [`db`] | the engine, embedded API: `Database`, `Session` |
 //! | [`cluster`] | group 0, membership, placement, reconcile, quiescence, the peer service |
 //! | [`router`] | the router actor: every client request's front door, dispatch and routing |
 //! | [`node`] | a running node: engine, cluster, router and server composed; the node supervisor |
 //! | [`auth`] | API keys |
-//! | [`net`] | TLS, framing, the QUIC server, the peer transport |
+//! | [`net`] | TLS, framing, the QUIC server, the peer transport (implements `raft::Transport`) |
 //! | [`client`] | the QUIC client driver |
 //! | [`codec`] | the one binary encoding (bincode 2) |
 //!
@@ -25,7 +25,7 @@
 //!
 //! ```text
 //! node ─→ net::server ─→ router ─→ cluster ─→ db ─→ shard ─→ raft ─→ storage, vector
-//!                                     └─→ net::peer, net::tls
+//!                                     └─→ net::peer, net::tls ─→ raft
 //! config ←─ every layer (config imports nothing of the crate)
 //! ```
 //!
@@ -34,14 +34,19 @@
 //! it calls the `db::ClusterHooks` and `db::MetaGroup` traits the
 //! cluster implements. `cluster` never names `router` or `node`: it
 //! serves forwarded requests through its `Forwarded` trait, which the
-//! router implements. `tests/t05_layers.rs` checks these rules. `proto`
-//! imports nothing else of the crate but `codec` and the shared `tenant`
-//! types; `client` imports only `proto`, `tenant` and `net::{tls,
-//! frame}`; the pure modules (`tenant`, `limits`) import only `proto`;
-//! `storage`, `vector` and `raft` know nothing of actors; only `shard`,
-//! `db`, `router` and `node` start actors. One cycle is left: `raft`
-//! and `shard` replicate over `net::peer`, which names raft's types and
-//! `db::NodeRecord`.
+//! router implements. `raft` and `shard` never name `db`, `cluster`,
+//! `router`, `net` or `node`: a replicated group sends its messages
+//! through the `raft::Transport` trait, which `net::peer::PeerNet`
+//! implements (the cluster hands it to the shards as an
+//! `Arc<dyn Transport>`). The peer transport (`net::peer`, `net::tls`,
+//! `net::frame`) names neither `db`, `cluster`, `router` nor `node`; the
+//! node record it carries is `proto::NodeRecord`. `net::server` is above
+//! the router it hands requests to. `tests/t05_layers.rs` checks these
+//! rules. `proto` imports nothing else of the crate but `codec` and the
+//! shared `tenant` types; `client` imports only `proto`, `tenant` and
+//! `net::{tls, frame}`; the pure modules (`tenant`, `limits`) import only
+//! `proto`; `storage`, `vector` and `raft` know nothing of actors; only
+//! `shard`, `db`, `router` and `node` start actors.
 
 pub mod auth;
 pub mod bench;

@@ -1,8 +1,11 @@
 //! The module layers are one-way: a lower layer never names a higher one.
 //! Reads the source files; fails naming the file and the forbidden path.
 //!
-//! `node` → `router` → `cluster` → `db` (the engine) → `shard` → `raft`,
-//! `storage`, `vector`; `config` is the bottom and imports nothing.
+//! `node` → `net::server` → `router` → `cluster` → `db` (the engine) →
+//! `shard` → `raft` → `storage`, `vector`; `cluster` also uses the peer
+//! transport (`net::peer`, `net::tls`), which sits above `raft` (it
+//! implements `raft::Transport`) and below `db`; `config` is the bottom
+//! and imports nothing.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -24,7 +27,8 @@ fn sources(dir: &str) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// Every mention of a forbidden path in `dir`, as "file:line: text".
+/// Every mention of a forbidden path in `dir` (a directory or one file
+/// under `src/`), as "file:line: text".
 fn mentions(dir: &str, forbidden: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
     for (path, text) in sources(dir) {
@@ -77,6 +81,49 @@ fn the_router_knows_nothing_of_the_node() {
     assert!(
         found.is_empty(),
         "router is below node:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn raft_and_the_shards_know_nothing_of_the_engine_cluster_router_net_or_node() {
+    let forbidden = [
+        "crate::db",
+        "crate::cluster",
+        "crate::router",
+        "crate::net",
+        "crate::node",
+        "crate::Database",
+        "crate::Session",
+    ];
+    let mut found = mentions("raft", &forbidden);
+    found.extend(mentions("shard", &forbidden));
+    assert!(
+        found.is_empty(),
+        "raft and shard are below them (replication goes through raft::Transport):\n{}",
+        found.join("\n")
+    );
+}
+
+/// The peer transport, TLS and framing sit below the engine. (The client
+/// server, `net/server.rs`, is above the router it hands requests to.)
+#[test]
+fn the_peer_transport_knows_nothing_of_the_engine_cluster_router_or_node() {
+    let forbidden = [
+        "crate::db",
+        "crate::cluster",
+        "crate::router",
+        "crate::node",
+        "crate::Database",
+        "crate::Session",
+    ];
+    let mut found = Vec::new();
+    for file in ["net/peer.rs", "net/tls.rs", "net/frame.rs"] {
+        found.extend(mentions(file, &forbidden));
+    }
+    assert!(
+        found.is_empty(),
+        "net::peer, net::tls and net::frame are below them:\n{}",
         found.join("\n")
     );
 }

@@ -28,8 +28,11 @@ use crate::shard::{ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor, 
 use crate::storage::StorageEnv;
 use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
 
+/// Moved to `proto` (the peer transport carries it too); kept here for
+/// the engine's callers.
+pub use crate::proto::NodeRecord;
 pub use registry::{
-    KeyRecord, MetaGroup, NodeRecord, Registry, Replica, TenantRecord, TenantState, UserRecord,
+    KeyRecord, MetaGroup, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
 pub use session::{OnceTag, Session, MAX_TRANSACTION_OPS};
 

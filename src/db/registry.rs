@@ -10,7 +10,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::Error;
+use crate::proto::{Error, NodeRecord};
 use crate::shard::ShardData;
 use crate::storage::{RegOp, CF_META};
 use crate::tenant::TenantConfig;
@@ -62,19 +62,6 @@ pub struct Replica {
     /// Part of the group's first membership (initialises the group);
     /// replicas added later join as learners instead.
     pub initial: bool,
-}
-
-/// A cluster node as the metadata group records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// Node id (also its raft id in group 0).
-    pub id: u64,
-    /// Peer endpoint address (QUIC, mutual TLS).
-    pub peer_addr: String,
-    /// Client endpoint address.
-    pub client_addr: String,
-    /// Removed by the admin: its replicas were placed elsewhere.
-    pub removed: bool,
 }
 
 /// A user of a tenant.

@@ -1,6 +1,7 @@
-//! The network: TLS material, framing on QUIC streams, and the client
-//! endpoint server. (Peer transport for replication comes with the
-//! cluster issue.)
+//! The network: TLS material, framing on QUIC streams, the client
+//! endpoint server, and the peer transport between cluster nodes (the
+//! raft layer's `Transport`). `peer`, `tls` and `frame` sit below the
+//! engine; `server` sits above the router.
 
 pub mod frame;
 pub mod peer;

@@ -14,6 +14,9 @@
 //!   [`PEER_MAX_FRAME`](crate::codec::MAX_DECODE_BYTES) bytes.
 //! - Snapshots stream: a header naming the files, then their bytes, in
 //!   1 MiB pieces, straight into a staging directory on the receiver.
+//! - [`PeerNet`] is the raft layer's [`Transport`]: raft messages become
+//!   `Append`/`Vote`/`PreVote`/`Snapshot` requests, and their answers
+//!   and failures become raft's results and [`TransportError`]s.
 //! - Dials time out after [`CONNECT_TIMEOUT`]; failed dials back off
 //!   exponentially up to [`MAX_BACKOFF`]. A [`FaultFilter`] can drop or
 //!   delay messages to chosen nodes (for fault tests on one machine).
@@ -33,10 +36,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::codec;
-use crate::db::NodeRecord;
 use crate::proto::wire::{Request, Response};
-use crate::proto::Error;
-use crate::raft::{ShardRaftConfig as C, SnapshotMeta, Vote};
+use crate::proto::{Error, NodeRecord};
+use crate::raft::{ShardRaftConfig as C, SnapshotMeta, Transport, TransportError, Vote};
 use crate::storage::RegOp;
 
 use super::tls::{self, Identity};
@@ -199,6 +201,19 @@ impl From<PeerError> for Error {
     fn from(e: PeerError) -> Self {
         Error::Unavailable {
             reason: e.to_string(),
+        }
+    }
+}
+
+impl From<PeerError> for TransportError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Unreachable { .. } => TransportError::Unreachable {
+                reason: e.to_string(),
+            },
+            PeerError::Timeout { .. } | PeerError::Stream { .. } => TransportError::Network {
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -669,6 +684,103 @@ impl PeerNet {
     }
 }
 
+/// A peer's remote error.
+fn remote(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Remote {
+        reason: e.to_string(),
+    }
+}
+
+/// An answer of the wrong kind.
+fn unexpected(r: PeerResponse) -> TransportError {
+    TransportError::Network {
+        reason: format!("unexpected answer: {r:?}"),
+    }
+}
+
+/// The answer to a vote or a pre-vote.
+fn vote_answer(
+    r: Result<PeerResponse, PeerError>,
+) -> Result<openraft::raft::VoteResponse<C>, TransportError> {
+    match r? {
+        PeerResponse::Vote(r) => r.map_err(remote),
+        PeerResponse::Failed(e) => Err(remote(e)),
+        other => Err(unexpected(other)),
+    }
+}
+
+impl Transport for PeerNet {
+    fn append(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        rpc: openraft::raft::AppendEntriesRequest<C>,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<openraft::raft::AppendEntriesResponse<C>, TransportError>> {
+        Box::pin(async move {
+            match self
+                .call(node, &PeerRequest::Append { group, rpc }, ttl)
+                .await?
+            {
+                PeerResponse::Append(r) => r.map_err(remote),
+                PeerResponse::Failed(e) => Err(remote(e)),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn vote(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        rpc: openraft::raft::VoteRequest<C>,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<openraft::raft::VoteResponse<C>, TransportError>> {
+        Box::pin(async move {
+            vote_answer(
+                self.call(node, &PeerRequest::Vote { group, rpc }, ttl)
+                    .await,
+            )
+        })
+    }
+
+    fn pre_vote(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        rpc: openraft::raft::VoteRequest<C>,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<openraft::raft::VoteResponse<C>, TransportError>> {
+        Box::pin(async move {
+            vote_answer(
+                self.call(node, &PeerRequest::PreVote { group, rpc }, ttl)
+                    .await,
+            )
+        })
+    }
+
+    fn full_snapshot(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        vote: Vote,
+        meta: SnapshotMeta,
+        dir: PathBuf,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<openraft::raft::SnapshotResponse<C>, TransportError>> {
+        Box::pin(async move {
+            match self
+                .send_snapshot(node, group, vote, meta, &dir, ttl)
+                .await?
+            {
+                PeerResponse::Snapshot(r) => r.map_err(remote),
+                PeerResponse::Failed(e) => Err(remote(e)),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+}
+
 /// Every regular file under `dir`, as (relative path, size), sorted.
 fn list_files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
@@ -799,6 +911,38 @@ async fn read_msg<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_errors_reach_raft_as_unreachable_or_network_with_their_text() {
+        let unreachable = PeerError::Unreachable {
+            node: 3,
+            reason: "no known address".into(),
+        };
+        assert_eq!(
+            TransportError::from(unreachable),
+            TransportError::Unreachable {
+                reason: "node 3 unreachable: no known address".into()
+            }
+        );
+        let timeout = PeerError::Timeout {
+            node: 3,
+            after: Duration::from_millis(50),
+        };
+        assert_eq!(
+            TransportError::from(timeout),
+            TransportError::Network {
+                reason: "node 3 did not answer within 50ms".into()
+            }
+        );
+        let failed = remote(Error::Protocol {
+            reason: "bad".into(),
+        });
+        assert!(failed.to_string().starts_with("remote: "), "{failed}");
+        assert!(matches!(
+            unexpected(PeerResponse::Pong),
+            TransportError::Network { reason } if reason == "unexpected answer: Pong"
+        ));
+    }
 
     #[test]
     fn snapshot_file_names_must_stay_inside() {

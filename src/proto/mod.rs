@@ -3,9 +3,11 @@
 
 mod error;
 mod filter;
+mod node;
 mod ops;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, LimitExceeded, LimitKind, Result};
 pub use filter::{CmpOp, Filter, Scalar, MAX_FILTER_DEPTH, MAX_FILTER_PREDICATES, MAX_IN_VALUES};
+pub use node::NodeRecord;
 pub use ops::*;

@@ -1,9 +1,12 @@
 //! openraft wiring: the type config, the shared RocksDB log store with
-//! group commit, the shard state machine, and the group network.
+//! group commit, the shard state machine, and the group network over a
+//! [`Transport`] that a higher layer (`net::peer`) implements: raft
+//! names no transport.
 
 mod log_store;
 mod network;
 mod state_machine;
+mod transport;
 mod types;
 
 use std::collections::BTreeMap;
@@ -12,6 +15,7 @@ use std::sync::Arc;
 pub use log_store::{LogStore, RaftLogDb};
 pub use network::{member_node, LocalOnly, NoPeer, PeerClient, PeerNetwork};
 pub use state_machine::{ShardSnapshot, ShardStateMachine};
+pub use transport::{Transport, TransportError};
 pub use types::{
     io_other, Entry, LogId, ShardRaft, ShardRaftConfig, SnapshotMeta, StoredMembership, Vote,
 };
@@ -49,7 +53,7 @@ pub async fn start_single_node_group(
 }
 
 /// Starts (or restarts) a replica of a replicated group over the peer
-/// transport. `initial`: the group's first membership, used only when
+/// transport `net`. `initial`: the group's first membership, used only when
 /// this replica's log is empty and it is one of the initial replicas
 /// (replicas added later wait for the leader instead). Does not wait
 /// for an election.
@@ -59,7 +63,7 @@ pub async fn start_replicated_group(
     logs: &Arc<RaftLogDb>,
     group: u64,
     data: Arc<ShardData>,
-    net: Arc<crate::net::peer::PeerNet>,
+    net: Arc<dyn Transport>,
     initial: Option<BTreeMap<u64, openraft::BasicNode>>,
 ) -> Result<ShardRaft, Error> {
     let config = Arc::new(settings.to_openraft("vektagraf")?);

@@ -1,6 +1,6 @@
 //! Group networks: [`LocalOnly`] for a one-voter group (there is nobody
 //! to talk to), and [`PeerNetwork`] for a replicated group, over the
-//! node's QUIC peer transport.
+//! node's peer [`Transport`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,9 +12,8 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 
-use crate::net::peer::{PeerError, PeerNet, PeerRequest, PeerResponse};
-
 use super::state_machine::ShardSnapshot;
+use super::transport::{Transport, TransportError};
 use super::types::{ShardRaftConfig as C, Vote};
 
 /// Network factory for single-node groups.
@@ -68,24 +67,24 @@ impl RaftNetworkV2<C> for NoPeer {
 }
 
 /// Network factory of a replicated group: every message goes through the
-/// node's [`PeerNet`], tagged with the group. A member's
+/// node's [`Transport`], tagged with the group. A member's
 /// [`BasicNode::addr`] holds the id of the cluster node hosting it.
 #[derive(Clone)]
 pub struct PeerNetwork {
-    net: Arc<PeerNet>,
+    net: Arc<dyn Transport>,
     group: u64,
 }
 
 impl PeerNetwork {
     /// The network of `group` over `net`.
-    pub fn new(net: Arc<PeerNet>, group: u64) -> Self {
+    pub fn new(net: Arc<dyn Transport>, group: u64) -> Self {
         Self { net, group }
     }
 }
 
 /// A group's connection to one member.
 pub struct PeerClient {
-    net: Arc<PeerNet>,
+    net: Arc<dyn Transport>,
     group: u64,
     target: u64,
     node: Option<u64>,
@@ -115,31 +114,13 @@ impl PeerClient {
             Unreachable::from_string(format!("member {} names no cluster node", self.target))
         })
     }
-
-    fn rpc_err(&self, e: PeerError) -> RPCError<C> {
-        match e {
-            PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e)),
-            _ => RPCError::Network(NetworkError::from_string(e)),
-        }
-    }
-
-    async fn call(&self, req: PeerRequest, o: &RPCOption) -> Result<PeerResponse, RPCError<C>> {
-        let node = self.node().map_err(RPCError::Unreachable)?;
-        self.net
-            .call(node, &req, o.hard_ttl())
-            .await
-            .map_err(|e| self.rpc_err(e))
-    }
 }
 
-fn remote(e: impl std::fmt::Display) -> RPCError<C> {
-    RPCError::Network(NetworkError::from_string(format!("remote: {e}")))
-}
-
-fn unexpected(r: PeerResponse) -> RPCError<C> {
-    RPCError::Network(NetworkError::from_string(format!(
-        "unexpected answer: {r:?}"
-    )))
+fn rpc_err(e: TransportError) -> RPCError<C> {
+    match e {
+        TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e)),
+        _ => RPCError::Network(NetworkError::from_string(e)),
+    }
 }
 
 impl RaftNetworkV2<C> for PeerClient {
@@ -150,12 +131,11 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         o: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let group = self.group;
-        match self.call(PeerRequest::Append { group, rpc }, &o).await? {
-            PeerResponse::Append(r) => r.map_err(remote),
-            PeerResponse::Failed(e) => Err(remote(e)),
-            other => Err(unexpected(other)),
-        }
+        let node = self.node().map_err(RPCError::Unreachable)?;
+        let net = self.net.clone();
+        net.append(node, self.group, rpc, o.hard_ttl())
+            .await
+            .map_err(rpc_err)
     }
 
     async fn vote(
@@ -163,12 +143,11 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         o: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        let group = self.group;
-        match self.call(PeerRequest::Vote { group, rpc }, &o).await? {
-            PeerResponse::Vote(r) => r.map_err(remote),
-            PeerResponse::Failed(e) => Err(remote(e)),
-            other => Err(unexpected(other)),
-        }
+        let node = self.node().map_err(RPCError::Unreachable)?;
+        let net = self.net.clone();
+        net.vote(node, self.group, rpc, o.hard_ttl())
+            .await
+            .map_err(rpc_err)
     }
 
     async fn pre_vote(
@@ -176,12 +155,11 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         o: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        let group = self.group;
-        match self.call(PeerRequest::PreVote { group, rpc }, &o).await? {
-            PeerResponse::Vote(r) => r.map_err(remote),
-            PeerResponse::Failed(e) => Err(remote(e)),
-            other => Err(unexpected(other)),
-        }
+        let node = self.node().map_err(RPCError::Unreachable)?;
+        let net = self.net.clone();
+        net.pre_vote(node, self.group, rpc, o.hard_ttl())
+            .await
+            .map_err(rpc_err)
     }
 
     async fn full_snapshot(
@@ -192,27 +170,23 @@ impl RaftNetworkV2<C> for PeerClient {
         o: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let node = self.node().map_err(StreamingError::Unreachable)?;
-        let send = self.net.send_snapshot(
+        let send = self.net.clone().full_snapshot(
             node,
             self.group,
             vote,
             snapshot.meta.clone(),
-            &snapshot.snapshot.dir,
+            snapshot.snapshot.dir.clone(),
             o.hard_ttl(),
         );
         let r = tokio::select! {
             r = send => r,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        let stream_err = |e: String| StreamingError::Network(NetworkError::from_string(e));
-        match r {
-            Ok(PeerResponse::Snapshot(r)) => r.map_err(|e| stream_err(format!("remote: {e}"))),
-            Ok(PeerResponse::Failed(e)) => Err(stream_err(format!("remote: {e}"))),
-            Ok(other) => Err(stream_err(format!("unexpected answer: {other:?}"))),
-            Err(e @ PeerError::Unreachable { .. }) => {
-                Err(StreamingError::Unreachable(Unreachable::from_string(e)))
+        r.map_err(|e| match e {
+            TransportError::Unreachable { .. } => {
+                StreamingError::Unreachable(Unreachable::from_string(e))
             }
-            Err(e) => Err(stream_err(e.to_string())),
-        }
+            _ => StreamingError::Network(NetworkError::from_string(e)),
+        })
     }
 }

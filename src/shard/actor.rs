@@ -128,7 +128,7 @@ pub struct ShardArgs {
 #[derive(Clone)]
 pub struct ReplicaNet {
     /// The node's peer transport.
-    pub net: Arc<crate::net::peer::PeerNet>,
+    pub net: Arc<dyn crate::raft::Transport>,
     /// The group's first membership, when this replica is one of its
     /// initial members (it then initialises an empty log with it).
     pub initial: Option<std::collections::BTreeMap<u64, openraft::BasicNode>>,

@@ -1,0 +1,19 @@
+//! A cluster node's record: what the metadata group stores about it and
+//! what a joining node sends. Here, below both the engine (which keeps
+//! the registry) and the peer transport (which carries `Join`), so
+//! neither names the other.
+
+use serde::{Deserialize, Serialize};
+
+/// A cluster node as the metadata group records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id (also its raft id in group 0).
+    pub id: u64,
+    /// Peer endpoint address (QUIC, mutual TLS).
+    pub peer_addr: String,
+    /// Client endpoint address.
+    pub client_addr: String,
+    /// Removed by the admin: its replicas were placed elsewhere.
+    pub removed: bool,
+}
