@@ -157,11 +157,13 @@ async fn a_retried_write_gets_its_first_answer_even_when_its_limit_is_spent_by_t
         .create_collection(CollectionSpec::plain("docs"))
         .await
         .unwrap();
-    // From now on one write a minute: the first attempt spends it.
+    // From now on one write in 30 days (so no refusal lifts within the
+    // driver's deadline): the first attempt spends it.
     let admin = connect(&node, &node.admin_key, 0).await;
     let mut rate = admin.get_tenant("once").await.unwrap().rate_limit;
     rate.operation_types.insert(OperationType::Write, 1);
     rate.sliding_window = false;
+    rate.time_window = vektagraf::tenant::Window(Duration::from_secs(30 * 86_400));
     admin
         .update_tenant(
             "once",

@@ -292,27 +292,10 @@ impl TenantLimiter {
             st.rejected += 1;
             return Err(e);
         }
-        let mut refill = false;
-        if st.reserve.on {
-            let q = &st.quota;
-            let (daily, monthly) = match st.reserve.ceiling {
-                Some((day, daily, month, monthly))
-                    if day == q.day
-                        && month == q.month
-                        && q.daily < daily
-                        && q.monthly < monthly =>
-                {
-                    (daily, monthly)
-                }
-                _ => return Ok(Admit::Reserve),
-            };
-            let low = runs_low(daily, q.daily, st.daily_limit)
-                || runs_low(monthly, q.monthly, st.monthly_limit);
-            if low && !st.reserve.pending {
-                st.reserve.pending = true;
-                refill = true;
-            }
-        }
+        let refill = match Self::reservation_covers(&mut st) {
+            Some(refill) => refill,
+            None => return Ok(Admit::Reserve),
+        };
         Self::record_locked(&mut st, op, now_ms);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Admit::Permit(
@@ -321,6 +304,32 @@ impl TenantLimiter {
             },
             refill,
         ))
+    }
+
+    /// Whether the durable reservation covers one more request (`None`:
+    /// it does not; reserve first) and, if so, whether this caller should
+    /// start the next one (it runs low and none is pending). Always
+    /// covered where reservations are off (not the shard's leader).
+    fn reservation_covers(st: &mut State) -> Option<bool> {
+        if !st.reserve.on {
+            return Some(false);
+        }
+        let q = &st.quota;
+        let (daily, monthly) = match st.reserve.ceiling {
+            Some((day, daily, month, monthly))
+                if day == q.day && month == q.month && q.daily < daily && q.monthly < monthly =>
+            {
+                (daily, monthly)
+            }
+            _ => return None,
+        };
+        let low = runs_low(daily, q.daily, st.daily_limit)
+            || runs_low(monthly, q.monthly, st.monthly_limit);
+        if low && !st.reserve.pending {
+            st.reserve.pending = true;
+            return Some(true);
+        }
+        Some(false)
     }
 
     /// Counts one admitted request in the windows and the counters.
@@ -384,11 +393,9 @@ impl TenantLimiter {
                 }
                 break;
             }
-            if st.reserve.on {
-                let q = &st.quota;
-                let covered = matches!(st.reserve.ceiling, Some((day, daily, month, monthly))
-                    if day == q.day && month == q.month && q.daily < daily && q.monthly < monthly);
-                if !covered {
+            match Self::reservation_covers(&mut st) {
+                Some(r) => refill |= r,
+                None => {
                     if !st.reserve.pending {
                         st.reserve.pending = true;
                         refill = true;
@@ -397,16 +404,6 @@ impl TenantLimiter {
                         return Ok(Grant::Reserve);
                     }
                     break;
-                }
-                let (daily, monthly) = match st.reserve.ceiling {
-                    Some((_, d, _, m)) => (d, m),
-                    None => (0, 0),
-                };
-                let low = runs_low(daily, q.daily, st.daily_limit)
-                    || runs_low(monthly, q.monthly, st.monthly_limit);
-                if low && !st.reserve.pending {
-                    st.reserve.pending = true;
-                    refill = true;
                 }
             }
             Self::record_locked(&mut st, op, now_ms);
