@@ -176,6 +176,13 @@ impl Grants {
         debt: u64,
     ) -> Result<u64> {
         let t = db.tenant(tenant)?;
+        // Only the leader's limiter holds the authoritative budget: a
+        // node that lost the lead since the follower looked refuses.
+        if !t.raft().is_some_and(|r| crate::shard::is_leader(&r)) {
+            return Err(Error::Unavailable {
+                reason: format!("this node does not lead the shard of tenant {tenant}; retry"),
+            });
+        }
         let limiter = t.limiter();
         let ledger = self.ledgers.get_with(tenant.to_string(), || {
             Arc::new(Mutex::new(GrantLedger::default()))
