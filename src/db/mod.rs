@@ -98,6 +98,18 @@ impl Tenant {
         })
     }
 
+    /// The node whose replica leads the tenant's group, as this replica
+    /// sees it (`None`: no leader known, or no replica running here).
+    pub(crate) fn leader_node(&self) -> Option<u64> {
+        use openraft::async_runtime::WatchReceiver;
+        let leader = self.raft()?.metrics().borrow_watched().current_leader?;
+        self.replicas
+            .read()
+            .iter()
+            .find(|r| r.id == leader)
+            .map(|r| r.node)
+    }
+
     /// The tenant's limiter on this node.
     pub(crate) fn limiter(&self) -> &Arc<TenantLimiter> {
         &self.limiter

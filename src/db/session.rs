@@ -238,16 +238,11 @@ impl Session {
             {
                 Admit::Permit(p, refill) => {
                     if refill {
-                        if let Ok(actor) = self.tenant.actor() {
-                            let _ = actor.cast(ShardMsg::Reserve(None));
-                        }
+                        self.tenant.start_reservation();
                     }
                     return Ok(p);
                 }
-                Admit::Reserve => {
-                    let actor = self.tenant.actor()?;
-                    call_shard(&actor, |tx| ShardMsg::Reserve(Some(tx)), self.timeout()).await?;
-                }
+                Admit::Reserve => self.tenant.reserve(self.timeout()).await?,
             }
         }
         Err(Error::Unavailable {

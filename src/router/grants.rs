@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::db::Database;
-use crate::limits::grant::{grant_cap, GrantBucket, GrantLedger, Take, GRANT_TTL_MS};
+use crate::limits::grant::{GrantBucket, GrantLedger, Take, GRANT_TTL_MS};
 use crate::limits::Grant;
 use crate::proto::{Error, OperationType, Result};
 
@@ -214,12 +214,6 @@ impl Grants {
         Err(Error::Unavailable {
             reason: "request counters could not be reserved; retry".into(),
         })
-    }
-
-    /// The most one grant can be for a tenant with this limit, split
-    /// between `consumers` (for docs and tests).
-    pub fn cap(limit: u64, window_ms: u64, consumers: u64) -> u64 {
-        grant_cap(limit, window_ms, consumers)
     }
 }
 

@@ -49,12 +49,8 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
                     if stale || is_leader(&raft) {
                         return Ok(Route::Local);
                     }
-                    let leader = raft.metrics().borrow_watched().current_leader;
-                    if let Some(l) = leader {
-                        let node = t.replicas().iter().find(|r| r.id == l).map(|r| r.node);
-                        if let Some(n) = node.filter(|n| *n != c.me().id) {
-                            return Ok(Route::Remote(n));
-                        }
+                    if let Some(n) = t.leader_node().filter(|n| *n != c.me().id) {
+                        return Ok(Route::Remote(n));
                     }
                 }
             }
@@ -163,10 +159,7 @@ pub async fn serve_tenant(
 /// another node than this one: the hint a driver follows to send its
 /// next requests there directly.
 pub fn leader_hint(db: &Database, c: &Cluster, tenant: &str) -> Option<std::net::SocketAddr> {
-    let t = db.loaded(tenant)?;
-    let raft = t.raft()?;
-    let leader = raft.metrics().borrow_watched().current_leader?;
-    let node = t.replicas().iter().find(|r| r.id == leader)?.node;
+    let node = db.loaded(tenant)?.leader_node()?;
     (node != c.me().id).then(|| c.client_addr(node)).flatten()
 }
 
@@ -192,9 +185,7 @@ fn follower_of(db: &Database, c: &Cluster, tenant: &str) -> Result<Option<u64>> 
     if is_leader(&raft) {
         return Ok(None);
     }
-    let leader = raft.metrics().borrow_watched().current_leader;
-    let node = leader.and_then(|l| t.replicas().iter().find(|r| r.id == l).map(|r| r.node));
-    match node {
+    match t.leader_node() {
         Some(n) if n == c.me().id => Ok(None),
         Some(n) => Ok(Some(n)),
         None => Err(unavailable(format!(
