@@ -1152,3 +1152,153 @@ async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
     );
     assert!(first_fresh.is_some(), "no write succeeded after the kill");
 }
+
+/// Every object of a tenant (collection `kv`, then `vecs`), by id.
+async fn tenant_objects(c: &Client) -> Vec<vektagraf::proto::Object> {
+    let mut out = Vec::new();
+    for coll in ["kv", "vecs"] {
+        let mut after: Option<String> = None;
+        loop {
+            let page = retry(|| c.scan(coll, after.as_deref(), 200)).await;
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|o| o.id.clone());
+            out.extend(page);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_exported_from_one_cluster_imports_into_another_equal_and_a_tampered_file_fails() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("acme.vkx");
+    // Cluster A: a tenant with two collections, vectors, edges, reads.
+    let (objects, edges, usage, config) = {
+        let c = TestCluster::start("ea", 3, 3).await;
+        let mut cfg = roomy("acme");
+        cfg.custom_settings =
+            vektagraf::proto::Properties::from_json(serde_json::json!({"region": "eu"})).unwrap();
+        let key = c.tenant("acme", Some(cfg)).await;
+        let admin = c.admin(1).await;
+        admin.create_user("acme", "carol").await.unwrap();
+        let t = c.client(2, &key).await;
+        retry(|| t.create_collection(CollectionSpec::vectors("vecs", 4))).await;
+        let mut ops = Vec::new();
+        for i in 0..300u32 {
+            let f = i as f32;
+            ops.push(vektagraf::proto::WriteOp::Put(
+                NewObject::new("vecs", &format!("v{i:04}"), serde_json::json!({"i": i}))
+                    .with_vector(vec![f, f * 0.5, 1.0 / (f + 1.0), -f]),
+            ));
+            ops.push(vektagraf::proto::WriteOp::Put(NewObject::new(
+                "kv",
+                &format!("k{i:04}"),
+                serde_json::json!({"s": format!("value {i}")}),
+            )));
+        }
+        for chunk in ops.chunks(100) {
+            for r in t.batch(chunk.to_vec()).await {
+                r.unwrap();
+            }
+        }
+        let edges: Vec<_> = (0..200u32)
+            .map(|i| {
+                vektagraf::proto::WriteOp::PutEdge(vektagraf::proto::Edge {
+                    from: format!("v{i:04}"),
+                    label: "near".into(),
+                    to: format!("k{:04}", (i * 13) % 300),
+                    properties: vektagraf::proto::Properties::new(),
+                })
+            })
+            .collect();
+        for chunk in edges.chunks(100) {
+            retry(|| t.transaction(chunk.to_vec())).await;
+        }
+        for i in 0..20 {
+            t.get(&format!("k{i:04}")).await.unwrap();
+        }
+        // Export through a node that does not lead the shard (forwarded).
+        let leader = c.shard_leader("acme", 1).await;
+        let via = (1..=3).find(|n| *n != leader).unwrap();
+        let admin_via = c.admin(via).await;
+        let usage = admin.usage(Some("acme")).await.unwrap();
+        let opts = vektagraf::migrate::ExportOptions {
+            tenant_id: "acme".into(),
+            out: file.clone(),
+            since_ms: None,
+            progress: false,
+        };
+        let s = vektagraf::migrate::export_tenant(&admin_via, &opts)
+            .await
+            .unwrap();
+        eprintln!(
+            "exported {} objects, {} edges at index {} via node {via} (leader {leader})",
+            s.manifest.counts.objects, s.manifest.counts.edges, s.applied_index
+        );
+        assert_eq!(s.manifest.counts.objects, 600);
+        assert_eq!(s.manifest.counts.vectors, 300);
+        assert_eq!(s.manifest.counts.edges, 200);
+        let objects = tenant_objects(&t).await;
+        assert_eq!(objects.len(), 600);
+        (
+            objects,
+            200u64,
+            usage,
+            admin.get_tenant("acme").await.unwrap(),
+        )
+    };
+    // Cluster B: import under another id, through node 2.
+    let c = TestCluster::start("eb", 3, 3).await;
+    let admin = c.admin(2).await;
+    let mut opts = vektagraf::migrate::ImportOptions::new(&file);
+    opts.as_tenant = Some("acme-b".into());
+    opts.batch = 250;
+    let s = vektagraf::migrate::import_tenant(&admin, &opts)
+        .await
+        .unwrap();
+    assert!(s.verified);
+    let got = admin.usage(Some("acme-b")).await.unwrap();
+    assert_eq!(got.storage.objects, usage.storage.objects);
+    assert_eq!(got.storage.vectors, usage.storage.vectors);
+    assert_eq!(got.storage.edges, edges);
+    assert_eq!(got.requests.by_operation, usage.requests.by_operation);
+    let mut cfg = admin.get_tenant("acme-b").await.unwrap();
+    cfg.tenant_id = "acme".into();
+    assert_eq!(cfg, config);
+    let mut users = admin.list_users("acme-b").await.unwrap();
+    users.sort();
+    assert_eq!(users, vec!["carol".to_string(), "u".to_string()]);
+    let (key, _) = admin
+        .create_key(KeyKind::Tenant, Some("acme-b"), Some("carol"), None)
+        .await
+        .unwrap();
+    let t = c.client(3, &key).await;
+    assert_eq!(tenant_objects(&t).await, objects);
+    // A file with one byte changed in a record fails before any write.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] = if bytes[at] == b'7' { b'8' } else { b'7' };
+    let bad = work.path().join("bad.vkx");
+    std::fs::write(&bad, &bytes).unwrap();
+    let mut opts = vektagraf::migrate::ImportOptions::new(&bad);
+    opts.as_tenant = Some("acme-c".into());
+    let e = vektagraf::migrate::import_tenant(&admin, &opts)
+        .await
+        .unwrap_err();
+    eprintln!("tampered file: {e}");
+    assert!(matches!(
+        e.error,
+        vektagraf::migrate::MigrateError::Checksum { .. }
+            | vektagraf::migrate::MigrateError::Damaged { .. }
+    ));
+    assert!(matches!(
+        admin.get_tenant("acme-c").await,
+        Err(Error::TenantNotFound { .. })
+    ));
+}

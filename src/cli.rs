@@ -1,5 +1,7 @@
 //! The operator CLI, built only on the client driver.
 
+mod migrate;
+
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -211,6 +213,35 @@ pub enum TenantCmd {
     List,
     /// Usage of a tenant.
     Usage { id: String },
+    /// Exports a whole tenant (config, users, collections, objects with
+    /// timestamps and vectors, edges, request counters) from one
+    /// consistent cut into a file with a manifest of counts and checksums.
+    Export {
+        /// Tenant id.
+        id: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only objects created or updated since this UTC date or time
+        /// (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or ms), and the edges
+        /// touching them. Deletions are not carried.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Imports a tenant export file, resumably, and verifies the result.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// Import under this tenant id.
+        #[arg(long = "as")]
+        as_id: Option<String>,
+        /// Records per import request (1 to 1000).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Stop after this many record batches (tests of resumption).
+        #[arg(long, hide = true)]
+        stop_after_batches: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -560,6 +591,17 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 print(out, &rows)?
             }
             TenantCmd::Usage { id } => print(out, &c.usage(Some(&id)).await?)?,
+            TenantCmd::Export {
+                id,
+                out: file,
+                since,
+            } => migrate::export(c, out, &id, file, since).await?,
+            TenantCmd::Import {
+                file,
+                as_id,
+                batch,
+                stop_after_batches,
+            } => migrate::import(c, out, file, as_id, batch, stop_after_batches).await?,
         },
         Remote::User { cmd } => match cmd {
             UserCmd::Create { tenant, user } => {

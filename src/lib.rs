@@ -19,6 +19,7 @@
 //! | [`auth`] | API keys |
 //! | [`net`] | TLS, framing, the QUIC server, the peer transport (implements `raft::Transport`) |
 //! | [`client`] | the QUIC client driver |
+//! | [`migrate`] | whole-tenant export and import files, on the driver (the node's side is in `db`) |
 //! | [`codec`] | the one binary encoding (bincode 2) |
 //!
 //! Dependency rule (one way, top to bottom):
@@ -44,7 +45,8 @@
 //! the router it hands requests to. `tests/t05_layers.rs` checks these
 //! rules. `proto` imports nothing else of the crate but `codec` and the
 //! shared `tenant` types; `client` imports only `proto`, `tenant` and
-//! `net::{tls, frame}`; the pure modules (`tenant`, `limits`) import only
+//! `net::{tls, frame}`; `migrate` only `client`, `proto`, `tenant`,
+//! `codec`, `util` and `limits::calendar`; the pure modules (`tenant`, `limits`) import only
 //! `proto`; `storage`, `vector` and `raft` know nothing of actors; only
 //! `shard`, `db`, `router` and `node` start actors.
 
@@ -56,6 +58,7 @@ pub mod codec;
 pub mod config;
 pub mod db;
 pub mod limits;
+pub mod migrate;
 pub mod net;
 pub mod node;
 pub mod proto;

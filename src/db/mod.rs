@@ -7,6 +7,7 @@
 //! raft handles, placement and quiescence state) and attaches itself as
 //! the engine's [`ClusterHooks`] and [`MetaGroup`].
 
+mod export;
 mod keys;
 mod registry;
 mod session;
@@ -184,6 +185,8 @@ pub(crate) struct Inner {
     keys: keys::KeyCache,
     /// Serialises tenant lifecycle changes (create, update, delete).
     lifecycle: tokio::sync::Mutex<()>,
+    /// Open tenant export cursors (`db/export.rs`).
+    exports: export::Exports,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -255,6 +258,7 @@ impl Database {
             });
         }
         std::fs::create_dir_all(dir.join("shards")).map_err(io)?;
+        export::remove_leftovers(&dir);
         let tiers = if config.node.tiers_file.is_empty() {
             Tiers::default()
         } else {
@@ -301,6 +305,7 @@ impl Database {
                 supervisor,
                 keys: keys::KeyCache::default(),
                 lifecycle: tokio::sync::Mutex::new(()),
+                exports: export::Exports::default(),
             }),
         };
         if clustered {

@@ -3,6 +3,7 @@
 
 mod error;
 mod filter;
+pub mod migrate;
 mod node;
 mod ops;
 pub mod wire;

@@ -312,6 +312,21 @@ pub enum Request {
         /// The write.
         request: Box<Request>,
     },
+    /// Opens a consistent export of a tenant on its shard leader (admin;
+    /// `vektagraf tenant export`).
+    ExportOpen(super::migrate::ExportOpen),
+    /// The next page of an open export (admin).
+    ExportPage(super::migrate::ExportPageRequest),
+    /// Closes an export cursor (admin).
+    ExportClose {
+        /// The tenant.
+        tenant_id: String,
+        /// The cursor.
+        cursor: u64,
+    },
+    /// One step of restoring an export into a tenant (admin;
+    /// `vektagraf tenant import`).
+    Import(super::migrate::ImportRequest),
 }
 
 impl Request {
@@ -384,6 +399,10 @@ pub enum Response {
     ClusterNodes(Vec<ClusterNode>),
     /// A tenant shard group's placement.
     ShardInfo(ShardInfo),
+    /// An opened export.
+    ExportOpened(super::migrate::ExportHead),
+    /// A page of an export.
+    ExportPage(super::migrate::ExportPage),
 }
 
 /// A tenant shard group's placement, as one of its replicas sees it.

@@ -147,6 +147,13 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::NewKey { api_key, info }
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
+        ExportOpen(open) => Response::ExportOpened(db.export_open(open).await?),
+        ExportPage(page) => Response::ExportPage(db.export_page(page).await?),
+        ExportClose { tenant_id, cursor } => {
+            db.export_close(&tenant_id, cursor)?;
+            Response::Ok
+        }
+        Import(step) => Response::Batch(db.import(step).await?),
         ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
             return Err(Error::invalid(
                 "request",

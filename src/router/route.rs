@@ -225,16 +225,24 @@ impl AskLeader for LeaderNode {
     }
 }
 
-/// Serves an admin request: on group 0's leader, or for a tenant's usage
-/// and shard info, on its shard leader (the authoritative counts).
+/// Serves an admin request: on group 0's leader, or for a tenant's usage,
+/// shard info, export and import, on its shard leader (the authoritative
+/// counts and state).
 pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> Result<Response> {
     let target = match &req {
         Request::ClusterNodes => return cluster_nodes(db, c).map(Response::ClusterNodes),
         Request::ListKeys(_) => None,
-        Request::Usage(Some(t)) | Request::ShardInfo(t) => match route(db, c, t, false).await? {
-            Route::Local => None,
-            Route::Remote(n) => Some(n),
-        },
+        Request::Usage(Some(t))
+        | Request::ShardInfo(t)
+        | Request::ExportOpen(crate::proto::migrate::ExportOpen { tenant_id: t, .. })
+        | Request::ExportPage(crate::proto::migrate::ExportPageRequest { tenant_id: t, .. })
+        | Request::ExportClose { tenant_id: t, .. }
+        | Request::Import(crate::proto::migrate::ImportRequest { tenant_id: t, .. }) => {
+            match route(db, c, t, false).await? {
+                Route::Local => None,
+                Route::Remote(n) => Some(n),
+            }
+        }
         _ => {
             let deadline = Instant::now() + LEADER_WAIT;
             loop {

@@ -365,6 +365,17 @@ impl<'s> Overlay<'s> {
     }
 
     fn put(&mut self, obj: &NewObject, now_ms: u64) -> Result<WriteOutcome, Error> {
+        self.put_stamped(obj, now_ms, None)
+    }
+
+    /// A put; `stamps` (`created_at`, `updated_at`) replace the usual
+    /// ones (kept `created_at`, `now_ms`) when restoring an export.
+    fn put_stamped(
+        &mut self,
+        obj: &NewObject,
+        now_ms: u64,
+        stamps: Option<(u64, u64)>,
+    ) -> Result<WriteOutcome, Error> {
         validate_name("id", &obj.id, MAX_OBJECT_ID_LEN)?;
         let spec = self
             .meta
@@ -387,8 +398,9 @@ impl<'s> Overlay<'s> {
         let mut rec = ObjectRecord {
             collection: obj.collection.clone(),
             properties: obj.properties.clone(),
-            created_at: old.as_ref().map_or(now_ms, |o| o.created_at),
-            updated_at: now_ms,
+            created_at: stamps
+                .map_or_else(|| old.as_ref().map_or(now_ms, |o| o.created_at), |s| s.0),
+            updated_at: stamps.map_or(now_ms, |s| s.1),
             vector: obj.vector.clone(),
             vid: 0,
         };
@@ -742,6 +754,30 @@ pub fn apply(
             CommandResult::Done(Ok(victims.len() as u64))
         }
         Command::Registry(ops) => CommandResult::Done(Ok(apply_registry(store, ops, batch)?)),
+        Command::Restore { objects, edges } => {
+            let mut results = Vec::with_capacity(objects.len() + edges.len());
+            for o in objects {
+                let new = NewObject {
+                    id: o.id.clone(),
+                    collection: o.collection.clone(),
+                    properties: o.properties.clone(),
+                    vector: o.vector.clone(),
+                };
+                results.push(ov.put_stamped(
+                    &new,
+                    o.updated_at,
+                    Some((o.created_at, o.updated_at)),
+                ));
+            }
+            for e in edges {
+                results.push(ov.put_edge(e));
+            }
+            ov.flush_into(batch)?;
+            CommandResult::Write {
+                results,
+                warnings: std::mem::take(&mut ov.warnings),
+            }
+        }
     };
     Ok(Applied {
         result,

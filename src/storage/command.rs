@@ -75,6 +75,17 @@ pub enum Command {
         /// Most results forgotten by this command.
         max: u32,
     },
+    /// Restores exported records (tenant import, admin only): objects
+    /// keep their `created_at` and `updated_at`, then edges are put. Like
+    /// a batch, each record gets its own result (objects first) and the
+    /// storage limits are enforced; restoring a record twice writes the
+    /// same state.
+    Restore {
+        /// Objects with their timestamps.
+        objects: Vec<crate::proto::Object>,
+        /// Edges.
+        edges: Vec<crate::proto::Edge>,
+    },
 }
 
 /// The exactly-once results of one request as stored (a batch split into
@@ -164,6 +175,14 @@ impl fmt::Display for Command {
                 client, seq, cmd, ..
             } => write!(f, "once({client:x}/{seq}: {cmd})"),
             Command::ExpireOnce { before_ms, .. } => write!(f, "expire_once({before_ms})"),
+            Command::Restore { objects, edges } => {
+                write!(
+                    f,
+                    "restore({} objects, {} edges)",
+                    objects.len(),
+                    edges.len()
+                )
+            }
         }
     }
 }
