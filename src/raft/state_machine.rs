@@ -21,7 +21,9 @@ use super::types::{io_other, LogId, ShardRaftConfig as C, SnapshotMeta, StoredMe
 const APPLY_CHUNK: usize = 256;
 
 /// A snapshot on local disk: a directory holding `db/` (a RocksDB
-/// checkpoint) and `meta.bin` (the encoded [`SnapshotMeta`]).
+/// checkpoint), `faiss/` (the vector indexes as of the checkpoint, see
+/// `vector::read_image`) and `meta.bin` (the encoded [`SnapshotMeta`]).
+/// The transport ships every file under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardSnapshot {
     /// The directory.
@@ -126,8 +128,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
         let data = self.data.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            data.install_snapshot(&snapshot.dir.join("db"))
-                .map_err(io_other)?;
+            // Loads the shipped index files where they match; the report
+            // is logged per collection and kept on the data.
+            data.install_snapshot(&snapshot.dir).map_err(io_other)?;
             // Keep it as our current snapshot unless it already is one of ours.
             let snaps = data.dir().join("snapshots");
             if !snapshot.dir.starts_with(&snaps) {

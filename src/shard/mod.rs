@@ -9,5 +9,7 @@ pub use actor::{
     is_leader, propose, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
     ShardMsg, ShardSlot,
 };
-pub use data::{copy_dir, write_atomic, ShardData, MAX_FILTER_SCAN};
+pub use data::{
+    copy_dir, write_atomic, IndexOrigin, IndexReport, ShardData, SnapshotStats, MAX_FILTER_SCAN,
+};
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

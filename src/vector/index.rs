@@ -8,10 +8,10 @@
 //! * Cosine vectors are normalised and searched by inner product.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use faiss::index::autotune::ParameterSpace;
+use faiss::index::TryClone;
 use faiss::index::{IndexImpl, SearchWithParamsMut};
 use faiss::search_params::SearchParameters;
 use faiss::selector::IdSelector;
@@ -330,58 +330,102 @@ impl VectorIndex {
         Ok(r.labels.iter().filter_map(|l| l.get()).collect())
     }
 
-    /// Writes the index to `path` (temp file, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let tmp = path.with_extension("tmp");
-        let tmp_str = tmp
-            .to_str()
-            .ok_or_else(|| Error::storage("non-UTF-8 path"))?;
-        faiss::write_index(&self.index, tmp_str).map_err(faiss_err)?;
-        let f = std::fs::File::open(&tmp).map_err(Error::storage)?;
-        f.sync_all().map_err(Error::storage)?;
-        std::fs::rename(&tmp, path).map_err(Error::storage)?;
-        Ok(())
+    /// A copy of the index as it is now, to be written out later
+    /// ([`IndexImage::write`](super::IndexImage::write)) without holding
+    /// whatever lock keeps it still: FAISS clones the index in memory
+    /// (about a copy of its vectors and graph).
+    pub fn image(&self) -> Result<IndexImage, Error> {
+        Ok(IndexImage {
+            spec: self.spec.clone(),
+            index: self.index.try_clone().map_err(faiss_err)?,
+            live: self.live.iter().copied().collect(),
+            tombstones: self.tombstones.iter().copied().collect(),
+            trained_ivf: self.trained_ivf,
+        })
     }
 
-    /// Reads an index written by [`save`](Self::save), given its live labels.
-    pub fn load(
+    /// An index read back from an image: `index` holds exactly the labels
+    /// `live` and `tombstones` (HNSW), and was trained for IVF when
+    /// `trained_ivf`. Object ids are set afterwards ([`set_id`](Self::set_id)).
+    pub(super) fn from_parts(
         spec: &CollectionSpec,
-        path: &Path,
+        index: IndexImpl,
         live: HashSet<u64>,
+        tombstones: HashSet<u64>,
+        trained_ivf: bool,
     ) -> Result<VectorIndex, Error> {
-        let dim = spec.dimension.unwrap_or(0) as usize;
-        let p = path
-            .to_str()
-            .ok_or_else(|| Error::storage("non-UTF-8 path"))?;
-        let index = faiss::read_index(p).map_err(faiss_err)?;
-        let mut vi = VectorIndex {
+        let dim = spec
+            .dimension
+            .ok_or_else(|| Error::invalid("dimension", "collection has no vectors"))?
+            as usize;
+        if index.d() as usize != dim {
+            return Err(Error::storage(format!(
+                "index has dimension {}, the collection {dim}",
+                index.d()
+            )));
+        }
+        let total = live.len() as u64 + tombstones.len() as u64;
+        if index.ntotal() != total {
+            return Err(Error::storage(format!(
+                "index holds {} vectors, its labels {total}",
+                index.ntotal()
+            )));
+        }
+        let trained_ivf = trained_ivf && matches!(spec.index, IndexKind::Ivf { .. });
+        let mut index = index;
+        let ps = ParameterSpace::new().map_err(faiss_err)?;
+        match spec.index {
+            IndexKind::Hnsw { ef_search, .. } => {
+                ps.set_index_parameter(&index, "efSearch", ef_search as f64)
+                    .map_err(faiss_err)?;
+            }
+            IndexKind::Ivf { nprobe, .. } if trained_ivf => {
+                ps.set_index_parameter(&index, "nprobe", nprobe as f64)
+                    .map_err(faiss_err)?;
+            }
+            _ => {}
+        }
+        index.set_verbose(false);
+        Ok(VectorIndex {
             spec: spec.clone(),
             dim,
-            trained_ivf: matches!(spec.index, IndexKind::Ivf { nlist, .. } if live.len() >= nlist as usize * 39),
             index,
             live,
             ids: Default::default(),
-            tombstones: HashSet::new(),
-        };
-        if vi.index.ntotal() as usize != vi.live.len() {
-            // Stale file (HNSW tombstones were not saved): rebuild from what it holds.
-            let have = vi.index.ntotal();
-            return Err(Error::storage(format!(
-                "index file holds {have} vectors, expected {}",
-                vi.live.len()
-            )));
-        }
-        let ps = ParameterSpace::new().map_err(faiss_err)?;
-        if let IndexKind::Hnsw { ef_search, .. } = spec.index {
-            ps.set_index_parameter(&vi.index, "efSearch", ef_search as f64)
-                .map_err(faiss_err)?;
-        }
-        if let (IndexKind::Ivf { nprobe, .. }, true) = (spec.index, vi.trained_ivf) {
-            ps.set_index_parameter(&vi.index, "nprobe", nprobe as f64)
-                .map_err(faiss_err)?;
-        }
-        vi.index.set_verbose(false);
-        Ok(vi)
+            tombstones,
+            trained_ivf,
+        })
+    }
+
+    /// The live labels.
+    pub fn labels(&self) -> impl Iterator<Item = u64> + '_ {
+        self.live.iter().copied()
+    }
+}
+
+/// A point-in-time copy of a [`VectorIndex`] (see [`VectorIndex::image`]).
+pub struct IndexImage {
+    pub(super) spec: CollectionSpec,
+    pub(super) index: IndexImpl,
+    pub(super) live: Vec<u64>,
+    pub(super) tombstones: Vec<u64>,
+    pub(super) trained_ivf: bool,
+}
+
+impl std::fmt::Debug for IndexImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexImage")
+            .field("collection", &self.spec.name)
+            .field("live", &self.live.len())
+            .field("tombstones", &self.tombstones.len())
+            .finish()
+    }
+}
+
+impl IndexImage {
+    /// The collection.
+    pub fn spec(&self) -> &CollectionSpec {
+        &self.spec
     }
 }
 
@@ -449,28 +493,5 @@ mod tests {
         assert_eq!(hits[0].0, 1);
         assert!(hits[0].1.abs() < 1e-6);
         assert!((hits[1].1 - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn save_and_load_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = spec(
-            IndexKind::Hnsw {
-                m: 8,
-                ef_search: 16,
-            },
-            Metric::L2,
-        );
-        let mut ix = VectorIndex::new(&s).unwrap();
-        fill(&mut ix, 50);
-        let p = dir.path().join("c.faiss");
-        ix.save(&p).unwrap();
-        let live = (1..=50).collect();
-        let mut back = VectorIndex::load(&s, &p, live).unwrap();
-        let q = [7.0, 3.5, 1.0, -7.0];
-        assert_eq!(
-            back.search(&q, 3, None).unwrap(),
-            ix.search(&q, 3, None).unwrap()
-        );
     }
 }

@@ -1,5 +1,7 @@
-//! Vector indexes over FAISS.
+//! Vector indexes over FAISS, and their files in snapshots.
 
+mod image;
 mod index;
 
-pub use index::{Hit, VectorIndex};
+pub use image::{read_image, spec_fingerprint, IMAGE_VERSION};
+pub use index::{Hit, IndexImage, VectorIndex};
