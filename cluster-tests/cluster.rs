@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use lincheck::{Op, OpKind};
 use vektagraf::client::{Client, ClientOptions};
-use vektagraf::proto::wire::KeyKind;
-use vektagraf::proto::{CollectionSpec, Error, LimitKind, NewObject, WriteOutcome};
+use vektagraf::proto::wire::{KeyKind, ShardInfo};
+use vektagraf::proto::{
+    CollectionSpec, Error, JobState, LimitKind, MoveJob, NewObject, WriteOutcome,
+};
 use vektagraf::tenant::Window;
 use vektagraf::{TenantConfig, Tiers};
 
@@ -80,6 +82,13 @@ impl TestCluster {
     /// Creates namespaces and certificates for `capacity` nodes and starts
     /// the first `n` (node 1 bootstraps, the rest join).
     async fn start(name: &str, n: usize, capacity: usize) -> TestCluster {
+        Self::start_with(name, n, capacity, "").await
+    }
+
+    /// [`TestCluster::start`] with `extra` lines in each node's
+    /// `[cluster]` section. Rebalancing on join is off unless `extra`
+    /// turns it on (most tests place replicas themselves).
+    async fn start_with(name: &str, n: usize, capacity: usize, extra: &str) -> TestCluster {
         let prefix = format!("vk{}{name}x", std::process::id() % 10_000);
         netns(&["create", &prefix, &capacity.to_string()]);
         let dir = PathBuf::from(format!("/var/tmp/vektagraf-cluster-tests/{prefix}"));
@@ -108,7 +117,13 @@ impl TestCluster {
                  [raft]\nheartbeat_ms = 200\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_every = 300\nkeep_after_snapshot = 50\n\
                  [server]\nlisten = \"{ip}:{CLIENT_PORT}\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\n\
                  [cluster]\nenabled = true\nnode_id = {i}\npeer_listen = \"{ip}:{PEER_PORT}\"\n\
-                 ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n",
+                 ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n\
+                 {rebalance}{extra}\n",
+                rebalance = if extra.contains("rebalance_on_join") {
+                    ""
+                } else {
+                    "rebalance_on_join = false\n"
+                },
                 d = dir.display(),
                 c = c.display(),
                 ip = Self::ip(i),
@@ -312,6 +327,10 @@ struct Workload {
     inserted: std::sync::Mutex<Vec<String>>,
     stop: AtomicBool,
     seq: AtomicU64,
+    /// Requests that failed after the driver's retries, and the first
+    /// few errors.
+    failed: AtomicU64,
+    errors: std::sync::Mutex<Vec<String>>,
 }
 
 const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
@@ -324,7 +343,17 @@ impl Workload {
             inserted: std::sync::Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            errors: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    fn failure(&self, client: u64, e: &Error) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 20 {
+            errors.push(format!("client {client} at {:?}: {e}", self.t0.elapsed()));
+        }
     }
 
     fn now(&self) -> u64 {
@@ -356,7 +385,10 @@ impl Workload {
                             call,
                             ret: Some(ret),
                         },
-                        Err(_) => continue,
+                        Err(e) => {
+                            self.failure(id, &e);
+                            continue;
+                        }
                     };
                     self.ops.lock().unwrap().push(op);
                 }
@@ -365,6 +397,9 @@ impl Workload {
                     let obj = NewObject::new("kv", key, serde_json::json!({ "v": v }));
                     let r = client.put(obj).await;
                     let ret = self.now();
+                    if let Err(e) = &r {
+                        self.failure(id, e);
+                    }
                     self.ops.lock().unwrap().push(Op {
                         client: id,
                         key: key.into(),
@@ -377,8 +412,9 @@ impl Workload {
                 _ => {
                     let u = format!("u{id}-{n}");
                     let obj = NewObject::new("kv", &u, serde_json::json!({ "v": "x" }));
-                    if client.put(obj).await.is_ok() {
-                        self.inserted.lock().unwrap().push(u);
+                    match client.put(obj).await {
+                        Ok(_) => self.inserted.lock().unwrap().push(u),
+                        Err(e) => self.failure(id, &e),
                     }
                 }
             }
@@ -1151,6 +1187,398 @@ async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
         "writes failed across the failover: {failed:?}"
     );
     assert!(first_fresh.is_some(), "no write succeeded after the kill");
+}
+
+// ----- tenant moves, rebalancing and drains -----
+
+/// Move tests: a slow snapshot stream (1 MB/s), so a move of a tenant
+/// with a few MB takes seconds and faults land in its middle.
+const SLOW_MOVES: &str = "snapshot_mb_per_s = 1\nmove_stall_timeout_ms = 60000\n";
+
+/// Writes `n` objects of about 1 KB each into `kv` (batches of 100).
+async fn preload(c: &TestCluster, key: &str, n: usize) {
+    let client = c.client(1, key).await;
+    let pad = "x".repeat(1000);
+    for start in (0..n).step_by(100) {
+        let ops: Vec<vektagraf::proto::WriteOp> = (start..(start + 100).min(n))
+            .map(|i| {
+                vektagraf::proto::WriteOp::Put(NewObject::new(
+                    "kv",
+                    &format!("pre{i}"),
+                    serde_json::json!({ "v": "pre", "pad": pad }),
+                ))
+            })
+            .collect();
+        retry(|| client.transaction(ops.clone())).await;
+    }
+}
+
+/// Polls job `id` until it reaches a state `ready` accepts or ends.
+async fn job_until(
+    admin: &Client,
+    id: u64,
+    secs: u64,
+    ready: impl Fn(JobState) -> bool,
+) -> MoveJob {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(j) = admin.job(id).await {
+            if ready(j.state) || j.state.is_terminal() {
+                return j;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not get there in {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn job_end(admin: &Client, id: u64, secs: u64) -> MoveJob {
+    let j = job_until(admin, id, secs, |s| s.is_terminal()).await;
+    eprintln!("job {id} ended: {j:?}");
+    j
+}
+
+/// Waits until `tenant`'s group has exactly the replicas of its record
+/// as voters, no learners and no change under way; returns its info.
+async fn settled(admin: &Client, tenant: &str, secs: u64) -> ShardInfo {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(i) = admin.shard_info(tenant).await {
+            let mut record: Vec<u64> = i.replicas.iter().map(|r| r.0).collect();
+            record.sort();
+            let mut voters = i.voters.clone();
+            voters.sort();
+            if voters == record && i.learners.is_empty() && !i.joint && i.leader_node.is_some() {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group of {tenant} did not settle: {i:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn nodes_of(i: &ShardInfo) -> std::collections::BTreeSet<u64> {
+    i.replicas.iter().map(|r| r.1).collect()
+}
+
+/// The node of 1..=n holding no replica of the group.
+fn free_node(i: &ShardInfo, n: u64) -> u64 {
+    (1..=n)
+        .find(|x| !nodes_of(i).contains(x))
+        .expect("a free node")
+}
+
+async fn driver_node(admin: &Client) -> u64 {
+    retry(|| admin.cluster_nodes())
+        .await
+        .iter()
+        .find(|n| n.leader)
+        .map(|n| n.id)
+        .expect("group 0 has a leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_moves_to_another_node_under_load_with_no_failed_request() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("m", 3, 4, SLOW_MOVES).await;
+    let key = c.tenant("acme", None).await;
+    c.spawn(4).await;
+    preload(&c, &key, 2000).await;
+    let admin = c.admin(4).await;
+    let before = retry(|| admin.usage(Some("acme"))).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 4]).await;
+    sleep_s(1.0).await;
+    let info = settled(&admin, "acme", 30).await;
+    // The leader's replica moves: the hardest case (a hand-over).
+    let from = info.leader_node.unwrap();
+    let to = free_node(&info, 4);
+    let job = admin.move_tenant("acme", to, Some(from)).await.unwrap();
+    eprintln!(
+        "moving acme's replica from node {from} to node {to}: job {}",
+        job.id
+    );
+    let job = job_end(&admin, job.id, 180).await;
+    assert_eq!(job.state, JobState::Done, "{job:?}");
+    let after = settled(&admin, "acme", 30).await;
+    sleep_s(1.0).await;
+    stop_workload(&w, tasks).await;
+    assert!(
+        nodes_of(&after).contains(&to) && !nodes_of(&after).contains(&from),
+        "{after:?}"
+    );
+    assert_eq!(after.voters.len(), 3, "{after:?}");
+    let failed = w.failed.load(Ordering::Relaxed);
+    assert_eq!(
+        failed,
+        0,
+        "requests failed during the move: {:?}",
+        w.errors.lock().unwrap()
+    );
+    // The source purged its replica.
+    let log = std::fs::read_to_string(c.log(from as usize)).unwrap();
+    assert!(
+        log.contains("replica no longer placed here"),
+        "node {from} kept its replica"
+    );
+    // Usage moved with the shard: exact object counts, request counts
+    // never went back.
+    let usage = retry(|| admin.usage(Some("acme"))).await;
+    let reader = c.client(to as usize, &key).await;
+    let mut keys_written = 0;
+    for k in KEYS {
+        if retry(|| reader.get(k)).await.is_some() {
+            keys_written += 1;
+        }
+    }
+    let inserted = w.inserted.lock().unwrap().len() as u64;
+    assert_eq!(
+        usage.storage.objects,
+        before.storage.objects + inserted + keys_written,
+        "object count after the move: {usage:?} (before {before:?})"
+    );
+    assert!(
+        usage.requests.daily >= before.requests.daily + inserted,
+        "request counters went back: {usage:?} (before {before:?})"
+    );
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_source_the_target_and_the_driver_in_the_middle_of_moves_loses_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("k", 3, 4, SLOW_MOVES).await;
+    let key = c.tenant("acme", None).await;
+    c.spawn(4).await;
+    preload(&c, &key, 2000).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 4]).await;
+    for victim_role in ["source", "target", "driver"] {
+        let probe = c.admin(1).await;
+        let info = settled(&probe, "acme", 60).await;
+        let driver = driver_node(&probe).await;
+        let to = free_node(&info, 4);
+        let from = *nodes_of(&info)
+            .iter()
+            .find(|n| **n != driver)
+            .expect("a replica off the driver");
+        let victim = match victim_role {
+            "source" => from,
+            "target" => to,
+            _ => driver,
+        };
+        // Talk through a node that survives.
+        let via = (1..=4u64).find(|n| *n != victim).unwrap();
+        let admin = c.admin(via as usize).await;
+        let job = retry(|| admin.move_tenant("acme", to, Some(from))).await;
+        let mid = job_until(&admin, job.id, 60, |s| {
+            matches!(s, JobState::CatchingUp | JobState::Promoting)
+        })
+        .await;
+        eprintln!(
+            "{victim_role}: job {} from {from} to {to} in state {}; kill -9 of node {victim}",
+            job.id, mid.state
+        );
+        c.kill(victim as usize);
+        sleep_s(3.0).await;
+        c.spawn(victim as usize).await;
+        let end = job_end(&admin, job.id, 240).await;
+        let after = settled(&admin, "acme", 60).await;
+        assert_eq!(after.voters.len(), 3, "{after:?}");
+        match end.state {
+            JobState::Done => {
+                assert!(
+                    nodes_of(&after).contains(&to) && !nodes_of(&after).contains(&from),
+                    "{after:?}"
+                )
+            }
+            JobState::Failed | JobState::Cancelled => {
+                assert_eq!(
+                    nodes_of(&after),
+                    nodes_of(&info),
+                    "a failed move must leave the group as it was"
+                )
+            }
+            s => panic!("job ended in {s}"),
+        }
+    }
+    stop_workload(&w, tasks).await;
+    let reader = c.client(1, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_between_source_and_target_during_a_move_loses_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("p", 3, 4, SLOW_MOVES).await;
+    let key = c.tenant("acme", None).await;
+    c.spawn(4).await;
+    preload(&c, &key, 2000).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 4]).await;
+    let admin = c.admin(1).await;
+    let info = settled(&admin, "acme", 30).await;
+    let from = info.leader_node.unwrap();
+    let to = free_node(&info, 4);
+    let job = admin.move_tenant("acme", to, Some(from)).await.unwrap();
+    job_until(&admin, job.id, 60, |s| s >= JobState::CatchingUp).await;
+    eprintln!("cutting node {from} (source, leader) from node {to} (target)");
+    netns(&["cut", &c.prefix, &from.to_string(), &to.to_string()]);
+    sleep_s(10.0).await;
+    netns(&["heal", &c.prefix, "4"]);
+    let end = job_end(&admin, job.id, 240).await;
+    assert_eq!(end.state, JobState::Done, "{end:?}");
+    let after = settled(&admin, "acme", 60).await;
+    assert!(
+        nodes_of(&after).contains(&to) && !nodes_of(&after).contains(&from),
+        "{after:?}"
+    );
+    stop_workload(&w, tasks).await;
+    let reader = c.client(to as usize, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_cancelled_in_the_middle_leaves_the_group_as_it_was() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("n", 3, 4, SLOW_MOVES).await;
+    let key = c.tenant("acme", None).await;
+    c.spawn(4).await;
+    preload(&c, &key, 3000).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2]).await;
+    let admin = c.admin(2).await;
+    let info = settled(&admin, "acme", 30).await;
+    let to = free_node(&info, 4);
+    let job = admin.move_tenant("acme", to, None).await.unwrap();
+    let mid = job_until(&admin, job.id, 60, |s| s == JobState::CatchingUp).await;
+    assert_eq!(mid.state, JobState::CatchingUp, "{mid:?}");
+    admin.cancel_job(job.id).await.unwrap();
+    let end = job_end(&admin, job.id, 60).await;
+    assert_eq!(end.state, JobState::Cancelled, "{end:?}");
+    let after = settled(&admin, "acme", 60).await;
+    assert_eq!(nodes_of(&after), nodes_of(&info), "{after:?}");
+    let mut v1 = after.voters.clone();
+    let mut v0 = info.voters.clone();
+    v1.sort();
+    v0.sort();
+    assert_eq!(v1, v0, "voters changed");
+    // The target dropped what it had received.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(c.log(to as usize))
+        .unwrap()
+        .contains("replica no longer placed here")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {to} kept the cancelled replica"
+        );
+        sleep_s(0.5).await;
+    }
+    // A finished job cannot be cancelled.
+    assert!(admin.cancel_job(job.id).await.is_err());
+    stop_workload(&w, tasks).await;
+    w.verify(&admin_reader(&c, &key).await).await;
+}
+
+async fn admin_reader(c: &TestCluster, key: &str) -> Client {
+    c.client(1, key).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_node_joining_a_loaded_cluster_gets_its_share_and_a_drain_empties_it() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("r", 3, 4, "rebalance_on_join = true\n").await;
+    let key = c.tenant("acme", None).await;
+    let admin = c.admin(1).await;
+    for i in 0..7 {
+        retry(|| admin.create_tenant(roomy(&format!("t{i}")))).await;
+    }
+    preload(&c, &key, 500).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3]).await;
+    sleep_s(1.0).await;
+    eprintln!("node 4 joins");
+    c.spawn(4).await;
+    // 8 groups × 3 replicas over 4 nodes: 6 each; leaders 2 each.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let plan = retry(|| admin.rebalance(true)).await;
+        let jobs = retry(|| admin.jobs()).await;
+        let running = jobs.iter().filter(|j| !j.state.is_terminal()).count();
+        let spread = |f: fn(&(u64, usize, usize)) -> usize| {
+            let v: Vec<usize> = plan.before.iter().map(f).collect();
+            v.iter().max().unwrap() - v.iter().min().unwrap()
+        };
+        eprintln!("load {:?}, {running} jobs running", plan.before);
+        if running == 0 && plan.before.len() == 4 && spread(|x| x.1) <= 1 && spread(|x| x.2) <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not balanced: {plan:?}\n{jobs:?}"
+        );
+        sleep_s(2.0).await;
+    }
+    let jobs = retry(|| admin.jobs()).await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
+    assert!(
+        jobs.iter().any(|j| j.to_node == 4),
+        "nothing moved to node 4: {jobs:?}"
+    );
+    eprintln!("balanced; draining node 4");
+    let plan = admin.drain_node(4).await.unwrap();
+    assert!(!plan.jobs.is_empty(), "{plan:?}");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let plan = retry(|| admin.rebalance(true)).await;
+        let jobs = retry(|| admin.jobs()).await;
+        let running = jobs.iter().filter(|j| !j.state.is_terminal()).count();
+        let on4 = plan
+            .before
+            .iter()
+            .find(|x| x.0 == 4)
+            .map(|x| x.1)
+            .unwrap_or(0);
+        if running == 0 && on4 == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 not drained: {plan:?}\n{jobs:?}"
+        );
+        sleep_s(2.0).await;
+    }
+    // No tenant lost a replica.
+    for t in ["acme", "t0", "t1", "t2", "t3", "t4", "t5", "t6"] {
+        let i = settled(&admin, t, 60).await;
+        assert_eq!(i.voters.len(), 3, "{i:?}");
+        assert!(!nodes_of(&i).contains(&4), "{i:?}");
+    }
+    // A new tenant is not placed on the draining node.
+    retry(|| admin.create_tenant(roomy("late"))).await;
+    let late = settled(&admin, "late", 60).await;
+    assert!(!nodes_of(&late).contains(&4), "{late:?}");
+    stop_workload(&w, tasks).await;
+    let failed = w.failed.load(Ordering::Relaxed);
+    assert_eq!(failed, 0, "requests failed: {:?}", w.errors.lock().unwrap());
+    w.verify(&c.client(1, &key).await).await;
 }
 
 /// Every object of a tenant (collection `kv`, then `vecs`), by id.

@@ -1,6 +1,7 @@
 //! The operator CLI, built only on the client driver.
 
 mod migrate;
+mod moves;
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -167,6 +168,46 @@ pub enum Remote {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Tenant move jobs (admin key).
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
+    /// The cluster as a whole (admin key).
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Running move jobs and the recent history.
+    List,
+    /// One job.
+    Get {
+        /// Job id.
+        id: u64,
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Cancels a job: the tenant's group goes back to its old membership.
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Balances replicas and leaderships over the live nodes: prints the
+    /// plan, then starts its move jobs.
+    Rebalance {
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +216,12 @@ pub enum NodeCmd {
     List,
     /// Removes a dead node; its shard replicas are placed on live nodes.
     Remove {
+        /// Node id.
+        id: u64,
+    },
+    /// Moves every replica off a live node (before maintenance or
+    /// `node remove`); no new replicas are placed on it.
+    Drain {
         /// Node id.
         id: u64,
     },
@@ -241,6 +288,23 @@ pub enum TenantCmd {
         /// Stop after this many record batches (tests of resumption).
         #[arg(long, hide = true)]
         stop_after_batches: Option<u64>,
+    },
+    /// Where a tenant's replicas are, who leads, and how far behind each
+    /// replica is.
+    Placement { id: String },
+    /// Moves one replica of a tenant's shard to another node, online.
+    Move {
+        /// Tenant.
+        id: String,
+        /// Target node.
+        #[arg(long)]
+        to: u64,
+        /// Source node (default: the cluster picks one).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Follow the job with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -542,6 +606,32 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 c.remove_node(id).await?;
                 println!("node {id} removed; its replicas are being placed on live nodes");
             }
+            NodeCmd::Drain { id } => {
+                let plan = c.drain_node(id).await?;
+                moves::print_plan(out, &plan, false)?;
+                println!("node {id} is draining: no new replicas go there");
+            }
+        },
+        Remote::Job { cmd } => match cmd {
+            JobCmd::List => moves::print_jobs(out, &c.jobs().await?)?,
+            JobCmd::Get { id, watch: false } => moves::print_jobs(out, &[c.job(id).await?])?,
+            JobCmd::Get { id, watch: true } => {
+                let j = moves::watch(c, id).await?;
+                moves::outcome(&j)?
+            }
+            JobCmd::Cancel { id } => {
+                let j = c.cancel_job(id).await?;
+                println!(
+                    "job {id}: cancel requested; the group of {} goes back to its old membership",
+                    j.tenant_id
+                );
+            }
+        },
+        Remote::Cluster { cmd } => match cmd {
+            ClusterCmd::Rebalance { dry_run } => {
+                let plan = c.rebalance(dry_run).await?;
+                moves::print_plan(out, &plan, dry_run)?
+            }
         },
         Remote::Tenant { cmd } => match cmd {
             TenantCmd::Create { id, name, tier } => print(
@@ -602,6 +692,25 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 batch,
                 stop_after_batches,
             } => migrate::import(c, out, file, as_id, batch, stop_after_batches).await?,
+            TenantCmd::Placement { id } => moves::placement(c, out, &id).await?,
+            TenantCmd::Move {
+                id,
+                to,
+                from,
+                watch,
+            } => {
+                let j = c.move_tenant(&id, to, from).await?;
+                println!(
+                    "job {}: moving a replica of {id} from node {} to node {to}",
+                    j.id, j.from_node
+                );
+                if watch {
+                    let j = moves::watch(c, j.id).await?;
+                    moves::outcome(&j)?
+                } else {
+                    println!("follow it with `vektagraf job get {} --watch`", j.id);
+                }
+            }
         },
         Remote::User { cmd } => match cmd {
             UserCmd::Create { tenant, user } => {

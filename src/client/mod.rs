@@ -562,7 +562,7 @@ impl Client {
     /// Where a tenant's shard group runs and who leads it (admin key).
     pub async fn shard_info(&self, tenant: &str) -> Result<crate::proto::wire::ShardInfo> {
         match self.call(Request::ShardInfo(tenant.into())).await? {
-            Response::ShardInfo(i) => Ok(i),
+            Response::ShardInfo(i) => Ok(*i),
             other => Err(unexpected(other)),
         }
     }
@@ -570,6 +570,66 @@ impl Client {
     /// Removes a dead node; its replicas are placed on live nodes (admin key).
     pub async fn remove_node(&self, id: u64) -> Result<()> {
         self.expect_ok(Request::RemoveNode(id)).await
+    }
+
+    /// Moves one replica of `tenant`'s shard group to node `to` (from
+    /// node `from`, or one the cluster picks), online; returns the job
+    /// (admin key).
+    pub async fn move_tenant(
+        &self,
+        tenant: &str,
+        to: u64,
+        from: Option<u64>,
+    ) -> Result<crate::proto::MoveJob> {
+        let req = Request::MoveTenant {
+            tenant: tenant.into(),
+            to,
+            from,
+        };
+        self.job_answer(req).await
+    }
+
+    /// Move jobs: running ones and the recent history (admin key).
+    pub async fn jobs(&self) -> Result<Vec<crate::proto::MoveJob>> {
+        match self.call(Request::ListJobs).await? {
+            Response::Jobs(j) => Ok(j),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One move job (admin key).
+    pub async fn job(&self, id: u64) -> Result<crate::proto::MoveJob> {
+        self.job_answer(Request::GetJob(id)).await
+    }
+
+    /// Cancels a move job (admin key).
+    pub async fn cancel_job(&self, id: u64) -> Result<crate::proto::MoveJob> {
+        self.job_answer(Request::CancelJob(id)).await
+    }
+
+    async fn job_answer(&self, req: Request) -> Result<crate::proto::MoveJob> {
+        match self.call(req).await? {
+            Response::Job(j) => Ok(j),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Plans, and unless `dry_run` starts, a rebalance of replicas and
+    /// leaderships (admin key).
+    pub async fn rebalance(&self, dry_run: bool) -> Result<crate::proto::Plan> {
+        self.plan_answer(Request::Rebalance { dry_run }).await
+    }
+
+    /// Drains node `id`: moves every replica off it (admin key).
+    pub async fn drain_node(&self, id: u64) -> Result<crate::proto::Plan> {
+        self.plan_answer(Request::DrainNode(id)).await
+    }
+
+    async fn plan_answer(&self, req: Request) -> Result<crate::proto::Plan> {
+        match self.call(req).await? {
+            Response::Plan(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Property query.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
 use parking_lot::Mutex;
 
 use crate::db::{Database, NodeRecord, Registry, Replica};
@@ -149,7 +150,7 @@ impl Cluster {
         let live: Vec<u64> = reg
             .nodes()?
             .into_iter()
-            .filter(|n| !n.removed)
+            .filter(|n| !n.removed && !n.draining)
             .map(|n| n.id)
             .collect();
         let mut moved = 0;
@@ -173,6 +174,7 @@ impl Cluster {
                     id: rid,
                     node,
                     initial: false,
+                    learner: false,
                 });
             }
             reg.put_tenant(&rec).await?;
@@ -183,23 +185,31 @@ impl Cluster {
     }
 
     /// Spawns a membership change of `raft` (group `group`) to exactly
-    /// `voters` (replica id → node), unless one is already running.
+    /// `voters` and `learners` (replica id → node), unless one is already
+    /// running. New voters are added as learners first and promoted once
+    /// they hold the log; wanted learners are added without waiting;
+    /// members in neither map are removed.
     pub(super) fn converge_membership(
         &self,
         group: u64,
         raft: ShardRaft,
         voters: BTreeMap<u64, u64>,
+        learners: BTreeMap<u64, u64>,
     ) {
-        let current: BTreeSet<u64> = {
+        let (current, nodes) = {
             let m = raft.metrics();
             let m = m.borrow_watched();
             if m.state != openraft::ServerState::Leader {
                 return;
             }
-            m.membership_config.membership().voter_ids().collect()
+            let mem = m.membership_config.membership();
+            let voters: BTreeSet<u64> = mem.voter_ids().collect();
+            let nodes: BTreeSet<u64> = mem.nodes().map(|(id, _)| *id).collect();
+            (voters, nodes)
         };
         let want: BTreeSet<u64> = voters.keys().copied().collect();
-        if current == want || want.is_empty() {
+        let all: BTreeSet<u64> = want.iter().chain(learners.keys()).copied().collect();
+        if want.is_empty() || (current == want && nodes == all) {
             return;
         }
         if !self.busy.lock().insert(group) {
@@ -211,19 +221,77 @@ impl Cluster {
         };
         tokio::spawn(async move {
             let _guard = guard;
+            for (id, node) in &learners {
+                if !nodes.contains(id) {
+                    if let Err(e) = raft.add_learner(*id, member(*node), false).await {
+                        tracing::info!(group, replica = id, error = %e, "adding learner failed; will retry");
+                        return;
+                    }
+                    tracing::info!(group, replica = id, node, "learner added");
+                }
+            }
             for (id, node) in &voters {
-                if !current.contains(id) {
+                if !nodes.contains(id) {
                     if let Err(e) = raft.add_learner(*id, member(*node), true).await {
                         tracing::info!(group, replica = id, error = %e, "adding learner failed; will retry");
                         return;
                     }
                 }
             }
-            match raft.change_membership(want.clone(), false).await {
-                Ok(_) => tracing::info!(group, voters = ?want, "membership changed"),
-                Err(e) => tracing::info!(group, error = %e, "membership change failed; will retry"),
+            if current != want {
+                match raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false)
+                    .await
+                {
+                    Ok(_) => tracing::info!(group, voters = ?want, "membership changed"),
+                    Err(e) => {
+                        tracing::info!(group, error = %e, "membership change failed; will retry");
+                        return;
+                    }
+                }
+            }
+            let extra: BTreeSet<u64> = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                let mem = m.membership_config.membership();
+                let voters: BTreeSet<u64> = mem.voter_ids().collect();
+                mem.nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !all.contains(id) && !voters.contains(id))
+                    .collect()
+            };
+            if !extra.is_empty() {
+                match raft
+                    .change_membership(ChangeMembers::RemoveNodes(extra.clone()), false)
+                    .await
+                {
+                    Ok(_) => tracing::info!(group, removed = ?extra, "learners removed"),
+                    Err(e) => {
+                        tracing::info!(group, error = %e, "removing learners failed; will retry")
+                    }
+                }
             }
         });
+    }
+
+    /// Hands the leadership of `group` (led by this node's replica) to
+    /// replica `to`.
+    pub(super) async fn transfer_leader(&self, db: &Database, group: u64, to: u64) -> Result<()> {
+        let raft = self
+            .group_raft(db, group)
+            .ok_or_else(|| unavailable(format!("group {group} has no replica on this node")))?;
+        if !is_leader(&raft) {
+            return Err(unavailable(format!(
+                "this node does not lead group {group}"
+            )));
+        }
+        self.wake_group(db, group);
+        raft.trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(crate::raft::raft_err)?;
+        tracing::info!(group, to, "leadership transfer started");
+        Ok(())
     }
 }
 

@@ -206,6 +206,7 @@ impl Cluster {
                 cs.advertise_client.clone()
             },
             removed: false,
+            draining: false,
         };
         let (env, dir) = (db.storage_env().clone(), db.shard_dir(0));
         let meta_data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir))
@@ -302,6 +303,15 @@ impl Cluster {
     async fn shutdown(&self) {
         let _ = self.meta.shutdown().await;
         self.net.close().await;
+    }
+
+    /// The tenant groups whose replica on this node leads.
+    pub fn groups_led(&self, db: &Database) -> Vec<u64> {
+        db.loaded_tenants()
+            .into_iter()
+            .filter(|t| t.raft().is_some_and(|r| crate::shard::is_leader(&r)))
+            .map(|t| t.group())
+            .collect()
     }
 
     /// The raft handle of group `group` on this node: group 0, or a loaded

@@ -10,11 +10,15 @@ use crate::shard::ReplicaNet;
 use super::{member, unavailable, Cluster};
 
 impl Cluster {
-    /// Places a new group: `replication_factor` live nodes, fewest
-    /// replicas first. Replica ids are fresh.
+    /// Places a new group: `replication_factor` live nodes (not
+    /// draining), fewest replicas first. Replica ids are fresh.
     pub(super) async fn place(&self, db: &Database, group: u64) -> Result<Vec<Replica>> {
         let reg = db.registry()?;
-        let nodes: Vec<NodeRecord> = reg.nodes()?.into_iter().filter(|n| !n.removed).collect();
+        let nodes: Vec<NodeRecord> = reg
+            .nodes()?
+            .into_iter()
+            .filter(|n| !n.removed && !n.draining)
+            .collect();
         if nodes.is_empty() {
             return Err(unavailable("no live nodes to place a shard on"));
         }
@@ -28,6 +32,7 @@ impl Cluster {
                 id,
                 node,
                 initial: true,
+                learner: false,
             });
         }
         Ok(out)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 
-use crate::db::{Database, TenantRecord, TenantState};
+use crate::db::{Database, Replica, TenantRecord, TenantState};
 use crate::proto::Result;
 use crate::shard::is_leader;
 use crate::storage::Command;
@@ -102,10 +102,16 @@ impl Cluster {
                     let _ = c.meta.add_learner(l, member(l), false).await;
                 }
             }
+            let learners = live
+                .iter()
+                .filter(|n| !voters.contains(n))
+                .map(|n| (*n, *n))
+                .collect();
             c.converge_membership(
                 0,
                 c.meta.clone(),
                 voters.into_iter().map(|v| (v, v)).collect(),
+                learners,
             );
         }
         // Replicas placed here.
@@ -152,14 +158,24 @@ impl Cluster {
                 }
                 continue;
             }
-            let voters: BTreeMap<u64, u64> = rec.replicas.iter().map(|r| (r.id, r.node)).collect();
+            let (voters, learners): (BTreeMap<u64, u64>, BTreeMap<u64, u64>) = {
+                let (l, v): (Vec<&Replica>, Vec<&Replica>) =
+                    rec.replicas.iter().partition(|r| r.learner);
+                (
+                    v.iter().map(|r| (r.id, r.node)).collect(),
+                    l.iter().map(|r| (r.id, r.node)).collect(),
+                )
+            };
             let members_differ = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
-                !m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .eq(voters.keys().copied())
+                let mem = m.membership_config.membership();
+                !mem.voter_ids().eq(voters.keys().copied())
+                    || !mem.nodes().map(|(id, _)| *id).eq(voters
+                        .keys()
+                        .chain(learners.keys())
+                        .copied()
+                        .collect::<BTreeSet<_>>())
             };
             let limits_differ = t
                 .data()
@@ -170,7 +186,7 @@ impl Cluster {
                 wake(&t);
             }
             if members_differ {
-                c.converge_membership(rec.group, raft.clone(), voters);
+                c.converge_membership(rec.group, raft.clone(), voters, learners);
             } else if limits_differ {
                 let cmd = Command::SetLimits(rec.config.storage_limit.clone());
                 let raft = raft.clone();

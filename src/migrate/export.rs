@@ -66,7 +66,7 @@ pub async fn read_tenant(
         }))
         .await?
     {
-        Response::ExportOpened(h) => h,
+        Response::ExportOpened(h) => *h,
         other => return Err(unexpected(other).into()),
     };
     let r = async {

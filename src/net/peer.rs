@@ -139,6 +139,24 @@ pub enum PeerRequest {
     },
     /// Liveness probe between nodes.
     Ping,
+    /// The move-job driver asks the node leading `group` to hand the
+    /// leadership to replica `to`.
+    TransferLeader {
+        /// Group.
+        group: u64,
+        /// Replica id to lead.
+        to: u64,
+    },
+    /// Which tenant groups does the node lead? (The balancer asks.)
+    Leading,
+    /// Raft TransferLeader: the group's leader hands over to this node's
+    /// replica.
+    HandOver {
+        /// Group.
+        group: u64,
+        /// The RPC.
+        rpc: openraft::raft::TransferLeaderRequest<C>,
+    },
 }
 
 /// A peer's answer.
@@ -166,6 +184,12 @@ pub enum PeerResponse {
     Joined(Result<Vec<NodeRecord>, Error>),
     /// The message could not be served here.
     Failed(Error),
+    /// Leadership transfer started (or refused: not the leader).
+    Transferring(Result<(), Error>),
+    /// The tenant groups this node's replicas lead.
+    Leading(Vec<u64>),
+    /// TransferLeader delivered (or refused).
+    HandOver(Result<openraft::raft::TransferLeaderResponse<C>, openraft::errors::Fatal<C>>),
 }
 
 /// Why a peer call failed.
@@ -279,6 +303,11 @@ pub struct PeerNet {
     service: RwLock<Option<Arc<dyn PeerService>>>,
     /// Fault injection.
     pub faults: FaultFilter,
+    /// Bandwidth cap of each snapshot stream sent, bytes/s (0: none).
+    snapshot_rate: std::sync::atomic::AtomicU64,
+    /// Snapshot streams being sent: (group, node) → (bytes sent, bytes in
+    /// all). At most one per group and follower, removed when it ends.
+    sending: Mutex<HashMap<(u64, u64), (u64, u64)>>,
 }
 
 fn tls_config_err(e: impl std::fmt::Display) -> Error {
@@ -370,7 +399,29 @@ impl PeerNet {
             slots: Mutex::new(HashMap::new()),
             service: RwLock::new(None),
             faults: FaultFilter::default(),
+            snapshot_rate: std::sync::atomic::AtomicU64::new(0),
+            sending: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Caps each snapshot stream this node sends at `mb_per_s` MB/s (0:
+    /// no cap).
+    pub fn set_snapshot_rate(&self, mb_per_s: u64) {
+        self.snapshot_rate.store(
+            mb_per_s.saturating_mul(1_000_000),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Snapshot streams of `group` being sent now: (node, bytes sent,
+    /// bytes in all).
+    pub fn snapshot_progress(&self, group: u64) -> Vec<(u64, u64, u64)> {
+        self.sending
+            .lock()
+            .iter()
+            .filter(|((g, _), _)| *g == group)
+            .map(|((_, n), (sent, all))| (*n, *sent, *all))
+            .collect()
     }
 
     /// This node's id.
@@ -653,6 +704,13 @@ impl PeerNet {
                 files: files.clone(),
             };
             write_msg(&mut send, &header).await.map_err(stream_err)?;
+            let total: u64 = files.iter().map(|(_, l)| *l).sum();
+            let _progress = Sending::start(self, group, node, total);
+            let rate = self
+                .snapshot_rate
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
             let mut buf = vec![0u8; CHUNK];
             for (name, len) in &files {
                 let mut f = tokio::fs::File::open(dir.join(name))
@@ -668,6 +726,18 @@ impl PeerNet {
                         .await
                         .map_err(|e| stream_err(e.to_string()))?;
                     left -= n as u64;
+                    sent += n as u64;
+                    if let Some(p) = self.sending.lock().get_mut(&(group, node)) {
+                        p.0 = sent;
+                    }
+                    if rate > 0 {
+                        // Ahead of the cap: wait until the bytes sent are
+                        // due.
+                        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                 }
             }
             let _ = send.finish();
@@ -681,6 +751,29 @@ impl PeerNet {
                 node,
                 after: timeout,
             })?
+    }
+}
+
+/// Marks a snapshot stream in [`PeerNet::snapshot_progress`] while it
+/// lives.
+struct Sending<'a> {
+    net: &'a PeerNet,
+    key: (u64, u64),
+}
+
+impl<'a> Sending<'a> {
+    fn start(net: &'a PeerNet, group: u64, node: u64, total: u64) -> Sending<'a> {
+        net.sending.lock().insert((group, node), (0, total));
+        Sending {
+            net,
+            key: (group, node),
+        }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.net.sending.lock().remove(&self.key);
     }
 }
 
@@ -710,6 +803,25 @@ fn vote_answer(
 }
 
 impl Transport for PeerNet {
+    fn transfer_leader(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        rpc: openraft::raft::TransferLeaderRequest<C>,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<openraft::raft::TransferLeaderResponse<C>, TransportError>> {
+        Box::pin(async move {
+            match self
+                .call(node, &PeerRequest::HandOver { group, rpc }, ttl)
+                .await?
+            {
+                PeerResponse::HandOver(r) => r.map_err(remote),
+                PeerResponse::Failed(e) => Err(remote(e)),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
     fn append(
         self: Arc<Self>,
         node: u64,

@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::db::Database;
 use crate::net::Server;
 use crate::proto::{Error, Result};
-use crate::router::{grants::Grants, route::PeerRequests, Router};
+use crate::router::{route::PeerRequests, Router, Shared};
 
 /// A running node: engine, cluster runtime (on a cluster), router and
 /// client endpoint.
@@ -67,16 +67,17 @@ impl Node {
             }
         };
         let started = async {
-            let grants = Arc::new(Grants::new());
+            let shared = Shared::default();
             let cluster = if clustered {
                 let peer = Arc::new(PeerRequests {
-                    grants: grants.clone(),
+                    grants: shared.grants.clone(),
+                    mover: shared.mover.clone(),
                 });
                 Some(Cluster::start(&db, peer).await?)
             } else {
                 None
             };
-            let router = Router::start(db.clone(), cluster.clone(), grants, Some(parent)).await?;
+            let router = Router::start(db.clone(), cluster.clone(), shared, Some(parent)).await?;
             match Server::start(db.clone(), router.clone(), settings).await {
                 Ok(server) => Ok((cluster, router, server)),
                 Err(e) => {

@@ -3,6 +3,7 @@
 
 mod error;
 mod filter;
+mod job;
 pub mod migrate;
 mod node;
 mod ops;
@@ -10,5 +11,6 @@ pub mod wire;
 
 pub use error::{Error, ErrorCode, LimitExceeded, LimitKind, Result};
 pub use filter::{CmpOp, Filter, Scalar, MAX_FILTER_DEPTH, MAX_FILTER_PREDICATES, MAX_IN_VALUES};
+pub use job::{JobState, MoveJob, Plan, PlanStep};
 pub use node::NodeRecord;
 pub use ops::*;

@@ -16,4 +16,8 @@ pub struct NodeRecord {
     pub client_addr: String,
     /// Removed by the admin: its replicas were placed elsewhere.
     pub removed: bool,
+    /// Being drained (`node drain`): no new replicas are placed here and
+    /// its replicas move away.
+    #[serde(default)]
+    pub draining: bool,
 }

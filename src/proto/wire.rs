@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -312,6 +312,32 @@ pub enum Request {
         /// The write.
         request: Box<Request>,
     },
+    /// Moves one replica of a tenant's shard group to node `to` (from
+    /// node `from`, or one the cluster picks), online (admin). Answers
+    /// the registered job.
+    MoveTenant {
+        /// Tenant.
+        tenant: String,
+        /// Target node.
+        to: u64,
+        /// Source node.
+        from: Option<u64>,
+    },
+    /// Move jobs: running ones and the recent history (admin).
+    ListJobs,
+    /// One move job (admin).
+    GetJob(u64),
+    /// Cancels a move job; the group goes back to its old membership
+    /// (admin).
+    CancelJob(u64),
+    /// Balances replicas and leaderships over the live nodes (admin).
+    Rebalance {
+        /// Only plan; start nothing.
+        dry_run: bool,
+    },
+    /// Moves every replica off a node and stops placing new ones there
+    /// (admin).
+    DrainNode(u64),
     /// Opens a consistent export of a tenant on its shard leader (admin;
     /// `vektagraf tenant export`).
     ExportOpen(super::migrate::ExportOpen),
@@ -398,9 +424,15 @@ pub enum Response {
     /// the metadata group).
     ClusterNodes(Vec<ClusterNode>),
     /// A tenant shard group's placement.
-    ShardInfo(ShardInfo),
+    ShardInfo(Box<ShardInfo>),
+    /// A move job.
+    Job(crate::proto::MoveJob),
+    /// Move jobs.
+    Jobs(Vec<crate::proto::MoveJob>),
+    /// A rebalance or drain plan.
+    Plan(crate::proto::Plan),
     /// An opened export.
-    ExportOpened(super::migrate::ExportHead),
+    ExportOpened(Box<super::migrate::ExportHead>),
     /// A page of an export.
     ExportPage(super::migrate::ExportPage),
 }
@@ -422,6 +454,21 @@ pub struct ShardInfo {
     pub answered_by: u64,
     /// Its replica is quiesced (idle: raft ticks stopped).
     pub quiesced: bool,
+    /// Learners of the group's membership (replica ids).
+    pub learners: Vec<u64>,
+    /// The membership is joint: a change is half way through.
+    pub joint: bool,
+    /// The answering replica's last log index.
+    pub last_log_index: u64,
+    /// The answering replica's applied index.
+    pub applied: u64,
+    /// On the leader: each replica's matched log index.
+    pub matched: Vec<(u64, u64)>,
+    /// On the leader: snapshot streams being sent, as (node, bytes sent,
+    /// bytes in all).
+    pub snapshots: Vec<(u64, u64, u64)>,
+    /// Stored data of the answering replica.
+    pub usage: crate::proto::StorageUsage,
 }
 
 /// A cluster node as `ClusterNodes` reports it.

@@ -150,6 +150,18 @@ impl RaftNetworkV2<C> for PeerClient {
             .map_err(rpc_err)
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: openraft::raft::TransferLeaderRequest<C>,
+        o: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<C>, RPCError<C>> {
+        let node = self.node().map_err(RPCError::Unreachable)?;
+        let net = self.net.clone();
+        net.transfer_leader(node, self.group, rpc, o.hard_ttl())
+            .await
+            .map_err(rpc_err)
+    }
+
     async fn pre_vote(
         &mut self,
         rpc: VoteRequest<C>,

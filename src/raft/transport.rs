@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
 use super::types::{ShardRaftConfig as C, SnapshotMeta, Vote};
@@ -86,4 +87,14 @@ pub trait Transport: Send + Sync + 'static {
         dir: PathBuf,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<SnapshotResponse<C>, TransportError>>;
+
+    /// TransferLeader: the leader hands its leadership to the member,
+    /// which campaigns once it holds the leader's log.
+    fn transfer_leader(
+        self: Arc<Self>,
+        node: u64,
+        group: u64,
+        rpc: TransferLeaderRequest<C>,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<TransferLeaderResponse<C>, TransportError>>;
 }

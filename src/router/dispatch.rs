@@ -26,13 +26,13 @@ fn denied(reason: impl Into<String>) -> Error {
 pub async fn request(
     db: &Database,
     cluster: Option<&Arc<Cluster>>,
-    grants: &super::grants::Grants,
+    shared: &super::Shared,
     key_id: &str,
     session: Option<Session>,
     req: Request,
 ) -> super::Answer {
     let mut tenant = None;
-    let result = request_in(db, cluster, grants, key_id, session, req, &mut tenant).await;
+    let result = request_in(db, cluster, shared, key_id, session, req, &mut tenant).await;
     let leader = match (cluster, tenant) {
         (Some(c), Some(t)) => super::route::leader_hint(db, c, &t),
         _ => None,
@@ -44,7 +44,7 @@ pub async fn request(
 async fn request_in(
     db: &Database,
     cluster: Option<&Arc<Cluster>>,
-    grants: &super::grants::Grants,
+    shared: &super::Shared,
     key_id: &str,
     session: Option<Session>,
     req: Request,
@@ -65,7 +65,7 @@ async fn request_in(
         return Ok(Response::Principal(key));
     }
     match (key.kind, cluster) {
-        (KeyKind::Admin, Some(c)) => super::route::serve_admin(db, c, req, 0).await,
+        (KeyKind::Admin, Some(c)) => super::route::serve_admin(db, c, &shared.mover, req, 0).await,
         (KeyKind::Admin, None) => admin(db, req).await,
         (KeyKind::Tenant, cluster) => {
             if let Some(op) = req.operation() {
@@ -82,7 +82,7 @@ async fn request_in(
                     return Err(Error::MissingTenantContext);
                 };
                 *tenant = Some(t.clone());
-                return super::route::serve_tenant(db, c, grants, t, u, req, 0).await;
+                return super::route::serve_tenant(db, c, &shared.grants, t, u, req, 0).await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;
             data(&s, req).await
@@ -147,14 +147,22 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::NewKey { api_key, info }
         }
         ListKeys(t) => Response::Keys(db.list_keys(t.as_deref())),
-        ExportOpen(open) => Response::ExportOpened(db.export_open(open).await?),
+        ExportOpen(open) => Response::ExportOpened(Box::new(db.export_open(open).await?)),
         ExportPage(page) => Response::ExportPage(db.export_page(page).await?),
         ExportClose { tenant_id, cursor } => {
             db.export_close(&tenant_id, cursor)?;
             Response::Ok
         }
         Import(step) => Response::Batch(db.import(step).await?),
-        ClusterNodes | RemoveNode(_) | ShardInfo(_) => {
+        ClusterNodes
+        | RemoveNode(_)
+        | ShardInfo(_)
+        | MoveTenant { .. }
+        | ListJobs
+        | GetJob(_)
+        | CancelJob(_)
+        | Rebalance { .. }
+        | DrainNode(_) => {
             return Err(Error::invalid(
                 "request",
                 "this node is not part of a cluster",

@@ -11,8 +11,10 @@
 //! streams per connection). Routing on a cluster (which node serves a
 //! request, forwarding) is in [`route`].
 
+pub mod balance;
 pub mod dispatch;
 pub mod grants;
+pub mod moves;
 pub mod route;
 
 use std::sync::Arc;
@@ -55,13 +57,23 @@ pub enum RouterMsg {
 /// The actor.
 pub struct RouterActor;
 
+/// Node-wide routing state the router shares with the peer service: the
+/// node's grants from tenants' budgets and its move-job driver.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Grants (see [`grants`]).
+    pub grants: Arc<grants::Grants>,
+    /// The move-job driver (see [`moves`]).
+    pub mover: Arc<moves::Mover>,
+}
+
 /// What the router serves: the node's engine, and its cluster runtime on
 /// a cluster node.
 #[derive(Clone)]
 pub struct RouterState {
     db: Database,
     cluster: Option<Arc<Cluster>>,
-    grants: Arc<grants::Grants>,
+    shared: Shared,
 }
 
 impl Actor for RouterActor {
@@ -93,11 +105,11 @@ impl Actor for RouterActor {
                 let RouterState {
                     db,
                     cluster,
-                    grants,
+                    shared,
                 } = state.clone();
                 tokio::spawn(async move {
                     let r =
-                        dispatch::request(&db, cluster.as_ref(), &grants, &key_id, session, req)
+                        dispatch::request(&db, cluster.as_ref(), &shared, &key_id, session, req)
                             .await;
                     let _ = reply.send(r);
                 });
@@ -112,24 +124,30 @@ impl Actor for RouterActor {
 pub struct Router {
     actor: ActorRef<RouterMsg>,
     timeout: Duration,
+    mover: Arc<moves::Mover>,
 }
 
 impl Router {
     /// Starts the router of `db`'s node (`cluster`: its cluster runtime,
-    /// on a cluster node; `grants`: the node's grant state, shared with
-    /// the peer service), linked under `parent` (the node's supervisor)
-    /// when given.
+    /// on a cluster node; `shared`: state shared with the peer service),
+    /// linked under `parent` (the node's supervisor) when given. On a
+    /// cluster node it starts the move-job driver, which acts while the
+    /// node leads group 0.
     pub async fn start(
         db: Database,
         cluster: Option<Arc<Cluster>>,
-        grants: Arc<grants::Grants>,
+        shared: Shared,
         parent: Option<ActorCell>,
     ) -> Result<Router, Error> {
         let timeout = Duration::from_millis(db.config().limits.request_timeout_ms);
+        if let Some(c) = &cluster {
+            shared.mover.start(&db, c);
+        }
+        let mover = shared.mover.clone();
         let state = RouterState {
             db,
             cluster,
-            grants,
+            shared,
         };
         let spawned = match parent {
             Some(parent) => Actor::spawn_linked(None, RouterActor, state, parent).await,
@@ -138,7 +156,11 @@ impl Router {
         let (actor, _) = spawned.map_err(|e| Error::Unavailable {
             reason: format!("router did not start: {e}"),
         })?;
-        Ok(Router { actor, timeout })
+        Ok(Router {
+            actor,
+            timeout,
+            mover,
+        })
     }
 
     /// Serves one request of an authenticated principal.
@@ -167,8 +189,9 @@ impl Router {
         }
     }
 
-    /// Stops the router.
+    /// Stops the router (and its move-job driver).
     pub fn stop(&self) {
+        self.mover.stop();
         self.actor.stop(None);
     }
 }

@@ -20,6 +20,7 @@ use crate::shard::is_leader;
 
 use super::dispatch;
 use super::grants::{AskLeader, Grants};
+use super::moves::Mover;
 
 /// How long a follower waits for the shard leader's grant.
 const GRANT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -228,7 +229,13 @@ impl AskLeader for LeaderNode {
 /// Serves an admin request: on group 0's leader, or for a tenant's usage,
 /// shard info, export and import, on its shard leader (the authoritative
 /// counts and state).
-pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> Result<Response> {
+pub async fn serve_admin(
+    db: &Database,
+    c: &Cluster,
+    mover: &Mover,
+    req: Request,
+    hops: u8,
+) -> Result<Response> {
     let target = match &req {
         Request::ClusterNodes => return cluster_nodes(db, c).map(Response::ClusterNodes),
         Request::ListKeys(_) => None,
@@ -270,7 +277,21 @@ pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> 
                 c.remove_node(db, id).await?;
                 Ok(Response::Ok)
             }
-            Request::ShardInfo(t) => shard_info(db, c, &t).map(Response::ShardInfo),
+            Request::ShardInfo(t) => {
+                shard_info(db, c, &t).map(|i| Response::ShardInfo(Box::new(i)))
+            }
+            Request::MoveTenant { tenant, to, from } => mover
+                .register(db, &tenant, to, from, "move")
+                .await
+                .map(Response::Job),
+            Request::ListJobs => mover.jobs(db).map(Response::Jobs),
+            Request::GetJob(id) => mover.job(db, id).map(Response::Job),
+            Request::CancelJob(id) => mover.cancel(db, id).await.map(Response::Job),
+            Request::Rebalance { dry_run } => mover
+                .rebalance(db, c, dry_run, "rebalance")
+                .await
+                .map(Response::Plan),
+            Request::DrainNode(id) => mover.drain(db, c, id).await.map(Response::Plan),
             req => dispatch::admin(db, req).await,
         },
         Some(node) => {
@@ -285,24 +306,58 @@ pub async fn serve_admin(db: &Database, c: &Cluster, req: Request, hops: u8) -> 
 fn shard_info(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {
     let t = db.tenant(tenant)?;
     let raft = t.raft().ok_or_else(|| unavailable("replica not running"))?;
-    let (leader, voters) = {
-        let m = raft.metrics();
-        let m = m.borrow_watched();
-        (
-            m.current_leader,
-            m.membership_config.membership().voter_ids().collect(),
-        )
-    };
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let mem = m.membership_config.membership();
+    let voters: Vec<u64> = mem.voter_ids().collect();
+    let learners: Vec<u64> = mem.learner_ids().collect();
     let replicas: Vec<(u64, u64)> = t.replicas().iter().map(|r| (r.id, r.node)).collect();
+    let leading = m.state == openraft::ServerState::Leader;
+    let matched = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, l)| (*id, l.as_ref().map(|l| l.index).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(ShardInfo {
         tenant_id: tenant.to_string(),
         group: t.group(),
-        leader_node: leader.and_then(|l| replicas.iter().find(|r| r.0 == l).map(|r| r.1)),
+        leader_node: m
+            .current_leader
+            .and_then(|l| replicas.iter().find(|r| r.0 == l).map(|r| r.1)),
         replicas,
         voters,
         answered_by: c.me().id,
         quiesced: t.quiesced().load(std::sync::atomic::Ordering::Acquire),
+        learners,
+        joint: mem.get_joint_config().len() > 1,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        matched,
+        snapshots: if leading {
+            c.net.snapshot_progress(t.group())
+        } else {
+            Vec::new()
+        },
+        usage: t.data().map(|d| d.usage()).unwrap_or_default(),
     })
+}
+
+/// A tenant group's status as its leader sees it (routed there).
+pub(crate) async fn shard_status(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {
+    match route(db, c, tenant, false).await? {
+        Route::Local => shard_info(db, c, tenant),
+        Route::Remote(n) => {
+            let req = PeerRequest::Admin(Request::ShardInfo(tenant.to_string()), 1);
+            match forward(c, n, &req).await? {
+                Response::ShardInfo(i) => Ok(*i),
+                other => Err(unavailable(format!("unexpected answer {other:?}"))),
+            }
+        }
+    }
 }
 
 fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
@@ -344,6 +399,8 @@ async fn forward(c: &Cluster, node: u64, req: &PeerRequest) -> Result<Response> 
 pub struct PeerRequests {
     /// The node's grant state (shared with its router).
     pub grants: Arc<Grants>,
+    /// The node's move-job driver (shared with its router).
+    pub mover: Arc<Mover>,
 }
 
 impl Forwarded for PeerRequests {
@@ -369,7 +426,8 @@ impl Forwarded for PeerRequests {
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>> {
-        Box::pin(async move { serve_admin(&db, &cluster, req, hops).await })
+        let mover = self.mover.clone();
+        Box::pin(async move { serve_admin(&db, &cluster, &mover, req, hops).await })
     }
 
     fn grant(
