@@ -124,6 +124,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Online tenant move of a Fashion-MNIST tenant (≥ 1 GiB by default)
+    /// on a 4-node loopback cluster under light load, vs a raw QUIC copy
+    /// of the same files and an index rebuild.
+    Migrate {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-migrate")]
+        data: PathBuf,
+        /// Vectors in the tenant (Fashion-MNIST's 70,000 repeated with an
+        /// offset per pass).
+        #[arg(long, default_value_t = 250_000)]
+        vectors: usize,
+        /// Seconds of load measured before the move.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// First port: clients on +1..4, peers on +101..104.
+        #[arg(long, default_value_t = 28000)]
+        base_port: u16,
+        /// Snapshot stream cap of the cluster, MB/s (0: none).
+        #[arg(long, default_value_t = 0)]
+        snapshot_mb_per_s: u64,
+    },
     /// QUIC: get, put, search over loopback vs the embedded API.
     Quic {
         /// Scratch data directory (wiped first).
@@ -191,6 +212,22 @@ fn main() -> anyhow::Result<()> {
                         data,
                         tenants,
                         seconds,
+                    })
+                    .await
+                }
+                BenchCmd::Migrate {
+                    data,
+                    vectors,
+                    seconds,
+                    base_port,
+                    snapshot_mb_per_s,
+                } => {
+                    vektagraf::bench::migrate::run(vektagraf::bench::migrate::Options {
+                        data,
+                        vectors: vectors.max(1000),
+                        seconds,
+                        base_port,
+                        snapshot_mb_per_s,
                     })
                     .await
                 }

@@ -37,10 +37,10 @@ pub struct Options {
 }
 
 /// Real node processes of one Vektagraf cluster on loopback.
-struct Nodes {
-    dir: PathBuf,
-    children: Vec<Child>,
-    client_addrs: Vec<SocketAddr>,
+pub(crate) struct Nodes {
+    pub(crate) dir: PathBuf,
+    pub(crate) children: Vec<Child>,
+    pub(crate) client_addrs: Vec<SocketAddr>,
 }
 
 impl Drop for Nodes {
@@ -67,6 +67,19 @@ impl Drop for Nodes {
 }
 
 fn start_cluster(dir: &Path, n: usize, base_port: u16) -> anyhow::Result<Nodes> {
+    start_cluster_with(dir, n, base_port, "")
+}
+
+/// Starts `n` node processes on loopback (client ports `base_port + i`,
+/// peer ports `base_port + 100 + i`); `extra` is appended to each node's
+/// config right after its `[cluster]` keys (more cluster keys, then
+/// further sections).
+pub(crate) fn start_cluster_with(
+    dir: &Path,
+    n: usize,
+    base_port: u16,
+    extra: &str,
+) -> anyhow::Result<Nodes> {
     let exe = std::env::current_exe()?;
     std::fs::create_dir_all(dir)?;
     let ids: Vec<u64> = (1..=n as u64).collect();
@@ -89,7 +102,7 @@ fn start_cluster(dir: &Path, n: usize, base_port: u16) -> anyhow::Result<Nodes> 
             "[node]\ndata_dir = \"{d}/node-{i}\"\n\
              [server]\nlisten = \"{client}\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\n\
              [cluster]\nenabled = true\nnode_id = {i}\npeer_listen = \"{peer}\"\n\
-             ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n",
+             ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n{extra}\n",
             d = dir.display(),
             c = c.display(),
         );
@@ -122,7 +135,7 @@ fn start_cluster(dir: &Path, n: usize, base_port: u16) -> anyhow::Result<Nodes> 
     Ok(nodes)
 }
 
-async fn client(addr: SocketAddr, key: &str, ca: &Path) -> anyhow::Result<Client> {
+pub(crate) async fn client(addr: SocketAddr, key: &str, ca: &Path) -> anyhow::Result<Client> {
     let mut opts = ClientOptions::new(vec![addr], key, ca)?;
     opts.max_retries = 10;
     Ok(Client::connect(opts).await?)

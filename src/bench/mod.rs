@@ -3,4 +3,5 @@
 pub mod cluster;
 pub mod engine;
 pub mod etcd;
+pub mod migrate;
 pub mod quic;
