@@ -1221,15 +1221,16 @@ async fn job_until(
     ready: impl Fn(JobState) -> bool,
 ) -> MoveJob {
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = None;
     loop {
-        if let Ok(j) = admin.job(id).await {
-            if ready(j.state) || j.state.is_terminal() {
-                return j;
-            }
+        match admin.job(id).await {
+            Ok(j) if ready(j.state) || j.state.is_terminal() => return j,
+            Ok(j) => last = Some(j),
+            Err(e) => eprintln!("job {id}: {e}"),
         }
         assert!(
             Instant::now() < deadline,
-            "job {id} did not get there in {secs} s"
+            "job {id} did not get there in {secs} s: {last:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

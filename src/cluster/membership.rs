@@ -276,7 +276,7 @@ impl Cluster {
 
     /// Hands the leadership of `group` (led by this node's replica) to
     /// replica `to`.
-    pub(super) async fn transfer_leader(&self, db: &Database, group: u64, to: u64) -> Result<()> {
+    pub async fn transfer_leader(&self, db: &Database, group: u64, to: u64) -> Result<()> {
         let raft = self
             .group_raft(db, group)
             .ok_or_else(|| unavailable(format!("group {group} has no replica on this node")))?;

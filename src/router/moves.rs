@@ -65,6 +65,14 @@ struct Live {
     progressed: Option<Instant>,
     /// Last leadership transfer asked for.
     transferred: Option<Instant>,
+    /// The error of the last step, if it failed (logged when it changes).
+    failing: Option<String>,
+    /// Lowest lag seen while catching up, and the largest share (‰) of
+    /// a snapshot stream sent.
+    best: u64,
+    best_share: u64,
+    /// Last progress line logged.
+    reported: Option<Instant>,
 }
 
 /// The move-job driver and the rebalancer of a cluster node.
@@ -412,8 +420,17 @@ impl Mover {
             let (me, db, c, job) = (self.clone(), db.clone(), c.clone(), job.clone());
             tokio::spawn(async move {
                 let id = job.id;
-                if let Err(e) = me.step(&db, &c, job).await {
-                    tracing::debug!(job = id, error = %e, "move step will be retried");
+                let r = me.step(&db, &c, job).await;
+                let failing = r.as_ref().err().map(|e| e.to_string());
+                let changed = {
+                    let mut all = me.live.lock();
+                    let l = all.entry(id).or_default();
+                    let changed = l.failing != failing;
+                    l.failing = failing.clone();
+                    changed
+                };
+                if let (Some(e), true) = (failing, changed) {
+                    tracing::info!(job = id, error = %e, "move step failed; retrying");
                 }
                 me.running.lock().remove(&id);
             });
@@ -535,6 +552,7 @@ impl Mover {
             let mut all = self.live.lock();
             let l = all.entry(job.id).or_insert_with(|| Live {
                 progressed: Some(Instant::now()),
+                best: u64::MAX,
                 ..Live::default()
             });
             l.clone()
@@ -646,8 +664,30 @@ impl Mover {
                 {
                     let mut all = self.live.lock();
                     let l = all.entry(job.id).or_default();
-                    if behind < l.behind || snapshot.0 > l.snapshot.0 || l.progressed.is_none() {
+                    // Progress: a new lowest lag, or snapshot bytes.
+                    // (A snapshot stream that restarts makes no progress
+                    // until it gets further, as a share of its size, than
+                    // any stream before it: a stream that keeps failing
+                    // part way stalls the job.)
+                    let share = (snapshot.0 * 1000).checked_div(snapshot.1).unwrap_or(0);
+                    if behind < l.best || share > l.best_share || l.progressed.is_none() {
                         l.progressed = Some(Instant::now());
+                        l.best = l.best.min(behind);
+                        l.best_share = l.best_share.max(share);
+                    }
+                    if l.reported
+                        .is_none_or(|r| r.elapsed() > Duration::from_secs(5))
+                    {
+                        l.reported = Some(Instant::now());
+                        tracing::info!(
+                            job = job.id,
+                            behind,
+                            matched = ?matched,
+                            snapshot_sent = snapshot.0,
+                            snapshot_bytes = snapshot.1,
+                            leader = ?info.leader_node,
+                            "move job catching up"
+                        );
                     }
                     l.behind = behind;
                     l.snapshot = snapshot;
@@ -669,7 +709,7 @@ impl Mover {
                         .iter()
                         .find(|r| !r.learner && r.node != job.from_node)
                     {
-                        self.transfer(c, &job, other.id, &live).await;
+                        self.transfer(db, c, &job, other.id, &live).await;
                     }
                 }
             }
@@ -682,7 +722,7 @@ impl Mover {
             }
             JobState::TransferringLeadership => match info.leader_node {
                 Some(n) if n == job.from_node => {
-                    self.transfer(c, &job, job.to_replica, &live).await;
+                    self.transfer(db, c, &job, job.to_replica, &live).await;
                 }
                 Some(_) => {
                     rec.replicas.retain(|r| r.id != job.from_replica);
@@ -707,7 +747,7 @@ impl Mover {
 
     /// Asks the source's node to hand the group's leadership to replica
     /// `to` (at most every [`TRANSFER_EVERY`]).
-    async fn transfer(&self, c: &Cluster, job: &MoveJob, to: u64, live: &Live) {
+    async fn transfer(&self, db: &Database, c: &Cluster, job: &MoveJob, to: u64, live: &Live) {
         if live
             .transferred
             .is_some_and(|t| t.elapsed() < TRANSFER_EVERY)
@@ -717,16 +757,8 @@ impl Mover {
         if let Some(l) = self.live.lock().get_mut(&job.id) {
             l.transferred = Some(Instant::now());
         }
-        let req = PeerRequest::TransferLeader {
-            group: job.group,
-            to,
-        };
-        match c
-            .net
-            .call(job.from_node, &req, Duration::from_secs(2))
-            .await
-        {
-            Ok(PeerResponse::Transferring(Ok(()))) => {
+        match hand_over(db, c, job.from_node, job.group, to).await {
+            Ok(()) => {
                 tracing::info!(
                     job = job.id,
                     group = job.group,
@@ -734,9 +766,7 @@ impl Mover {
                     "leadership hand-over asked"
                 )
             }
-            other => {
-                tracing::info!(job = job.id, answer = ?other, "leadership hand-over not started")
-            }
+            Err(e) => tracing::info!(job = job.id, error = %e, "leadership hand-over not started"),
         }
     }
 }
@@ -825,11 +855,17 @@ async fn lead(db: &Database, c: &Cluster, tenant: &str, from: u64, to: u64) -> R
         .iter()
         .find(|r| r.node == to && !r.learner)
         .ok_or_else(|| unavailable(format!("node {to} holds no voter of {tenant}")))?;
-    let req = PeerRequest::TransferLeader {
-        group: rec.group,
-        to: target.id,
-    };
-    match c.net.call(from, &req, Duration::from_secs(2)).await {
+    hand_over(db, c, from, rec.group, target.id).await
+}
+
+/// Asks node `node` (which should lead `group`) to hand the leadership
+/// to replica `to`; this node's own replica directly.
+async fn hand_over(db: &Database, c: &Cluster, node: u64, group: u64, to: u64) -> Result<()> {
+    if node == c.me().id {
+        return c.transfer_leader(db, group, to).await;
+    }
+    let req = PeerRequest::TransferLeader { group, to };
+    match c.net.call(node, &req, Duration::from_secs(2)).await {
         Ok(PeerResponse::Transferring(r)) => r,
         Ok(PeerResponse::Failed(e)) => Err(e),
         Ok(other) => Err(unavailable(format!("unexpected peer answer {other:?}"))),
