@@ -11,7 +11,7 @@
 //! | [`storage`] | `ShardStore` over RocksDB, key layout, deterministic apply |
 //! | [`vector`] | `VectorIndex` over FAISS |
 //! | [`raft`] | openraft type config, shared log store with group commit, state machine, the `Transport` trait replication needs |
-//! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor) |
+//! | [`shard`] | `ShardData`, the shard actor and its supervisor (ractor), each tenant's read cache |
 //! | [`db`] | the engine, embedded API: `Database`, `Session` |
 //! | [`cluster`] | group 0, membership, placement, reconcile, quiescence, the peer service |
 //! | [`router`] | the router actor: every client request's front door, dispatch and routing |

@@ -79,6 +79,21 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Read cache: repeated get, query and search throughput with and without it.
+    Cache {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-cache")]
+        data: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Objects in each of the two tenants.
+        #[arg(long, default_value_t = 20_000)]
+        objects: usize,
+        /// Concurrent tasks, comma-separated (a row each).
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        tasks: Vec<usize>,
+    },
     /// Engine: durable writes vs raw RocksDB, search vs raw FAISS, limit check vs governor.
     Engine {
         /// Scratch data directory (wiped first).
@@ -172,6 +187,20 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Quickstart { data, config } => quickstart::run(&data, config.as_deref()).await,
             Cmd::Bench { which } => match which {
+                BenchCmd::Cache {
+                    data,
+                    seconds,
+                    objects,
+                    tasks,
+                } => {
+                    vektagraf::bench::cache::run(vektagraf::bench::cache::Options {
+                        data,
+                        seconds,
+                        objects,
+                        tasks,
+                    })
+                    .await
+                }
                 BenchCmd::Engine {
                     data,
                     seconds,

@@ -1,5 +1,6 @@
 //! Benchmarks run by `vektagraf bench ...` (not tests).
 
+pub mod cache;
 pub mod cluster;
 pub mod engine;
 pub mod etcd;

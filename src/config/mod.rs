@@ -82,6 +82,16 @@ pub struct StorageSection {
     pub max_open_files_per_shard: i32,
 }
 
+/// `[cache]`: the read cache (C1). Per-tenant sizes and TTLs are set per
+/// tier (`config/tiers.toml`); this is the node's cap over all tenants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Approximate bytes all tenants' cached results may hold on this
+    /// node (0: no read cache).
+    pub max_bytes: u64,
+}
+
 /// The whole node config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +110,8 @@ pub struct NodeConfig {
     pub server: ServerSettings,
     /// `[cluster]`.
     pub cluster: ClusterSettings,
+    /// `[cache]`.
+    pub cache: CacheSection,
 }
 
 /// `[cluster]`: multi-node operation.

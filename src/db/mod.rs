@@ -23,11 +23,16 @@ use ractor::{Actor, ActorCell, ActorRef};
 
 use crate::config::NodeConfig;
 use crate::limits::{Admission, QuotaCounters, TenantLimiter};
-use crate::proto::{Error, LimitKind, OperationType, Result, TenantUsage};
+use crate::proto::{CacheUsage, Error, LimitKind, OperationType, Result, TenantUsage};
 use crate::raft::RaftLogDb;
-use crate::shard::{ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor, SupervisorMsg};
+use crate::shard::{
+    CacheBudget, ReadCache, ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor,
+    SupervisorMsg,
+};
 use crate::storage::StorageEnv;
-use crate::tenant::{validate_name, validate_tenant_id, TenantConfig, TenantUpdate, Tiers};
+use crate::tenant::{
+    validate_name, validate_tenant_id, CacheLimits, TenantConfig, TenantUpdate, Tier, Tiers,
+};
 
 /// Moved to `proto` (the peer transport carries it too); kept here for
 /// the engine's callers.
@@ -72,7 +77,14 @@ pub(crate) struct Tenant {
     last_active: std::sync::atomic::AtomicU64,
     /// The group's raft ticks are off here (an idle, quiesced group).
     quiesced: std::sync::atomic::AtomicBool,
+    /// Its read cache on this node.
+    cache: Arc<ReadCache>,
+    /// Each tier's cache limits (shared by every tenant of the node).
+    cache_tiers: Arc<CacheTiers>,
 }
+
+/// Each tier's read cache limits, from the tiers file.
+type CacheTiers = std::collections::BTreeMap<Tier, CacheLimits>;
 
 impl Tenant {
     pub(crate) fn config(&self) -> Arc<TenantConfig> {
@@ -142,7 +154,19 @@ impl Tenant {
         if *self.config() != *config {
             *self.config.write() = Arc::new(config.clone());
             self.limiter.update(config);
+            self.cache.configure(self.cache_limits(config));
         }
+    }
+
+    /// The read cache limits `config` gives this tenant (its tier's,
+    /// overridden by its custom settings).
+    fn cache_limits(&self, config: &TenantConfig) -> CacheLimits {
+        let tier = self
+            .cache_tiers
+            .get(&config.tier)
+            .copied()
+            .unwrap_or_default();
+        config.cache_limits(&tier)
     }
 
     /// The cluster placement of its group (empty on a single node).
@@ -187,6 +211,10 @@ pub(crate) struct Inner {
     lifecycle: tokio::sync::Mutex<()>,
     /// Open tenant export cursors (`db/export.rs`).
     exports: export::Exports,
+    /// The node-wide memory cap of the tenants' read caches.
+    cache_budget: Arc<CacheBudget>,
+    /// Each tier's read cache limits.
+    cache_tiers: Arc<CacheTiers>,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -285,6 +313,19 @@ impl Database {
             reason: format!("supervisor failed to start: {e}"),
         })?;
         let clustered = config.cluster.enabled;
+        let cache_budget = CacheBudget::new(config.cache.max_bytes);
+        let cache_tiers = Arc::new(
+            [
+                Tier::Tier1,
+                Tier::Tier2,
+                Tier::Tier3,
+                Tier::Tier4,
+                Tier::Custom,
+            ]
+            .into_iter()
+            .map(|t| (t, tiers.limits(t).cache))
+            .collect(),
+        );
         let registry = if clustered {
             None
         } else {
@@ -306,6 +347,8 @@ impl Database {
                 keys: keys::KeyCache::default(),
                 lifecycle: tokio::sync::Mutex::new(()),
                 exports: export::Exports::default(),
+                cache_budget,
+                cache_tiers,
             }),
         };
         if clustered {
@@ -473,6 +516,16 @@ impl Database {
         net: Option<ReplicaNet>,
     ) -> Result<()> {
         let limiter = TenantLimiter::new(&rec.config, QuotaCounters::default());
+        let tier_cache = self
+            .inner
+            .cache_tiers
+            .get(&rec.config.tier)
+            .copied()
+            .unwrap_or_default();
+        let cache = ReadCache::new(
+            rec.config.cache_limits(&tier_cache),
+            self.inner.cache_budget.clone(),
+        );
         let tenant = Arc::new(Tenant {
             config: RwLock::new(Arc::new(rec.config.clone())),
             group: rec.group,
@@ -482,6 +535,8 @@ impl Database {
             replicas: RwLock::new(rec.replicas.clone()),
             last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
+            cache: cache.clone(),
+            cache_tiers: self.inner.cache_tiers.clone(),
         });
         let args = ShardArgs {
             tenant_id: rec.config.tenant_id.clone(),
@@ -497,6 +552,7 @@ impl Database {
             slot: tenant.slot.clone(),
             route: tenant.route.clone(),
             cluster: net,
+            cache,
         };
         let started = self
             .inner
@@ -530,6 +586,8 @@ impl Database {
     pub(crate) fn unload(&self, id: &str) -> Option<Arc<Tenant>> {
         let t = self.inner.tenants.write().remove(id)?;
         self.inner.by_group.write().remove(&t.group);
+        // Its cached results go now (sessions may still hold the tenant).
+        t.cache.clear();
         Some(t)
     }
 
@@ -684,6 +742,7 @@ impl Database {
         self.registry()?.put_tenant(&rec).await?;
         *tenant.config.write() = Arc::new(new.clone());
         tenant.limiter.update(&new);
+        tenant.cache.configure(tenant.cache_limits(&new));
         if storage_changed {
             let actor = tenant.actor()?;
             let cmd = crate::storage::Command::SetLimits(new.storage_limit.clone());
@@ -838,6 +897,22 @@ impl Database {
         tenants.iter().map(|t| usage_of(t)).collect()
     }
 
+    /// A tenant's read cache on this node: hits, misses, entries and
+    /// bytes (pending expiries are run first, so the counts are current).
+    /// The metrics exporter reads it.
+    pub fn cache_usage(&self, tenant: &str) -> Result<CacheUsage> {
+        let t = self.tenant(tenant)?;
+        t.cache.run_pending_tasks();
+        Ok(t.cache.stats())
+    }
+
+    /// Bytes the tenants' read caches hold on this node, and the cap
+    /// (`cache.max_bytes`).
+    pub fn cache_memory(&self) -> (u64, u64) {
+        let b = &self.inner.cache_budget;
+        (b.used(), b.max_bytes())
+    }
+
     /// R3: would `op` be admitted for `tenant` now? Consumes nothing.
     pub fn can_perform_operation(&self, tenant: &str, op: OperationType) -> Result<()> {
         self.tenant(tenant)?
@@ -942,6 +1017,11 @@ pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
         requests,
         in_flight: t.limiter.in_flight(),
         warnings,
+        cache: {
+            // Pending expiries first, so the entry count is current.
+            t.cache.run_pending_tasks();
+            t.cache.stats()
+        },
     })
 }
 

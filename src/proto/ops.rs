@@ -465,4 +465,35 @@ pub struct TenantUsage {
     pub in_flight: u64,
     /// Active warnings.
     pub warnings: Vec<String>,
+    /// The read cache on the node that answered (C1).
+    pub cache: CacheUsage,
+}
+
+/// A tenant's read cache on one node, since the tenant was loaded there.
+/// A hit is still a request: it is counted in `requests` too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheUsage {
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Cacheable reads (get, query, vector search) that were not.
+    pub misses: u64,
+    /// Results not stored: the node's `cache.max_bytes` was reached, or
+    /// the result alone weighs more than a sixteenth of it.
+    pub skipped: u64,
+    /// Entries held now (as last counted).
+    pub entries: u64,
+    /// Approximate bytes they hold.
+    pub bytes: u64,
+}
+
+impl CacheUsage {
+    /// Hits over cacheable reads (0 when there were none).
+    pub fn hit_rate(&self) -> f64 {
+        let all = self.hits + self.misses;
+        if all == 0 {
+            0.0
+        } else {
+            self.hits as f64 / all as f64
+        }
+    }
 }

@@ -20,6 +20,7 @@ use crate::raft::{self, RaftLogDb, RaftSettings, ShardRaft};
 use crate::storage::{Command, CommandResult, StorageEnv};
 use crate::tenant::StorageLimitConfig;
 
+use super::cache::{self, ReadCache};
 use super::data::ShardData;
 
 /// How a read may be served.
@@ -122,6 +123,9 @@ pub struct ShardArgs {
     pub route: Arc<parking_lot::RwLock<Option<ActorRef<ShardMsg>>>>,
     /// On a cluster: how the replica reaches the rest of its group.
     pub cluster: Option<ReplicaNet>,
+    /// The tenant's read cache on this node (it outlives restarts of the
+    /// actor; entries of an earlier instance never match its stamps).
+    pub cache: Arc<ReadCache>,
 }
 
 /// A replica's place in a replicated group.
@@ -245,12 +249,15 @@ impl Actor for ShardActor {
                 reply,
             } => {
                 let (raft, data) = (st.raft.clone(), st.data.clone());
+                let cache = st.args.cache.clone();
                 tokio::spawn(async move {
-                    let r = read(&raft, data, op, consistency, complexity_limit).await;
+                    let r = read(&raft, data, &cache, op, consistency, complexity_limit).await;
                     let _ = reply.send(r);
                 });
             }
             ShardMsg::CheckpointQuota => {
+                // Expired entries give their bytes back while the tenant idles.
+                st.args.cache.run_pending_tasks();
                 // Only the leader's counts are the tenant's; they only ever
                 // raise what is persisted (merge_max at apply).
                 let (quota, version) = st.args.limiter.quota_snapshot();
@@ -400,9 +407,13 @@ fn sole_voter_leader(raft: &ShardRaft) -> bool {
         && m.membership_config.membership().voter_ids().count() == 1
 }
 
+/// Serves a read: after the read-index round a linearizable read needs,
+/// from the tenant's cache when it holds this read at the shard's current
+/// stamp, else from the data (and caches the result).
 async fn read(
     raft: &ShardRaft,
     data: Arc<ShardData>,
+    cache: &ReadCache,
     op: ReadOp,
     consistency: Consistency,
     complexity_limit: u64,
@@ -417,6 +428,17 @@ async fn read(
                 reason: e.to_string(),
             })?;
     }
+    // The stamp is taken after the read index is applied here and before
+    // the data is read: see `ShardData::read_stamp`.
+    let key = cache
+        .enabled()
+        .then(|| cache::key_of(&op, complexity_limit))
+        .flatten();
+    let stamp = data.read_stamp();
+    if let Some(hit) = key.as_ref().and_then(|k| cache.get(k, stamp)) {
+        return Ok(hit);
+    }
+    let reader = data.clone();
     let limit = complexity_limit;
     let run = move || match op {
         ReadOp::Get(id) => data.get(&id).map(ReadResult::Object),
@@ -439,9 +461,14 @@ async fn read(
             .map(ReadResult::Objects),
     };
     // Disk and FAISS work runs on the blocking pool, never on an async worker.
-    tokio::task::spawn_blocking(run)
+    let result = tokio::task::spawn_blocking(run)
         .await
-        .map_err(raft::raft_err)?
+        .map_err(raft::raft_err)??;
+    // A result read while a write was applied could never be used again.
+    if let (Some(k), true) = (key, reader.read_stamp() == stamp) {
+        cache.insert(k, stamp, &result);
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,9 @@ pub struct ShardData {
     /// How the indexes were made at the last open or install.
     index_report: Mutex<IndexReport>,
     snapshot_stats: Mutex<SnapshotStats>,
+    /// Bumped after every applied command that can change a read's
+    /// answer (see [`ShardData::read_stamp`]).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ShardData {
@@ -162,6 +166,7 @@ impl ShardData {
             apply_lock: Mutex::new(()),
             index_report: Mutex::new(report),
             snapshot_stats: Mutex::new(SnapshotStats::default()),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -248,6 +253,11 @@ impl ShardData {
         membership: Option<&[u8]>,
     ) -> Result<CommandResult, Error> {
         let _g = self.apply_lock.lock();
+        // Dropped before `_g`: bumps the generation after every change of
+        // this command is visible, on every exit path (errors included).
+        let _bump = cmd
+            .filter(|c| c.changes_reads())
+            .map(|_| Bump(&self.generation));
         let store = self.store();
         let mut batch = store.batch();
         let meta = self.meta.read().clone();
@@ -275,6 +285,20 @@ impl ShardData {
         }
         self.apply_vectors(vectors)?;
         Ok(result)
+    }
+
+    /// What a read is about to see: the store instance and the
+    /// generation, read *before* the data. A result read after taking
+    /// stamp `s` is at least as new as the state `s` names; it is reused
+    /// only while [`read_stamp`](Self::read_stamp) still equals `s`, that
+    /// is until the next applied write bumps the generation or a snapshot
+    /// install (or a restart) brings another store instance.
+    pub fn read_stamp(&self) -> ReadStamp {
+        // Acquire pairs with the Release bump after an apply: every change
+        // of the applies counted here is visible to the reads that follow.
+        let generation = self.generation.load(Ordering::Acquire);
+        let store = self.store.read().instance();
+        ReadStamp { store, generation }
     }
 
     fn sync_collections(&self) -> Result<(), Error> {
@@ -737,6 +761,24 @@ impl ShardData {
             let rec: storage::ObjectRecord = storage::decode_value(v)?;
             Ok(f(rec.into_object(String::from_utf8_lossy(k).into_owned())))
         })
+    }
+}
+
+/// Which state of a shard a read saw (see [`ShardData::read_stamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadStamp {
+    /// The store instance ([`ShardStore::instance`]).
+    pub store: u64,
+    /// Commands applied that could change a read, since the shard opened.
+    pub generation: u64,
+}
+
+/// Bumps a shard's generation when dropped (at the end of an apply).
+struct Bump<'a>(&'a AtomicU64);
+
+impl Drop for Bump<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -1,7 +1,9 @@
-//! Tenant shards: their data (`ShardData`), the actor that serves them and
-//! the supervisor that restarts them.
+//! Tenant shards: their data (`ShardData`), the actor that serves them,
+//! the supervisor that restarts them, and each tenant's read cache
+//! (`ReadCache`).
 
 mod actor;
+mod cache;
 mod data;
 mod supervisor;
 
@@ -9,7 +11,9 @@ pub use actor::{
     is_leader, propose, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
     ShardMsg, ShardSlot,
 };
+pub use cache::{key_of, result_bytes, CacheBudget, ReadCache};
 pub use data::{
-    copy_dir, write_atomic, IndexOrigin, IndexReport, ShardData, SnapshotStats, MAX_FILTER_SCAN,
+    copy_dir, write_atomic, IndexOrigin, IndexReport, ReadStamp, ShardData, SnapshotStats,
+    MAX_FILTER_SCAN,
 };
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

@@ -88,6 +88,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether applying it can change what a read (get, query, search,
+    /// traversal) returns. Read caches are invalidated by every command
+    /// that can; counters, limits and exactly-once bookkeeping cannot.
+    /// Deliberately no wildcard: a new command must decide.
+    pub fn changes_reads(&self) -> bool {
+        match self {
+            Command::Write { .. }
+            | Command::CreateCollection(_)
+            | Command::DropCollection(_)
+            | Command::PurgeOlderThan { .. }
+            | Command::Registry(_)
+            | Command::Once { .. }
+            | Command::Restore { .. } => true,
+            Command::SetLimits(_)
+            | Command::CheckpointQuota(_)
+            | Command::SetQuota(_)
+            | Command::ExpireOnce { .. } => false,
+        }
+    }
+}
+
 /// The exactly-once results of one request as stored (a batch split into
 /// several commands has one per part).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -228,7 +228,13 @@ impl Default for StorageEnv {
 pub struct ShardStore {
     db: DB,
     path: PathBuf,
+    /// Unique among every instance this process opened (see
+    /// [`ShardStore::instance`]).
+    instance: u64,
 }
+
+/// The next [`ShardStore::instance`].
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for ShardStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,7 +255,15 @@ impl ShardStore {
         Ok(ShardStore {
             db,
             path: path.to_path_buf(),
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// A number no other instance opened by this process has: a shard
+    /// whose store is replaced (a snapshot install) or reopened (a
+    /// restart) reads from a new instance, which read caches tell apart.
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     /// The directory of the instance.

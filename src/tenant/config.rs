@@ -225,6 +225,35 @@ pub struct TierLimits {
     pub storage_limit: StorageLimitConfig,
     /// Requests.
     pub request_limit: RequestLimitConfig,
+    /// Read cache (C1); the seed's 15 minutes and 1,000 entries when absent.
+    #[serde(default)]
+    pub cache: CacheLimits,
+}
+
+/// C1: a tenant's read cache on each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheLimits {
+    /// How long a cached result is kept after it was stored.
+    pub ttl: Window,
+    /// Most cached results (0: no cache).
+    pub max_entries: u64,
+}
+
+/// The seed's cache TTL (15 minutes).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(15 * 60);
+/// The seed's cache size per tenant (1,000 entries).
+pub const DEFAULT_CACHE_ENTRIES: u64 = 1_000;
+/// Upper bound of a tenant's `cache_max_entries`.
+pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            ttl: Window(DEFAULT_CACHE_TTL),
+            max_entries: DEFAULT_CACHE_ENTRIES,
+        }
+    }
 }
 
 /// T2: everything about one tenant.
@@ -298,6 +327,22 @@ impl TenantConfig {
             .and_then(|v| v.as_u64())
             .map(|n| (n as usize).clamp(1, MAX_BATCH_SIZE_CAP))
             .unwrap_or(DEFAULT_MAX_BATCH_SIZE)
+    }
+
+    /// The tenant's read cache limits: its tier's (`tier`, from the
+    /// tiers file), overridden by `custom_settings.cache_ttl_ms` and
+    /// `custom_settings.cache_max_entries` (at most 1,000,000; 0 turns
+    /// the cache off).
+    pub fn cache_limits(&self, tier: &CacheLimits) -> CacheLimits {
+        let get = |k: &str| self.custom_settings.0.get(k).and_then(|v| v.as_u64());
+        CacheLimits {
+            ttl: get("cache_ttl_ms")
+                .map(|ms| Window(Duration::from_millis(ms)))
+                .unwrap_or(tier.ttl),
+            max_entries: get("cache_max_entries")
+                .unwrap_or(tier.max_entries)
+                .min(MAX_CACHE_ENTRIES),
+        }
     }
 
     /// Whether `operation_types` allows `op`.

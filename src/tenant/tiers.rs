@@ -141,6 +141,33 @@ mod tests {
     }
 
     #[test]
+    fn cache_limits_come_from_the_tier_and_custom_settings_override_them() {
+        let t = Tiers::default();
+        let tier = t.limits(Tier::Tier2).cache;
+        assert_eq!(tier, crate::tenant::CacheLimits::default());
+        assert_eq!(tier.ttl.as_millis(), 15 * 60 * 1000);
+        assert_eq!(tier.max_entries, 1000);
+        let c = TenantConfig::for_tier(
+            &t,
+            "a",
+            "A",
+            "tier2",
+            serde_json::json!({"cache_ttl_ms": 250, "cache_max_entries": 7}),
+        )
+        .unwrap();
+        let l = c.cache_limits(&tier);
+        assert_eq!((l.ttl.as_millis(), l.max_entries), (250, 7));
+        let text = DEFAULT_TIERS_TOML.replacen(
+            r#"cache         = { ttl = "15m", max_entries = 1000 }"#,
+            r#"cache         = { ttl = "1m", max_entries = 50 }"#,
+            1,
+        );
+        let t = Tiers::from_toml(&text).unwrap();
+        assert_eq!(t.limits(Tier::Tier1).cache.max_entries, 50);
+        assert_eq!(t.limits(Tier::Tier1).cache.ttl.as_millis(), 60_000);
+    }
+
+    #[test]
     fn a_missing_tier_is_rejected() {
         let text = DEFAULT_TIERS_TOML.replace("[tiers.tier3]", "[tiers.tier9]");
         assert!(Tiers::from_toml(&text).is_err());
