@@ -155,7 +155,7 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
         }
         Import(step) => Response::Batch(db.import(step).await?),
         ClusterNodes
-        | RemoveNode(_)
+        | RemoveNode { .. }
         | ShardInfo(_)
         | MoveTenant { .. }
         | ListJobs

@@ -10,6 +10,7 @@ pub use actor::{
     ShardMsg, ShardSlot,
 };
 pub use data::{
-    copy_dir, write_atomic, IndexOrigin, IndexReport, ShardData, SnapshotStats, MAX_FILTER_SCAN,
+    copy_dir, write_atomic, IndexOrigin, IndexReport, ShardData, SnapshotPin, SnapshotStats,
+    MAX_FILTER_SCAN,
 };
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};
