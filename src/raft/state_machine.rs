@@ -131,6 +131,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             // Loads the shipped index files where they match; the report
             // is logged per collection and kept on the data.
             data.install_snapshot(&snapshot.dir).map_err(io_other)?;
+            crate::monitor::snapshot_installed();
             // Keep it as our current snapshot unless it already is one of ours.
             let snaps = data.dir().join("snapshots");
             if !snapshot.dir.starts_with(&snaps) {
