@@ -40,6 +40,9 @@ fn gauge(m: &mut MetricEncoder<'_>, v: u64) -> std::fmt::Result {
     m.encode_gauge(&v)
 }
 
+/// Reads one sum of a [`Storage`].
+type Field = fn(&Storage) -> u64;
+
 /// Storage sums of one label.
 #[derive(Default)]
 struct Storage {
@@ -126,7 +129,7 @@ impl Scrape {
             s.max_objects = s.max_objects.saturating_add(t.max_objects);
             s.max_vectors = s.max_vectors.saturating_add(t.max_vectors);
         }
-        let gauges: [(&str, &str, fn(&Storage) -> u64); 6] = [
+        let gauges: [(&str, &str, Field); 6] = [
             (
                 "vektagraf_tenant_storage_bytes",
                 "Bytes of objects and edges stored, tenants whose shard this node leads",
