@@ -9,6 +9,7 @@
 
 mod export;
 mod keys;
+mod metrics;
 mod registry;
 mod session;
 

@@ -231,8 +231,12 @@ impl RaftNetworkV2<C> for PeerClient {
         );
         let r = tokio::select! {
             r = send => r,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            closed = cancel => {
+                crate::monitor::snapshot_sent(false);
+                return Err(StreamingError::Closed(closed));
+            }
         };
+        crate::monitor::snapshot_sent(r.is_ok());
         r.map_err(|e| match e {
             TransportError::Unreachable { .. } => {
                 StreamingError::Unreachable(Unreachable::from_string(e))

@@ -150,6 +150,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             // Loads the shipped index files where they match; the report
             // is logged per collection and kept on the data.
             data.install_snapshot(&snapshot.dir).map_err(io_other)?;
+            crate::monitor::snapshot_installed();
             // Keep it as our latest snapshot (unless it already is one of ours).
             let name = format!(
                 "installed-{}",
