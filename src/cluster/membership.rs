@@ -1,7 +1,7 @@
 //! Membership: joining the cluster, admitting and removing nodes, and
 //! bringing a raft group's voters to the record.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use parking_lot::Mutex;
 
-use crate::db::{Database, NodeRecord, Registry, Replica, TenantState};
+use crate::db::{Database, NodeRecord, Registry, Replica, TenantRecord, TenantState};
 use crate::net::peer::{PeerRequest, PeerResponse};
 use crate::proto::wire::NodeRemoval;
 use crate::proto::{Error, Result};
@@ -160,12 +160,7 @@ impl Cluster {
             .ok_or_else(|| Error::not_found("node", id.to_string()))?;
         node.removed = true;
         reg.put_node(&node).await?;
-        let live: Vec<u64> = reg
-            .nodes()?
-            .into_iter()
-            .filter(|n| !n.removed && !n.draining)
-            .map(|n| n.id)
-            .collect();
+        let live = placeable(&reg)?;
         let mut out = NodeRemoval {
             node: id,
             replaced: Vec::new(),
@@ -179,17 +174,11 @@ impl Cluster {
                 continue;
             }
             rec.replicas.retain(|r| r.node != id);
-            let target = least_loaded(&live, &load, &rec);
             let tenant = rec.config.tenant_id.clone();
-            if let Some(node) = target {
-                let rid = reg.next_id("replica").await?;
-                *load.entry(node).or_insert(0) += 1;
-                rec.replicas.push(Replica {
-                    id: rid,
-                    node,
-                    initial: false,
-                    learner: false,
-                });
+            if place_replica(&reg, &mut rec, &live, &mut load)
+                .await?
+                .is_some()
+            {
                 out.replaced.push(tenant);
             } else {
                 tracing::warn!(tenant = %tenant, node = id, "no live node to place the replica on: under-replicated");
@@ -213,12 +202,7 @@ impl Cluster {
     pub async fn top_up(&self, db: &Database, busy: &HashSet<String>) -> Result<Vec<String>> {
         let _g = db.lock_lifecycle().await;
         let reg = db.registry()?;
-        let live: Vec<u64> = reg
-            .nodes()?
-            .into_iter()
-            .filter(|n| !n.removed && !n.draining)
-            .map(|n| n.id)
-            .collect();
+        let live = placeable(&reg)?;
         let tenants = reg.tenants()?;
         let mut load = replica_load(&tenants);
         let mut out = Vec::new();
@@ -230,17 +214,9 @@ impl Cluster {
             {
                 continue;
             }
-            let Some(node) = least_loaded(&live, &load, &rec) else {
+            let Some(node) = place_replica(&reg, &mut rec, &live, &mut load).await? else {
                 continue;
             };
-            let rid = reg.next_id("replica").await?;
-            *load.entry(node).or_insert(0) += 1;
-            rec.replicas.push(Replica {
-                id: rid,
-                node,
-                initial: false,
-                learner: false,
-            });
             tracing::info!(tenant = %rec.config.tenant_id, node, voters, "under-replicated tenant: adding a replica");
             reg.put_tenant(&rec).await?;
             out.push(rec.config.tenant_id.clone());
@@ -377,4 +353,37 @@ impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.busy.lock().remove(&self.group);
     }
+}
+
+/// Live nodes that may take new replicas (not removed, not draining).
+fn placeable(reg: &Registry) -> Result<Vec<u64>> {
+    Ok(reg
+        .nodes()?
+        .into_iter()
+        .filter(|n| !n.removed && !n.draining)
+        .map(|n| n.id)
+        .collect())
+}
+
+/// Adds a voter replica of `rec`'s group on the least loaded of `live`
+/// holding none (a new replica id; `load` counts it). Returns its node,
+/// or None when every live node already holds one.
+async fn place_replica(
+    reg: &Registry,
+    rec: &mut TenantRecord,
+    live: &[u64],
+    load: &mut HashMap<u64, usize>,
+) -> Result<Option<u64>> {
+    let Some(node) = least_loaded(live, load, rec) else {
+        return Ok(None);
+    };
+    let id = reg.next_id("replica").await?;
+    *load.entry(node).or_insert(0) += 1;
+    rec.replicas.push(Replica {
+        id,
+        node,
+        initial: false,
+        learner: false,
+    });
+    Ok(Some(node))
 }
