@@ -586,7 +586,7 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut c = TestCluster::start("c", 3, 4).await;
+    let mut c = TestCluster::start("c", 3, 5).await;
     let key = c.tenant("acme", None).await;
     // A fourth node joins; it holds no replica of acme yet.
     c.spawn(4).await;
@@ -602,10 +602,19 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
         .map(|r| r.1 as usize)
         .find(|n| *n != 1)
         .unwrap();
+    // Alive, it cannot be removed by mistake.
+    match admin.remove_node(victim as u64, false).await {
+        Err(Error::InvalidArgument { reason, .. }) => {
+            assert!(reason.contains("alive"), "{reason}")
+        }
+        other => panic!("removing a live node: {other:?}"),
+    }
     eprintln!("kill -9 of node {victim}, then removing it");
     c.kill(victim);
     sleep_s(1.0).await;
-    retry(|| admin.remove_node(victim as u64)).await;
+    let removal = retry(|| admin.remove_node(victim as u64, false)).await;
+    assert_eq!(removal.replaced, ["acme"], "{removal:?}");
+    assert!(removal.under_replicated.is_empty(), "{removal:?}");
     // The group's membership converges on a replica on node 4.
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
@@ -641,6 +650,54 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
     assert!(nodes.iter().any(|n| n.id == victim as u64 && n.removed));
     let reader = c.client(4, &key).await;
     w.verify(&reader).await;
+
+    // Another replica's node dies with no free node to take its place:
+    // acme is reported under-replicated, then brought back to three
+    // voters when a fifth node joins.
+    let second = after
+        .replicas
+        .iter()
+        .map(|r| r.1 as usize)
+        .find(|n| *n != 1 && *n != 4)
+        .unwrap();
+    eprintln!("kill -9 of node {second}: nowhere to place its replica");
+    c.kill(second);
+    sleep_s(1.0).await;
+    let removal = retry(|| admin.remove_node(second as u64, false)).await;
+    assert!(removal.replaced.is_empty(), "{removal:?}");
+    assert_eq!(removal.under_replicated, ["acme"], "{removal:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let short = loop {
+        let i = settled(&admin, "acme", 60).await;
+        if !nodes_of(&i).contains(&(second as u64)) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "node {second} kept: {i:?}");
+        sleep_s(0.5).await;
+    };
+    assert_eq!(short.voters.len(), 2, "{short:?}");
+    assert_eq!(short.replication_factor, 3);
+    c.spawn(5).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let i = retry(|| admin.shard_info("acme")).await;
+        let on5 = i.replicas.iter().find(|r| r.1 == 5).map(|r| r.0);
+        if on5.is_some_and(|r| i.voters.contains(&r)) && i.voters.len() == 3 && !i.joint {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acme not topped up: {i:?}");
+        sleep_s(0.5).await;
+    }
+    let on5 = c.client(5, &key).await;
+    retry(|| async {
+        match on5.get_stale(&last).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable {
+                reason: "node 5 not caught up".into(),
+            }),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1196,16 +1253,29 @@ async fn writes_in_flight_through_a_leader_kill_complete_on_the_new_leader() {
 const SLOW_MOVES: &str = "snapshot_mb_per_s = 1\nmove_stall_timeout_ms = 60000\n";
 
 /// Writes `n` objects of about 1 KB each into `kv` (batches of 100).
+/// Their padding is pseudo-random hex, which RocksDB cannot compress
+/// away: the snapshot really is about `n` KB, and a 1 MB/s stream of it
+/// takes seconds.
 async fn preload(c: &TestCluster, key: &str, n: usize) {
     let client = c.client(1, key).await;
-    let pad = "x".repeat(1000);
+    let pad = |i: usize| {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..63)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect::<String>()
+    };
     for start in (0..n).step_by(100) {
         let ops: Vec<vektagraf::proto::WriteOp> = (start..(start + 100).min(n))
             .map(|i| {
                 vektagraf::proto::WriteOp::Put(NewObject::new(
                     "kv",
                     &format!("pre{i}"),
-                    serde_json::json!({ "v": "pre", "pad": pad }),
+                    serde_json::json!({ "v": "pre", "pad": pad(i) }),
                 ))
             })
             .collect();
@@ -1302,13 +1372,38 @@ async fn a_tenant_moves_to_another_node_under_load_with_no_failed_request() {
     // The leader's replica moves: the hardest case (a hand-over).
     let from = info.leader_node.unwrap();
     let to = free_node(&info, 4);
+    let built = |c: &TestCluster| {
+        std::fs::read_to_string(c.log(from as usize))
+            .unwrap()
+            .matches("snapshot built")
+            .count()
+    };
     let job = admin.move_tenant("acme", to, Some(from)).await.unwrap();
     eprintln!(
         "moving acme's replica from node {from} to node {to}: job {}",
         job.id
     );
+    job_until(&admin, job.id, 60, |s| s >= JobState::CatchingUp).await;
+    let built_before = built(&c);
     let job = job_end(&admin, job.id, 180).await;
     assert_eq!(job.state, JobState::Done, "{job:?}");
+    // The source kept taking snapshots (of every group it holds) while it
+    // streamed one to the target at 1 MB/s; the stream was not cut by
+    // them (a snapshot being sent is pinned), so the target installed
+    // one and no receive failed.
+    eprintln!(
+        "snapshots built during the transfer: {}",
+        built(&c) - built_before
+    );
+    let target_log = std::fs::read_to_string(c.log(to as usize)).unwrap();
+    assert!(
+        target_log.contains("installed a snapshot streamed by the leader"),
+        "node {to} never installed a snapshot"
+    );
+    assert!(
+        !target_log.contains("snapshot receive failed"),
+        "a snapshot stream to node {to} broke"
+    );
     let after = settled(&admin, "acme", 30).await;
     sleep_s(1.0).await;
     stop_workload(&w, tasks).await;
@@ -1394,6 +1489,10 @@ async fn kill_9_of_the_source_the_target_and_the_driver_in_the_middle_of_moves_l
         sleep_s(3.0).await;
         c.spawn(victim as usize).await;
         let end = job_end(&admin, job.id, 240).await;
+        eprintln!(
+            "{victim_role}: job {} ended {} ({:?})",
+            job.id, end.state, end.reason
+        );
         let after = settled(&admin, "acme", 60).await;
         assert_eq!(after.voters.len(), 3, "{after:?}");
         match end.state {
@@ -1572,6 +1671,24 @@ async fn a_fourth_node_joining_a_loaded_cluster_gets_its_share_and_a_drain_empti
         assert_eq!(i.voters.len(), 3, "{i:?}");
         assert!(!nodes_of(&i).contains(&4), "{i:?}");
     }
+    // `node list` says the same: node 4 holds and leads nothing, and the
+    // others hold all 24 replicas and lead all 8 groups.
+    let nodes = retry(|| admin.cluster_nodes()).await;
+    let n4 = nodes.iter().find(|n| n.id == 4).expect("node 4 listed");
+    assert!(
+        n4.draining && n4.replicas == 0 && n4.leads == Some(0),
+        "{nodes:?}"
+    );
+    assert_eq!(
+        nodes.iter().map(|n| n.replicas).sum::<u64>(),
+        24,
+        "{nodes:?}"
+    );
+    assert_eq!(
+        nodes.iter().filter_map(|n| n.leads).sum::<u64>(),
+        8,
+        "{nodes:?}"
+    );
     // A new tenant is not placed on the draining node.
     retry(|| admin.create_tenant(roomy("late"))).await;
     let late = settled(&admin, "late", 60).await;

@@ -7,7 +7,8 @@
 #
 # Everything lives in $CLUSTER_DIR (default ./data/cluster-N): certs/,
 # node-<i>/ (data, node.log, node.pid) and node-<i>.toml. Node i listens
-# for clients on 127.0.0.1:(17686+i) and for peers on 127.0.0.1:(17786+i).
+# for clients on 127.0.0.1:(17686+i), for peers on 127.0.0.1:(17786+i) and
+# serves Prometheus metrics on http://127.0.0.1:(9463+i)/metrics.
 # Node 1 bootstraps the cluster; the others join through it. Talk to it:
 #   vektagraf --addr 127.0.0.1:17687 --ca $CLUSTER_DIR/certs/ca.crt \
 #     --server-name localhost --key-file $CLUSTER_DIR/node-1/admin.key node list
@@ -32,6 +33,9 @@ data_dir = "$DIR/node-$i"
 listen = "127.0.0.1:$(client_port "$i")"
 cert = "$DIR/certs/node-$i.crt"
 key = "$DIR/certs/node-$i.key"
+
+[metrics]
+listen = "127.0.0.1:$((9463 + i))"
 
 [cluster]
 enabled = true

@@ -215,9 +215,13 @@ pub enum NodeCmd {
     /// Lists the cluster's nodes.
     List,
     /// Removes a dead node; its shard replicas are placed on live nodes.
+    /// A node that still answers is refused: drain it first, or --force.
     Remove {
         /// Node id.
         id: u64,
+        /// Remove it even though it still answers its peers.
+        #[arg(long)]
+        force: bool,
     },
     /// Moves every replica off a live node (before maintenance or
     /// `node remove`); no new replicas are placed on it.
@@ -602,9 +606,22 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
         }
         Remote::Node { cmd } => match cmd {
             NodeCmd::List => print(out, &c.cluster_nodes().await?)?,
-            NodeCmd::Remove { id } => {
-                c.remove_node(id).await?;
-                println!("node {id} removed; its replicas are being placed on live nodes");
+            NodeCmd::Remove { id, force } => {
+                let r = c.remove_node(id, force).await?;
+                if let Output::Json = out {
+                    print(out, &r)?;
+                } else {
+                    println!(
+                        "node {id} removed; {} tenant replica(s) placed again on live nodes",
+                        r.replaced.len()
+                    );
+                    if !r.under_replicated.is_empty() {
+                        println!(
+                            "warning: no live node to place on; under-replicated until a node joins: {}",
+                            r.under_replicated.join(", ")
+                        );
+                    }
+                }
             }
             NodeCmd::Drain { id } => {
                 let plan = c.drain_node(id).await?;

@@ -21,6 +21,7 @@
 //! | [`client`] | the QUIC client driver |
 //! | [`migrate`] | whole-tenant export and import files, on the driver (the node's side is in `db`) |
 //! | [`codec`] | the one binary encoding (bincode 2) |
+//! | [`monitor`] | Prometheus metrics: request counters with a capped tenant label, gauges read at scrape, the exposition (served by `node::metrics`) |
 //!
 //! Dependency rule (one way, top to bottom):
 //!
@@ -46,7 +47,8 @@
 //! rules. `proto` imports nothing else of the crate but `codec` and the
 //! shared `tenant` types; `client` imports only `proto`, `tenant` and
 //! `net::{tls, frame}`; `migrate` only `client`, `proto`, `tenant`,
-//! `codec`, `util` and `limits::calendar`; the pure modules (`tenant`, `limits`) import only
+//! `codec`, `util` and `limits::calendar`; `monitor` only `proto` and
+//! `config` (so any layer may count into it); the pure modules (`tenant`, `limits`) import only
 //! `proto`; `storage`, `vector` and `raft` know nothing of actors; only
 //! `shard`, `db`, `router` and `node` start actors.
 
@@ -59,6 +61,7 @@ pub mod config;
 pub mod db;
 pub mod limits;
 pub mod migrate;
+pub mod monitor;
 pub mod net;
 pub mod node;
 pub mod proto;

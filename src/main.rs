@@ -315,6 +315,9 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
             c.me().peer_addr
         );
     }
+    if let Some(m) = node.metrics_addr() {
+        println!("metrics on http://{m}/metrics");
+    }
     println!("listening on {}", server.local_addr);
     println!(
         "certificate {} sha256 {}",

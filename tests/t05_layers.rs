@@ -127,3 +127,30 @@ fn the_peer_transport_knows_nothing_of_the_engine_cluster_router_or_node() {
         found.join("\n")
     );
 }
+
+/// Metrics are counted from every layer (the router, raft), so `monitor`
+/// names nothing of the crate but `proto` and `config`.
+#[test]
+fn monitor_names_only_proto_and_config() {
+    let found = mentions(
+        "monitor",
+        &[
+            "crate::db",
+            "crate::cluster",
+            "crate::router",
+            "crate::net",
+            "crate::node",
+            "crate::shard",
+            "crate::raft",
+            "crate::storage",
+            "crate::limits",
+            "crate::Database",
+            "crate::Session",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "monitor is below every layer that counts into it:\n{}",
+        found.join("\n")
+    );
+}

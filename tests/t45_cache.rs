@@ -358,7 +358,15 @@ async fn the_node_memory_cap_holds_over_every_tenant() {
     s.get("a").await.unwrap();
     assert_eq!(db2.cache_usage("plain").unwrap(), CacheUsage::default());
     db2.close().await.unwrap();
+    // Closing the node empties the caches of tenants whose sessions are
+    // still held (big2 reads again, now that big1's bytes are back).
+    for i in 0..100 {
+        sessions[1].get(&format!("o{i}")).await.unwrap();
+    }
+    assert!(db.cache_memory().0 > 0);
     db.close().await.unwrap();
+    assert_eq!(db.cache_memory().0, 0);
+    drop(sessions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -491,3 +491,36 @@ async fn the_cli_runs_every_operation() {
     ok(run(&admin, &["tenant", "delete", "cli_t"]));
     let _ = Path::new(&node.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_big_for_one_frame_gets_a_typed_error_and_the_connection_serves_on() {
+    let node = start_node();
+    let admin = client(&node, &node.admin_key).await.unwrap();
+    let key = tenant_key(&admin, "big", None).await;
+    let c = client(&node, &key).await.unwrap();
+    c.create_collection(CollectionSpec::plain("blobs"))
+        .await
+        .unwrap();
+    // 20 objects of 1 MB: each fits a frame, all 20 (20 MB) do not.
+    let blob = "y".repeat(1 << 20);
+    for i in 0..20 {
+        c.put(NewObject::new(
+            "blobs",
+            &format!("b{i:02}"),
+            serde_json::json!({ "blob": blob }),
+        ))
+        .await
+        .unwrap();
+    }
+    match c.scan("blobs", None, 100).await {
+        Err(Error::LimitExceeded(l)) => {
+            assert_eq!(l.kind, LimitKind::ResultSize, "{l:?}");
+            assert_eq!(l.limit, vektagraf::proto::wire::MAX_FRAME_BYTES as u64);
+            assert!(l.requested > l.limit, "{l:?}");
+        }
+        other => panic!("expected a result-size error, got {other:?}"),
+    }
+    // The same connection serves the next request, and a page that fits.
+    let page = c.scan("blobs", None, 5).await.unwrap();
+    assert_eq!(page.len(), 5);
+}

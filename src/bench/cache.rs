@@ -257,6 +257,8 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         used / 1024,
         max / 1024
     );
+    // Sessions hold their tenants: they go before the database closes.
+    drop((plain, cached));
     db.close().await?;
     Ok(())
 }

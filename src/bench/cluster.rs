@@ -101,6 +101,7 @@ pub(crate) fn start_cluster_with(
         let toml = format!(
             "[node]\ndata_dir = \"{d}/node-{i}\"\n\
              [server]\nlisten = \"{client}\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\n\
+             [metrics]\nenabled = false\n\
              [cluster]\nenabled = true\nnode_id = {i}\npeer_listen = \"{peer}\"\n\
              ca = \"{c}/ca.crt\"\ncert = \"{c}/node-{i}.crt\"\nkey = \"{c}/node-{i}.key\"\njoin = [{join}]\n{extra}\n",
             d = dir.display(),

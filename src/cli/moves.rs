@@ -94,6 +94,13 @@ pub(super) async fn placement(c: &Client, out: Output, tenant: &str) -> Result<(
         }
     );
     println!("{t}");
+    let voters = info.voters.len() as u64;
+    if voters < info.replication_factor {
+        println!(
+            "warning: under-replicated: {voters} of {} voters",
+            info.replication_factor
+        );
+    }
     println!(
         "(as node {} sees it: last log index {}, applied {})",
         info.answered_by, info.last_log_index, info.applied

@@ -567,9 +567,18 @@ impl Client {
         }
     }
 
-    /// Removes a dead node; its replicas are placed on live nodes (admin key).
-    pub async fn remove_node(&self, id: u64) -> Result<()> {
-        self.expect_ok(Request::RemoveNode(id)).await
+    /// Removes a dead node; its replicas are placed on live nodes (admin
+    /// key). A node that still answers its peers is refused unless
+    /// `force` (drain it first).
+    pub async fn remove_node(
+        &self,
+        id: u64,
+        force: bool,
+    ) -> Result<crate::proto::wire::NodeRemoval> {
+        match self.call(Request::RemoveNode { id, force }).await? {
+            Response::Removed(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Moves one replica of `tenant`'s shard group to node `to` (from

@@ -1,7 +1,7 @@
 //! Membership: joining the cluster, admitting and removing nodes, and
 //! bringing a raft group's voters to the record.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,13 +9,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use parking_lot::Mutex;
 
-use crate::db::{Database, NodeRecord, Registry, Replica};
+use crate::db::{Database, NodeRecord, Registry, Replica, TenantRecord, TenantState};
 use crate::net::peer::{PeerRequest, PeerResponse};
+use crate::proto::wire::NodeRemoval;
 use crate::proto::{Error, Result};
 use crate::raft::ShardRaft;
 use crate::shard::is_leader;
 
-use super::placement::replica_load;
+use super::placement::{least_loaded, replica_load};
 use super::{member, parse_addr, unavailable, Cluster, FORWARD_TIMEOUT, MAX_HOPS};
 
 impl Cluster {
@@ -127,15 +128,27 @@ impl Cluster {
         reg.nodes()
     }
 
-    /// Removes a dead node: marks it removed and places each of its
-    /// replicas on another live node (the shard leaders then change their
-    /// memberships). Runs on group 0's leader.
-    pub async fn remove_node(&self, db: &Database, id: u64) -> Result<()> {
+    /// Removes node `id`: marks it removed and places each of its tenant
+    /// replicas on the least loaded live node holding none of that group.
+    /// A node that answers its peers is refused unless `force` (drain it
+    /// instead: its replicas move while it serves). Tenants with no live
+    /// node to place on are reported as under-replicated; the router's
+    /// mover brings them up to the replication factor when a node joins.
+    pub async fn remove_node(&self, db: &Database, id: u64, force: bool) -> Result<NodeRemoval> {
         let c = self;
         if id == c.me.id {
             return Err(Error::invalid(
                 "node",
                 "a node cannot remove itself; ask another node",
+            ));
+        }
+        if !force && c.answers(id).await {
+            return Err(Error::invalid(
+                "node",
+                format!(
+                    "node {id} is alive and answers its peers: drain it first \
+                     (`vektagraf node drain {id}`), stop it, or remove it with --force"
+                ),
             ));
         }
         let _g = db.lock_lifecycle().await;
@@ -147,13 +160,12 @@ impl Cluster {
             .ok_or_else(|| Error::not_found("node", id.to_string()))?;
         node.removed = true;
         reg.put_node(&node).await?;
-        let live: Vec<u64> = reg
-            .nodes()?
-            .into_iter()
-            .filter(|n| !n.removed && !n.draining)
-            .map(|n| n.id)
-            .collect();
-        let mut moved = 0;
+        let live = placeable(&reg)?;
+        let mut out = NodeRemoval {
+            node: id,
+            replaced: Vec::new(),
+            under_replicated: Vec::new(),
+        };
         let tenants = reg.tenants()?;
         // Kept current as replicas are placed (the dead node is no target).
         let mut load = replica_load(&tenants);
@@ -162,26 +174,62 @@ impl Cluster {
                 continue;
             }
             rec.replicas.retain(|r| r.node != id);
-            let target = live
-                .iter()
-                .filter(|n| !rec.replicas.iter().any(|r| r.node == **n))
-                .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
-                .copied();
-            if let Some(node) = target {
-                let rid = reg.next_id("replica").await?;
-                *load.entry(node).or_insert(0) += 1;
-                rec.replicas.push(Replica {
-                    id: rid,
-                    node,
-                    initial: false,
-                    learner: false,
-                });
+            let tenant = rec.config.tenant_id.clone();
+            if place_replica(&reg, &mut rec, &live, &mut load)
+                .await?
+                .is_some()
+            {
+                out.replaced.push(tenant);
+            } else {
+                tracing::warn!(tenant = %tenant, node = id, "no live node to place the replica on: under-replicated");
+                out.under_replicated.push(tenant);
             }
             reg.put_tenant(&rec).await?;
-            moved += 1;
         }
-        tracing::info!(node = id, replicas_moved = moved, "node removed");
-        Ok(())
+        tracing::info!(
+            node = id,
+            replaced = out.replaced.len(),
+            under_replicated = out.under_replicated.len(),
+            forced = force,
+            "node removed"
+        );
+        Ok(out)
+    }
+
+    /// Brings tenants with fewer voters than the replication factor up to
+    /// it, one replica each, on the least loaded live nodes (none while a
+    /// move job of that tenant runs). Returns the tenants given a replica.
+    pub async fn top_up(&self, db: &Database, busy: &HashSet<String>) -> Result<Vec<String>> {
+        let _g = db.lock_lifecycle().await;
+        let reg = db.registry()?;
+        let live = placeable(&reg)?;
+        let tenants = reg.tenants()?;
+        let mut load = replica_load(&tenants);
+        let mut out = Vec::new();
+        for mut rec in tenants {
+            let voters = rec.replicas.iter().filter(|r| !r.learner).count();
+            if rec.state != TenantState::Active
+                || voters >= self.settings.replication_factor
+                || busy.contains(&rec.config.tenant_id)
+            {
+                continue;
+            }
+            let Some(node) = place_replica(&reg, &mut rec, &live, &mut load).await? else {
+                continue;
+            };
+            tracing::info!(tenant = %rec.config.tenant_id, node, voters, "under-replicated tenant: adding a replica");
+            reg.put_tenant(&rec).await?;
+            out.push(rec.config.tenant_id.clone());
+        }
+        Ok(out)
+    }
+
+    /// Whether node `id` answers a peer request within two seconds.
+    async fn answers(&self, id: u64) -> bool {
+        self.net
+            .call(id, &PeerRequest::Leading, Duration::from_secs(2))
+            .await
+            .is_ok()
     }
 
     /// Spawns a membership change of `raft` (group `group`) to exactly
@@ -305,4 +353,37 @@ impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.busy.lock().remove(&self.group);
     }
+}
+
+/// Live nodes that may take new replicas (not removed, not draining).
+fn placeable(reg: &Registry) -> Result<Vec<u64>> {
+    Ok(reg
+        .nodes()?
+        .into_iter()
+        .filter(|n| !n.removed && !n.draining)
+        .map(|n| n.id)
+        .collect())
+}
+
+/// Adds a voter replica of `rec`'s group on the least loaded of `live`
+/// holding none (a new replica id; `load` counts it). Returns its node,
+/// or None when every live node already holds one.
+async fn place_replica(
+    reg: &Registry,
+    rec: &mut TenantRecord,
+    live: &[u64],
+    load: &mut HashMap<u64, usize>,
+) -> Result<Option<u64>> {
+    let Some(node) = least_loaded(live, load, rec) else {
+        return Ok(None);
+    };
+    let id = reg.next_id("replica").await?;
+    *load.entry(node).or_insert(0) += 1;
+    rec.replicas.push(Replica {
+        id,
+        node,
+        initial: false,
+        learner: false,
+    });
+    Ok(Some(node))
 }

@@ -220,6 +220,7 @@ impl Cluster {
             meta_data.clone(),
             net.clone(),
             None,
+            false,
         )
         .await?;
         let cluster = Arc::new(Cluster {

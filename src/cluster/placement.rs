@@ -94,6 +94,18 @@ pub(super) fn choose_nodes(
 }
 
 /// Replicas per node over every record.
+/// The least loaded of `live` holding no replica of `rec`'s group.
+pub(super) fn least_loaded(
+    live: &[u64],
+    load: &HashMap<u64, usize>,
+    rec: &TenantRecord,
+) -> Option<u64> {
+    live.iter()
+        .filter(|n| !rec.replicas.iter().any(|r| r.node == **n))
+        .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+        .copied()
+}
+
 pub(super) fn replica_load(recs: &[TenantRecord]) -> HashMap<u64, usize> {
     let mut load = HashMap::new();
     for r in recs {

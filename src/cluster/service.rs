@@ -158,7 +158,7 @@ impl PeerService for Service {
             };
             let snap = openraft::Snapshot {
                 meta,
-                snapshot: ShardSnapshot { dir },
+                snapshot: ShardSnapshot::at(dir),
             };
             let last = snap.meta.last_log_id;
             let r = raft.install_full_snapshot(vote, snap).await;

@@ -119,6 +119,14 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(v, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// The encoded size of a value, counted without allocating.
+pub fn encoded_len<T: Serialize>(v: &T) -> Result<usize, CodecError> {
+    let mut w = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(v, &mut w, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(w.bytes_written)
+}
+
 /// Decodes a value that must fill `bytes` exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (v, used) = bincode::serde::decode_from_slice(bytes, config())

@@ -8,6 +8,7 @@
 //! here whose relation the other module asserts in a unit test.
 
 mod error;
+mod metrics;
 mod raft;
 mod server;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use metrics::MetricsSettings;
 pub use raft::RaftSettings;
 pub use server::{ServerSettings, DEFAULT_MAX_FRAME_BYTES};
 
@@ -110,6 +112,9 @@ pub struct NodeConfig {
     pub server: ServerSettings,
     /// `[cluster]`.
     pub cluster: ClusterSettings,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// `[cache]`.
     pub cache: CacheSection,
 }
@@ -253,6 +258,16 @@ impl NodeConfig {
             ));
         }
         self.raft.to_openraft("check")?;
+        let m = &self.metrics;
+        if m.enabled && !(1..=10_000).contains(&m.max_tenant_labels) {
+            return Err(cfg_err("metrics.max_tenant_labels", "must be in 1..=10000"));
+        }
+        if m.relabel_interval_ms < 100 {
+            return Err(cfg_err(
+                "metrics.relabel_interval_ms",
+                "must be at least 100",
+            ));
+        }
         let c = &self.cluster;
         if c.enabled {
             if c.node_id == 0 {

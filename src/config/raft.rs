@@ -36,15 +36,31 @@ impl Default for RaftSettings {
 }
 
 impl RaftSettings {
-    /// The validated openraft config.
+    /// The validated openraft config. Snapshots are openraft's to
+    /// trigger every `snapshot_every` entries (the metadata group).
     pub fn to_openraft(&self, cluster: &str) -> Result<openraft::Config, ConfigError> {
+        self.openraft(cluster, true)
+    }
+
+    /// The validated openraft config of a tenant shard group, whose
+    /// snapshots its replica triggers itself (see
+    /// `raft::snapshot_due`): openraft's own policy is off.
+    pub fn to_openraft_shard(&self, cluster: &str) -> Result<openraft::Config, ConfigError> {
+        self.openraft(cluster, false)
+    }
+
+    fn openraft(&self, cluster: &str, policy: bool) -> Result<openraft::Config, ConfigError> {
         openraft::Config {
             cluster_name: cluster.to_string(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            snapshot_policy: if policy {
+                openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every)
+            } else {
+                openraft::SnapshotPolicy::Never
+            },
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             purge_batch_size: 256,
             max_payload_entries: 1024,

@@ -150,7 +150,7 @@ pub fn quota_of(u: &RequestUsage) -> QuotaCounters {
 
 impl Database {
     /// Opens a consistent export of `tenant` on this node (its shard
-    /// leader's, on a cluster): see the [module docs](self).
+    /// leader's, on a cluster): see the module docs of `db::export`.
     pub async fn export_open(&self, req: ExportOpen) -> Result<ExportHead> {
         let id = req.tenant_id.as_str();
         validate_tenant_id(id)?;

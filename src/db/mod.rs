@@ -9,6 +9,7 @@
 
 mod export;
 mod keys;
+mod metrics;
 mod registry;
 mod session;
 
@@ -385,7 +386,12 @@ impl Database {
                 first_err.get_or_insert(e);
             }
         }
-        self.inner.tenants.write().clear();
+        // Cached results go with their tenants, even while sessions still
+        // hold them.
+        let gone: Vec<Arc<Tenant>> = self.inner.tenants.write().drain().map(|(_, t)| t).collect();
+        for t in gone {
+            t.cache.clear();
+        }
         self.inner.by_group.write().clear();
         if let Some(c) = cluster {
             c.shutdown().await;
@@ -552,7 +558,7 @@ impl Database {
             slot: tenant.slot.clone(),
             route: tenant.route.clone(),
             cluster: net,
-            cache,
+            cache: Arc::downgrade(&cache),
         };
         let started = self
             .inner

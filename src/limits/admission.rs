@@ -20,6 +20,8 @@ use crate::tenant::Priority;
 #[derive(Debug)]
 struct State {
     in_flight: usize,
+    /// Slots in use by priority rank.
+    in_flight_by: [usize; 4],
     queues: [VecDeque<oneshot::Sender<()>>; 4],
     queued: usize,
 }
@@ -28,6 +30,7 @@ struct State {
 /// slot was handed to it, the slot is released, never leaked.
 struct Waiter {
     admission: Arc<Admission>,
+    rank: usize,
     rx: Option<oneshot::Receiver<()>>,
 }
 
@@ -47,7 +50,7 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         if self.take_late_slot() {
-            self.admission.release();
+            self.admission.release(self.rank);
         }
     }
 }
@@ -65,11 +68,12 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct AdmissionPermit {
     admission: Arc<Admission>,
+    rank: usize,
 }
 
 impl Drop for AdmissionPermit {
     fn drop(&mut self) {
-        self.admission.release();
+        self.admission.release(self.rank);
     }
 }
 
@@ -82,6 +86,7 @@ impl Admission {
             queue_timeout,
             state: Mutex::new(State {
                 in_flight: 0,
+                in_flight_by: [0; 4],
                 queues: Default::default(),
                 queued: 0,
             }),
@@ -90,24 +95,28 @@ impl Admission {
 
     /// Takes a slot, waiting by priority when the node is saturated.
     pub async fn acquire(self: &Arc<Self>, priority: Priority) -> Result<AdmissionPermit, Error> {
+        let rank = priority.rank();
         let rx = {
             let mut st = self.state.lock();
             if st.in_flight < self.max_in_flight && st.queued == 0 {
                 st.in_flight += 1;
+                st.in_flight_by[rank] += 1;
                 return Ok(AdmissionPermit {
                     admission: Arc::clone(self),
+                    rank,
                 });
             }
             if st.queued >= self.max_queued {
                 return Err(self.overloaded());
             }
             let (tx, rx) = oneshot::channel();
-            st.queues[priority.rank()].push_back(tx);
+            st.queues[rank].push_back(tx);
             st.queued += 1;
             rx
         };
         let mut waiter = Waiter {
             admission: Arc::clone(self),
+            rank,
             rx: Some(rx),
         };
         let got = match waiter.rx.as_mut() {
@@ -121,11 +130,13 @@ impl Admission {
             waiter.rx = None;
             return Ok(AdmissionPermit {
                 admission: Arc::clone(self),
+                rank,
             });
         }
         match waiter.take_late_slot() {
             true => Ok(AdmissionPermit {
                 admission: Arc::clone(self),
+                rank,
             }),
             false => Err(self.overloaded()),
         }
@@ -137,12 +148,16 @@ impl Admission {
         }
     }
 
-    fn release(&self) {
+    /// Frees a slot held at priority rank `held`, or passes it to the
+    /// oldest waiter of the highest priority.
+    fn release(&self, held: usize) {
         let mut st = self.state.lock();
+        st.in_flight_by[held] = st.in_flight_by[held].saturating_sub(1);
         for rank in (0..4).rev() {
             while let Some(tx) = st.queues[rank].pop_front() {
                 st.queued -= 1;
                 if tx.send(()).is_ok() {
+                    st.in_flight_by[rank] += 1;
                     return; // the slot passes to the waiter
                 }
             }
@@ -154,6 +169,17 @@ impl Admission {
     pub fn load(&self) -> (usize, usize) {
         let st = self.state.lock();
         (st.in_flight, st.queued)
+    }
+
+    /// (slots in use, waiters) by priority rank, low to critical.
+    pub fn load_by_priority(&self) -> ([usize; 4], [usize; 4]) {
+        let st = self.state.lock();
+        (st.in_flight_by, st.queues.each_ref().map(|q| q.len()))
+    }
+
+    /// `max_in_flight`.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 }
 
@@ -182,6 +208,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
+        assert_eq!(a.load_by_priority(), ([0, 1, 0, 0], [1, 1, 1, 1]));
         drop(held);
         for t in tasks {
             t.await.unwrap();
@@ -196,6 +223,7 @@ mod tests {
             ]
         );
         assert_eq!(a.load(), (0, 0));
+        assert_eq!(a.load_by_priority(), ([0; 4], [0; 4]));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@
 //! 3. **Users** (ids only; keys are never exported: create new ones).
 //! 4. **Collections**, then **records** in file order (objects, then
 //!    edges), in batches of at most
-//!    [`MAX_IMPORT_ITEMS`](crate::proto::migrate::MAX_IMPORT_ITEMS).
+//!    [`crate::proto::migrate::MAX_IMPORT_ITEMS`].
 //!    After each batch the number of records done is written to a
 //!    progress file beside the export (`FILE.import-TENANT.progress`);
 //!    a re-run with the same file and target resumes after them, under

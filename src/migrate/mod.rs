@@ -1,6 +1,6 @@
 //! Whole-tenant export and import (the seed's `TenantMigration`): moving
 //! a tenant between clusters, and backups. Client side, on the driver
-//! only: the file format ([`format`]), the export ([`export`]) and the
+//! only: the file format ([`mod@format`]), the export ([`export`]) and the
 //! import with its verify step ([`import`]). The node's side (a cursor
 //! over a checkpoint of the shard, restore commands through raft) is in
 //! `db/export.rs`; the wire types in [`crate::proto::migrate`].

@@ -678,7 +678,12 @@ impl PeerNet {
     }
 
     /// Streams the snapshot in `dir` (every file, recursively) to `node`
-    /// and waits for it to be installed.
+    /// and waits for it to be installed. `timeout` bounds each step that
+    /// should be quick (connecting, each chunk written, so a stalled
+    /// stream fails), not the whole stream: a big snapshot under the
+    /// bandwidth cap takes as long as it takes. The wait for the install
+    /// answer grows with the snapshot's size (the receiver copies it and
+    /// loads its indexes).
     pub async fn send_snapshot(
         self: &Arc<Self>,
         node: u64,
@@ -691,68 +696,75 @@ impl PeerNet {
         self.faulted(node).await?;
         let stream_err = |reason: String| PeerError::Stream { node, reason };
         let files = list_files(dir).map_err(|e| stream_err(e.to_string()))?;
-        let fut = async {
-            let conn = self.connection(node).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
+        let timed_out = || PeerError::Timeout {
+            node,
+            after: timeout,
+        };
+        let conn = tokio::time::timeout(timeout, self.connection(node))
+            .await
+            .map_err(|_| timed_out())??;
+        let (mut send, mut recv) = tokio::time::timeout(timeout, conn.open_bi())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| stream_err(e.to_string()))?;
+        let header = PeerRequest::Snapshot {
+            group,
+            vote,
+            meta,
+            files: files.clone(),
+        };
+        write_msg(&mut send, &header).await.map_err(stream_err)?;
+        let total: u64 = files.iter().map(|(_, l)| *l).sum();
+        let _progress = Sending::start(self, group, node, total);
+        let rate = self
+            .snapshot_rate
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        for (name, len) in &files {
+            let mut f = tokio::fs::File::open(dir.join(name))
                 .await
-                .map_err(|e| stream_err(e.to_string()))?;
-            let header = PeerRequest::Snapshot {
-                group,
-                vote,
-                meta,
-                files: files.clone(),
-            };
-            write_msg(&mut send, &header).await.map_err(stream_err)?;
-            let total: u64 = files.iter().map(|(_, l)| *l).sum();
-            let _progress = Sending::start(self, group, node, total);
-            let rate = self
-                .snapshot_rate
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let mut sent = 0u64;
-            let mut buf = vec![0u8; CHUNK];
-            for (name, len) in &files {
-                let mut f = tokio::fs::File::open(dir.join(name))
+                .map_err(|e| stream_err(format!("{name}: {e}")))?;
+            let mut left = *len;
+            while left > 0 {
+                let n = (left as usize).min(CHUNK);
+                tokio::io::AsyncReadExt::read_exact(&mut f, &mut buf[..n])
                     .await
+                    .map_err(|e| stream_err(format!("{name}: {e}")))?;
+                tokio::time::timeout(timeout, send.write_all(&buf[..n]))
+                    .await
+                    .map_err(|_| timed_out())?
                     .map_err(|e| stream_err(e.to_string()))?;
-                let mut left = *len;
-                while left > 0 {
-                    let n = (left as usize).min(CHUNK);
-                    tokio::io::AsyncReadExt::read_exact(&mut f, &mut buf[..n])
-                        .await
-                        .map_err(|e| stream_err(format!("{name}: {e}")))?;
-                    send.write_all(&buf[..n])
-                        .await
-                        .map_err(|e| stream_err(e.to_string()))?;
-                    left -= n as u64;
-                    sent += n as u64;
-                    if let Some(p) = self.sending.lock().get_mut(&(group, node)) {
-                        p.0 = sent;
-                    }
-                    if rate > 0 {
-                        // Ahead of the cap: wait until the bytes sent are
-                        // due.
-                        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            tokio::time::sleep(wait).await;
-                        }
+                left -= n as u64;
+                sent += n as u64;
+                if let Some(p) = self.sending.lock().get_mut(&(group, node)) {
+                    p.0 = sent;
+                }
+                if rate > 0 {
+                    // Ahead of the cap: wait until the bytes sent are due.
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
-            let _ = send.finish();
-            read_msg::<PeerResponse>(&mut recv)
-                .await
-                .map_err(stream_err)
-        };
-        tokio::time::timeout(timeout, fut)
+        }
+        let _ = send.finish();
+        let install = timeout + Duration::from_secs_f64(total as f64 / INSTALL_FLOOR_BYTES_PER_S);
+        tokio::time::timeout(install, read_msg::<PeerResponse>(&mut recv))
             .await
             .map_err(|_| PeerError::Timeout {
                 node,
-                after: timeout,
+                after: install,
             })?
+            .map_err(stream_err)
     }
 }
+
+/// The slowest install a snapshot's receiver is allowed (bytes/s): the
+/// wait for its answer grows by the snapshot's size at this rate.
+const INSTALL_FLOOR_BYTES_PER_S: f64 = 20e6;
 
 /// Marks a snapshot stream in [`PeerNet::snapshot_progress`] while it
 /// lives.
@@ -933,11 +945,21 @@ async fn serve_stream(
             vote,
             meta,
             files,
-        }) => match receive_files(&*service, group, &files, &mut recv).await {
+        }) => match service.snapshot_staging(group) {
             Ok(dir) => {
-                let r = service
-                    .install_snapshot(group, vote, meta, dir.clone())
-                    .await;
+                // The staging directory goes whatever happens (a node
+                // killed meanwhile sweeps it at the shard's next open).
+                let r = match receive_files(&dir, &files, &mut recv).await {
+                    Ok(()) => {
+                        service
+                            .install_snapshot(group, vote, meta, dir.clone())
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::info!(group, from, error = %e, "snapshot receive failed");
+                        PeerResponse::Failed(e)
+                    }
+                };
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 r
             }
@@ -951,13 +973,12 @@ async fn serve_stream(
     }
 }
 
+/// Receives the snapshot files named in its header into `dir`.
 async fn receive_files(
-    service: &dyn PeerService,
-    group: u64,
+    dir: &Path,
     files: &[(String, u64)],
     recv: &mut RecvStream,
-) -> Result<PathBuf, Error> {
-    let dir = service.snapshot_staging(group)?;
+) -> Result<(), Error> {
     let proto = |reason: String| Error::Protocol { reason };
     let mut buf = vec![0u8; CHUNK];
     for (name, len) in files {
@@ -986,7 +1007,7 @@ async fn receive_files(
         }
         f.sync_all().await.map_err(Error::storage)?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Writes one length-prefixed message.

@@ -19,7 +19,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 pub use crate::config::ServerSettings;
 use crate::db::Database;
 use crate::proto::wire::{Envelope, FrameError, KeyInfo, KeyKind, Request, Response, ALPN};
-use crate::proto::Error;
+use crate::proto::{Error, LimitExceeded, LimitKind};
 use crate::router::Router;
 use crate::Session;
 
@@ -468,8 +468,34 @@ async fn serve_stream(
         }
         Err(e) => (0, bad_frame(&mut recv, e), None),
     };
-    let env = Envelope::new(id, response).with_leader(leader);
-    if let Err(e) = write_frame(&mut send, &env).await {
+    let frame = match Envelope::new(id, response).with_leader(leader).to_frame() {
+        Ok(f) => Ok(f),
+        // An answer too big for one frame: the client gets a typed
+        // error saying so, not a reset stream.
+        Err(FrameError::TooLarge { len, max }) => {
+            tracing::info!(len, max, "response too large for a frame");
+            let refused = Error::LimitExceeded(LimitExceeded {
+                kind: LimitKind::ResultSize,
+                limit: max as u64,
+                current: 0,
+                requested: len as u64,
+                retry_after_ms: None,
+            });
+            Envelope::new(id, Response::Error(refused))
+                .with_leader(leader)
+                .to_frame()
+        }
+        Err(e) => Err(e),
+    };
+    let sent = match frame {
+        Ok(f) => send
+            .write_all(&f)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|()| send.finish().map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "could not send response");
     }
 }

@@ -9,6 +9,7 @@
 //!   └──── net (server, peer transport) ┘
 //! ```
 
+pub mod metrics;
 mod supervisor;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct Node {
     cluster: Option<Arc<Cluster>>,
     router: Router,
     server: Server,
+    metrics: Option<metrics::MetricsServer>,
     supervisor: ActorRef<()>,
 }
 
@@ -58,6 +60,7 @@ impl Node {
         let parent = supervisor.get_cell();
         let dir = config.node.data_dir.clone();
         let settings = config.server.clone();
+        let metrics_settings = config.metrics.clone();
         let clustered = config.cluster.enabled;
         let db = match Database::open_in(&dir, config, Some(parent.clone())).await {
             Ok(db) => db,
@@ -67,7 +70,11 @@ impl Node {
             }
         };
         let started = async {
-            let shared = Shared::default();
+            let shared = Shared {
+                metrics: Arc::new(crate::monitor::Metrics::new(&metrics_settings)),
+                ..Shared::default()
+            };
+            let counters = shared.metrics.clone();
             let cluster = if clustered {
                 let peer = Arc::new(PeerRequests {
                     grants: shared.grants.clone(),
@@ -79,7 +86,29 @@ impl Node {
             };
             let router = Router::start(db.clone(), cluster.clone(), shared, Some(parent)).await?;
             match Server::start(db.clone(), router.clone(), settings).await {
-                Ok(server) => Ok((cluster, router, server)),
+                Ok(server) => {
+                    let metrics = if metrics_settings.enabled {
+                        match metrics::start(
+                            &metrics_settings,
+                            db.clone(),
+                            cluster.clone(),
+                            counters,
+                        )
+                        .await
+                        {
+                            Ok(m) => Some(m),
+                            Err(e) => {
+                                // Several nodes on one host share the default
+                                // port: the node still serves, without /metrics.
+                                tracing::error!("no /metrics on this node: {e}");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    Ok((cluster, router, server, metrics))
+                }
                 Err(e) => {
                     router.stop();
                     Err(e)
@@ -88,11 +117,12 @@ impl Node {
         }
         .await;
         match started {
-            Ok((cluster, router, server)) => Ok(Node {
+            Ok((cluster, router, server, metrics)) => Ok(Node {
                 db,
                 cluster,
                 router,
                 server,
+                metrics,
                 supervisor,
             }),
             Err(e) => {
@@ -118,10 +148,17 @@ impl Node {
         &self.server
     }
 
+    /// Where `/metrics` is served (`None`: `metrics.enabled` is off, or
+    /// its address could not be bound).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr)
+    }
+
     /// Stops the node in order: the server (no new requests), the router,
     /// the cluster's background loops, then the engine (its shards, then
     /// group 0 and the peer transport, then its stores).
     pub async fn shutdown(self) -> Result<()> {
+        drop(self.metrics);
         self.server.shutdown().await;
         self.router.stop();
         if let Some(c) = &self.cluster {

@@ -294,8 +294,14 @@ pub enum Request {
     /// The cluster's nodes (admin).
     ClusterNodes,
     /// Removes a dead node from the cluster; its shard replicas are
-    /// placed again on live nodes (admin).
-    RemoveNode(u64),
+    /// placed again on live nodes (admin). A node that answers its peers
+    /// is refused unless `force`.
+    RemoveNode {
+        /// Node id.
+        id: u64,
+        /// Remove it even though it is alive (drain it first instead).
+        force: bool,
+    },
     /// Where a tenant's shard group runs and who leads it (admin).
     ShardInfo(String),
     /// A write applied at most once per (`client`, `seq`): a retry of a
@@ -431,6 +437,8 @@ pub enum Response {
     Jobs(Vec<crate::proto::MoveJob>),
     /// A rebalance or drain plan.
     Plan(crate::proto::Plan),
+    /// What removing a node did.
+    Removed(NodeRemoval),
     /// An opened export.
     ExportOpened(Box<super::migrate::ExportHead>),
     /// A page of an export.
@@ -469,6 +477,21 @@ pub struct ShardInfo {
     pub snapshots: Vec<(u64, u64, u64)>,
     /// Stored data of the answering replica.
     pub usage: crate::proto::StorageUsage,
+    /// Voters the group should have (the cluster's replication factor).
+    pub replication_factor: u64,
+}
+
+/// What `RemoveNode` did to the tenants that had a replica on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRemoval {
+    /// The node removed.
+    pub node: u64,
+    /// Tenants whose replica there was placed again on a live node.
+    pub replaced: Vec<String>,
+    /// Tenants left with fewer replicas than the replication factor (no
+    /// live node to place on); they are brought up to it when a node
+    /// joins.
+    pub under_replicated: Vec<String>,
 }
 
 /// A cluster node as `ClusterNodes` reports it.
@@ -486,6 +509,12 @@ pub struct ClusterNode {
     pub voter: bool,
     /// Leader of the metadata group.
     pub leader: bool,
+    /// Draining: no new replicas are placed here (`node drain`).
+    pub draining: bool,
+    /// Tenant shard replicas placed on it (learners included).
+    pub replicas: u64,
+    /// Tenant shard groups it leads (None: it did not answer).
+    pub leads: Option<u64>,
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub async fn start_single_node_group(
     group: u64,
     data: Arc<ShardData>,
 ) -> Result<ShardRaft, Error> {
-    let config = Arc::new(settings.to_openraft("vektagraf")?);
+    let config = Arc::new(settings.to_openraft_shard("vektagraf")?);
     let sm = ShardStateMachine::new(data);
     let raft = openraft::Raft::new(replica_id, config, LocalOnly, logs.store(group), sm)
         .await
@@ -56,7 +56,9 @@ pub async fn start_single_node_group(
 /// transport `net`. `initial`: the group's first membership, used only when
 /// this replica's log is empty and it is one of the initial replicas
 /// (replicas added later wait for the leader instead). Does not wait
-/// for an election.
+/// for an election. `own_snapshots`: the replica triggers its snapshots
+/// itself ([`snapshot_due`], tenant shards) instead of openraft's policy.
+#[allow(clippy::too_many_arguments)] // each is one fact about the replica
 pub async fn start_replicated_group(
     settings: &RaftSettings,
     replica_id: u64,
@@ -65,8 +67,15 @@ pub async fn start_replicated_group(
     data: Arc<ShardData>,
     net: Arc<dyn Transport>,
     initial: Option<BTreeMap<u64, openraft::BasicNode>>,
+    own_snapshots: bool,
 ) -> Result<ShardRaft, Error> {
-    let config = Arc::new(settings.to_openraft("vektagraf")?);
+    // A tenant shard's replica triggers its own snapshots
+    // ([`snapshot_due`]); the metadata group leaves them to openraft.
+    let config = Arc::new(if own_snapshots {
+        settings.to_openraft_shard("vektagraf")?
+    } else {
+        settings.to_openraft("vektagraf")?
+    });
     let sm = ShardStateMachine::new(data);
     let network = PeerNetwork::new(net, group);
     let raft = openraft::Raft::new(replica_id, config, network, logs.store(group), sm)
@@ -100,4 +109,37 @@ pub fn raft_err(e: impl std::fmt::Display) -> Error {
     Error::Raft {
         reason: e.to_string(),
     }
+}
+
+/// How far past `snapshot_every` a leader defers its next snapshot while a
+/// replica lags behind what that snapshot would let it purge: by this
+/// many times `snapshot_every` entries at most (a replica that is down
+/// for good must not grow the log without bound).
+pub const SNAPSHOT_DEFER_FACTOR: u64 = 20;
+
+/// Whether a tenant shard replica should take a snapshot now: at least
+/// `every` entries applied since its last one, unless it leads and a
+/// replica's matched index is behind what the new snapshot would purge
+/// (`applied - keep`). That replica is being sent a snapshot, or is
+/// catching up from the log: purging now would make it need another
+/// snapshot when this one lands, and a busy tenant's new replica would
+/// never catch up (each snapshot outdated by the time it is installed).
+/// The deferral ends once the log holds `every ×`
+/// [`SNAPSHOT_DEFER_FACTOR`] entries past the last snapshot.
+pub fn snapshot_due(m: &openraft::RaftMetrics<ShardRaftConfig>, every: u64, keep: u64) -> bool {
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    let last = m.snapshot.as_ref().map_or(0, |l| l.index);
+    let since = applied.saturating_sub(last);
+    if since < every.max(1) {
+        return false;
+    }
+    if since >= every.max(1).saturating_mul(SNAPSHOT_DEFER_FACTOR) {
+        return true;
+    }
+    let purge_to = applied.saturating_sub(keep);
+    let lagging = m.replication.as_ref().is_some_and(|r| {
+        r.values()
+            .any(|matched| matched.as_ref().map_or(0, |l| l.index) < purge_to)
+    });
+    !lagging
 }

@@ -116,6 +116,40 @@ impl PeerClient {
     }
 }
 
+/// Most bytes of entries one AppendEntries message carries: a quarter of
+/// the peer frame limit, so a batch of big entries is split, never
+/// refused as a whole (which would stop the group replicating).
+pub const APPEND_MAX_BYTES: usize = crate::codec::MAX_DECODE_BYTES / 4;
+
+/// `rpc` cut to the entries that fit in `max` bytes (at least one): the
+/// request to send and, if entries were left out, the log id of the
+/// last one sent (openraft then sends the rest next).
+pub fn fit_append(
+    mut rpc: AppendEntriesRequest<C>,
+    max: usize,
+) -> (AppendEntriesRequest<C>, Option<super::types::LogId>) {
+    if rpc.entries.len() <= 1 {
+        return (rpc, None);
+    }
+    let mut total = 0usize;
+    let mut keep = rpc.entries.len();
+    for (i, e) in rpc.entries.iter().enumerate() {
+        // An entry that cannot be measured cannot be encoded either: the
+        // send reports it.
+        total = total.saturating_add(crate::codec::encoded_len(e).unwrap_or(0));
+        if total > max && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    if keep == rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    (rpc, last)
+}
+
 fn rpc_err(e: TransportError) -> RPCError<C> {
     match e {
         TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e)),
@@ -133,9 +167,14 @@ impl RaftNetworkV2<C> for PeerClient {
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         let node = self.node().map_err(RPCError::Unreachable)?;
         let net = self.net.clone();
-        net.append(node, self.group, rpc, o.hard_ttl())
-            .await
-            .map_err(rpc_err)
+        let (rpc, cut) = fit_append(rpc, APPEND_MAX_BYTES);
+        match net.append(node, self.group, rpc, o.hard_ttl()).await {
+            // Only the first part went: say how far it matched.
+            Ok(AppendEntriesResponse::Success) if cut.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(cut))
+            }
+            r => r.map_err(rpc_err),
+        }
     }
 
     async fn vote(
@@ -192,13 +231,80 @@ impl RaftNetworkV2<C> for PeerClient {
         );
         let r = tokio::select! {
             r = send => r,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            closed = cancel => {
+                crate::monitor::snapshot_sent(false);
+                return Err(StreamingError::Closed(closed));
+            }
         };
+        crate::monitor::snapshot_sent(r.is_ok());
         r.map_err(|e| match e {
             TransportError::Unreachable { .. } => {
                 StreamingError::Unreachable(Unreachable::from_string(e))
             }
             _ => StreamingError::Network(NetworkError::from_string(e)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::vote::RaftLeaderIdExt;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::proto::{NewObject, WriteOp};
+    use crate::raft::types::{Entry, LogId};
+    use crate::storage::Command;
+
+    fn log_id(index: u64) -> LogId {
+        let leader = openraft::type_config::alias::LeaderIdOf::<C>::new_committed(1, 1);
+        LogId::new(leader, index)
+    }
+
+    /// An entry holding one object of about `bytes` bytes.
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let op = WriteOp::Put(NewObject::new(
+            "kv",
+            &format!("k{index}"),
+            serde_json::json!({ "pad": "x".repeat(bytes) }),
+        ));
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Command::Write {
+                ops: vec![op],
+                atomic: true,
+                now_ms: 1,
+            }),
+        }
+    }
+
+    fn request(entries: Vec<Entry>) -> AppendEntriesRequest<C> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(0)),
+            entries,
+            leader_commit: Some(log_id(0)),
+        }
+    }
+
+    #[test]
+    fn a_batch_over_the_byte_cap_is_cut_after_the_last_entry_that_fits() {
+        // Ten entries of ~1 MB against a 3.5 MB cap: three go.
+        let rpc = request((1..=10).map(|i| entry(i, 1 << 20)).collect());
+        let (sent, last) = fit_append(rpc, 7 << 19);
+        assert_eq!(sent.entries.len(), 3);
+        assert_eq!(last, Some(log_id(3)));
+        assert!(crate::codec::encoded_len(&sent).unwrap() < 7 << 19);
+        // What fits goes whole.
+        let rpc = request((1..=10).map(|i| entry(i, 100)).collect());
+        let (sent, last) = fit_append(rpc, 7 << 19);
+        assert_eq!((sent.entries.len(), last), (10, None));
+        // One entry over the cap still goes (the frame limit is 4× the cap).
+        let rpc = request(vec![entry(1, 4 << 20), entry(2, 10)]);
+        let (sent, last) = fit_append(rpc, 1 << 20);
+        assert_eq!(sent.entries.len(), 1);
+        assert_eq!(last, Some(log_id(1)));
     }
 }

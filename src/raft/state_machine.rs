@@ -12,7 +12,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, Snapshot};
 
 use crate::codec;
-use crate::shard::ShardData;
+use crate::shard::{ShardData, SnapshotPin};
 use crate::storage::meta_key;
 
 use super::types::{io_other, LogId, ShardRaftConfig as C, SnapshotMeta, StoredMembership};
@@ -23,12 +23,31 @@ const APPLY_CHUNK: usize = 256;
 /// A snapshot on local disk: a directory holding `db/` (a RocksDB
 /// checkpoint), `faiss/` (the vector indexes as of the checkpoint, see
 /// `vector::read_image`) and `meta.bin` (the encoded [`SnapshotMeta`]).
-/// The transport ships every file under it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The transport ships every file under it. A snapshot read for sending
+/// holds a pin, so the directory outlives newer snapshots until the send
+/// ends.
+#[derive(Debug, Clone)]
 pub struct ShardSnapshot {
     /// The directory.
     pub dir: PathBuf,
+    /// Keeps `dir` on disk while this value (or a clone) lives.
+    pub pin: Option<Arc<SnapshotPin>>,
 }
+
+impl ShardSnapshot {
+    /// A snapshot in `dir`, unpinned (one being received or installed).
+    pub fn at(dir: PathBuf) -> Self {
+        Self { dir, pin: None }
+    }
+}
+
+impl PartialEq for ShardSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.dir == other.dir
+    }
+}
+
+impl Eq for ShardSnapshot {}
 
 /// The state machine of one shard group.
 #[derive(Debug, Clone)]
@@ -131,28 +150,18 @@ impl RaftStateMachine<C> for ShardStateMachine {
             // Loads the shipped index files where they match; the report
             // is logged per collection and kept on the data.
             data.install_snapshot(&snapshot.dir).map_err(io_other)?;
-            // Keep it as our current snapshot unless it already is one of ours.
-            let snaps = data.dir().join("snapshots");
-            if !snapshot.dir.starts_with(&snaps) {
-                let name = format!(
-                    "installed-{}",
-                    meta.last_log_id.as_ref().map_or(0, |l| l.index)
-                );
-                let target = snaps.join(&name);
-                let _ = std::fs::remove_dir_all(&target);
-                std::fs::create_dir_all(&snaps)?;
-                crate::shard::copy_dir(&snapshot.dir, &target).map_err(io_other)?;
-                crate::shard::write_atomic(
-                    &target.join("meta.bin"),
-                    &codec::encode(&meta).map_err(io_other)?,
-                )
-                .map_err(io_other)?;
-                for e in std::fs::read_dir(&snaps)?.flatten() {
-                    if e.file_name().to_string_lossy() != name {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                }
-            }
+            crate::monitor::snapshot_installed();
+            // Keep it as our latest snapshot (unless it already is one of ours).
+            let name = format!(
+                "installed-{}",
+                meta.last_log_id.as_ref().map_or(0, |l| l.index)
+            );
+            data.adopt_snapshot(
+                &snapshot.dir,
+                &name,
+                &codec::encode(&meta).map_err(io_other)?,
+            )
+            .map_err(io_other)?;
             Ok(())
         })
         .await
@@ -163,7 +172,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         &mut self,
     ) -> Result<Option<openraft::type_config::alias::SnapshotOf<C, ShardSnapshot>>, std::io::Error>
     {
-        let Some(dir) = self.data.latest_snapshot() else {
+        let Some((dir, pin)) = self.data.pin_latest_snapshot() else {
             return Ok(None);
         };
         let Ok(bytes) = std::fs::read(dir.join("meta.bin")) else {
@@ -172,7 +181,10 @@ impl RaftStateMachine<C> for ShardStateMachine {
         let meta: SnapshotMeta = codec::decode(&bytes).map_err(io_other)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: ShardSnapshot { dir },
+            snapshot: ShardSnapshot {
+                dir,
+                pin: Some(Arc::new(pin)),
+            },
         }))
     }
 }
@@ -204,7 +216,7 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 .map_err(io_other)?;
             Ok(Snapshot {
                 meta,
-                snapshot: ShardSnapshot { dir },
+                snapshot: ShardSnapshot::at(dir),
             })
         })
         .await

@@ -4,9 +4,11 @@
 //! belongs (here, or for a request forwarded to this node).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::db::Database;
+use crate::monitor::{Operation, Outcome, Who};
 use crate::proto::wire::{KeyKind, Request, Response};
 use crate::proto::{Error, OperationType};
 use crate::Session;
@@ -31,16 +33,37 @@ pub async fn request(
     session: Option<Session>,
     req: Request,
 ) -> super::Answer {
-    let mut tenant = None;
-    let result = request_in(db, cluster, shared, key_id, session, req, &mut tenant).await;
-    let leader = match (cluster, tenant) {
-        (Some(c), Some(t)) => super::route::leader_hint(db, c, &t),
+    let started = Instant::now();
+    let op = Operation::of(&req);
+    let mut caller = Caller::Unknown;
+    let result = request_in(db, cluster, shared, key_id, session, req, &mut caller).await;
+    let who = match &caller {
+        Caller::Tenant(t) => Who::Tenant(t),
+        Caller::Admin => Who::Admin,
+        Caller::Unknown => Who::Unknown,
+    };
+    shared
+        .metrics
+        .record(who, op, Outcome::of(&result), started.elapsed());
+    let leader = match (cluster, caller) {
+        (Some(c), Caller::Tenant(t)) => super::route::leader_hint(db, c, &t),
         _ => None,
     };
     super::Answer { result, leader }
 }
 
-/// [`request`], noting in `tenant` which tenant's shard served it.
+/// Whose request it was, once the key is checked.
+enum Caller {
+    /// Not known (ping, or the key was refused).
+    Unknown,
+    /// An admin key.
+    Admin,
+    /// A tenant key of this tenant.
+    Tenant(String),
+}
+
+/// [`request`], noting in `caller` whose request it is (for a tenant:
+/// which tenant's shard served it).
 async fn request_in(
     db: &Database,
     cluster: Option<&Arc<Cluster>>,
@@ -48,7 +71,7 @@ async fn request_in(
     key_id: &str,
     session: Option<Session>,
     req: Request,
-    tenant: &mut Option<String>,
+    caller: &mut Caller,
 ) -> Result<Response, Error> {
     if let Request::Ping = req {
         return Ok(Response::Pong);
@@ -61,6 +84,11 @@ async fn request_in(
     }
     // Re-checked on every request: a revoked key fails on its next one.
     let key = db.key_still_valid(key_id)?;
+    *caller = match (&key.kind, &key.tenant_id) {
+        (KeyKind::Admin, _) => Caller::Admin,
+        (KeyKind::Tenant, Some(t)) => Caller::Tenant(t.clone()),
+        (KeyKind::Tenant, None) => Caller::Unknown,
+    };
     if let Request::WhoAmI = req {
         return Ok(Response::Principal(key));
     }
@@ -81,7 +109,6 @@ async fn request_in(
                 let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
                     return Err(Error::MissingTenantContext);
                 };
-                *tenant = Some(t.clone());
                 return super::route::serve_tenant(db, c, &shared.grants, t, u, req, 0).await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;
@@ -155,7 +182,7 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
         }
         Import(step) => Response::Batch(db.import(step).await?),
         ClusterNodes
-        | RemoveNode(_)
+        | RemoveNode { .. }
         | ShardInfo(_)
         | MoveTenant { .. }
         | ListJobs

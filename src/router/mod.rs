@@ -58,13 +58,17 @@ pub enum RouterMsg {
 pub struct RouterActor;
 
 /// Node-wide routing state the router shares with the peer service: the
-/// node's grants from tenants' budgets and its move-job driver.
+/// node's grants from tenants' budgets, its move-job driver and its
+/// request metrics.
 #[derive(Clone, Default)]
 pub struct Shared {
     /// Grants (see [`grants`]).
     pub grants: Arc<grants::Grants>,
     /// The move-job driver (see [`moves`]).
     pub mover: Arc<moves::Mover>,
+    /// Request counters (every client request is counted once, in
+    /// [`dispatch::request`]).
+    pub metrics: Arc<crate::monitor::Metrics>,
 }
 
 /// What the router serves: the node's engine, and its cluster runtime on

@@ -45,6 +45,14 @@ const CAUGHT_UP: u64 = 64;
 /// A target that gains nothing this long while the source leads gets
 /// the leadership moved off the source (it may be cut off from it).
 const SOURCE_STALL: Duration = Duration::from_secs(8);
+/// Leadership checks after a rebalance that only handed leaderships over.
+const LEAD_CHECKS: u32 = 5;
+/// How long after hand-overs the leaders are checked again.
+const LEAD_CHECK_AFTER: Duration = Duration::from_secs(3);
+/// The origin of those checks.
+const LEADS_AGAIN: &str = "rebalance (leaders, again)";
+/// How often under-replicated tenants are looked for.
+const TOP_UP_EVERY: Duration = Duration::from_secs(5);
 /// Pause between leadership transfer requests of one job.
 const TRANSFER_EVERY: Duration = Duration::from_secs(2);
 
@@ -87,6 +95,11 @@ pub struct Mover {
     pending_leads: Mutex<Option<BTreeSet<u64>>>,
     /// Nodes seen, for rebalancing when one joins.
     nodes_seen: Mutex<Option<BTreeSet<u64>>>,
+    /// When under-replicated tenants were last looked for.
+    topped_up: Mutex<Option<Instant>>,
+    /// Hand-overs were asked: check the leaders again at this time, this
+    /// many more times at most (a hand-over can fail or land elsewhere).
+    leads_again: Mutex<Option<(Instant, u32)>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -105,6 +118,8 @@ impl Mover {
             live: Mutex::new(HashMap::new()),
             pending_leads: Mutex::new(None),
             nodes_seen: Mutex::new(None),
+            topped_up: Mutex::new(None),
+            leads_again: Mutex::new(None),
             task: Mutex::new(None),
         }
     }
@@ -366,6 +381,18 @@ impl Mover {
         if !plan.jobs.is_empty() {
             // Leaders are balanced again once the moves end.
             *self.pending_leads.lock() = Some(plan.jobs.iter().copied().collect());
+            *self.leads_again.lock() = None;
+        } else if plan.steps.is_empty() {
+            *self.leads_again.lock() = None;
+        } else {
+            // Only hand-overs: look again shortly, a few times, until the
+            // leaders are within one of each other.
+            let mut again = self.leads_again.lock();
+            let left = match *again {
+                Some((_, n)) if origin == LEADS_AGAIN => n,
+                _ => LEAD_CHECKS,
+            };
+            *again = (left > 0).then(|| (Instant::now() + LEAD_CHECK_AFTER, left - 1));
         }
         tracing::info!(
             origin,
@@ -457,6 +484,33 @@ impl Mover {
                 *self.pending_leads.lock() = None;
                 self.rebalance(db, c, false, "rebalance (leaders)").await?;
             }
+        }
+        // Hand-overs asked earlier: are the leaders balanced now?
+        let again = self
+            .leads_again
+            .lock()
+            .is_some_and(|(at, _)| Instant::now() >= at);
+        if again && live_ids.is_empty() {
+            self.rebalance(db, c, false, LEADS_AGAIN).await?;
+        }
+        // Tenants short of the replication factor (a node was removed
+        // with nowhere to place its replicas, or the tenant was created
+        // while the cluster was small) get a replica where there is room.
+        let due = {
+            let mut t = self.topped_up.lock();
+            let due = t.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
+            if due {
+                *t = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let busy: HashSet<String> = jobs
+                .iter()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| j.tenant_id.clone())
+                .collect();
+            c.top_up(db, &busy).await?;
         }
         // A node joined: rebalance.
         let nodes: BTreeSet<u64> = reg
@@ -813,11 +867,11 @@ fn group_views(recs: &[TenantRecord], leaders: &HashMap<u64, u64>) -> Vec<GroupV
         .collect()
 }
 
-/// Which node leads each group (asking every node in `nodes` which
-/// groups it leads; unreachable nodes lead nothing we know of).
-async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMap<u64, u64> {
-    let mut out = HashMap::new();
-    for &n in nodes {
+/// Which node leads each group (asking every node in `nodes`, all at
+/// once, which groups it leads; unreachable nodes lead nothing we know
+/// of).
+pub(super) async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMap<u64, u64> {
+    let asks = nodes.iter().map(|&n| async move {
         let groups = if n == c.me().id {
             Ok(c.groups_led(db))
         } else {
@@ -830,6 +884,10 @@ async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMap<u64, u64>
                 other => Err(other),
             }
         };
+        (n, groups)
+    });
+    let mut out = HashMap::new();
+    for (n, groups) in futures::future::join_all(asks).await {
         match groups {
             Ok(gs) => {
                 for g in gs {

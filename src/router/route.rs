@@ -4,7 +4,7 @@
 //! [`MAX_HOPS`] hops; a stale read is served by any replica). Admin
 //! requests run on group 0's leader, after a read-index round.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,7 @@ pub async fn serve_admin(
     hops: u8,
 ) -> Result<Response> {
     let target = match &req {
-        Request::ClusterNodes => return cluster_nodes(db, c).map(Response::ClusterNodes),
+        Request::ClusterNodes => return cluster_nodes(db, c).await.map(Response::ClusterNodes),
         Request::ListKeys(_) => None,
         Request::Usage(Some(t))
         | Request::ShardInfo(t)
@@ -273,9 +273,8 @@ pub async fn serve_admin(
     };
     match target {
         None => match req {
-            Request::RemoveNode(id) => {
-                c.remove_node(db, id).await?;
-                Ok(Response::Ok)
+            Request::RemoveNode { id, force } => {
+                c.remove_node(db, id, force).await.map(Response::Removed)
             }
             Request::ShardInfo(t) => {
                 shard_info(db, c, &t).map(|i| Response::ShardInfo(Box::new(i)))
@@ -343,6 +342,7 @@ fn shard_info(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {
             Vec::new()
         },
         usage: t.data().map(|d| d.usage()).unwrap_or_default(),
+        replication_factor: db.config().cluster.replication_factor as u64,
     })
 }
 
@@ -360,7 +360,10 @@ pub(crate) async fn shard_status(db: &Database, c: &Cluster, tenant: &str) -> Re
     }
 }
 
-fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
+/// Every node with its role in group 0, its replica count (from the
+/// registry) and how many tenant groups it leads (asked of each live
+/// node).
+async fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
     let (voters, leader): (BTreeSet<u64>, Option<u64>) = {
         let m = c.meta_raft().metrics();
         let m = m.borrow_watched();
@@ -369,13 +372,28 @@ fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
             m.current_leader,
         )
     };
-    Ok(db
-        .registry()?
-        .nodes()?
+    let reg = db.registry()?;
+    let nodes = reg.nodes()?;
+    let mut replicas: HashMap<u64, u64> = HashMap::new();
+    for t in reg.tenants()? {
+        for r in &t.replicas {
+            *replicas.entry(r.node).or_default() += 1;
+        }
+    }
+    let live: Vec<u64> = nodes.iter().filter(|n| !n.removed).map(|n| n.id).collect();
+    let led = super::moves::leaders(db, c, &live).await;
+    let mut leads: HashMap<u64, u64> = HashMap::new();
+    for node in led.into_values() {
+        *leads.entry(node).or_default() += 1;
+    }
+    Ok(nodes
         .into_iter()
         .map(|n| ClusterNode {
             voter: voters.contains(&n.id),
             leader: leader == Some(n.id),
+            draining: n.draining,
+            replicas: replicas.get(&n.id).copied().unwrap_or(0),
+            leads: (!n.removed).then(|| leads.get(&n.id).copied().unwrap_or(0)),
             id: n.id,
             peer_addr: n.peer_addr,
             client_addr: n.client_addr,

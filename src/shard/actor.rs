@@ -8,7 +8,7 @@
 //! tick, so it is bounded by `concurrent_limit`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -123,9 +123,12 @@ pub struct ShardArgs {
     pub route: Arc<parking_lot::RwLock<Option<ActorRef<ShardMsg>>>>,
     /// On a cluster: how the replica reaches the rest of its group.
     pub cluster: Option<ReplicaNet>,
-    /// The tenant's read cache on this node (it outlives restarts of the
-    /// actor; entries of an earlier instance never match its stamps).
-    pub cache: Arc<ReadCache>,
+    /// The tenant's read cache on this node, owned by the tenant (it
+    /// outlives restarts of the actor; entries of an earlier instance never
+    /// match its stamps). Weak, like [`ShardState`]'s data: the state of a
+    /// stopped actor goes to its supervisor, and cached results must not
+    /// outlive the tenant there.
+    pub cache: Weak<ReadCache>,
 }
 
 /// A replica's place in a replicated group.
@@ -145,7 +148,11 @@ pub struct ShardActor;
 pub struct ShardState {
     args: ShardArgs,
     raft: ShardRaft,
-    data: Arc<ShardData>,
+    /// Weak: ractor hands a stopped actor's state to its supervisor in
+    /// the termination event, which the supervisor reads only after the
+    /// stop it is handling; a strong reference there kept the RocksDB
+    /// instance open past `release` (5 s per tenant at shutdown).
+    data: Weak<ShardData>,
     checkpointed: u64,
     /// When exactly-once results were last expired (coarse ms).
     expired_once_at: u64,
@@ -187,6 +194,7 @@ impl Actor for ShardActor {
                     data.clone(),
                     c.net.clone(),
                     c.initial.clone(),
+                    true,
                 )
                 .await?
             }
@@ -216,7 +224,7 @@ impl Actor for ShardActor {
         Ok(ShardState {
             args,
             raft,
-            data,
+            data: Arc::downgrade(&data),
             checkpointed,
             expired_once_at: crate::util::coarse_now_ms(),
         })
@@ -231,7 +239,10 @@ impl Actor for ShardActor {
         match msg {
             ShardMsg::Write(cmd, reply) => {
                 let raft = st.raft.clone();
-                let first = limits_first(&st.data, &cmd, &st.args.storage_limits);
+                let first = st
+                    .data
+                    .upgrade()
+                    .and_then(|d| limits_first(&d, &cmd, &st.args.storage_limits));
                 tokio::spawn(async move {
                     if let Some(set) = first {
                         if let Err(e) = propose(&raft, set).await {
@@ -248,16 +259,41 @@ impl Actor for ShardActor {
                 complexity_limit,
                 reply,
             } => {
-                let (raft, data) = (st.raft.clone(), st.data.clone());
-                let cache = st.args.cache.clone();
+                let (raft, data) = (st.raft.clone(), st.data.upgrade());
+                let cache = st.args.cache.upgrade();
                 tokio::spawn(async move {
-                    let r = read(&raft, data, &cache, op, consistency, complexity_limit).await;
+                    let r = match data {
+                        Some(data) => {
+                            let cache = cache.as_deref();
+                            read(&raft, data, cache, op, consistency, complexity_limit).await
+                        }
+                        None => Err(Error::Unavailable {
+                            reason: "shard is closing".into(),
+                        }),
+                    };
                     let _ = reply.send(r);
                 });
             }
             ShardMsg::CheckpointQuota => {
                 // Expired entries give their bytes back while the tenant idles.
-                st.args.cache.run_pending_tasks();
+                if let Some(cache) = st.args.cache.upgrade() {
+                    cache.run_pending_tasks();
+                }
+                // This replica's snapshots (see raft::snapshot_due); the
+                // same timer as the counter checkpoint.
+                let due = {
+                    use openraft::async_runtime::WatchReceiver;
+                    let m = st.raft.metrics();
+                    let m = m.borrow_watched();
+                    raft::snapshot_due(
+                        &m,
+                        st.args.settings.snapshot_every,
+                        st.args.settings.keep_after_snapshot,
+                    )
+                };
+                if due {
+                    let _ = st.raft.trigger().snapshot().await;
+                }
                 // Only the leader's counts are the tenant's; they only ever
                 // raise what is persisted (merge_max at apply).
                 let (quota, version) = st.args.limiter.quota_snapshot();
@@ -325,10 +361,11 @@ impl Actor for ShardActor {
                         propose(&st.raft, Command::SetQuota(quota)).await?;
                     }
                     st.raft.shutdown().await.map_err(raft::raft_err)?;
-                    let data = st.data.clone();
-                    tokio::task::spawn_blocking(move || data.flush())
-                        .await
-                        .map_err(raft::raft_err)??;
+                    if let Some(data) = st.data.upgrade() {
+                        tokio::task::spawn_blocking(move || data.flush())
+                            .await
+                            .map_err(raft::raft_err)??;
+                    }
                     Ok(())
                 }
                 .await;
@@ -413,7 +450,7 @@ fn sole_voter_leader(raft: &ShardRaft) -> bool {
 async fn read(
     raft: &ShardRaft,
     data: Arc<ShardData>,
-    cache: &ReadCache,
+    cache: Option<&ReadCache>,
     op: ReadOp,
     consistency: Consistency,
     complexity_limit: u64,
@@ -428,15 +465,16 @@ async fn read(
                 reason: e.to_string(),
             })?;
     }
+    // No cache (the tenant is going away, or caching is off): plain read.
+    let cache = cache.filter(|c| c.enabled());
+    let key = cache.and_then(|_| cache::key_of(&op, complexity_limit));
     // The stamp is taken after the read index is applied here and before
     // the data is read: see `ShardData::read_stamp`.
-    let key = cache
-        .enabled()
-        .then(|| cache::key_of(&op, complexity_limit))
-        .flatten();
     let stamp = data.read_stamp();
-    if let Some(hit) = key.as_ref().and_then(|k| cache.get(k, stamp)) {
-        return Ok(hit);
+    if let (Some(c), Some(k)) = (cache, key.as_ref()) {
+        if let Some(hit) = c.get(k, stamp) {
+            return Ok(hit);
+        }
     }
     let reader = data.clone();
     let limit = complexity_limit;
@@ -465,8 +503,10 @@ async fn read(
         .await
         .map_err(raft::raft_err)??;
     // A result read while a write was applied could never be used again.
-    if let (Some(k), true) = (key, reader.read_stamp() == stamp) {
-        cache.insert(k, stamp, &result);
+    if let (Some(c), Some(k)) = (cache, key) {
+        if reader.read_stamp() == stamp {
+            c.insert(k, stamp, &result);
+        }
     }
     Ok(result)
 }

@@ -32,7 +32,7 @@
 //!   monthly counts, concurrency). Hits and misses are counted per tenant
 //!   on the node that served the read, since the tenant was loaded here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -150,6 +150,9 @@ pub struct ReadCache {
     budget: Arc<CacheBudget>,
     /// None: caching off for this tenant.
     shelf: RwLock<Option<Arc<Shelf>>>,
+    /// Cleared for good ([`ReadCache::clear`]): `configure` no longer
+    /// turns it on.
+    closed: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
     skipped: AtomicU64,
@@ -169,6 +172,7 @@ impl ReadCache {
         let c = Arc::new(ReadCache {
             budget,
             shelf: RwLock::new(None),
+            closed: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -178,10 +182,13 @@ impl ReadCache {
     }
 
     /// Takes new limits (a tier or settings change). Different limits
-    /// start an empty cache; the old entries' bytes are given back.
+    /// start an empty cache; the old entries' bytes are given back. A
+    /// cache cleared for good stays off.
     pub fn configure(&self, limits: CacheLimits) {
         let on = self.budget.max_bytes > 0 && limits.max_entries > 0 && !limits.ttl.0.is_zero();
         let mut shelf = self.shelf.write();
+        // Read under the lock `clear` sets it under.
+        let on = on && !self.closed.load(Ordering::Acquire);
         let old = match (&*shelf, on) {
             (Some(s), true) if s.limits == limits => return,
             (_, true) => shelf.replace(Arc::new(Shelf::new(limits, self.budget.clone()))),
@@ -195,7 +202,9 @@ impl ReadCache {
     /// Drops every entry and turns the cache off for good (the tenant is
     /// unloaded from this node); their bytes are given back at once.
     pub fn clear(&self) {
-        if let Some(s) = self.shelf.write().take() {
+        let mut shelf = self.shelf.write();
+        self.closed.store(true, Ordering::Release);
+        if let Some(s) = shelf.take() {
             s.close();
         }
     }
@@ -447,6 +456,23 @@ mod tests {
         assert_eq!(budget.used(), 0);
         b.configure(limits(0, 60_000));
         assert!(!b.enabled());
+    }
+
+    #[test]
+    fn a_cleared_cache_gives_its_bytes_back_and_stays_off() {
+        let budget = CacheBudget::new(1 << 20);
+        let c = ReadCache::new(limits(100, 60_000), budget.clone());
+        c.insert(get("a"), stamp(0), &object("a"));
+        assert!(budget.used() > 0);
+        c.clear();
+        assert_eq!(budget.used(), 0);
+        assert!(!c.enabled());
+        assert!(c.get(&get("a"), stamp(0)).is_none());
+        // A config change racing the unload does not turn it back on.
+        c.configure(limits(50, 60_000));
+        assert!(!c.enabled());
+        c.insert(get("a"), stamp(0), &object("a"));
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -7,8 +7,15 @@
 //! CURRENT            name of the live data directory (written atomically)
 //! data-<n>/          the RocksDB instance (ShardStore)
 //! snapshots/<id>/    the latest snapshot: db/ (a RocksDB checkpoint),
-//!                    faiss/ (each collection's index files), meta.bin
+//!                    faiss/ (each collection's index files), meta.bin;
+//!                    older ones only while a send still reads them
+//! snapshots/LATEST   name of the latest snapshot (written atomically)
+//! incoming-*/        a snapshot being received (swept at open)
 //! ```
+//!
+//! A snapshot being sent to a peer is pinned ([`SnapshotPin`]): a newer
+//! snapshot does not remove it until the send ends, so a slow stream is
+//! never cut by the leader's own compaction.
 //!
 //! The vectors live in RocksDB with their objects; the FAISS indexes are
 //! derived from them. A snapshot carries each collection's index as of the
@@ -110,6 +117,36 @@ pub struct ShardData {
     /// Bumped after every applied command that can change a read's
     /// answer (see [`ShardData::read_stamp`]).
     generation: AtomicU64,
+    /// Snapshots being sent, by directory name (see [`SnapshotPin`]).
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Keeps a snapshot directory on disk while a send reads it. Dropping the
+/// last pin of a snapshot that is no longer the latest removes it.
+#[derive(Debug)]
+pub struct SnapshotPin {
+    snaps: PathBuf,
+    name: String,
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        let left = match pins.get_mut(&self.name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
+            }
+            _ => {
+                pins.remove(&self.name);
+                0
+            }
+        };
+        if left == 0 && latest_name(&self.snaps).as_deref() != Some(self.name.as_str()) {
+            let _ = std::fs::remove_dir_all(self.snaps.join(&self.name));
+        }
+    }
 }
 
 impl std::fmt::Debug for ShardData {
@@ -145,6 +182,7 @@ impl ShardData {
     /// rebuilt from the stored vectors otherwise.
     pub fn open(env: &StorageEnv, dir: &Path) -> Result<Arc<ShardData>, Error> {
         std::fs::create_dir_all(dir).map_err(io_err)?;
+        sweep_leftovers(dir);
         let current = dir.join("CURRENT");
         let name = match std::fs::read_to_string(&current) {
             Ok(s) => s.trim().to_string(),
@@ -167,6 +205,7 @@ impl ShardData {
             index_report: Mutex::new(report),
             snapshot_stats: Mutex::new(SnapshotStats::default()),
             generation: AtomicU64::new(0),
+            pins: Arc::default(),
         }))
     }
 
@@ -662,15 +701,8 @@ impl ShardData {
         let (meta, bytes) = make_meta(applied, membership)?;
         write_atomic(&building.join("meta.bin"), &bytes)?;
         std::fs::rename(&building, &target).map_err(io_err)?;
-        std::fs::File::open(&snaps)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err)?;
-        for entry in std::fs::read_dir(&snaps).map_err(io_err)?.flatten() {
-            if entry.file_name().to_string_lossy() != id {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        tracing::debug!(
+        self.make_latest(id)?;
+        tracing::info!(
             group = %group_of(&self.dir),
             lock_held_ms = stats.lock_held.as_secs_f64() * 1e3,
             index_clone_ms = stats.index_clone.as_secs_f64() * 1e3,
@@ -732,6 +764,63 @@ impl ShardData {
     /// Path of the newest snapshot, if any.
     pub fn latest_snapshot(&self) -> Option<PathBuf> {
         latest_snapshot_in(&self.dir)
+    }
+
+    /// The newest snapshot, pinned until the pin drops: a send reads it
+    /// whole even when newer snapshots are made meanwhile.
+    pub fn pin_latest_snapshot(&self) -> Option<(PathBuf, SnapshotPin)> {
+        let mut pins = self.pins.lock();
+        let dir = latest_snapshot_in(&self.dir)?;
+        let name = dir.file_name()?.to_string_lossy().into_owned();
+        *pins.entry(name.clone()).or_default() += 1;
+        Some((
+            dir,
+            SnapshotPin {
+                snaps: self.dir.join("snapshots"),
+                name,
+                pins: self.pins.clone(),
+            },
+        ))
+    }
+
+    /// Keeps a snapshot received from a peer (the files in `received`) as
+    /// this shard's latest, named `name`, with `meta` as its `meta.bin`.
+    pub fn adopt_snapshot(&self, received: &Path, name: &str, meta: &[u8]) -> Result<(), Error> {
+        let snaps = self.dir.join("snapshots");
+        if received.starts_with(&snaps) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&snaps).map_err(io_err)?;
+        let building = snaps.join(format!("{name}.building"));
+        let _ = std::fs::remove_dir_all(&building);
+        copy_dir(received, &building)?;
+        write_atomic(&building.join("meta.bin"), meta)?;
+        let target = snaps.join(name);
+        if target.exists() && !self.pins.lock().contains_key(name) {
+            std::fs::remove_dir_all(&target).map_err(io_err)?;
+        }
+        if !target.exists() {
+            std::fs::rename(&building, &target).map_err(io_err)?;
+        } else {
+            // A send still reads the same snapshot; it is identical.
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        self.make_latest(name)
+    }
+
+    /// Records snapshot `name` as the latest, then removes every other
+    /// snapshot that no send has pinned.
+    fn make_latest(&self, name: &str) -> Result<(), Error> {
+        let snaps = self.dir.join("snapshots");
+        let pins = self.pins.lock();
+        write_atomic(&snaps.join(LATEST), name.as_bytes())?;
+        for entry in std::fs::read_dir(&snaps).map_err(io_err)?.flatten() {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            if n != name && !pins.contains_key(&n) && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
     }
 
     /// The vector index of a collection (benchmarks compare against it).
@@ -810,16 +899,63 @@ impl Ord for Scored {
 }
 
 /// Path of the newest complete snapshot under a shard directory.
+/// The file under `snapshots/` naming the latest snapshot.
+const LATEST: &str = "LATEST";
+
+/// A complete snapshot directory.
+fn complete(p: &Path) -> bool {
+    p.join("meta.bin").is_file()
+        && p.join("db").is_dir()
+        && !p.to_string_lossy().ends_with(".building")
+}
+
+/// The name `snapshots/LATEST` records, if any.
+fn latest_name(snaps: &Path) -> Option<String> {
+    let n = std::fs::read_to_string(snaps.join(LATEST)).ok()?;
+    let n = n.trim();
+    (!n.is_empty()).then(|| n.to_string())
+}
+
 fn latest_snapshot_in(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir.join("snapshots"))
+    let snaps = dir.join("snapshots");
+    if let Some(p) = latest_name(&snaps).map(|n| snaps.join(n)) {
+        if complete(&p) {
+            return Some(p);
+        }
+    }
+    // Written before LATEST existed: the newest complete one.
+    std::fs::read_dir(&snaps)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.join("meta.bin").is_file()
-                && p.join("db").is_dir()
-                && !p.to_string_lossy().ends_with(".building")
-        })
+        .filter(|p| complete(p))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+/// Removes what a crash can leave behind: snapshots half received
+/// (`incoming-*`) or half built (`snapshots/*.building`), and snapshots
+/// other than the latest (their sends died with the process).
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("incoming-") {
+            tracing::info!(path = %e.path().display(), "removing a snapshot left half received");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let snaps = dir.join("snapshots");
+    let keep = latest_snapshot_in(dir);
+    let Ok(entries) = std::fs::read_dir(&snaps) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() && Some(&p) != keep.as_ref() {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
 }
 
 /// The group of a shard directory (`shards/<group>`), for logs.

@@ -329,6 +329,53 @@ fn a_shard_reopened_at_its_snapshot_loads_its_indexes_and_one_write_ahead_rebuil
     assert_eq!(search(&again, "hnsw", &vector(11), 1)[0].0, "h-late");
 }
 
+#[test]
+fn a_snapshot_being_sent_outlives_newer_snapshots_until_its_pin_drops() {
+    let mut a = loaded_shard();
+    let first = a.snapshot("s1");
+    let (pinned, pin) = a.data.pin_latest_snapshot().unwrap();
+    assert_eq!(pinned, first);
+    // Two newer snapshots while "s1" is being sent.
+    a.write(vec![put("hnsw", "h-new".into(), vector(7))]);
+    let second = a.snapshot("s2");
+    let third = a.snapshot("s3");
+    assert!(!second.exists(), "an unpinned older snapshot is removed");
+    assert!(first.join("meta.bin").is_file() && first.join("db").is_dir());
+    assert_eq!(a.data.latest_snapshot().unwrap(), third);
+    // A second sender of the latest, and the end of the first send.
+    let (_, pin3) = a.data.pin_latest_snapshot().unwrap();
+    drop(pin);
+    assert!(
+        !first.exists(),
+        "the last pin of an old snapshot removes it"
+    );
+    drop(pin3);
+    assert!(third.exists(), "the latest stays when its pin drops");
+    assert_eq!(a.data.latest_snapshot().unwrap(), third);
+}
+
+#[test]
+fn leftovers_of_a_crash_are_swept_at_open() {
+    let a = loaded_shard();
+    let kept = a.snapshot("s1");
+    let dir = a.data.dir().to_path_buf();
+    let half_received = dir.join("incoming-1-2");
+    let half_built = dir.join("snapshots").join("s2.building");
+    let old = dir.join("snapshots").join("s0");
+    for d in [&half_received, &half_built, &old] {
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        std::fs::write(d.join("meta.bin"), b"x").unwrap();
+    }
+    a.data.flush().unwrap();
+    let Shard {
+        _dir: tmp, data, ..
+    } = a;
+    drop(data);
+    let reopened = ShardData::open(&StorageEnv::default(), tmp.path()).unwrap();
+    assert!(!half_received.exists() && !half_built.exists() && !old.exists());
+    assert_eq!(reopened.latest_snapshot().unwrap(), kept);
+}
+
 /// Not a test: what shipping the index saves. Fashion-MNIST (60k × 784)
 /// in an HNSW32 collection; prints the apply-lock hold of a snapshot build
 /// and the install time with the index loaded and rebuilt.

@@ -13,7 +13,7 @@ pub use actor::{
 };
 pub use cache::{key_of, result_bytes, CacheBudget, ReadCache};
 pub use data::{
-    copy_dir, write_atomic, IndexOrigin, IndexReport, ReadStamp, ShardData, SnapshotStats,
-    MAX_FILTER_SCAN,
+    copy_dir, write_atomic, IndexOrigin, IndexReport, ReadStamp, ShardData, SnapshotPin,
+    SnapshotStats, MAX_FILTER_SCAN,
 };
 pub use supervisor::{ShardSupervisor, SupervisorMsg, MAX_RESTARTS, RESTART_WINDOW};

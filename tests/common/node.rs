@@ -15,6 +15,8 @@ pub struct Node {
     pub child: Child,
     cfg: PathBuf,
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if the node printed it.
+    pub metrics: Option<SocketAddr>,
     pub cert: PathBuf,
     pub admin_key: String,
     _dir: tempfile::TempDir,
@@ -34,10 +36,11 @@ impl Node {
     pub fn kill9_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let (child, addr, cert) = spawn(&self.cfg);
+        let (child, addr, cert, metrics) = spawn(&self.cfg);
         self.child = child;
         self.addr = addr;
         self.cert = cert;
+        self.metrics = metrics;
     }
 
     /// True while the process runs.
@@ -64,7 +67,7 @@ pub fn start_node_with(server_toml: &str) -> Node {
         ),
     )
     .unwrap();
-    let (child, addr, cert) = spawn(&cfg);
+    let (child, addr, cert, metrics) = spawn(&cfg);
     let admin_key = std::fs::read_to_string(data.join("admin.key"))
         .unwrap()
         .trim()
@@ -73,6 +76,7 @@ pub fn start_node_with(server_toml: &str) -> Node {
         child,
         cfg,
         addr,
+        metrics,
         cert,
         admin_key,
         dir: data,
@@ -80,7 +84,7 @@ pub fn start_node_with(server_toml: &str) -> Node {
     }
 }
 
-fn spawn(cfg: &std::path::Path) -> (Child, SocketAddr, PathBuf) {
+fn spawn(cfg: &std::path::Path) -> (Child, SocketAddr, PathBuf, Option<SocketAddr>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vektagraf"))
         .args(["serve", "--config"])
         .arg(cfg)
@@ -89,9 +93,12 @@ fn spawn(cfg: &std::path::Path) -> (Child, SocketAddr, PathBuf) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut cert) = (None, None);
+    let (mut addr, mut cert, mut metrics) = (None, None, None);
     while addr.is_none() || cert.is_none() {
         let line = lines.next().expect("node exited before listening").unwrap();
+        if let Some(m) = line.strip_prefix("metrics on http://") {
+            metrics = Some(m.trim_end_matches("/metrics").parse().unwrap());
+        }
         if let Some(a) = line.strip_prefix("listening on ") {
             addr = Some(a.trim().parse().unwrap());
         }
@@ -100,7 +107,7 @@ fn spawn(cfg: &std::path::Path) -> (Child, SocketAddr, PathBuf) {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (child, addr.unwrap(), cert.unwrap())
+    (child, addr.unwrap(), cert.unwrap(), metrics)
 }
 
 /// A driver connected to `node` with `key`: no retries (each test sees
