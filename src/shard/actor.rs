@@ -125,7 +125,7 @@ pub struct ShardArgs {
     pub cluster: Option<ReplicaNet>,
     /// The tenant's read cache on this node, owned by the tenant (it
     /// outlives restarts of the actor; entries of an earlier instance never
-    /// match its stamps). Weak, like [`ShardState`]'s data: the state of a
+    /// match its stamps). Weak, like the shard state's data: the state of a
     /// stopped actor goes to its supervisor, and cached results must not
     /// outlive the tenant there.
     pub cache: Weak<ReadCache>,
