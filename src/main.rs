@@ -277,6 +277,8 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
             "admin key created: {} (mode 0600; shown nowhere else)",
             p.display()
         );
+    } else if node.cluster().is_some() && !key_path.exists() {
+        println!("admin key: this node joined a cluster; use the one its first node created");
     }
     let server = node.server();
     if let Some(c) = node.cluster() {

@@ -28,10 +28,16 @@
 //! - **Quiescence** (`quiesce`): idle groups stop their raft ticks; the
 //!   liveness probe wakes the groups of a node that stops answering.
 //! - **Peer service** (`service`): raft messages, snapshot install,
-//!   registry proposals, joins, and forwarded requests (to the router).
+//!   registry proposals, joins, and forwarded requests (to the router),
+//!   each checked first against what the sending node may do (`peers`:
+//!   unknown and removed nodes, incarnations, replica hosts).
+//! - **Incarnation** (`incarnation`): the random id of the node's data
+//!   directory, recorded at join and presented to every peer.
 
+pub mod incarnation;
 mod membership;
 mod meta;
+mod peers;
 mod placement;
 mod quiesce;
 mod reconcile;
@@ -56,6 +62,7 @@ use crate::raft::{self, ShardRaft};
 use crate::shard::ShardData;
 use crate::storage::RegOp;
 
+pub use meta::ADMIN_KEY;
 pub use quiesce::QUIESCE_AFTER;
 
 /// Reconcile period.
@@ -77,21 +84,26 @@ const KNOWN_USERS: u64 = 10_000;
 /// Serves the client requests other nodes forward to this one. The
 /// router implements it; the peer service calls it.
 pub trait Forwarded: Send + Sync {
-    /// A tenant's data request (`hops` so far).
+    /// A tenant's data request (`hops` so far), made with the API key
+    /// `key_id` (to check again here).
+    #[allow(clippy::too_many_arguments)]
     fn tenant(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: String,
         tenant: String,
         user: String,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>>;
-    /// An admin request (`hops` so far).
+    /// An admin request (`hops` so far; its key was checked again by
+    /// the peer service).
     fn admin(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: Option<String>,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>>;
@@ -132,6 +144,12 @@ pub struct Cluster {
     /// Client addresses of the nodes (from the registry), for the leader
     /// hints the router gives drivers. Unspecified addresses are left out.
     client_addrs: parking_lot::RwLock<std::collections::HashMap<u64, SocketAddr>>,
+    /// This node's view of the node records, for the peer checks (see
+    /// `peers`).
+    peers: parking_lot::RwLock<std::collections::HashMap<u64, NodeRecord>>,
+    /// When this node last asked its peers for the node records (see
+    /// `Cluster::relearn_peers`).
+    relearned: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -191,7 +209,9 @@ impl Cluster {
             });
         }
         let listen = parse_addr("cluster.peer_listen", &cs.peer_listen)?;
+        let incarnation = incarnation::load_or_create(&cfg.node.data_dir)?;
         let net = PeerNet::bind(cs.node_id, listen, &ca, &identity)?;
+        net.set_incarnation(incarnation);
         let bound = net.local_addr()?;
         let me = NodeRecord {
             id: cs.node_id,
@@ -207,6 +227,7 @@ impl Cluster {
             },
             removed: false,
             draining: false,
+            incarnation,
         };
         let (env, dir) = (db.storage_env().clone(), db.shard_dir(0));
         let meta_data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir))
@@ -238,6 +259,8 @@ impl Cluster {
             down: parking_lot::RwLock::new(HashSet::new()),
             task: Mutex::new(None),
             client_addrs: Default::default(),
+            peers: Default::default(),
+            relearned: Mutex::new(None),
         });
         db.attach_cluster(cluster.clone(), cluster.clone());
         net.serve(Arc::new(service::Service::new(db, &cluster, forwarded)));
@@ -283,6 +306,26 @@ impl Cluster {
     /// The metadata group's raft handle.
     pub fn meta_raft(&self) -> &ShardRaft {
         &self.meta
+    }
+
+    /// Whether this node may create the cluster's first admin key: only
+    /// group 0's leader, after a linearizable read (its key table is then
+    /// current). A node that joins never does: it would mint a second
+    /// admin key from a copy of the registry that has not caught up.
+    pub async fn may_mint_admin_key(&self, db: &Database) -> Result<bool> {
+        if !crate::shard::is_leader(&self.meta) {
+            return Ok(false);
+        }
+        if self
+            .meta
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        db.load_keys()?;
+        Ok(true)
     }
 
     /// Nodes the liveness probe finds unreachable now.
@@ -346,6 +389,10 @@ impl ClusterHooks for Cluster {
 
     fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool> {
         Cluster::user_exists(self, reg, tenant, user)
+    }
+
+    fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(Cluster::may_mint_admin_key(self, db))
     }
 
     fn stop_background(&self) {

@@ -53,6 +53,9 @@ pub trait ClusterHooks: Send + Sync {
     /// Whether `user` of `tenant` exists, from the node's cache of checked
     /// users while the metadata is unchanged.
     fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool>;
+    /// Whether this node may create the cluster's first admin key (group
+    /// 0's leader, with a current key table; never a joining node).
+    fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>>;
     /// Stops the cluster's background loops (first step of a close).
     fn stop_background(&self);
     /// Stops the metadata group and the peer transport (after the
