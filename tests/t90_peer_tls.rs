@@ -28,10 +28,10 @@ impl PeerService for WhoCalled {
     fn handle(&self, from: u64, _req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
         Box::pin(async move { PeerResponse::Counter(Ok(from)) })
     }
-    fn snapshot_staging(&self, _from: u64, _group: u64) -> Result<PathBuf, PeerResponse> {
-        Err(PeerResponse::Failed(Error::Unavailable {
+    fn snapshot_staging(&self, _from: u64, _group: u64) -> Result<PathBuf, Box<PeerResponse>> {
+        Err(Box::new(PeerResponse::Failed(Error::Unavailable {
             reason: "no snapshots here".into(),
-        }))
+        })))
     }
     fn install_snapshot(
         &self,
@@ -215,14 +215,15 @@ async fn call(p: &Arc<PeerNet>, req: PeerRequest) -> Result<PeerResponse, PeerEr
 
 /// Whether the answer is a refusal (of the connection or of the message).
 fn refused(r: &Result<PeerResponse, PeerError>) -> bool {
-    match r {
-        Err(_) => true,
-        Ok(PeerResponse::Failed(_)) | Ok(PeerResponse::Refused(_)) => true,
-        Ok(PeerResponse::Reply(Err(_)))
-        | Ok(PeerResponse::Counter(Err(_)))
-        | Ok(PeerResponse::Joined(Err(_))) => true,
-        _ => false,
-    }
+    matches!(
+        r,
+        Err(_)
+            | Ok(PeerResponse::Failed(_))
+            | Ok(PeerResponse::Refused(_))
+            | Ok(PeerResponse::Reply(Err(_)))
+            | Ok(PeerResponse::Counter(Err(_)))
+            | Ok(PeerResponse::Joined(Err(_)))
+    )
 }
 
 /// A tenant "t1" with user "u" on the cluster.

@@ -392,11 +392,12 @@ impl PeerService for Sink {
         Ok(())
     }
 
-    fn snapshot_staging(&self, _from: u64, _group: u64) -> Result<PathBuf, PeerResponse> {
+    fn snapshot_staging(&self, _from: u64, _group: u64) -> Result<PathBuf, Box<PeerResponse>> {
         let d = self
             .dir
             .join(format!("in-{}", self.n.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&d).map_err(|e| PeerResponse::Failed(Error::storage(e)))?;
+        std::fs::create_dir_all(&d)
+            .map_err(|e| Box::new(PeerResponse::Failed(Error::storage(e))))?;
         Ok(d)
     }
 

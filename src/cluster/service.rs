@@ -264,22 +264,23 @@ impl PeerService for Service {
         &self,
         from: u64,
         group: u64,
-    ) -> std::result::Result<PathBuf, PeerResponse> {
+    ) -> std::result::Result<PathBuf, Box<PeerResponse>> {
         let (Some(db), Some(c)) = (self.db(), self.cluster.upgrade()) else {
-            return Err(gone());
+            return Err(Box::new(gone()));
         };
         if let Err(why) = c.authorize_group(&db, from, group) {
-            return Err(refused(&self.warned, from, "snapshot", why));
+            return Err(Box::new(refused(&self.warned, from, "snapshot", why)));
         }
         if c.group_raft(&db, group).is_none() {
-            return Err(no_group(group));
+            return Err(Box::new(no_group(group)));
         }
         let dir = db.shard_dir(group).join(format!(
             "incoming-{}-{}",
             crate::util::now_ms(),
             rand_index(1 << 20)
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| PeerResponse::Failed(Error::storage(e)))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Box::new(PeerResponse::Failed(Error::storage(e))))?;
         Ok(dir)
     }
 

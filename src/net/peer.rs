@@ -356,8 +356,9 @@ pub trait PeerService: Send + Sync + 'static {
     /// Answers one message from node `from`.
     fn handle(&self, from: u64, req: PeerRequest) -> BoxFuture<'static, PeerResponse>;
     /// A fresh, empty directory to receive a snapshot of `group` from
-    /// node `from` into.
-    fn snapshot_staging(&self, from: u64, group: u64) -> Result<PathBuf, PeerResponse>;
+    /// node `from` into, or the answer to give instead (a refusal, no
+    /// replica here).
+    fn snapshot_staging(&self, from: u64, group: u64) -> Result<PathBuf, Box<PeerResponse>>;
     /// Installs a received snapshot (its files are in `dir`).
     fn install_snapshot(
         &self,
@@ -1127,7 +1128,7 @@ async fn serve_stream(
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 r
             }
-            Err(refused) => refused,
+            Err(answer) => *answer,
         },
         Ok(req) => service.handle(from, req).await,
         Err(e) => PeerResponse::Failed(Error::Protocol { reason: e }),
