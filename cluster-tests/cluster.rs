@@ -198,6 +198,33 @@ impl TestCluster {
         }
     }
 
+    /// Sends signal `sig` to node `i`'s process (by its PID).
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        if let Some(c) = &self.nodes[i - 1] {
+            // SAFETY: kill(2) on a PID this test started and has not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// SIGTERM to node `i`; waits up to `within` for it to exit (then
+    /// kills it -9) and returns its exit status and how long it took.
+    fn terminate(&mut self, i: usize, within: Duration) -> (std::process::ExitStatus, Duration) {
+        self.signal(i, libc::SIGTERM);
+        let t = Instant::now();
+        let mut child = self.nodes[i - 1].take().expect("node not running");
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st, t.elapsed());
+            }
+            if t.elapsed() > within {
+                let _ = child.kill();
+                let st = child.wait().expect("wait");
+                return (st, t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     async fn client(&self, node: usize, key: &str) -> Client {
         self.client_losing(node, key, 0).await
     }
@@ -698,6 +725,247 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_membership_commits() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("g", 3, 4).await;
+    let admin = c.admin(1).await;
+    // A tenant whose shard leader is group 0's leader, so the two other
+    // nodes can be the one removed and the one paused without stalling
+    // group 0.
+    let meta_leader = || async {
+        let nodes = retry(|| admin.cluster_nodes()).await;
+        nodes.iter().find(|n| n.leader).map(|n| n.id as usize)
+    };
+    let mut picked = None;
+    for k in 0..8 {
+        let id = format!("acme{k}");
+        let key = c.tenant(&id, None).await;
+        let leader = c.shard_leader(&id, 1).await;
+        if meta_leader().await == Some(leader) {
+            picked = Some((id, key, leader));
+            break;
+        }
+    }
+    let (tenant, key, leader) = picked.expect("no tenant led by group 0's leader");
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    let (victim, paused) = (others[0], others[1]);
+    c.spawn(4).await;
+    let (w, tasks) = start_workload(&c, &key, &[leader]).await;
+    sleep_s(2.0).await;
+    // With `paused` stopped, the old membership's majority is the leader
+    // and the victim: the change can only commit if the victim, removed
+    // from the registry, still votes.
+    eprintln!("SIGSTOP of node {paused}; node remove {victim} --force (it is alive)");
+    c.signal(paused, libc::SIGSTOP);
+    let via = c.admin(leader).await;
+    let removal = retry(|| via.remove_node(victim as u64, true)).await;
+    assert_eq!(removal.replaced, [tenant.clone()], "{removal:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let i = retry(|| via.shard_info(&tenant)).await;
+        let on4 = i.replicas.iter().find(|r| r.1 == 4).map(|r| r.0);
+        if on4.is_some_and(|r| i.voters.contains(&r)) && i.voters.len() == 3 && !i.joint {
+            eprintln!("committed while node {paused} was paused: {i:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the membership without node {victim} did not commit while node {paused} was paused: {i:?}"
+        );
+        sleep_s(0.5).await;
+    }
+    // The removed node refuses clients, with a reason that says so.
+    let mut o = ClientOptions::new(
+        vec![TestCluster::client_addr(victim)],
+        &key,
+        &c.dir.join("certs/ca.crt"),
+    )
+    .unwrap();
+    o.max_retries = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let socket = in_netns(&format!("{}hub", c.prefix), || {
+            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+        });
+        socket.set_nonblocking(true).unwrap();
+        let r = match Client::connect_on(o.clone(), socket).await {
+            Ok(cl) => cl.get("k0").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Err(Error::Unavailable { reason }) if reason.contains("removed") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "removed node {victim} still serves: {other:?}"
+            ),
+        }
+        sleep_s(0.5).await;
+    }
+    c.signal(paused, libc::SIGCONT);
+    sleep_s(2.0).await;
+    stop_workload(&w, tasks).await;
+    // The victim's replica is gone from its disk once it left.
+    let group = retry(|| via.shard_info(&tenant)).await.group;
+    wait_gone(&c.dir.join(format!("node-{victim}/shards/{group}")), 40).await;
+    let reader = c.client(4, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_every_node_with_status_0_and_loses_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("h", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    for t in ["b", "c", "d"] {
+        c.tenant(t, None).await;
+    }
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3]).await;
+    sleep_s(3.0).await;
+    stop_workload(&w, tasks).await;
+    let admin = c.admin(1).await;
+    let before = retry(|| admin.usage(Some("acme"))).await.requests;
+    let nodes = retry(|| admin.cluster_nodes()).await;
+    let meta = nodes.iter().find(|n| n.leader).map(|n| n.id as usize);
+    // Group 0's leader second: the last node stops with no quorum left.
+    let mut order: Vec<usize> = (1..=3).filter(|n| Some(*n) != meta).collect();
+    order.insert(1, meta.unwrap_or(1));
+    order.dedup();
+    for i in order {
+        let (status, took) = c.terminate(i, Duration::from_secs(20));
+        eprintln!("node {i}: {status} {took:?} after SIGTERM");
+        assert!(status.success(), "node {i} exited {status} after SIGTERM");
+    }
+    for i in 1..=3 {
+        c.spawn(i).await;
+    }
+    let admin = c.admin(1).await;
+    let after = retry(|| admin.usage(Some("acme"))).await.requests;
+    assert!(
+        after.daily >= before.daily && after.monthly >= before.monthly,
+        "request counts went down across the stop: {before:?} then {after:?}"
+    );
+    let reader = c.client(2, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_key_and_a_deleted_tenant_stop_working_on_a_cut_off_node_within_the_lease() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const LEASE_MS: u64 = 3000;
+    let mut c =
+        TestCluster::start_with("l", 3, 3, &format!("metadata_lease_ms = {LEASE_MS}\n")).await;
+    let key = c.tenant("acme", None).await;
+    let gone_key = c.tenant("gone", None).await;
+    c.tenant("gone2", None).await;
+    let admin = c.admin(1).await;
+    let gone_group = retry(|| admin.shard_info("gone")).await.group;
+    let gone2_group = retry(|| admin.shard_info("gone2")).await.group;
+    // A node that is neither group 0's leader nor (for acme) the shard
+    // leader serves stale reads from its own replica.
+    let meta = retry(|| admin.cluster_nodes())
+        .await
+        .iter()
+        .find(|n| n.leader)
+        .map(|n| n.id as usize);
+    let lead = c.shard_leader("acme", 1).await;
+    let cut = (1..=3)
+        .find(|n| Some(*n) != meta && *n != lead)
+        .expect("a third node");
+    let put = c.client(lead, &key).await;
+    retry(|| put.put(NewObject::new("kv", "k0", serde_json::json!({"v": 1})))).await;
+    let on_cut = c.client(cut, &key).await;
+    let gone_on_cut = c.client(cut, &gone_key).await;
+    retry(|| async {
+        match on_cut.get_stale("k0").await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable {
+                reason: "not replicated yet".into(),
+            }),
+        }
+    })
+    .await;
+    retry(|| gone_on_cut.get_stale("x")).await;
+    eprintln!("node {cut} cut off from its peers; revoking acme's key and deleting tenant gone");
+    netns(&["isolate", &c.prefix, "3", &cut.to_string()]);
+    let key_id = key.split('_').nth(1).unwrap().to_string();
+    let via = c.admin(meta.unwrap_or(lead)).await;
+    retry(|| via.revoke_key(&key_id)).await;
+    retry(|| via.delete_tenant("gone")).await;
+    let cut_at = Instant::now();
+    // Within the lease (plus a heartbeat and a margin for a loaded
+    // machine), the cut-off node refuses both.
+    let refused = |r: &Result<Option<vektagraf::proto::Object>, Error>| {
+        matches!(
+            r,
+            Err(Error::Unavailable { .. } | Error::Unauthenticated { .. })
+                | Err(Error::TenantNotFound { .. })
+        )
+    };
+    let deadline = Duration::from_millis(LEASE_MS + 5_000);
+    loop {
+        let (a, b) = (
+            on_cut.get_stale("k0").await,
+            gone_on_cut.get_stale("x").await,
+        );
+        if refused(&a) && refused(&b) {
+            eprintln!(
+                "refused {:?} after the revocation: {a:?} / {b:?}",
+                cut_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < deadline,
+            "node {cut} still serves a revoked key or a deleted tenant: {a:?} / {b:?}"
+        );
+        sleep_s(0.2).await;
+    }
+    netns(&["heal", &c.prefix, "3"]);
+    // Healed: the revocation itself is what refuses now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match on_cut.get_stale("k0").await {
+            Err(Error::Unauthenticated { reason }) if reason.contains("revoked") => break,
+            other => assert!(Instant::now() < deadline, "after healing: {other:?}"),
+        }
+        sleep_s(0.3).await;
+    }
+    // The deleted tenant's replica is purged on the node that was cut off.
+    let shard = |g: u64| c.dir.join(format!("node-{cut}/shards/{g}"));
+    wait_gone(&shard(gone_group), 30).await;
+    // A tenant deleted while the node is down, and a replica directory
+    // no record knows (a purge cut short): both swept after a restart.
+    assert!(shard(gone2_group).exists());
+    c.kill(cut);
+    retry(|| via.delete_tenant("gone2")).await;
+    let orphan = c.dir.join(format!("node-{cut}/shards/999999/db"));
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("CURRENT"), b"left behind").unwrap();
+    c.spawn(cut).await;
+    let shard = |g: u64| c.dir.join(format!("node-{cut}/shards/{g}"));
+    wait_gone(&shard(gone2_group), 30).await;
+    wait_gone(&shard(999_999), 30).await;
+}
+
+/// Waits up to `secs` for `path` to disappear.
+async fn wait_gone(path: &std::path::Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} still there", path.display());
+        sleep_s(0.5).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
