@@ -21,8 +21,11 @@
 //!   replicas. Replica ids come from a counter in group 0, so they are
 //!   never reused.
 //! - **Reconcile** (`reconcile`, every node, every [`TICK`]): peer
-//!   addresses from the node records; start replicas placed here, stop
-//!   and purge replicas no longer placed here; config changes. On
+//!   addresses from the node records; start replicas placed here; stop
+//!   and purge replicas no longer placed here, a voter only once its
+//!   group has committed a membership without it (it keeps voting until
+//!   then); config changes; a node the registry marks removed stops
+//!   serving clients. On
 //!   leaders: bring group memberships (group 0's and each shard's) and
 //!   storage limits up to the records.
 //! - **Quiescence** (`quiesce`): idle groups stop their raft ticks; the
@@ -46,7 +49,7 @@ mod service;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
@@ -150,11 +153,41 @@ pub struct Cluster {
     /// When this node last asked its peers for the node records (see
     /// `Cluster::relearn_peers`).
     relearned: Mutex<Option<std::time::Instant>>,
+    /// Word from group 0's leader (see [`Cluster::check_fresh`]).
+    meta_heard: Mutex<MetaHeard>,
+    /// The registry marks this node removed: it serves no clients.
+    removed: std::sync::atomic::AtomicBool,
+    /// Replicas no longer placed here that still wait for their group to
+    /// commit a membership without them, with when the wait began
+    /// (at most one per loaded tenant).
+    leaving: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+/// What a follower of group 0 last heard from its leader.
+#[derive(Debug, Default)]
+struct MetaHeard {
+    /// The last AppendEntries (heartbeats included) accepted from the
+    /// leader: when, and the commit index it carried.
+    latest: Option<(Instant, u64)>,
+    /// The latest such message whose commit index this node has applied
+    /// since: its copy holds everything committed before then.
+    confirmed: Option<Instant>,
+}
+
+impl MetaHeard {
+    /// Moves `confirmed` up to `latest` once its commit index is applied.
+    fn confirm(&mut self, applied: u64) {
+        if let Some((at, commit)) = self.latest {
+            if applied >= commit && self.confirmed.is_none_or(|c| c < at) {
+                self.confirmed = Some(at);
+            }
+        }
     }
 }
 
@@ -261,6 +294,9 @@ impl Cluster {
             client_addrs: Default::default(),
             peers: Default::default(),
             relearned: Mutex::new(None),
+            removed: Default::default(),
+            leaving: Default::default(),
+            meta_heard: Default::default(),
         });
         db.attach_cluster(cluster.clone(), cluster.clone());
         net.serve(Arc::new(service::Service::new(db, &cluster, forwarded)));
@@ -296,6 +332,89 @@ impl Cluster {
     /// This node's record.
     pub fn me(&self) -> &NodeRecord {
         &self.me
+    }
+
+    /// Refuses client requests once the registry marks this node removed
+    /// (`node remove`): its clients go to another node (the driver
+    /// retries `Unavailable` on its other addresses).
+    pub fn check_serving(&self) -> Result<()> {
+        if self.removed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(unavailable(format!(
+                "node {} was removed from the cluster and serves no clients; use another node",
+                self.me.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes an AppendEntries of `group` this node accepted from the
+    /// group's leader, carrying commit index `commit` (heartbeats
+    /// included): for group 0 the metadata lease, for a tenant's group
+    /// whether its leader still counts on this replica.
+    pub(crate) fn heard_from_leader(&self, db: &Database, group: u64, commit: u64) {
+        if group != 0 {
+            if let Some(t) = db.loaded_group(group) {
+                t.leader_heard().store(
+                    crate::util::coarse_now_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            return;
+        }
+        let applied = self.meta_applied();
+        let mut h = self.meta_heard.lock();
+        h.confirm(applied);
+        h.latest = Some((Instant::now(), commit));
+        h.confirm(applied);
+    }
+
+    fn meta_applied(&self) -> u64 {
+        self.meta
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Refuses requests while this node's copy of the metadata may be
+    /// stale: group 0's leader has not confirmed it within
+    /// `cluster.metadata_lease_ms`. On the leader: a quorum acknowledged
+    /// it within the lease; on a follower: a message from the leader
+    /// within the lease whose commit index has been applied here. So a
+    /// key revoked, a user removed or a tenant deleted stops working on
+    /// every node within the lease, partitions included.
+    pub fn check_fresh(&self) -> Result<()> {
+        let lease = Duration::from_millis(self.settings.metadata_lease_ms);
+        let (leads, alone, acked, applied) = {
+            let m = self.meta.metrics();
+            let m = m.borrow_watched();
+            (
+                m.state == openraft::ServerState::Leader,
+                m.membership_config.membership().voter_ids().count() == 1,
+                m.last_quorum_acked
+                    .as_ref()
+                    .map(|t| openraft::Instant::elapsed(&**t)),
+                m.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let age = if leads {
+            if alone {
+                return Ok(());
+            }
+            acked
+        } else {
+            let mut h = self.meta_heard.lock();
+            h.confirm(applied);
+            h.confirmed.map(|c| c.elapsed())
+        };
+        match age {
+            Some(age) if age < lease => Ok(()),
+            _ => Err(unavailable(format!(
+                "node {} has no word from the metadata group's leader within {} ms, so it \
+                 cannot vouch for keys, users and tenants; use another node",
+                self.me.id, self.settings.metadata_lease_ms
+            ))),
+        }
     }
 
     /// The metadata group's leader, if known.

@@ -160,7 +160,14 @@ impl PeerService for Service {
                     last_index,
                 } => PeerResponse::Quiesced(c.quiesce_follower(&db, group, leader, last_index)),
                 PeerRequest::Append { group, rpc } => match c.group_raft(&db, group) {
-                    Some(r) => PeerResponse::Append(r.append_entries(rpc).await),
+                    Some(r) => {
+                        let commit = rpc.leader_commit.map_or(0, |l| l.index);
+                        let answer = r.append_entries(rpc).await;
+                        if answer.as_ref().is_ok_and(|a| a.is_success()) {
+                            c.heard_from_leader(&db, group, commit);
+                        }
+                        PeerResponse::Append(answer)
+                    }
                     None => no_group(group),
                 },
                 PeerRequest::Vote { group, rpc } => match c.group_raft(&db, group) {

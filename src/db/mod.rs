@@ -76,6 +76,9 @@ pub(crate) struct Tenant {
     last_active: std::sync::atomic::AtomicU64,
     /// The group's raft ticks are off here (an idle, quiesced group).
     quiesced: std::sync::atomic::AtomicBool,
+    /// Last AppendEntries (heartbeats included) this replica accepted
+    /// from its group's leader (coarse ms; load time until the first).
+    leader_heard: std::sync::atomic::AtomicU64,
 }
 
 impl Tenant {
@@ -164,6 +167,12 @@ impl Tenant {
     /// When a request last arrived here (coarse ms).
     pub(crate) fn last_active(&self) -> &std::sync::atomic::AtomicU64 {
         &self.last_active
+    }
+
+    /// When this replica last accepted an AppendEntries from its
+    /// group's leader (coarse ms).
+    pub(crate) fn leader_heard(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.leader_heard
     }
 
     /// Whether the group's raft ticks are off here (quiesced).
@@ -485,6 +494,7 @@ impl Database {
             slot: Arc::new(Mutex::new(None)),
             replicas: RwLock::new(rec.replicas.clone()),
             last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
+            leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
         });
         let args = ShardArgs {

@@ -25,7 +25,9 @@
 //!   and failures become raft's results and [`TransportError`]s.
 //! - Dials time out after [`CONNECT_TIMEOUT`]; failed dials back off
 //!   exponentially up to [`MAX_BACKOFF`]. A [`FaultFilter`] can drop or
-//!   delay messages to chosen nodes (for fault tests on one machine).
+//!   delay messages to chosen nodes (for fault tests on one machine);
+//!   [`fault`](super::fault) does the same for a real process, from a
+//!   file named by `VEKTAGRAF_FAULTS`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -783,6 +785,12 @@ impl PeerNet {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
+        if super::fault::apply(node, super::fault::Direction::Out).await {
+            return Err(PeerError::Stream {
+                node,
+                reason: "lost (VEKTAGRAF_FAULTS)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -1104,6 +1112,9 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    if super::fault::apply(from, super::fault::Direction::In).await {
+        return; // lost: the stream closes unanswered
+    }
     let resp = match read_msg::<PeerRequest>(&mut recv).await {
         Ok(PeerRequest::Snapshot {
             group,

@@ -76,6 +76,10 @@ async fn request_in(
     if let Request::Ping = req {
         return Ok(Response::Pong);
     }
+    if let Some(c) = cluster {
+        c.check_serving()?;
+        c.check_fresh()?;
+    }
     if let Request::Authenticate { .. } = req {
         return Err(Error::invalid(
             "request",
