@@ -169,6 +169,7 @@ impl TestCluster {
             ])
             .arg(self.dir.join(format!("node-{i}.toml")))
             .env("RUST_LOG", "info,openraft=warn,quinn=warn")
+            .env("VEKTAGRAF_FAULTS", self.faults_file(i))
             .stdout(f.try_clone().unwrap())
             .stderr(f)
             .spawn()
@@ -195,6 +196,90 @@ impl TestCluster {
         if let Some(mut c) = self.nodes[i - 1].take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// The peer fault file node `i` re-reads (`net/fault.rs`).
+    fn faults_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("faults-{i}"))
+    }
+
+    /// Replaces node `i`'s peer fault rules (written whole, then renamed,
+    /// so the node never reads half a file). `""` clears them.
+    fn set_faults(&self, i: usize, rules: &str) {
+        let tmp = self.dir.join(format!("faults-{i}.tmp"));
+        std::fs::write(&tmp, rules).unwrap();
+        std::fs::rename(&tmp, self.faults_file(i)).unwrap();
+    }
+
+    /// Clears every node's fault rules and nftables rules.
+    fn heal_all(&self) {
+        for i in 1..=self.n {
+            self.set_faults(i, "");
+        }
+        netns(&["heal", &self.prefix, &self.n.to_string()]);
+    }
+
+    /// Adds an nftables rule to chain `chain` (input/output) of node `i`.
+    fn nft(&self, i: usize, chain: &str, rule: &str) {
+        let ns = format!("{}{i}", self.prefix);
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "nft", "add", "rule", "inet", "vkfault", chain,
+            ])
+            .args(rule.split_whitespace())
+            .output()
+            .expect("nft");
+        assert!(
+            out.status.success(),
+            "nft {rule}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends `sig` to node `i`'s process (by its PID).
+    fn signal(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.nodes[i - 1] {
+            // SAFETY: kill(2) on the PID of a child we spawned and have
+            // not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGSTOP of node `i`: it keeps its sockets but runs nothing.
+    fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    /// Whether node `i`'s process is running (not exited).
+    fn alive(&mut self, i: usize) -> bool {
+        self.nodes[i - 1]
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM to node `i`; waits up to `within` for it to exit (then
+    /// kills it -9) and returns its exit status and how long it took.
+    fn terminate(&mut self, i: usize, within: Duration) -> (std::process::ExitStatus, Duration) {
+        self.signal(i, libc::SIGTERM);
+        let t = Instant::now();
+        let mut child = self.nodes[i - 1].take().expect("node not running");
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st, t.elapsed());
+            }
+            if t.elapsed() > within {
+                let _ = child.kill();
+                let st = child.wait().expect("wait");
+                return (st, t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -279,6 +364,7 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for i in 1..=self.n {
+            self.resume(i);
             self.kill(i);
         }
         let _ = Command::new(NETNS)
@@ -354,6 +440,34 @@ impl Workload {
         if errors.len() < 20 {
             errors.push(format!("client {client} at {:?}: {e}", self.t0.elapsed()));
         }
+    }
+
+    /// Operations answered (ok) between `from` and `to` (ns since t0).
+    fn answered_between(&self, from: u64, to: u64) -> usize {
+        self.ops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.ret.is_some_and(|r| r >= from && r <= to))
+            .count()
+    }
+
+    /// One recorded register write of `key` through `client`.
+    async fn write(&self, client: &Client, id: u64, key: &str) -> Result<(), Error> {
+        let v = format!("c{id}-{}", self.seq.fetch_add(1, Ordering::Relaxed));
+        let call = self.now();
+        let r = client
+            .put(NewObject::new("kv", key, serde_json::json!({ "v": v })))
+            .await;
+        let ret = self.now();
+        self.ops.lock().unwrap().push(Op {
+            client: id,
+            key: key.into(),
+            kind: OpKind::Write(Some(v)),
+            call,
+            ret: r.is_ok().then_some(ret),
+        });
+        r.map(|_| ())
     }
 
     fn now(&self) -> u64 {
@@ -698,6 +812,247 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_membership_commits() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("g", 3, 4).await;
+    let admin = c.admin(1).await;
+    // A tenant whose shard leader is group 0's leader, so the two other
+    // nodes can be the one removed and the one paused without stalling
+    // group 0.
+    let meta_leader = || async {
+        let nodes = retry(|| admin.cluster_nodes()).await;
+        nodes.iter().find(|n| n.leader).map(|n| n.id as usize)
+    };
+    let mut picked = None;
+    for k in 0..8 {
+        let id = format!("acme{k}");
+        let key = c.tenant(&id, None).await;
+        let leader = c.shard_leader(&id, 1).await;
+        if meta_leader().await == Some(leader) {
+            picked = Some((id, key, leader));
+            break;
+        }
+    }
+    let (tenant, key, leader) = picked.expect("no tenant led by group 0's leader");
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    let (victim, paused) = (others[0], others[1]);
+    c.spawn(4).await;
+    let (w, tasks) = start_workload(&c, &key, &[leader]).await;
+    sleep_s(2.0).await;
+    // With `paused` stopped, the old membership's majority is the leader
+    // and the victim: the change can only commit if the victim, removed
+    // from the registry, still votes.
+    eprintln!("SIGSTOP of node {paused}; node remove {victim} --force (it is alive)");
+    c.pause(paused);
+    let via = c.admin(leader).await;
+    let removal = retry(|| via.remove_node(victim as u64, true)).await;
+    assert_eq!(removal.replaced, [tenant.clone()], "{removal:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let i = retry(|| via.shard_info(&tenant)).await;
+        let on4 = i.replicas.iter().find(|r| r.1 == 4).map(|r| r.0);
+        if on4.is_some_and(|r| i.voters.contains(&r)) && i.voters.len() == 3 && !i.joint {
+            eprintln!("committed while node {paused} was paused: {i:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the membership without node {victim} did not commit while node {paused} was paused: {i:?}"
+        );
+        sleep_s(0.5).await;
+    }
+    // The removed node refuses clients, with a reason that says so.
+    let mut o = ClientOptions::new(
+        vec![TestCluster::client_addr(victim)],
+        &key,
+        &c.dir.join("certs/ca.crt"),
+    )
+    .unwrap();
+    o.max_retries = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let socket = in_netns(&format!("{}hub", c.prefix), || {
+            std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+        });
+        socket.set_nonblocking(true).unwrap();
+        let r = match Client::connect_on(o.clone(), socket).await {
+            Ok(cl) => cl.get("k0").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Err(Error::Unavailable { reason }) if reason.contains("removed") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "removed node {victim} still serves: {other:?}"
+            ),
+        }
+        sleep_s(0.5).await;
+    }
+    c.resume(paused);
+    sleep_s(2.0).await;
+    stop_workload(&w, tasks).await;
+    // The victim's replica is gone from its disk once it left.
+    let group = retry(|| via.shard_info(&tenant)).await.group;
+    wait_gone(&c.dir.join(format!("node-{victim}/shards/{group}")), 40).await;
+    let reader = c.client(4, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_every_node_with_status_0_and_loses_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("h", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    for t in ["b", "c", "d"] {
+        c.tenant(t, None).await;
+    }
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3]).await;
+    sleep_s(3.0).await;
+    stop_workload(&w, tasks).await;
+    let admin = c.admin(1).await;
+    let before = retry(|| admin.usage(Some("acme"))).await.requests;
+    let nodes = retry(|| admin.cluster_nodes()).await;
+    let meta = nodes.iter().find(|n| n.leader).map(|n| n.id as usize);
+    // Group 0's leader second: the last node stops with no quorum left.
+    let mut order: Vec<usize> = (1..=3).filter(|n| Some(*n) != meta).collect();
+    order.insert(1, meta.unwrap_or(1));
+    order.dedup();
+    for i in order {
+        let (status, took) = c.terminate(i, Duration::from_secs(20));
+        eprintln!("node {i}: {status} {took:?} after SIGTERM");
+        assert!(status.success(), "node {i} exited {status} after SIGTERM");
+    }
+    for i in 1..=3 {
+        c.spawn(i).await;
+    }
+    let admin = c.admin(1).await;
+    let after = retry(|| admin.usage(Some("acme"))).await.requests;
+    assert!(
+        after.daily >= before.daily && after.monthly >= before.monthly,
+        "request counts went down across the stop: {before:?} then {after:?}"
+    );
+    let reader = c.client(2, &key).await;
+    w.verify(&reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_key_and_a_deleted_tenant_stop_working_on_a_cut_off_node_within_the_lease() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const LEASE_MS: u64 = 3000;
+    let mut c =
+        TestCluster::start_with("l", 3, 3, &format!("metadata_lease_ms = {LEASE_MS}\n")).await;
+    let key = c.tenant("acme", None).await;
+    let gone_key = c.tenant("gone", None).await;
+    c.tenant("gone2", None).await;
+    let admin = c.admin(1).await;
+    let gone_group = retry(|| admin.shard_info("gone")).await.group;
+    let gone2_group = retry(|| admin.shard_info("gone2")).await.group;
+    // A node that is neither group 0's leader nor (for acme) the shard
+    // leader serves stale reads from its own replica.
+    let meta = retry(|| admin.cluster_nodes())
+        .await
+        .iter()
+        .find(|n| n.leader)
+        .map(|n| n.id as usize);
+    let lead = c.shard_leader("acme", 1).await;
+    let cut = (1..=3)
+        .find(|n| Some(*n) != meta && *n != lead)
+        .expect("a third node");
+    let put = c.client(lead, &key).await;
+    retry(|| put.put(NewObject::new("kv", "k0", serde_json::json!({"v": 1})))).await;
+    let on_cut = c.client(cut, &key).await;
+    let gone_on_cut = c.client(cut, &gone_key).await;
+    retry(|| async {
+        match on_cut.get_stale("k0").await? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable {
+                reason: "not replicated yet".into(),
+            }),
+        }
+    })
+    .await;
+    retry(|| gone_on_cut.get_stale("x")).await;
+    eprintln!("node {cut} cut off from its peers; revoking acme's key and deleting tenant gone");
+    netns(&["isolate", &c.prefix, "3", &cut.to_string()]);
+    let key_id = key.split('_').nth(1).unwrap().to_string();
+    let via = c.admin(meta.unwrap_or(lead)).await;
+    retry(|| via.revoke_key(&key_id)).await;
+    retry(|| via.delete_tenant("gone")).await;
+    let cut_at = Instant::now();
+    // Within the lease (plus a heartbeat and a margin for a loaded
+    // machine), the cut-off node refuses both.
+    let refused = |r: &Result<Option<vektagraf::proto::Object>, Error>| {
+        matches!(
+            r,
+            Err(Error::Unavailable { .. } | Error::Unauthenticated { .. })
+                | Err(Error::TenantNotFound { .. })
+        )
+    };
+    let deadline = Duration::from_millis(LEASE_MS + 5_000);
+    loop {
+        let (a, b) = (
+            on_cut.get_stale("k0").await,
+            gone_on_cut.get_stale("x").await,
+        );
+        if refused(&a) && refused(&b) {
+            eprintln!(
+                "refused {:?} after the revocation: {a:?} / {b:?}",
+                cut_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < deadline,
+            "node {cut} still serves a revoked key or a deleted tenant: {a:?} / {b:?}"
+        );
+        sleep_s(0.2).await;
+    }
+    netns(&["heal", &c.prefix, "3"]);
+    // Healed: the revocation itself is what refuses now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match on_cut.get_stale("k0").await {
+            Err(Error::Unauthenticated { reason }) if reason.contains("revoked") => break,
+            other => assert!(Instant::now() < deadline, "after healing: {other:?}"),
+        }
+        sleep_s(0.3).await;
+    }
+    // The deleted tenant's replica is purged on the node that was cut off.
+    let shard = |g: u64| c.dir.join(format!("node-{cut}/shards/{g}"));
+    wait_gone(&shard(gone_group), 30).await;
+    // A tenant deleted while the node is down, and a replica directory
+    // no record knows (a purge cut short): both swept after a restart.
+    assert!(shard(gone2_group).exists());
+    c.kill(cut);
+    retry(|| via.delete_tenant("gone2")).await;
+    let orphan = c.dir.join(format!("node-{cut}/shards/999999/db"));
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("CURRENT"), b"left behind").unwrap();
+    c.spawn(cut).await;
+    let shard = |g: u64| c.dir.join(format!("node-{cut}/shards/{g}"));
+    wait_gone(&shard(gone2_group), 30).await;
+    wait_gone(&shard(999_999), 30).await;
+}
+
+/// Waits up to `secs` for `path` to disappear.
+async fn wait_gone(path: &std::path::Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} still there", path.display());
+        sleep_s(0.5).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1847,4 +2202,627 @@ async fn a_tenant_exported_from_one_cluster_imports_into_another_equal_and_a_tam
         admin.get_tenant("acme-c").await,
         Err(Error::TenantNotFound { .. })
     ));
+}
+
+// ----- pauses, delay and loss, a full disk, a seeded nemesis (issue 10) -----
+
+/// Waits until node `via` names a leader of `tenant` other than `not`.
+async fn leader_other_than(c: &TestCluster, tenant: &str, via: usize, not: usize) -> usize {
+    let admin = c.admin(via).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(i) = admin.shard_info(tenant).await {
+            if let Some(l) = i.leader_node.filter(|l| *l as usize != not) {
+                return l as usize;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader of {tenant} other than node {not} (asked node {via})"
+        );
+        sleep_s(0.2).await;
+    }
+}
+
+/// Waits until node `node`'s own replica (a stale read) holds `id`.
+async fn caught_up(c: &TestCluster, node: usize, key: &str, id: &str) {
+    let client = c.client(node, key).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = client.get_stale(id).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node} did not catch up to {id}"
+        );
+        sleep_s(0.3).await;
+    }
+}
+
+/// Drops `pct`% of the peer packets (UDP port 7787, both ends of every
+/// peer connection) in `chain` of node `i`: packet loss, which QUIC
+/// repairs by retransmission.
+fn peer_loss(c: &TestCluster, i: usize, chain: &str, pct: u32) {
+    c.nft(
+        i,
+        chain,
+        &format!("udp dport {PEER_PORT} numgen random mod 100 < {pct} counter drop"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pauses_of_the_leader_and_of_a_follower_lose_nothing_and_the_paused_leader_steps_down() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("ga", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 1]).await;
+    sleep_s(2.0).await;
+    let leader = c.shard_leader("acme", 1).await;
+    let other = (1..=3).find(|i| *i != leader).unwrap();
+    // A client of the leader's node, connected before the pause, whose
+    // deadline outlasts it: its write waits inside the stopped process
+    // and is served by a node that has missed a whole term.
+    let stale = c
+        .client_with(leader, &key, |o| {
+            o.request_timeout = Duration::from_secs(40);
+            o.max_retries = 0;
+        })
+        .await;
+    retry(|| stale.get("k0")).await;
+    eprintln!("SIGSTOP of shard leader node {leader} for 12 s");
+    let t = Instant::now();
+    c.pause(leader);
+    let paused_at = w.now();
+    let w2 = w.clone();
+    let stale_write = tokio::spawn(async move {
+        let r = w2.write(&stale, 100, "k1").await;
+        (r, Instant::now())
+    });
+    let new_leader = leader_other_than(&c, "acme", other, leader).await;
+    eprintln!("node {new_leader} leads {:?} into the pause", t.elapsed());
+    let probe = c.client(new_leader, &key).await;
+    retry(|| {
+        probe.put(NewObject::new(
+            "kv",
+            "during-leader-pause",
+            serde_json::json!({}),
+        ))
+    })
+    .await;
+    tokio::time::sleep_until((t + Duration::from_secs(12)).into()).await;
+    let during = w.answered_between(paused_at, w.now());
+    c.resume(leader);
+    let resumed = Instant::now();
+    eprintln!("SIGCONT of node {leader}: {during} operations answered during its pause");
+    assert!(
+        during > 0,
+        "nothing was answered while the leader was paused"
+    );
+    // The resumed node learns the new term: it names another leader, and
+    // its replica catches up on what was written without it.
+    let seen = leader_other_than(&c, "acme", leader, leader).await;
+    eprintln!(
+        "the resumed node names node {seen} leader {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    caught_up(&c, leader, &key, "during-leader-pause").await;
+    let (r, done) = stale_write.await.unwrap();
+    eprintln!(
+        "the write sent to the paused leader answered {:?} after SIGCONT: {r:?} (the checker places it)",
+        done.saturating_duration_since(resumed)
+    );
+
+    sleep_s(2.0).await;
+    let leader2 = c.shard_leader("acme", other).await;
+    let follower = (1..=3).find(|i| *i != leader2).unwrap();
+    eprintln!("SIGSTOP of follower node {follower} for 12 s (leader: node {leader2})");
+    let t = Instant::now();
+    c.pause(follower);
+    let paused_at = w.now();
+    let probe = c.client(leader2, &key).await;
+    retry(|| {
+        probe.put(NewObject::new(
+            "kv",
+            "during-follower-pause",
+            serde_json::json!({}),
+        ))
+    })
+    .await;
+    eprintln!(
+        "a write committed {:?} into the follower's pause",
+        t.elapsed()
+    );
+    tokio::time::sleep_until((t + Duration::from_secs(12)).into()).await;
+    let during = w.answered_between(paused_at, w.now());
+    c.resume(follower);
+    eprintln!("SIGCONT of node {follower}: {during} operations answered during its pause");
+    assert!(
+        during > 0,
+        "nothing was answered while a follower was paused"
+    );
+    caught_up(&c, follower, &key, "during-follower-pause").await;
+    sleep_s(2.0).await;
+    stop_workload(&w, tasks).await;
+    let reader = c.client(other, &key).await;
+    w.verify(&reader).await;
+}
+
+/// Sleeps `secs` and returns the operations answered meanwhile.
+async fn phase(w: &Workload, name: &str, secs: f64) -> usize {
+    let from = w.now();
+    sleep_s(secs).await;
+    let n = w.answered_between(from, w.now());
+    eprintln!("{name}: {n} operations answered in {secs} s");
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delay_and_loss_one_way_and_both_ways_slow_the_cluster_but_lose_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start("gb", 3, 3).await;
+    let key = c.tenant("acme", None).await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 1]).await;
+    sleep_s(2.0).await;
+    let leader = c.shard_leader("acme", 1).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut served = Vec::new();
+    served.push(phase(&w, "no fault", 4.0).await);
+
+    // Delay through the transport's fault filter (no netem here).
+    c.set_faults(leader, "peer=* dir=out delay_ms=150 jitter_ms=100\n");
+    served.push(phase(&w, "one way: the leader's requests 150-250 ms late", 6.0).await);
+    c.heal_all();
+    for i in 1..=3 {
+        c.set_faults(i, "peer=* dir=both delay_ms=100 jitter_ms=100\n");
+    }
+    served.push(
+        phase(
+            &w,
+            "both ways: every request 100-200 ms late at each end",
+            6.0,
+        )
+        .await,
+    );
+    c.heal_all();
+    // Message loss through the filter.
+    c.set_faults(leader, "peer=* dir=out drop_percent=20\n");
+    served.push(phase(&w, "one way: 20% of the leader's requests lost", 6.0).await);
+    c.heal_all();
+    for i in 1..=3 {
+        c.set_faults(
+            i,
+            "peer=* dir=both drop_percent=10 delay_ms=20 jitter_ms=40\n",
+        );
+    }
+    served.push(
+        phase(
+            &w,
+            "both ways: 10% of requests lost, 20-60 ms late, at each end",
+            6.0,
+        )
+        .await,
+    );
+    c.heal_all();
+    // Packet loss with nftables: QUIC retransmits.
+    peer_loss(&c, leader, "output", 30);
+    served.push(
+        phase(
+            &w,
+            "one way: 30% of the leader's peer packets lost (nftables)",
+            6.0,
+        )
+        .await,
+    );
+    c.heal_all();
+    peer_loss(&c, follower, "input", 20);
+    peer_loss(&c, follower, "output", 20);
+    served.push(
+        phase(
+            &w,
+            "both ways: 20% of a follower's peer packets lost each way",
+            6.0,
+        )
+        .await,
+    );
+    c.heal_all();
+    for i in 1..=3 {
+        peer_loss(&c, i, "input", 10);
+    }
+    served.push(phase(&w, "10% of the peer packets into every node lost", 6.0).await);
+    c.heal_all();
+    served.push(phase(&w, "healed", 3.0).await);
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "a phase answered nothing: {served:?}"
+    );
+    stop_workload(&w, tasks).await;
+    let reader = c.client(follower, &key).await;
+    w.verify(&reader).await;
+}
+
+/// A tmpfs mounted on a directory, unmounted when dropped (also when the
+/// test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
+    }
+
+    /// Free bytes.
+    fn free(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs fills the zeroed struct from a valid C path.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut s), 0);
+            s.f_bavail as u64 * s.f_frsize as u64
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `n` bytes of random hex (incompressible for RocksDB).
+fn noise(n: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; n / 2];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_on_a_follower_stops_only_its_replica_and_it_catches_up_when_space_returns() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("gc", 2, 3).await;
+    // Node 3's data directory on a 64 MiB tmpfs.
+    let disk = Tmpfs::mount(&c.dir.join("node-3"), "64m");
+    c.spawn(3).await;
+    let key = c.tenant("acme", None).await;
+    let admin = c.admin(1).await;
+    let info = settled(&admin, "acme", 60).await;
+    assert!(nodes_of(&info).contains(&3), "{info:?}");
+    // Node 3 must be a follower: if it leads, a short pause hands the
+    // leadership to another node.
+    while c.shard_leader("acme", 1).await == 3 {
+        c.pause(3);
+        let _ = leader_other_than(&c, "acme", 1, 3).await;
+        c.resume(3);
+        sleep_s(1.0).await;
+    }
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 1]).await;
+    // Fill node 3's disk through node 3 (its writes go to the leader and
+    // come back as log entries): 64 KB incompressible values, 4 a request.
+    let filler = c.client(3, &key).await;
+    let fill_from = w.now();
+    let (mut acked, mut errors, mut slowest) = (Vec::new(), Vec::new(), Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut full_since: Option<Instant> = None;
+    let mut i = 0;
+    while Instant::now() < deadline
+        && full_since.is_none_or(|t| t.elapsed() < Duration::from_secs(5))
+    {
+        let ids: Vec<String> = (i..i + 4).map(|j| format!("big{j}")).collect();
+        i += 4;
+        let ops = ids
+            .iter()
+            .map(|id| {
+                vektagraf::proto::WriteOp::Put(NewObject::new(
+                    "kv",
+                    id,
+                    serde_json::json!({ "pad": noise(64 << 10) }),
+                ))
+            })
+            .collect();
+        let t = Instant::now();
+        let r = filler.transaction(ops).await;
+        slowest = slowest.max(t.elapsed());
+        match r {
+            Ok(_) => acked.extend(ids),
+            Err(e) => {
+                if errors.len() < 10 {
+                    eprintln!("write through the full node: {e} ({:?})", e.code());
+                }
+                errors.push(e);
+                sleep_s(0.2).await;
+            }
+        }
+        if full_since.is_none() && disk.free() < (4 << 20) {
+            eprintln!("node 3's disk is full after {} objects", acked.len());
+            full_since = Some(Instant::now());
+        }
+        assert!(
+            c.alive(3),
+            "node 3 exited on a full disk (see {})",
+            c.log(3).display()
+        );
+    }
+    let during = w.answered_between(fill_from, w.now());
+    eprintln!(
+        "filling: {} objects acknowledged, {} requests failed, slowest {slowest:?}; {during} workload operations answered by nodes 1 and 2; {} bytes free",
+        acked.len(),
+        errors.len(),
+        disk.free()
+    );
+    assert!(full_since.is_some(), "the disk never filled");
+    assert!(
+        slowest < Duration::from_secs(30),
+        "a write hung for {slowest:?}"
+    );
+    assert!(during > 0, "the other nodes stopped serving");
+    assert!(
+        errors.iter().all(|e| !matches!(e, Error::Protocol { .. })),
+        "untyped failures: {errors:?}"
+    );
+    // Node 3's replica stopped where its disk filled: the leader's
+    // matched index for it stays behind.
+    let r3 = info.replicas.iter().find(|r| r.1 == 3).unwrap().0;
+    let (stuck, last_index) = replica_lag(&c, "acme", r3).await;
+    eprintln!("node 3's replica matched {stuck:?} of {last_index} on the leader");
+    // Space returns. Node 3's raft log database refuses writes after a
+    // failed append (RocksDB's background error; the raft core of each
+    // group that hit it has stopped), so today it catches up only after
+    // a restart: give it 15 s to resume by itself, then restart it.
+    disk.resize("512m");
+    eprintln!("node 3's disk grown to 512 MiB");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut resumed = false;
+    while Instant::now() < deadline {
+        let (m, last) = replica_lag(&c, "acme", r3).await;
+        if m == Some(last) && last > last_index {
+            resumed = true;
+            break;
+        }
+        sleep_s(0.5).await;
+    }
+    if !resumed {
+        eprintln!(
+            "node 3's replica did not resume within 15 s of space returning: restarting node 3"
+        );
+        assert!(c.alive(3), "node 3 exited (see {})", c.log(3).display());
+        c.kill(3);
+        c.spawn(3).await;
+    }
+    stop_workload(&w, tasks).await;
+    // Its own replica catches up: the leader's matched index for it
+    // reaches the leader's last entry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (m, last) = replica_lag(&c, "acme", r3).await;
+        if m == Some(last) {
+            eprintln!(
+                "node 3 caught up ({}): matched {last}",
+                if resumed {
+                    "by itself"
+                } else {
+                    "after a restart"
+                }
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up: matched {m:?} of {last}"
+        );
+        sleep_s(0.5).await;
+    }
+    // Nothing acknowledged is lost, on node 3's own replica either.
+    let own = c.client(3, &key).await;
+    for id in &acked {
+        assert!(
+            retry(|| own.get_stale(id)).await.is_some(),
+            "{id} acknowledged but missing on node 3"
+        );
+    }
+    let reader = c.client(1, &key).await;
+    for id in &acked {
+        assert!(retry(|| reader.get(id)).await.is_some(), "{id} lost");
+    }
+    w.verify(&reader).await;
+    c.kill(3);
+    drop(disk);
+}
+
+/// On `tenant`'s leader: replica `r`'s matched index and the leader's
+/// last log index.
+async fn replica_lag(c: &TestCluster, tenant: &str, r: u64) -> (Option<u64>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = c.shard_leader(tenant, 1).await;
+        if let Ok(i) = c.admin(leader).await.shard_info(tenant).await {
+            if i.answered_by == leader as u64 && !i.matched.is_empty() {
+                let m = i.matched.iter().find(|x| x.0 == r).map(|x| x.1);
+                return (m, i.last_log_index);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from {tenant}'s leader"
+        );
+        sleep_s(0.2).await;
+    }
+}
+
+/// The fault schedule of the nemesis: what, on which node, for how long.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill,
+    Pause,
+    Isolate,
+    Loss(u32),
+    Delay(u64),
+    Move,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeded_random_nemesis_of_kills_pauses_partitions_loss_delay_and_moves_loses_nothing() {
+    use rand::{Rng, SeedableRng};
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let seed: u64 = std::env::var("VK_NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    let secs: u64 = std::env::var("VK_NEMESIS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    eprintln!(
+        "nemesis seed {seed}, {secs} s (replay: VK_NEMESIS_SEED={seed} VK_NEMESIS_SECS={secs})"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = 4;
+    let mut c = TestCluster::start("gd", n, n).await;
+    let key = c.tenant("acme", None).await;
+    let admin_key = c.admin_key.clone();
+    let admin = c
+        .client_with(1, &admin_key, |o| {
+            o.addrs = (1..=n).map(TestCluster::client_addr).collect();
+        })
+        .await;
+    let (w, tasks) = start_workload(&c, &key, &[1, 2, 3, 4, 1]).await;
+    sleep_s(2.0).await;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut jobs, mut schedule) = (Vec::new(), Vec::new());
+    while Instant::now() < end {
+        let fault = match rng.gen_range(0..6) {
+            0 => Fault::Kill,
+            1 => Fault::Pause,
+            2 => Fault::Isolate,
+            3 => Fault::Loss(rng.gen_range(10..40)),
+            4 => Fault::Delay(rng.gen_range(50..300)),
+            _ => Fault::Move,
+        };
+        // Half the faults hit the shard leader's node, the rest any node.
+        let at_leader = rng.gen_bool(0.5);
+        let any = rng.gen_range(1..=n);
+        let hold = rng.gen_range(2.0..7.0);
+        let quiet = rng.gen_range(1.0..3.0);
+        let node = if at_leader {
+            match tokio::time::timeout(Duration::from_secs(5), admin.shard_info("acme")).await {
+                Ok(Ok(i)) => i.leader_node.map(|l| l as usize).unwrap_or(any),
+                _ => any,
+            }
+        } else {
+            any
+        };
+        let at = w.t0.elapsed();
+        eprintln!("nemesis at {at:.1?}: {fault:?} of node {node} for {hold:.1} s");
+        schedule.push(format!("{at:.1?} {fault:?} node {node} {hold:.1}s"));
+        match fault {
+            Fault::Kill => {
+                c.kill(node);
+                sleep_s(hold).await;
+                c.spawn(node).await;
+            }
+            Fault::Pause => {
+                c.pause(node);
+                sleep_s(hold).await;
+                c.resume(node);
+            }
+            Fault::Isolate => {
+                netns(&["isolate", &c.prefix, &n.to_string(), &node.to_string()]);
+                sleep_s(hold).await;
+                c.heal_all();
+            }
+            Fault::Loss(pct) => {
+                peer_loss(&c, node, "input", pct);
+                peer_loss(&c, node, "output", pct);
+                sleep_s(hold).await;
+                c.heal_all();
+            }
+            Fault::Delay(ms) => {
+                c.set_faults(
+                    node,
+                    &format!("peer=* dir=both delay_ms={ms} jitter_ms={ms}\n"),
+                );
+                sleep_s(hold).await;
+                c.heal_all();
+            }
+            Fault::Move => {
+                // A membership change: one replica moves to the node
+                // without one (unless a move is running).
+                let running = match admin.jobs().await {
+                    Ok(j) => j.iter().any(|j| !j.state.is_terminal()),
+                    Err(_) => true,
+                };
+                match admin.shard_info("acme").await {
+                    Ok(i) if !running && nodes_of(&i).len() < n => {
+                        let to = free_node(&i, n as u64);
+                        match admin.move_tenant("acme", to, None).await {
+                            Ok(j) => {
+                                eprintln!("move job {} to node {to}", j.id);
+                                jobs.push(j.id);
+                            }
+                            Err(e) => eprintln!("move to node {to} refused: {e}"),
+                        }
+                    }
+                    _ => eprintln!("no move: one is running or no shard info"),
+                }
+                sleep_s(hold).await;
+            }
+        }
+        sleep_s(quiet).await;
+    }
+    eprintln!(
+        "nemesis done ({} faults); healing everything",
+        schedule.len()
+    );
+    c.heal_all();
+    for i in 1..=n {
+        c.resume(i);
+        if !c.alive(i) {
+            c.spawn(i).await;
+        }
+    }
+    for id in &jobs {
+        let j = job_end(&admin, *id, 180).await;
+        assert!(j.state.is_terminal(), "{j:?}");
+    }
+    let info = settled(&admin, "acme", 90).await;
+    assert_eq!(info.voters.len(), 3, "{info:?}");
+    sleep_s(2.0).await;
+    stop_workload(&w, tasks).await;
+    let errors = w.errors.lock().unwrap().clone();
+    eprintln!(
+        "{} requests failed after the driver's retries; first: {:?}",
+        w.failed.load(Ordering::Relaxed),
+        errors.first()
+    );
+    let reader = c.client(1, &key).await;
+    w.verify(&reader).await;
+    eprintln!("schedule (seed {seed}):\n{}", schedule.join("\n"));
 }

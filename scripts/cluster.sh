@@ -92,7 +92,7 @@ status() {
     for i in $(seq 1 "$N"); do
       if alive "$DIR/node-$i/node.pid"; then
         "$BIN" --addr "127.0.0.1:$(client_port "$i")" --ca "$DIR/certs/ca.crt" \
-          --key-file "$DIR/node-$i/admin.key" node list || true
+          --key-file "$DIR/node-1/admin.key" node list || true
         break
       fi
     done

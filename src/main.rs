@@ -177,6 +177,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -306,6 +308,8 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
             "admin key created: {} (mode 0600; shown nowhere else)",
             p.display()
         );
+    } else if node.cluster().is_some() && !key_path.exists() {
+        println!("admin key: this node joined a cluster; use the one its first node created");
     }
     let server = node.server();
     if let Some(c) = node.cluster() {

@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use super::cluster::{client, start_cluster_with, Nodes};
 use super::engine::{load_idx_images, FASHION_MNIST_DIR};
 use crate::client::{Client, ClientOptions};
-use crate::net::peer::{PeerNet, PeerRequest, PeerResponse, PeerService};
+use crate::net::peer::{PeerNet, PeerRefusal, PeerRequest, PeerResponse, PeerService};
 use crate::proto::wire::{KeyKind, Request, Response};
 use crate::proto::{CollectionSpec, Error, IndexKind, JobState, NewObject, VectorSearch, WriteOp};
 use crate::{TenantConfig, Tiers};
@@ -388,11 +388,16 @@ impl PeerService for Sink {
         Box::pin(async { PeerResponse::Pong })
     }
 
-    fn snapshot_staging(&self, _group: u64) -> Result<PathBuf, Error> {
+    fn admit(&self, _node: u64, _incarnation: u64) -> Result<(), PeerRefusal> {
+        Ok(())
+    }
+
+    fn snapshot_staging(&self, _from: u64, _group: u64) -> Result<PathBuf, Box<PeerResponse>> {
         let d = self
             .dir
             .join(format!("in-{}", self.n.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&d).map_err(Error::storage)?;
+        std::fs::create_dir_all(&d)
+            .map_err(|e| Box::new(PeerResponse::Failed(Error::storage(e))))?;
         Ok(d)
     }
 

@@ -22,6 +22,7 @@ use super::{member, parse_addr, unavailable, Cluster, FORWARD_TIMEOUT, MAX_HOPS}
 impl Cluster {
     pub(super) fn refresh_addrs(&self, reg: &Registry) {
         if let Ok(nodes) = reg.nodes() {
+            self.learn_peers(&nodes);
             let mut clients = std::collections::HashMap::new();
             for n in &nodes {
                 if let Ok(a) = n.client_addr.parse::<std::net::SocketAddr>() {
@@ -53,6 +54,9 @@ impl Cluster {
                     .await
                 {
                     Ok(PeerResponse::Joined(Ok(nodes))) => {
+                        // The leader's records: whom to take group 0's
+                        // log from before this node's own copy has them.
+                        self.learn_peers(&nodes);
                         for n in &nodes {
                             if n.id != self.me.id {
                                 if let Ok(a) = n.peer_addr.parse() {
@@ -64,6 +68,13 @@ impl Cluster {
                         return Ok(());
                     }
                     Ok(PeerResponse::Joined(Err(e))) if !e.is_retryable() => return Err(e),
+                    Ok(PeerResponse::Refused(why))
+                    | Err(crate::net::peer::PeerError::Refused { reason: why, .. }) => {
+                        tracing::error!(node = self.me.id, through = %addr, reason = %why, "the cluster refuses this node");
+                        return Err(Error::PermissionDenied {
+                            reason: format!("the cluster refuses this node: {why}"),
+                        });
+                    }
                     Ok(other) => {
                         tracing::info!(through = %addr, answer = ?other, "join not accepted yet")
                     }
@@ -77,6 +88,42 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Asks the known live nodes for the node records, the way a join
+    /// does (at most once every 5 s, in the background). Called when a
+    /// node unknown here sends group 0's raft messages: this node's copy
+    /// of the registry may be behind (it was down while that node joined,
+    /// and that node now leads group 0), and without the record it would
+    /// refuse the log that brings it.
+    pub(super) fn relearn_peers(self: &Arc<Self>) {
+        {
+            let mut last = self.relearned.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let c = self.clone();
+        tokio::spawn(async move {
+            let known: Vec<u64> = c
+                .peers
+                .read()
+                .values()
+                .filter(|n| !n.removed && n.id != c.me.id)
+                .map(|n| n.id)
+                .collect();
+            let req = PeerRequest::Join(c.me.clone());
+            for n in known {
+                if let Ok(PeerResponse::Joined(Ok(nodes))) =
+                    c.net.call(n, &req, Duration::from_secs(5)).await
+                {
+                    c.learn_peers(&nodes);
+                    tracing::info!(through = n, nodes = nodes.len(), "node records refreshed");
+                    return;
+                }
+            }
+        });
     }
 
     /// Admits a node (on group 0's leader): records it; the reconcile
@@ -103,6 +150,9 @@ impl Cluster {
                 .await?
             {
                 PeerResponse::Joined(r) => r,
+                PeerResponse::Refused(why) => Err(Error::PermissionDenied {
+                    reason: why.to_string(),
+                }),
                 other => Err(unavailable(format!("unexpected peer answer {other:?}"))),
             };
         }
@@ -110,17 +160,23 @@ impl Cluster {
         if rec.id == 0 {
             return Err(Error::invalid("node_id", "must be at least 1"));
         }
-        if let Some(old) = reg.nodes()?.into_iter().find(|n| n.id == rec.id) {
-            if old.removed {
-                return Err(Error::invalid(
-                    "node_id",
-                    format!("node {} was removed; a node id is never reused", rec.id),
-                ));
-            }
-        }
         let mut rec = rec;
         rec.removed = false;
+        if let Some(old) = reg.nodes()?.into_iter().find(|n| n.id == rec.id) {
+            if let Err(why) = super::peers::check_record(&old, rec.incarnation) {
+                tracing::warn!(node = rec.id, reason = %why, "join refused");
+                return Err(Error::PermissionDenied {
+                    reason: why.to_string(),
+                });
+            }
+            // A node joining again keeps what the admin set.
+            rec.draining = old.draining;
+            if rec.incarnation == 0 {
+                rec.incarnation = old.incarnation;
+            }
+        }
         reg.put_node(&rec).await?;
+        c.learn_peers(std::slice::from_ref(&rec));
         if let Ok(a) = rec.peer_addr.parse() {
             c.net.set_addr(rec.id, a);
         }
@@ -160,6 +216,7 @@ impl Cluster {
             .ok_or_else(|| Error::not_found("node", id.to_string()))?;
         node.removed = true;
         reg.put_node(&node).await?;
+        c.learn_peers(std::slice::from_ref(&node));
         let live = placeable(&reg)?;
         let mut out = NodeRemoval {
             node: id,

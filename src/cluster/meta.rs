@@ -13,6 +13,14 @@ use crate::storage::{Command, CommandResult, RegOp};
 
 use super::{unavailable, Cluster, FORWARD_TIMEOUT, LEADER_WAIT};
 
+tokio::task_local! {
+    /// The admin key whose request the current task serves (the router
+    /// sets it around an admin request on a cluster node). Registry
+    /// changes proposed through another node carry it, and that node
+    /// checks it again: a peer's registry write without one is refused.
+    pub static ADMIN_KEY: String;
+}
+
 /// Forwarding target when this node cannot commit.
 pub(super) struct NotHere(Option<u64>);
 
@@ -47,11 +55,19 @@ impl Cluster {
                 Ok(v) => return Ok(v),
                 Err(NotHere(leader)) => {
                     if let Some(l) = leader.filter(|l| *l != self.me.id) {
-                        let req = PeerRequest::Registry(ops.clone());
+                        let req = PeerRequest::Registry {
+                            ops: ops.clone(),
+                            key_id: ADMIN_KEY.try_with(|k| k.clone()).ok(),
+                        };
                         match self.net.call(l, &req, FORWARD_TIMEOUT).await {
                             Ok(PeerResponse::Counter(Ok(v))) => return Ok(v),
                             Ok(PeerResponse::Counter(Err(e))) if !e.is_retryable() => {
                                 return Err(e)
+                            }
+                            Ok(PeerResponse::Refused(why)) => {
+                                return Err(crate::proto::Error::PermissionDenied {
+                                    reason: why.to_string(),
+                                })
                             }
                             _ => {}
                         }

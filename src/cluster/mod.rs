@@ -21,17 +21,26 @@
 //!   replicas. Replica ids come from a counter in group 0, so they are
 //!   never reused.
 //! - **Reconcile** (`reconcile`, every node, every [`TICK`]): peer
-//!   addresses from the node records; start replicas placed here, stop
-//!   and purge replicas no longer placed here; config changes. On
+//!   addresses from the node records; start replicas placed here; stop
+//!   and purge replicas no longer placed here, a voter only once its
+//!   group has committed a membership without it (it keeps voting until
+//!   then); config changes; a node the registry marks removed stops
+//!   serving clients. On
 //!   leaders: bring group memberships (group 0's and each shard's) and
 //!   storage limits up to the records.
 //! - **Quiescence** (`quiesce`): idle groups stop their raft ticks; the
 //!   liveness probe wakes the groups of a node that stops answering.
 //! - **Peer service** (`service`): raft messages, snapshot install,
-//!   registry proposals, joins, and forwarded requests (to the router).
+//!   registry proposals, joins, and forwarded requests (to the router),
+//!   each checked first against what the sending node may do (`peers`:
+//!   unknown and removed nodes, incarnations, replica hosts).
+//! - **Incarnation** (`incarnation`): the random id of the node's data
+//!   directory, recorded at join and presented to every peer.
 
+pub mod incarnation;
 mod membership;
 mod meta;
+mod peers;
 mod placement;
 mod quiesce;
 mod reconcile;
@@ -40,7 +49,7 @@ mod service;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
@@ -56,6 +65,7 @@ use crate::raft::{self, ShardRaft};
 use crate::shard::ShardData;
 use crate::storage::RegOp;
 
+pub use meta::ADMIN_KEY;
 pub use quiesce::QUIESCE_AFTER;
 
 /// Reconcile period.
@@ -77,21 +87,26 @@ const KNOWN_USERS: u64 = 10_000;
 /// Serves the client requests other nodes forward to this one. The
 /// router implements it; the peer service calls it.
 pub trait Forwarded: Send + Sync {
-    /// A tenant's data request (`hops` so far).
+    /// A tenant's data request (`hops` so far), made with the API key
+    /// `key_id` (to check again here).
+    #[allow(clippy::too_many_arguments)]
     fn tenant(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: String,
         tenant: String,
         user: String,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>>;
-    /// An admin request (`hops` so far).
+    /// An admin request (`hops` so far; its key was checked again by
+    /// the peer service).
     fn admin(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: Option<String>,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>>;
@@ -132,11 +147,47 @@ pub struct Cluster {
     /// Client addresses of the nodes (from the registry), for the leader
     /// hints the router gives drivers. Unspecified addresses are left out.
     client_addrs: parking_lot::RwLock<std::collections::HashMap<u64, SocketAddr>>,
+    /// This node's view of the node records, for the peer checks (see
+    /// `peers`).
+    peers: parking_lot::RwLock<std::collections::HashMap<u64, NodeRecord>>,
+    /// When this node last asked its peers for the node records (see
+    /// `Cluster::relearn_peers`).
+    relearned: Mutex<Option<std::time::Instant>>,
+    /// Word from group 0's leader (see [`Cluster::check_fresh`]).
+    meta_heard: Mutex<MetaHeard>,
+    /// The registry marks this node removed: it serves no clients.
+    removed: std::sync::atomic::AtomicBool,
+    /// Replicas no longer placed here that still wait for their group to
+    /// commit a membership without them, with when the wait began
+    /// (at most one per loaded tenant).
+    leaving: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+/// What a follower of group 0 last heard from its leader.
+#[derive(Debug, Default)]
+struct MetaHeard {
+    /// The last AppendEntries (heartbeats included) accepted from the
+    /// leader: when, and the commit index it carried.
+    latest: Option<(Instant, u64)>,
+    /// The latest such message whose commit index this node has applied
+    /// since: its copy holds everything committed before then.
+    confirmed: Option<Instant>,
+}
+
+impl MetaHeard {
+    /// Moves `confirmed` up to `latest` once its commit index is applied.
+    fn confirm(&mut self, applied: u64) {
+        if let Some((at, commit)) = self.latest {
+            if applied >= commit && self.confirmed.is_none_or(|c| c < at) {
+                self.confirmed = Some(at);
+            }
+        }
     }
 }
 
@@ -191,7 +242,9 @@ impl Cluster {
             });
         }
         let listen = parse_addr("cluster.peer_listen", &cs.peer_listen)?;
+        let incarnation = incarnation::load_or_create(&cfg.node.data_dir)?;
         let net = PeerNet::bind(cs.node_id, listen, &ca, &identity)?;
+        net.set_incarnation(incarnation);
         let bound = net.local_addr()?;
         let me = NodeRecord {
             id: cs.node_id,
@@ -207,6 +260,7 @@ impl Cluster {
             },
             removed: false,
             draining: false,
+            incarnation,
         };
         let (env, dir) = (db.storage_env().clone(), db.shard_dir(0));
         let meta_data = tokio::task::spawn_blocking(move || ShardData::open(&env, &dir))
@@ -238,6 +292,11 @@ impl Cluster {
             down: parking_lot::RwLock::new(HashSet::new()),
             task: Mutex::new(None),
             client_addrs: Default::default(),
+            peers: Default::default(),
+            relearned: Mutex::new(None),
+            removed: Default::default(),
+            leaving: Default::default(),
+            meta_heard: Default::default(),
         });
         db.attach_cluster(cluster.clone(), cluster.clone());
         net.serve(Arc::new(service::Service::new(db, &cluster, forwarded)));
@@ -275,6 +334,89 @@ impl Cluster {
         &self.me
     }
 
+    /// Refuses client requests once the registry marks this node removed
+    /// (`node remove`): its clients go to another node (the driver
+    /// retries `Unavailable` on its other addresses).
+    pub fn check_serving(&self) -> Result<()> {
+        if self.removed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(unavailable(format!(
+                "node {} was removed from the cluster and serves no clients; use another node",
+                self.me.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes an AppendEntries of `group` this node accepted from the
+    /// group's leader, carrying commit index `commit` (heartbeats
+    /// included): for group 0 the metadata lease, for a tenant's group
+    /// whether its leader still counts on this replica.
+    pub(crate) fn heard_from_leader(&self, db: &Database, group: u64, commit: u64) {
+        if group != 0 {
+            if let Some(t) = db.loaded_group(group) {
+                t.leader_heard().store(
+                    crate::util::coarse_now_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            return;
+        }
+        let applied = self.meta_applied();
+        let mut h = self.meta_heard.lock();
+        h.confirm(applied);
+        h.latest = Some((Instant::now(), commit));
+        h.confirm(applied);
+    }
+
+    fn meta_applied(&self) -> u64 {
+        self.meta
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// Refuses requests while this node's copy of the metadata may be
+    /// stale: group 0's leader has not confirmed it within
+    /// `cluster.metadata_lease_ms`. On the leader: a quorum acknowledged
+    /// it within the lease; on a follower: a message from the leader
+    /// within the lease whose commit index has been applied here. So a
+    /// key revoked, a user removed or a tenant deleted stops working on
+    /// every node within the lease, partitions included.
+    pub fn check_fresh(&self) -> Result<()> {
+        let lease = Duration::from_millis(self.settings.metadata_lease_ms);
+        let (leads, alone, acked, applied) = {
+            let m = self.meta.metrics();
+            let m = m.borrow_watched();
+            (
+                m.state == openraft::ServerState::Leader,
+                m.membership_config.membership().voter_ids().count() == 1,
+                m.last_quorum_acked
+                    .as_ref()
+                    .map(|t| openraft::Instant::elapsed(&**t)),
+                m.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let age = if leads {
+            if alone {
+                return Ok(());
+            }
+            acked
+        } else {
+            let mut h = self.meta_heard.lock();
+            h.confirm(applied);
+            h.confirmed.map(|c| c.elapsed())
+        };
+        match age {
+            Some(age) if age < lease => Ok(()),
+            _ => Err(unavailable(format!(
+                "node {} has no word from the metadata group's leader within {} ms, so it \
+                 cannot vouch for keys, users and tenants; use another node",
+                self.me.id, self.settings.metadata_lease_ms
+            ))),
+        }
+    }
+
     /// The metadata group's leader, if known.
     pub fn meta_leader(&self) -> Option<u64> {
         self.meta.metrics().borrow_watched().current_leader
@@ -283,6 +425,26 @@ impl Cluster {
     /// The metadata group's raft handle.
     pub fn meta_raft(&self) -> &ShardRaft {
         &self.meta
+    }
+
+    /// Whether this node may create the cluster's first admin key: only
+    /// group 0's leader, after a linearizable read (its key table is then
+    /// current). A node that joins never does: it would mint a second
+    /// admin key from a copy of the registry that has not caught up.
+    pub async fn may_mint_admin_key(&self, db: &Database) -> Result<bool> {
+        if !crate::shard::is_leader(&self.meta) {
+            return Ok(false);
+        }
+        if self
+            .meta
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        db.load_keys()?;
+        Ok(true)
     }
 
     /// Nodes the liveness probe finds unreachable now.
@@ -346,6 +508,10 @@ impl ClusterHooks for Cluster {
 
     fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool> {
         Cluster::user_exists(self, reg, tenant, user)
+    }
+
+    fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(Cluster::may_mint_admin_key(self, db))
     }
 
     fn stop_background(&self) {

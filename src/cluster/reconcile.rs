@@ -3,6 +3,7 @@
 //! memberships and storage limits, up to the metadata.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,30 @@ use crate::storage::Command;
 use super::quiesce::wake;
 use super::{member, Cluster, TICK};
 
+/// How often each node looks for orphan replicas (and once at start, as
+/// soon as its copy of the metadata is fresh).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// A replica no longer placed here that has heard nothing from its
+/// group's leader this long leaves.
+const LEADER_SILENT: Duration = Duration::from_secs(10);
+
+/// The voters and learners `rec` places, as (replica id, node id).
+fn record_members(rec: &TenantRecord) -> (BTreeMap<u64, u64>, BTreeMap<u64, u64>) {
+    let (l, v): (Vec<&Replica>, Vec<&Replica>) = rec.replicas.iter().partition(|r| r.learner);
+    (
+        v.iter().map(|r| (r.id, r.node)).collect(),
+        l.iter().map(|r| (r.id, r.node)).collect(),
+    )
+}
+
 /// Starts the loop of `cluster` over `db`; it ends when either is gone.
 pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::JoinHandle<()> {
     let (weak, cluster) = (db.downgrade(), Arc::downgrade(cluster));
     tokio::spawn(async move {
         let mut last_applied = None;
         let mut last_full = Instant::now() - Duration::from_secs(60);
+        let mut last_sweep: Option<Instant> = None;
         loop {
             tokio::time::sleep(TICK).await;
             let Some(db) = weak.upgrade() else { return };
@@ -36,6 +55,11 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
             if changed || last_full.elapsed() > Duration::from_secs(2) {
                 last_applied = applied;
                 last_full = Instant::now();
+                if last_sweep.is_none_or(|t| t.elapsed() > SWEEP_EVERY)
+                    && c.sweep_orphans(&db).await.is_ok()
+                {
+                    last_sweep = Some(Instant::now());
+                }
                 if let Err(e) = c.reconcile(&db, changed).await {
                     tracing::warn!(error = %e, "reconcile failed; retrying");
                 }
@@ -57,6 +81,18 @@ impl Cluster {
         }
         let records = reg.tenants()?;
         let me = c.me.id;
+        if full
+            && !c.removed.load(Ordering::Relaxed)
+            && reg.nodes()?.iter().any(|n| n.id == me && n.removed)
+        {
+            c.removed.store(true, Ordering::Relaxed);
+            tracing::error!(
+                node = me,
+                "this node was removed from the cluster (node remove): it serves no clients \
+                 and hands its replicas over; stop it, and wipe its data directory before it \
+                 joins again"
+            );
+        }
         // Group 0's voters, on its leader.
         if is_leader(&c.meta) {
             let nodes = reg.nodes()?;
@@ -158,14 +194,7 @@ impl Cluster {
                 }
                 continue;
             }
-            let (voters, learners): (BTreeMap<u64, u64>, BTreeMap<u64, u64>) = {
-                let (l, v): (Vec<&Replica>, Vec<&Replica>) =
-                    rec.replicas.iter().partition(|r| r.learner);
-                (
-                    v.iter().map(|r| (r.id, r.node)).collect(),
-                    l.iter().map(|r| (r.id, r.node)).collect(),
-                )
-            };
+            let (voters, learners) = record_members(rec);
             let members_differ = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
@@ -203,11 +232,19 @@ impl Cluster {
             .into_iter()
             .filter(|id| !placed.contains(id))
             .collect();
+        c.leaving.lock().retain(|id, _| stale.contains(id));
         for id in stale {
+            let rec = records.iter().find(|r| r.config.tenant_id == id);
+            if let Some(rec) = rec.filter(|r| r.state == TenantState::Active) {
+                if !c.may_leave(db, rec) {
+                    continue;
+                }
+            }
             // Safe against a lagging copy of the metadata: a replica is
             // only loaded from a record, and group 0's state only moves
             // forward, so a record that placed it here and is gone now
             // was deleted or re-placed.
+            c.leaving.lock().remove(&id);
             if let Some(t) = db.unload(&id) {
                 tracing::info!(tenant = %id, group = t.group(), "replica no longer placed here; removing it");
                 let _ = db.stop_shard(&id).await;
@@ -217,6 +254,105 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Purges replicas that no record places here and that are not
+    /// running: their shard directory and raft log keys. They are left
+    /// by a tenant deleted, or a replica moved away, while this node was
+    /// down or stopping mid-purge. Only with a fresh copy of the metadata
+    /// ([`Cluster::check_fresh`]): every replica directory comes from a
+    /// record, so a fresh copy knows of every one that should exist.
+    pub(super) async fn sweep_orphans(&self, db: &Database) -> Result<()> {
+        self.check_fresh()?;
+        let _one_at_a_time = self.reconciling.lock().await;
+        let records = db.registry()?.tenants()?;
+        let me = self.me.id;
+        let mut known: HashSet<u64> = records
+            .iter()
+            .filter(|r| r.replicas.iter().any(|x| x.node == me))
+            .map(|r| r.group)
+            .collect();
+        known.insert(0);
+        known.extend(db.loaded_tenants().iter().map(|t| t.group()));
+        let mut found: BTreeSet<u64> = db
+            .raft_logs()
+            .groups()
+            .map_err(crate::proto::Error::storage)?
+            .into_iter()
+            .collect();
+        let base = db.shard_dir(0);
+        if let Some(Ok(dir)) = base.parent().map(std::fs::read_dir) {
+            found.extend(
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok())),
+            );
+        }
+        for group in found.into_iter().filter(|g| !known.contains(g)) {
+            tracing::info!(
+                group,
+                "orphan replica (no tenant places it here): purging it"
+            );
+            if let Err(e) = db.purge_local(group).await {
+                tracing::warn!(group, error = %e, "could not purge orphan replica");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this node's replica of `rec`'s group, which `rec` no longer
+    /// places here, may leave now: once the group's membership (the
+    /// latest this replica has seen) no longer has it as a voter, the group has
+    /// committed the joint step without it and goes on without its
+    /// vote. Until then it stays a voter, so moving a replica never costs
+    /// the group a vote it needs; if it leads, it first changes the
+    /// membership to the record's. A leader stops replicating to a
+    /// replica once the membership without it is in place, so that replica
+    /// may never see that entry: one that has heard nothing from its
+    /// leader for [`LEADER_SILENT`] leaves too (an election that needs
+    /// its vote ends sooner, and then the new leader talks to it).
+    fn may_leave(&self, db: &Database, rec: &TenantRecord) -> bool {
+        let id = &rec.config.tenant_id;
+        let Some(t) = db.loaded(id) else {
+            return true;
+        };
+        let Some(raft) = t.raft() else {
+            return true;
+        };
+        let (mine, voter, leads) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let mut voters = m.membership_config.membership().voter_ids();
+            (
+                m.id,
+                voters.any(|v| v == m.id),
+                m.state == openraft::ServerState::Leader,
+            )
+        };
+        // A learner's vote is never needed.
+        if !voter {
+            return true;
+        }
+        let since = *self
+            .leaving
+            .lock()
+            .entry(id.clone())
+            .or_insert_with(Instant::now);
+        let silent =
+            crate::util::coarse_now_ms().saturating_sub(t.leader_heard().load(Ordering::Relaxed));
+        if !leads && since.elapsed() > LEADER_SILENT && silent > LEADER_SILENT.as_millis() as u64 {
+            tracing::info!(
+                tenant = %id,
+                replica = mine,
+                silent_ms = silent,
+                "replica no longer placed here: its leader stopped replicating to it; leaving"
+            );
+            return true;
+        }
+        if leads {
+            let (voters, learners) = record_members(rec);
+            self.converge_membership(rec.group, raft, voters, learners);
+        }
+        false
     }
 
     /// Waits (a few seconds at most) until a new group has a leader, when

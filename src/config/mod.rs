@@ -158,6 +158,13 @@ pub struct ClusterSettings {
     /// cap). With `max_moves_in_flight` it bounds the cluster's move
     /// traffic.
     pub snapshot_mb_per_s: u64,
+    /// How long this node's copy of the metadata (keys, users, tenants)
+    /// stays trusted without word from group 0's leader, ms. Past it
+    /// (say, cut off by a partition) the node refuses requests rather
+    /// than honour a key revoked, a user removed or a tenant deleted
+    /// elsewhere: this is the bound on how long those take to apply
+    /// everywhere.
+    pub metadata_lease_ms: u64,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -284,6 +291,12 @@ impl NodeConfig {
                         "required when cluster.enabled (see `vektagraf certs`)",
                     ));
                 }
+            }
+            if c.metadata_lease_ms < 1000 {
+                return Err(cfg_err(
+                    "cluster.metadata_lease_ms",
+                    "must be at least 1000 (longer than a metadata leader election)",
+                ));
             }
             if c.replication_factor == 0 || c.meta_voters == 0 {
                 return Err(cfg_err(

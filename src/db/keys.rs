@@ -137,6 +137,28 @@ impl Database {
         self.authenticate(api_key)
     }
 
+    /// The key `key_id` a request forwarded by another node was made
+    /// with, checked again here: it must exist (waiting up to a second for
+    /// this node's copy of the metadata when it is not known yet) and not
+    /// be revoked. The caller checks its kind and scope.
+    pub async fn key_for_peer(&self, key_id: &str) -> Result<KeyInfo> {
+        let first = self.key_still_valid(key_id);
+        if !matches!(first, Err(Error::Unauthenticated { .. })) || !self.is_clustered() {
+            return first;
+        }
+        if self.inner.keys.keys.read().contains_key(key_id) {
+            return first; // revoked
+        }
+        for _ in 0..20 {
+            if let Some(rec) = self.registry()?.key(key_id)? {
+                self.inner.keys.keys.write().insert(rec.key_id.clone(), rec);
+                return self.key_still_valid(key_id);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(unauth("unknown API key"))
+    }
+
     /// Re-checks an authenticated key id (every request does this, so a
     /// revoked key fails on its next request).
     pub fn key_still_valid(&self, key_id: &str) -> Result<KeyInfo> {
@@ -226,7 +248,14 @@ impl Database {
 
     /// Makes sure an admin key exists. On first start it creates one and
     /// writes it to `path`, readable only by its owner; returns that path.
+    /// On a cluster only group 0's leader does (the node that bootstrapped
+    /// it, on first start): a node joining a cluster uses its admin key.
     pub async fn ensure_admin_key(&self, path: &Path) -> Result<Option<std::path::PathBuf>> {
+        if let Some(c) = self.hooks() {
+            if !c.may_mint_admin_key(self).await? {
+                return Ok(None);
+            }
+        }
         if self
             .list_keys(None)
             .iter()

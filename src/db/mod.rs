@@ -58,6 +58,9 @@ pub trait ClusterHooks: Send + Sync {
     /// Whether `user` of `tenant` exists, from the node's cache of checked
     /// users while the metadata is unchanged.
     fn user_exists(&self, reg: &Registry, tenant: &str, user: &str) -> Result<bool>;
+    /// Whether this node may create the cluster's first admin key (group
+    /// 0's leader, with a current key table; never a joining node).
+    fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>>;
     /// Stops the cluster's background loops (first step of a close).
     fn stop_background(&self);
     /// Stops the metadata group and the peer transport (after the
@@ -82,6 +85,9 @@ pub(crate) struct Tenant {
     cache: Arc<ReadCache>,
     /// Each tier's cache limits (shared by every tenant of the node).
     cache_tiers: Arc<CacheTiers>,
+    /// Last AppendEntries (heartbeats included) this replica accepted
+    /// from its group's leader (coarse ms; load time until the first).
+    leader_heard: std::sync::atomic::AtomicU64,
 }
 
 /// Each tier's read cache limits, from the tiers file.
@@ -185,6 +191,12 @@ impl Tenant {
     /// When a request last arrived here (coarse ms).
     pub(crate) fn last_active(&self) -> &std::sync::atomic::AtomicU64 {
         &self.last_active
+    }
+
+    /// When this replica last accepted an AppendEntries from its
+    /// group's leader (coarse ms).
+    pub(crate) fn leader_heard(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.leader_heard
     }
 
     /// Whether the group's raft ticks are off here (quiesced).
@@ -540,6 +552,7 @@ impl Database {
             slot: Arc::new(Mutex::new(None)),
             replicas: RwLock::new(rec.replicas.clone()),
             last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
+            leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
             cache: cache.clone(),
             cache_tiers: self.inner.cache_tiers.clone(),

@@ -3,6 +3,7 @@
 //! raft layer's `Transport`). `peer`, `tls` and `frame` sit below the
 //! engine; `server` sits above the router.
 
+pub mod fault;
 pub mod frame;
 pub mod peer;
 pub mod server;

@@ -6,6 +6,12 @@
 //!   `node-<target>`; the first stream of a connection is a `Hello`
 //!   naming the dialer, whose client certificate must be valid for
 //!   `node-<id>`. A certificate from another CA fails the handshake.
+//! - A certificate proves a node id, not rights: the [`PeerService`]
+//!   admits the node at `Hello` (both ends: the dialer checks the
+//!   `Welcome`), and decides what each of its messages may do. Both
+//!   carry the node's incarnation (the random id of its data directory),
+//!   so a node that lost its disk is refused under its old id. Refusals
+//!   are typed ([`PeerRefusal`]).
 //! - One connection per pair of nodes carries every raft group's messages
 //!   (each tagged with its group) and forwarded requests: an accepted
 //!   connection is also used for calls back to its dialer.
@@ -19,7 +25,9 @@
 //!   and failures become raft's results and [`TransportError`]s.
 //! - Dials time out after [`CONNECT_TIMEOUT`]; failed dials back off
 //!   exponentially up to [`MAX_BACKOFF`]. A [`FaultFilter`] can drop or
-//!   delay messages to chosen nodes (for fault tests on one machine).
+//!   delay messages to chosen nodes (for fault tests on one machine);
+//!   [`fault`](super::fault) does the same for a real process, from a
+//!   file named by `VEKTAGRAF_FAULTS`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -62,6 +70,9 @@ pub enum PeerRequest {
     Hello {
         /// Node id (checked against the client certificate).
         node: u64,
+        /// The dialer's incarnation (the random id of its data directory;
+        /// checked against its node record).
+        incarnation: u64,
     },
     /// Raft AppendEntries for a group.
     Append {
@@ -97,6 +108,10 @@ pub enum PeerRequest {
     },
     /// A client request forwarded to the node serving a tenant's shard.
     Forward {
+        /// The id of the API key the client authenticated with; the
+        /// serving node checks it again (exists, not revoked, of this
+        /// tenant and user, allows the operation).
+        key_id: String,
         /// Tenant.
         tenant: String,
         /// User.
@@ -106,9 +121,17 @@ pub enum PeerRequest {
         /// The request (`Request::Stale` for a read from any replica).
         request: Request,
     },
-    /// An admin request forwarded to the metadata group's leader, with
-    /// its hop count.
-    Admin(Request, u8),
+    /// An admin request forwarded to the metadata group's leader (or a
+    /// tenant's shard leader).
+    Admin {
+        /// The admin key the client authenticated with (checked again
+        /// where served). None only for a node's own `ShardInfo` reads.
+        key_id: Option<String>,
+        /// The request.
+        request: Request,
+        /// Forwarding hops so far (bounded).
+        hops: u8,
+    },
     /// A follower's router asks the shard leader's node for a grant of
     /// `want` requests of `op` from `tenant`'s budget, reporting `debt`
     /// it admitted while waiting (see `limits::grant`).
@@ -122,8 +145,14 @@ pub enum PeerRequest {
         /// Requests admitted on credit, to charge first.
         debt: u64,
     },
-    /// Registry changes proposed to the metadata group's leader.
-    Registry(Vec<RegOp>),
+    /// Registry changes proposed to the metadata group's leader: only as
+    /// part of an admin request, whose key the leader checks again.
+    Registry {
+        /// The changes.
+        ops: Vec<RegOp>,
+        /// The admin key of the request that made them (None: refused).
+        key_id: Option<String>,
+    },
     /// A node asks to join the cluster.
     Join(NodeRecord),
     /// The leader of an idle group asks its followers to stop their
@@ -163,7 +192,10 @@ pub enum PeerRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// Hello accepted.
-    Welcome,
+    Welcome {
+        /// The answering node's incarnation (the dialer checks it).
+        incarnation: u64,
+    },
     /// AppendEntries.
     Append(Result<openraft::raft::AppendEntriesResponse<C>, openraft::errors::RaftError<C>>),
     /// Vote or pre-vote.
@@ -190,6 +222,65 @@ pub enum PeerResponse {
     Leading(Vec<u64>),
     /// TransferLeader delivered (or refused).
     HandOver(Result<openraft::raft::TransferLeaderResponse<C>, openraft::errors::Fatal<C>>),
+    /// The sending node has no right to this message, or to connect.
+    Refused(PeerRefusal),
+}
+
+/// Why a cluster node refuses another, whose certificate is valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum PeerRefusal {
+    /// No node record has this id: the node may only join (or ping).
+    #[error("node {node} is unknown to the cluster; it may only join")]
+    UnknownNode {
+        /// The node.
+        node: u64,
+    },
+    /// The node was removed; a node id is never reused.
+    #[error("node {node} was removed from the cluster and a node id is never reused; join it under a new id")]
+    RemovedNode {
+        /// The node.
+        node: u64,
+    },
+    /// The node's data directory is not the one the cluster recorded: it
+    /// lost its votes and log.
+    #[error(
+        "node {node} presents incarnation {presented:016x} but the cluster recorded \
+         {recorded:016x}: it lost or replaced its data directory (votes and log); \
+         remove it (`vektagraf node remove {node} --force`) and join it under a new node id"
+    )]
+    IncarnationMismatch {
+        /// The node.
+        node: u64,
+        /// In its node record.
+        recorded: u64,
+        /// Presented now.
+        presented: u64,
+    },
+    /// A join naming another node than the joiner's certificate.
+    #[error("a join from node {certificate} (its certificate) names node {joining}")]
+    JoinIdMismatch {
+        /// The id the certificate names.
+        certificate: u64,
+        /// The id in the join.
+        joining: u64,
+    },
+    /// A raft message (or grant) for a group the node hosts no replica of.
+    #[error("node {node} hosts no replica of group {group}")]
+    NotAReplica {
+        /// The node.
+        node: u64,
+        /// The group.
+        group: u64,
+    },
+    /// A registry write or admin request that is not the forward of an
+    /// authenticated admin request.
+    #[error("{what} from node {node} carries no admin key: a peer may only forward an authenticated admin request")]
+    NotAnAdminForward {
+        /// The node.
+        node: u64,
+        /// What was refused ("registry write", "admin request").
+        what: String,
+    },
 }
 
 /// Why a peer call failed.
@@ -219,12 +310,26 @@ pub enum PeerError {
         /// Why.
         reason: String,
     },
+    /// The connection was refused at `Hello`, by the peer or by this
+    /// node (see [`PeerRefusal`]).
+    #[error("connection with node {node} refused: {reason}")]
+    Refused {
+        /// Target.
+        node: u64,
+        /// Why.
+        reason: PeerRefusal,
+    },
 }
 
 impl From<PeerError> for Error {
     fn from(e: PeerError) -> Self {
-        Error::Unavailable {
-            reason: e.to_string(),
+        match e {
+            PeerError::Refused { .. } => Error::PermissionDenied {
+                reason: e.to_string(),
+            },
+            _ => Error::Unavailable {
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -232,9 +337,11 @@ impl From<PeerError> for Error {
 impl From<PeerError> for TransportError {
     fn from(e: PeerError) -> Self {
         match e {
-            PeerError::Unreachable { .. } => TransportError::Unreachable {
-                reason: e.to_string(),
-            },
+            PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
+                TransportError::Unreachable {
+                    reason: e.to_string(),
+                }
+            }
             PeerError::Timeout { .. } | PeerError::Stream { .. } => TransportError::Network {
                 reason: e.to_string(),
             },
@@ -244,10 +351,16 @@ impl From<PeerError> for TransportError {
 
 /// What a node serves to its peers.
 pub trait PeerService: Send + Sync + 'static {
+    /// Whether node `node` (its certificate checked), presenting
+    /// `incarnation`, may connect: called at `Hello` on the accepting end,
+    /// and on the dialing end with the `Welcome`.
+    fn admit(&self, node: u64, incarnation: u64) -> Result<(), PeerRefusal>;
     /// Answers one message from node `from`.
     fn handle(&self, from: u64, req: PeerRequest) -> BoxFuture<'static, PeerResponse>;
-    /// A fresh, empty directory to receive a snapshot of `group` into.
-    fn snapshot_staging(&self, group: u64) -> Result<PathBuf, Error>;
+    /// A fresh, empty directory to receive a snapshot of `group` from
+    /// node `from` into, or the answer to give instead (a refusal, no
+    /// replica here).
+    fn snapshot_staging(&self, from: u64, group: u64) -> Result<PathBuf, Box<PeerResponse>>;
     /// Installs a received snapshot (its files are in `dir`).
     fn install_snapshot(
         &self,
@@ -296,6 +409,8 @@ struct Slot {
 /// The node's peer endpoint and its connections.
 pub struct PeerNet {
     me: u64,
+    /// This node's incarnation, presented in `Hello` and `Welcome`.
+    incarnation: std::sync::atomic::AtomicU64,
     endpoint: Endpoint,
     client: quinn::ClientConfig,
     addrs: RwLock<HashMap<u64, SocketAddr>>,
@@ -393,6 +508,7 @@ impl PeerNet {
         })?;
         Ok(Arc::new(PeerNet {
             me,
+            incarnation: std::sync::atomic::AtomicU64::new(0),
             endpoint,
             client,
             addrs: RwLock::new(HashMap::new()),
@@ -427,6 +543,17 @@ impl PeerNet {
     /// This node's id.
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    /// Sets the incarnation this node presents (0 until set).
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation
+            .store(incarnation, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The incarnation this node presents.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -477,7 +604,7 @@ impl PeerNet {
         let from = match tokio::time::timeout(CONNECT_TIMEOUT, conn.accept_bi()).await {
             Ok(Ok((mut send, mut recv))) => {
                 let hello: Result<PeerRequest, _> = read_msg(&mut recv).await;
-                let Ok(PeerRequest::Hello { node }) = hello else {
+                let Ok(PeerRequest::Hello { node, incarnation }) = hello else {
                     conn.close(1u32.into(), b"expected hello");
                     return;
                 };
@@ -498,7 +625,20 @@ impl PeerNet {
                     conn.close(2u32.into(), b"certificate does not match node id");
                     return;
                 }
-                if write_msg(&mut send, &PeerResponse::Welcome).await.is_err() {
+                let service = self.service.read().clone();
+                if let Some(Err(why)) = service.map(|s| s.admit(node, incarnation)) {
+                    tracing::warn!(%remote, node, reason = %why, "peer connection refused");
+                    let _ = write_msg(&mut send, &PeerResponse::Refused(why)).await;
+                    let _ = send.finish();
+                    // Let the answer reach the dialer before the close.
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, send.stopped()).await;
+                    conn.close(3u32.into(), b"peer refused");
+                    return;
+                }
+                let welcome = PeerResponse::Welcome {
+                    incarnation: self.incarnation(),
+                };
+                if write_msg(&mut send, &welcome).await.is_err() {
                     return;
                 }
                 node
@@ -576,32 +716,62 @@ impl PeerNet {
             node,
             reason: "no known address".into(),
         })?;
-        self.connect(addr, &node_name(node))
-            .await
-            .map_err(|reason| PeerError::Unreachable { node, reason })
+        self.connect(addr, &node_name(node), Some(node)).await
     }
 
     /// Dials `addr` expecting a certificate valid for `server_name`, and
     /// introduces this node (`Hello`); the connection is usable once the
-    /// peer welcomes it.
-    async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, String> {
+    /// peer welcomes it and, when `node` is known (not a join), this
+    /// node's service admits the peer's incarnation.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        node: Option<u64>,
+    ) -> Result<Connection, PeerError> {
+        let id = node.unwrap_or(0);
+        let unreachable = |reason: String| PeerError::Unreachable { node: id, reason };
         let connecting = self
             .endpoint
             .connect_with(self.client.clone(), addr, server_name)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreachable(e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| format!("handshake with {addr} timed out"))?
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_msg(&mut send, &PeerRequest::Hello { node: self.me }).await?;
+            .map_err(|_| unreachable(format!("handshake with {addr} timed out")))?
+            .map_err(|e| unreachable(format!("{addr}: {e}")))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let hello = PeerRequest::Hello {
+            node: self.me,
+            incarnation: self.incarnation(),
+        };
+        write_msg(&mut send, &hello).await.map_err(unreachable)?;
         let _ = send.finish();
-        match tokio::time::timeout(CONNECT_TIMEOUT, read_msg::<PeerResponse>(&mut recv)).await {
-            Ok(Ok(PeerResponse::Welcome)) => Ok(conn),
-            Ok(Ok(other)) => Err(format!("hello refused: {other:?}")),
-            Ok(Err(e)) => Err(format!("hello: {e}")),
-            Err(_) => Err("hello timed out".into()),
+        let incarnation = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            read_msg::<PeerResponse>(&mut recv),
+        )
+        .await
+        {
+            Ok(Ok(PeerResponse::Welcome { incarnation })) => incarnation,
+            Ok(Ok(PeerResponse::Refused(reason))) => {
+                return Err(PeerError::Refused { node: id, reason })
+            }
+            Ok(Ok(other)) => return Err(unreachable(format!("hello refused: {other:?}"))),
+            Ok(Err(e)) => return Err(unreachable(format!("hello: {e}"))),
+            Err(_) => return Err(unreachable("hello timed out".into())),
+        };
+        let service = self.service.read().clone();
+        if let (Some(node), Some(service)) = (node, service) {
+            if let Err(reason) = service.admit(node, incarnation) {
+                tracing::warn!(%addr, node, reason = %reason, "refused to connect to a peer");
+                conn.close(3u32.into(), b"peer refused");
+                return Err(PeerError::Refused { node, reason });
+            }
         }
+        Ok(conn)
     }
 
     async fn faulted(&self, node: u64) -> Result<(), PeerError> {
@@ -614,6 +784,12 @@ impl PeerNet {
         let delay = self.faults.delay.read().get(&node).copied();
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
+        }
+        if super::fault::apply(node, super::fault::Direction::Out).await {
+            return Err(PeerError::Stream {
+                node,
+                reason: "lost (VEKTAGRAF_FAULTS)".into(),
+            });
         }
         Ok(())
     }
@@ -658,10 +834,7 @@ impl PeerNet {
     ) -> Result<PeerResponse, PeerError> {
         let err = |reason: String| PeerError::Unreachable { node: 0, reason };
         let fut = async {
-            let conn = self
-                .connect(addr, &addr.ip().to_string())
-                .await
-                .map_err(err)?;
+            let conn = self.connect(addr, &addr.ip().to_string(), None).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
             write_msg(&mut send, req).await.map_err(err)?;
             let _ = send.finish();
@@ -939,13 +1112,16 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    if super::fault::apply(from, super::fault::Direction::In).await {
+        return; // lost: the stream closes unanswered
+    }
     let resp = match read_msg::<PeerRequest>(&mut recv).await {
         Ok(PeerRequest::Snapshot {
             group,
             vote,
             meta,
             files,
-        }) => match service.snapshot_staging(group) {
+        }) => match service.snapshot_staging(from, group) {
             Ok(dir) => {
                 // The staging directory goes whatever happens (a node
                 // killed meanwhile sweeps it at the shard's next open).
@@ -963,7 +1139,7 @@ async fn serve_stream(
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 r
             }
-            Err(e) => PeerResponse::Failed(e),
+            Err(answer) => *answer,
         },
         Ok(req) => service.handle(from, req).await,
         Err(e) => PeerResponse::Failed(Error::Protocol { reason: e }),

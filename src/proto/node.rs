@@ -20,4 +20,11 @@ pub struct NodeRecord {
     /// its replicas move away.
     #[serde(default)]
     pub draining: bool,
+    /// The node's incarnation: a random id created with its data
+    /// directory (see `cluster::incarnation`), recorded when it joins. A
+    /// node presenting another one lost its data (votes and log) and is
+    /// refused under this id. 0: not recorded (a record from before
+    /// incarnations), which any incarnation matches.
+    #[serde(default)]
+    pub incarnation: u64,
 }

@@ -131,6 +131,38 @@ impl RaftLogDb {
         self.sync().await
     }
 
+    /// The groups that have any key (log entries or raft state), in order:
+    /// one seek per group.
+    pub fn groups(&self) -> std::io::Result<Vec<u64>> {
+        let db = self.db()?;
+        let mut groups = std::collections::BTreeSet::new();
+        for name in [CF_LOG, CF_STATE] {
+            let mut from = 0u64;
+            loop {
+                let lo = from.to_be_bytes();
+                let mut it = db.iterator_cf(
+                    cf(&db, name)?,
+                    IteratorMode::From(&lo, rocksdb::Direction::Forward),
+                );
+                let Some(item) = it.next() else { break };
+                let (k, _) = item.map_err(io_other)?;
+                let Some(g) = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                else {
+                    break;
+                };
+                groups.insert(g);
+                match g.checked_add(1) {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
     /// Number of keys this group has left (the purge test uses it).
     pub fn group_key_count(&self, group: u64) -> std::io::Result<usize> {
         let db = self.db()?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::cluster::Cluster;
 use crate::db::Database;
 use crate::monitor::{Operation, Outcome, Who};
-use crate::proto::wire::{KeyKind, Request, Response};
+use crate::proto::wire::{KeyInfo, KeyKind, Request, Response};
 use crate::proto::{Error, OperationType};
 use crate::Session;
 
@@ -76,6 +76,10 @@ async fn request_in(
     if let Request::Ping = req {
         return Ok(Response::Pong);
     }
+    if let Some(c) = cluster {
+        c.check_serving()?;
+        c.check_fresh()?;
+    }
     if let Request::Authenticate { .. } = req {
         return Err(Error::invalid(
             "request",
@@ -93,28 +97,62 @@ async fn request_in(
         return Ok(Response::Principal(key));
     }
     match (key.kind, cluster) {
-        (KeyKind::Admin, Some(c)) => super::route::serve_admin(db, c, &shared.mover, req, 0).await,
+        (KeyKind::Admin, Some(c)) => {
+            super::route::serve_admin(db, c, &shared.mover, Some(key_id), req, 0).await
+        }
         (KeyKind::Admin, None) => admin(db, req).await,
         (KeyKind::Tenant, cluster) => {
-            if let Some(op) = req.operation() {
-                if let Some(allowed) = &key.operations {
-                    if !allowed.contains(&op) {
-                        return Err(denied(format!(
-                            "this key may not run {op} operations (allowed: {allowed:?})"
-                        )));
-                    }
-                }
-            }
+            operation_allowed(&key, &req)?;
             if let Some(c) = cluster {
                 let (Some(t), Some(u)) = (&key.tenant_id, &key.user_id) else {
                     return Err(Error::MissingTenantContext);
                 };
-                return super::route::serve_tenant(db, c, &shared.grants, t, u, req, 0).await;
+                return super::route::serve_tenant(db, c, &shared.grants, key_id, t, u, req, 0)
+                    .await;
             }
             let s = session.ok_or(Error::MissingTenantContext)?;
             data(&s, req).await
         }
     }
+}
+
+/// Whether a tenant key may run `req`'s operation.
+fn operation_allowed(key: &KeyInfo, req: &Request) -> Result<(), Error> {
+    if let (Some(op), Some(allowed)) = (req.operation(), &key.operations) {
+        if !allowed.contains(&op) {
+            return Err(denied(format!(
+                "this key may not run {op} operations (allowed: {allowed:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `key` (checked again on the node serving a forwarded request)
+/// may run `req` as `user` of `tenant`: a tenant key of that tenant and
+/// user, allowing the operation. An admin key reaches no tenant's data.
+pub(crate) fn key_reaches(
+    key: &KeyInfo,
+    tenant: &str,
+    user: &str,
+    req: &Request,
+) -> Result<(), Error> {
+    match (&key.kind, key.tenant_id.as_deref(), key.user_id.as_deref()) {
+        (KeyKind::Tenant, Some(t), Some(u)) if t == tenant && u == user => {}
+        (KeyKind::Tenant, Some(t), _) if t != tenant => {
+            return Err(Error::CrossTenantAccess {
+                session_tenant: t.to_string(),
+                target_tenant: tenant.to_string(),
+            })
+        }
+        _ => {
+            return Err(denied(format!(
+                "key {} does not belong to user {user} of tenant {tenant}",
+                key.key_id
+            )))
+        }
+    }
+    operation_allowed(key, req)
 }
 
 /// Runs an admin request on this node.

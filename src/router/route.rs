@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 
-use crate::cluster::{rand_index, Cluster, Forwarded, FORWARD_TIMEOUT, LEADER_WAIT, MAX_HOPS};
+use crate::cluster::{
+    rand_index, Cluster, Forwarded, ADMIN_KEY, FORWARD_TIMEOUT, LEADER_WAIT, MAX_HOPS,
+};
 use crate::db::Database;
 use crate::net::peer::{PeerRequest, PeerResponse};
 use crate::proto::wire::{ClusterNode, Request, Response, ShardInfo};
@@ -82,14 +84,16 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
     }
 }
 
-/// Serves a tenant's data request on the node where it belongs. A stale
-/// read served by a follower replica is paid for from a grant of the
-/// shard leader's budget ([`Grants`]), so the tenant's limits hold
-/// cluster-wide.
+/// Serves a tenant's data request, made with the key `key_id`, on the
+/// node where it belongs. A stale read served by a follower replica is
+/// paid for from a grant of the shard leader's budget ([`Grants`]), so
+/// the tenant's limits hold cluster-wide.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_tenant(
     db: &Database,
     c: &Arc<Cluster>,
     grants: &Grants,
+    key_id: &str,
     tenant: &str,
     user: &str,
     req: Request,
@@ -111,6 +115,7 @@ pub async fn serve_tenant(
             )));
         }
         let fwd = PeerRequest::Forward {
+            key_id: key_id.to_string(),
             tenant: tenant.to_string(),
             user: user.to_string(),
             hops: hops + 1,
@@ -226,13 +231,38 @@ impl AskLeader for LeaderNode {
     }
 }
 
-/// Serves an admin request: on group 0's leader, or for a tenant's usage,
-/// shard info, export and import, on its shard leader (the authoritative
-/// counts and state).
+/// Serves an admin request made with the admin key `key_id`: on group
+/// 0's leader, or for a tenant's usage, shard info, export and import, on
+/// its shard leader (the authoritative counts and state). Forwards carry
+/// the key; registry changes it makes through another node carry it too
+/// ([`ADMIN_KEY`]). `key_id` is None only for a node's own `ShardInfo`
+/// read.
 pub async fn serve_admin(
     db: &Database,
     c: &Cluster,
     mover: &Mover,
+    key_id: Option<&str>,
+    req: Request,
+    hops: u8,
+) -> Result<Response> {
+    match key_id {
+        Some(k) => {
+            ADMIN_KEY
+                .scope(
+                    k.to_string(),
+                    serve_admin_as(db, c, mover, key_id, req, hops),
+                )
+                .await
+        }
+        None => serve_admin_as(db, c, mover, None, req, hops).await,
+    }
+}
+
+async fn serve_admin_as(
+    db: &Database,
+    c: &Cluster,
+    mover: &Mover,
+    key_id: Option<&str>,
     req: Request,
     hops: u8,
 ) -> Result<Response> {
@@ -297,7 +327,12 @@ pub async fn serve_admin(
             if hops >= MAX_HOPS {
                 return Err(unavailable("metadata leader is moving; retry"));
             }
-            forward(c, node, &PeerRequest::Admin(req, hops + 1)).await
+            let fwd = PeerRequest::Admin {
+                key_id: key_id.map(str::to_string),
+                request: req,
+                hops: hops + 1,
+            };
+            forward(c, node, &fwd).await
         }
     }
 }
@@ -351,7 +386,11 @@ pub(crate) async fn shard_status(db: &Database, c: &Cluster, tenant: &str) -> Re
     match route(db, c, tenant, false).await? {
         Route::Local => shard_info(db, c, tenant),
         Route::Remote(n) => {
-            let req = PeerRequest::Admin(Request::ShardInfo(tenant.to_string()), 1);
+            let req = PeerRequest::Admin {
+                key_id: ADMIN_KEY.try_with(|k| k.clone()).ok(),
+                request: Request::ShardInfo(tenant.to_string()),
+                hops: 1,
+            };
             match forward(c, n, &req).await? {
                 Response::ShardInfo(i) => Ok(*i),
                 other => Err(unavailable(format!("unexpected answer {other:?}"))),
@@ -422,30 +461,38 @@ pub struct PeerRequests {
 }
 
 impl Forwarded for PeerRequests {
+    #[allow(clippy::too_many_arguments)]
     fn tenant(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: String,
         tenant: String,
         user: String,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>> {
         let grants = self.grants.clone();
-        Box::pin(
-            async move { serve_tenant(&db, &cluster, &grants, &tenant, &user, req, hops).await },
-        )
+        Box::pin(async move {
+            // The node that forwarded it checked the key; so does this one.
+            let key = db.key_for_peer(&key_id).await?;
+            dispatch::key_reaches(&key, &tenant, &user, &req)?;
+            serve_tenant(&db, &cluster, &grants, &key_id, &tenant, &user, req, hops).await
+        })
     }
 
     fn admin(
         &self,
         db: Database,
         cluster: Arc<Cluster>,
+        key_id: Option<String>,
         req: Request,
         hops: u8,
     ) -> BoxFuture<'static, Result<Response>> {
         let mover = self.mover.clone();
-        Box::pin(async move { serve_admin(&db, &cluster, &mover, req, hops).await })
+        Box::pin(
+            async move { serve_admin(&db, &cluster, &mover, key_id.as_deref(), req, hops).await },
+        )
     }
 
     fn grant(

@@ -357,8 +357,23 @@ impl Actor for ShardActor {
                 let r = async {
                     // The leader replaces its unused reservation by the
                     // counts really admitted; a follower has none to keep.
+                    // Best effort: without a quorum (the last node of a
+                    // cluster to stop) the durable reservation stands, which
+                    // never lets a tenant past a limit; it costs the tenant
+                    // at most one reservation step of its budget.
                     if is_leader(&st.raft) {
-                        propose(&st.raft, Command::SetQuota(quota)).await?;
+                        let set = propose(&st.raft, Command::SetQuota(quota));
+                        match tokio::time::timeout(CLOSE_QUOTA_WAIT, set).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(
+                                tenant = %st.args.tenant_id, error = %e,
+                                "request counts not saved at close; the durable reservation stands"
+                            ),
+                            Err(_) => tracing::warn!(
+                                tenant = %st.args.tenant_id,
+                                "request counts not saved within {CLOSE_QUOTA_WAIT:?} at close; the durable reservation stands"
+                            ),
+                        }
                     }
                     st.raft.shutdown().await.map_err(raft::raft_err)?;
                     if let Some(data) = st.data.upgrade() {
@@ -388,6 +403,9 @@ impl Actor for ShardActor {
         Ok(())
     }
 }
+
+/// How long a closing leader waits to save its exact request counts.
+const CLOSE_QUOTA_WAIT: Duration = Duration::from_secs(2);
 
 /// The `SetLimits` to propose before `cmd` when the shard has no storage
 /// limits in force yet. A standalone shard sets them in `pre_start`; a
