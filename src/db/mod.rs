@@ -445,6 +445,12 @@ impl Database {
         &self.inner.env
     }
 
+    /// Whether the node's raft log store failed (a full disk, an I/O
+    /// error): its raft groups have stopped until the node restarts.
+    pub fn storage_failed(&self) -> bool {
+        self.inner.logs.failed()
+    }
+
     /// The node's raft log store (every group's log).
     pub(crate) fn raft_logs(&self) -> &Arc<RaftLogDb> {
         &self.inner.logs

@@ -192,7 +192,21 @@ impl RaftLogDb {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        db.write_opt(b, &wo).map_err(io_other)
+        db.write_opt(b, &wo).map_err(|e| {
+            // RocksDB keeps refusing writes after a failed WAL append (a
+            // full disk, an I/O error): the store is done until reopened.
+            if !self.failed.swap(true, Ordering::AcqRel) {
+                tracing::error!(error = %e, "raft log write failed; every raft group on this node stops");
+            }
+            io_other(e)
+        })
+    }
+
+    /// Whether a write or fsync of the log failed: every group on this
+    /// node has stopped, and only a restart (after the disk is fixed)
+    /// brings them back.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     async fn sync(&self) -> std::io::Result<()> {
