@@ -859,7 +859,7 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
     c.pause(paused);
     let via = c.admin(leader).await;
     let removal = retry(|| via.remove_node(victim as u64, true)).await;
-    assert_eq!(removal.replaced, [tenant.clone()], "{removal:?}");
+    assert_eq!(removal.replaced, std::slice::from_ref(&tenant), "{removal:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let i = retry(|| via.shard_info(&tenant)).await;
