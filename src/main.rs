@@ -340,8 +340,9 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = node.db().clone();
+    let meta = node.cluster().map(|c| c.meta_raft().clone());
     let storage_failed = async move {
-        while !db.storage_failed() {
+        while !db.storage_failed() && !meta.as_ref().is_some_and(vektagraf::raft::storage_fatal) {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     };
@@ -349,12 +350,13 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = storage_failed => {
-            // Fail-stop, as etcd does: the raft log store refuses every
-            // write now, so this node's replicas are dead while it would
-            // look alive. Exit for the supervisor to restart it once the
-            // disk is fixed; the log and the shards recover at start.
+            // Fail-stop, as etcd does: the raft log refuses every write,
+            // or a replica's raft core stopped on a storage error, so
+            // replicas here are dead while the node would look alive.
+            // Exit for the supervisor to restart it once the disk is
+            // fixed; the log and the shards recover at start.
             tracing::error!(
-                "the raft log store failed (disk full or I/O error); exiting with status {STORAGE_FAILED_EXIT} so a supervisor restarts this node"
+                "storage failed (a full disk or an I/O error; see the errors above); exiting with status {STORAGE_FAILED_EXIT} so a supervisor restarts this node"
             );
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), node.shutdown()).await;
             std::process::exit(STORAGE_FAILED_EXIT);
@@ -365,7 +367,7 @@ async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::R
     Ok(())
 }
 
-/// Exit status of a node whose raft log store failed (EX_TEMPFAIL).
+/// Exit status of a node whose storage failed (EX_TEMPFAIL).
 const STORAGE_FAILED_EXIT: i32 = 75;
 
 async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> anyhow::Result<()> {

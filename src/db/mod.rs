@@ -445,10 +445,17 @@ impl Database {
         &self.inner.env
     }
 
-    /// Whether the node's raft log store failed (a full disk, an I/O
-    /// error): its raft groups have stopped until the node restarts.
+    /// Whether this node's storage failed (a full disk, an I/O error):
+    /// the shared raft log refuses writes, or a tenant replica's raft
+    /// core stopped on a storage error (its state machine could not
+    /// apply). Either way those groups have stopped until the node
+    /// restarts.
     pub fn storage_failed(&self) -> bool {
         self.inner.logs.failed()
+            || self
+                .loaded_tenants()
+                .iter()
+                .any(|t| t.raft().is_some_and(|r| crate::raft::storage_fatal(&r)))
     }
 
     /// The node's raft log store (every group's log).

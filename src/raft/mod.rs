@@ -104,6 +104,16 @@ pub async fn start_replicated_group(
     Ok(raft)
 }
 
+/// Whether `raft`'s core stopped on a storage error or a panic (not a
+/// shutdown): the group is dead on this node until it restarts.
+pub fn storage_fatal(raft: &ShardRaft) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    matches!(
+        raft.metrics().borrow_watched().running_state,
+        Err(openraft::errors::Fatal::StorageError(_) | openraft::errors::Fatal::Panicked)
+    )
+}
+
 /// Maps any raft failure to the public error.
 pub fn raft_err(e: impl std::fmt::Display) -> Error {
     Error::Raft {
