@@ -859,7 +859,11 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
     c.pause(paused);
     let via = c.admin(leader).await;
     let removal = retry(|| via.remove_node(victim as u64, true)).await;
-    assert_eq!(removal.replaced, std::slice::from_ref(&tenant), "{removal:?}");
+    assert_eq!(
+        removal.replaced,
+        std::slice::from_ref(&tenant),
+        "{removal:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let i = retry(|| via.shard_info(&tenant)).await;
@@ -1781,12 +1785,16 @@ async fn a_tenant_moves_to_another_node_under_load_with_no_failed_request() {
         "requests failed during the move: {:?}",
         w.errors.lock().unwrap()
     );
-    // The source purged its replica.
-    let log = std::fs::read_to_string(c.log(from as usize)).unwrap();
-    assert!(
-        log.contains("replica no longer placed here"),
-        "node {from} kept its replica"
-    );
+    // The source purged its replica (once the membership without it was
+    // in place: within its leader's silence, 10 s, and a reconcile pass).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(c.log(from as usize))
+        .unwrap()
+        .contains("replica no longer placed here")
+    {
+        assert!(Instant::now() < deadline, "node {from} kept its replica");
+        sleep_s(0.5).await;
+    }
     // Usage moved with the shard: exact object counts, request counts
     // never went back.
     let usage = retry(|| admin.usage(Some("acme"))).await;
