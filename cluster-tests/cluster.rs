@@ -983,8 +983,11 @@ async fn a_revoked_key_and_a_deleted_tenant_stop_working_on_a_cut_off_node_withi
         .expect("a third node");
     let put = c.client(lead, &key).await;
     retry(|| put.put(NewObject::new("kv", "k0", serde_json::json!({"v": 1})))).await;
-    let on_cut = c.client(cut, &key).await;
-    let gone_on_cut = c.client(cut, &gone_key).await;
+    // Pinned to the cut-off node: no following the leader's hint.
+    let on_cut = c.client_with(cut, &key, |o| o.follow_leader = false).await;
+    let gone_on_cut = c
+        .client_with(cut, &gone_key, |o| o.follow_leader = false)
+        .await;
     retry(|| async {
         match on_cut.get_stale("k0").await? {
             Some(_) => Ok(()),
