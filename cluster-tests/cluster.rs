@@ -828,25 +828,46 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
     }
     let _serial = SERIAL.lock().await;
     let mut c = TestCluster::start("g", 3, 4).await;
-    let admin = c.admin(1).await;
     // A tenant whose shard leader is group 0's leader, so the two other
     // nodes can be the one removed and the one paused without stalling
-    // group 0.
-    let meta_leader = || async {
-        let nodes = retry(|| admin.cluster_nodes()).await;
-        nodes.iter().find(|n| n.leader).map(|n| n.id as usize)
+    // group 0. Placement may put shard leaders anywhere, so group 0's
+    // leadership is moved instead: a short pause of its leader makes the
+    // two others elect one of them.
+    let tenant = "acme".to_string();
+    let key = c.tenant(&tenant, None).await;
+    let meta_leader = |via: usize| {
+        let c = &c;
+        async move {
+            let admin = c.admin(via).await;
+            let nodes = retry(|| admin.cluster_nodes()).await;
+            nodes.iter().find(|n| n.leader).map(|n| n.id as usize)
+        }
     };
-    let mut picked = None;
-    for k in 0..8 {
-        let id = format!("acme{k}");
-        let key = c.tenant(&id, None).await;
-        let leader = c.shard_leader(&id, 1).await;
-        if meta_leader().await == Some(leader) {
-            picked = Some((id, key, leader));
+    let mut leader = c.shard_leader(&tenant, 1).await;
+    let mut tries = 0;
+    loop {
+        let m = meta_leader(leader).await;
+        if m == Some(leader) {
             break;
         }
+        tries += 1;
+        assert!(tries <= 12, "group 0's leader never moved to node {leader}");
+        if let Some(m) = m {
+            eprintln!("group 0 led by node {m}, the shard by node {leader}: pausing node {m}");
+            c.pause(m);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(meta_leader(leader).await, Some(x) if x == m) {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {m} still leads group 0 while paused"
+                );
+                sleep_s(0.3).await;
+            }
+            c.resume(m);
+        }
+        sleep_s(1.0).await;
+        leader = c.shard_leader(&tenant, leader).await;
     }
-    let (tenant, key, leader) = picked.expect("no tenant led by group 0's leader");
     let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
     let (victim, paused) = (others[0], others[1]);
     c.spawn(4).await;
@@ -864,6 +885,7 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
         std::slice::from_ref(&tenant),
         "{removal:?}"
     );
+    assert!(removal.under_replicated.is_empty(), "{removal:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let i = retry(|| via.shard_info(&tenant)).await;
