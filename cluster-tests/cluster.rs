@@ -2675,6 +2675,145 @@ async fn a_full_disk_on_a_follower_stops_that_node_and_it_catches_up_when_space_
     drop(disk);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_on_the_leader_refuses_writes_with_storage_full_and_they_resume_when_space_returns(
+) {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // Nodes 2 and 3 on 512 MiB tmpfs disks, whose reserve is 5% of that
+    // (25.6 MiB, below the configured 64 MiB).
+    let mut c = TestCluster::start_with("gf", 1, 3, "[storage]\nmin_free_bytes = 67108864\n").await;
+    let disks = [
+        Tmpfs::mount(&c.dir.join("node-2"), "512m"),
+        Tmpfs::mount(&c.dir.join("node-3"), "512m"),
+    ];
+    c.spawn(2).await;
+    c.spawn(3).await;
+    let key = c.tenant("acme", None).await;
+    let admin = c.admin(1).await;
+    let info = settled(&admin, "acme", 60).await;
+    assert_eq!(nodes_of(&info).len(), 3, "{info:?}");
+    // The shard leader must be on a tmpfs node: a short pause of node 1
+    // hands the leadership over.
+    let mut leader = c.shard_leader("acme", 2).await;
+    while leader == 1 {
+        c.pause(1);
+        let _ = leader_other_than(&c, "acme", 2, 1).await;
+        c.resume(1);
+        sleep_s(1.0).await;
+        leader = c.shard_leader("acme", 2).await;
+    }
+    let disk = &disks[leader - 2];
+    // Clients of node 1, a follower: the leader's refusal comes back
+    // through the forward.
+    let client = c.client(1, &key).await;
+    let put = |id: String| {
+        let client = &client;
+        async move {
+            client
+                .put(NewObject::new("kv", &id, serde_json::json!({ "v": id })))
+                .await
+        }
+    };
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let id = format!("k{i}");
+        retry(|| put(id.clone())).await;
+        acked.push(id);
+    }
+    // A ballast file leaves node `leader` 12 MiB: under its reserve, with
+    // room for what the reserve is for (raft logs, compactions).
+    let ballast = c.dir.join(format!("node-{leader}/ballast"));
+    let size = disk.free().saturating_sub(12 << 20);
+    {
+        use std::io::Write;
+        let mut f = File::create(&ballast).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    eprintln!(
+        "node {leader} (the shard leader) has {} bytes free",
+        disk.free()
+    );
+    // Writes get StorageFull, typed, naming the node.
+    // (Free space is measured every 500 ms: a write or two may still
+    // pass, and counts as acknowledged.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = Vec::new();
+    let refusal = loop {
+        let id = format!("r{}", refused.len() + acked.len());
+        match put(id.clone()).await {
+            Err(e @ Error::StorageFull { .. }) => {
+                refused.push(id);
+                break e;
+            }
+            Ok(_) => acked.push(id),
+            Err(e) => panic!("a write on a full leader: {e:?}"),
+        }
+        assert!(Instant::now() < deadline, "writes never refused");
+        sleep_s(0.3).await;
+    };
+    eprintln!("write refused: {refusal}");
+    assert!(
+        matches!(refusal, Error::StorageFull { node, free_bytes, reserve_bytes }
+            if node == leader as u64 && free_bytes < reserve_bytes),
+        "{refusal:?}"
+    );
+    assert_eq!(refusal.code(), vektagraf::proto::ErrorCode::StorageFull);
+    // Reads and deletes still work; the node stays up.
+    for id in &acked {
+        assert!(client.get(id).await.unwrap().is_some(), "{id} unreadable");
+    }
+    client.delete("k0").await.unwrap();
+    sleep_s(3.0).await;
+    assert!(
+        c.alive(leader),
+        "node {leader} stopped on a disk below its reserve"
+    );
+    assert!(
+        matches!(put("still".into()).await, Err(Error::StorageFull { .. })),
+        "a write went through while the disk was still full"
+    );
+    refused.push("still".into());
+    // Space returns: writes are accepted again within a second or so.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match put("after".into()).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "writes still refused after space returned: {e}"
+            ),
+        }
+        sleep_s(0.3).await;
+    }
+    // Nothing acknowledged is lost; the refused writes left nothing.
+    let reader = c.client(2, &key).await;
+    for id in acked.iter().skip(1) {
+        assert!(retry(|| reader.get(id)).await.is_some(), "{id} lost");
+    }
+    assert!(retry(|| reader.get("k0")).await.is_none(), "k0 deleted");
+    assert!(retry(|| reader.get("after")).await.is_some());
+    for id in &refused {
+        assert!(
+            retry(|| reader.get(id)).await.is_none(),
+            "{id} refused but written"
+        );
+    }
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    drop(disks);
+}
+
 /// On `tenant`'s leader: replica `r`'s matched index and the leader's
 /// last log index.
 async fn replica_lag(c: &TestCluster, tenant: &str, r: u64) -> (Option<u64>, u64) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need on Debian 12, if missing.
 set -euo pipefail
-PKGS=(cmake libopenblas-dev clang libclang-dev nftables iproute2 dataset-fashion-mnist etcd-server etcd-client pkg-config)
+PKGS=(cmake libopenblas-dev clang libclang-dev nftables iproute2 dataset-fashion-mnist etcd-server etcd-client pkg-config binutils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -563,3 +563,113 @@ async fn a_node_joining_a_cluster_mints_no_admin_key() {
         .count();
     assert_eq!(admins, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_metadata_leader_may_hand_a_groups_leadership_around() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = cluster_node(tmp.path(), 1, None).await;
+    tenant_t1(&n1).await;
+    let group = n1.db().tenant_group("t1").unwrap();
+    let seven = peer_of(tmp.path(), 7, &n1);
+    let r = call(&seven, PeerRequest::Join(record(7))).await;
+    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    // Node 7 is a member, but node 1 leads group 0.
+    let r = call(&seven, PeerRequest::TransferLeader { group, to: 1 }).await;
+    assert!(refused(&r), "transfer leader from a member: {r:?}");
+    assert_eq!(
+        refusal(&r),
+        Some(PeerRefusal::NotMetadataLeader {
+            node: 7,
+            what: "transfer leader".into(),
+            leader: Some(1),
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_status_read_without_a_key_comes_only_from_a_replica_or_the_metadata_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = cluster_node(tmp.path(), 1, None).await;
+    tenant_t1(&n1).await;
+    let seven = peer_of(tmp.path(), 7, &n1);
+    let r = call(&seven, PeerRequest::Join(record(7))).await;
+    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    // Node 7 hosts no replica of t1 and does not lead group 0.
+    let status = PeerRequest::Admin {
+        key_id: None,
+        request: Request::ShardInfo("t1".into()),
+        hops: 1,
+    };
+    let r = call(&seven, status).await;
+    assert!(refused(&r), "keyless shard status from a member: {r:?}");
+    assert_eq!(
+        refusal(&r),
+        Some(PeerRefusal::NotAnAdminForward {
+            node: 7,
+            what: "shard status".into()
+        })
+    );
+    // Under an admin key it is served.
+    let (_, admin) = n1
+        .db()
+        .create_key(KeyKind::Admin, None, None, None)
+        .await
+        .unwrap();
+    let status = PeerRequest::Admin {
+        key_id: Some(admin.key_id),
+        request: Request::ShardInfo("t1".into()),
+        hops: 1,
+    };
+    let r = call(&seven, status).await;
+    assert!(
+        matches!(r, Ok(PeerResponse::Reply(Ok(Response::ShardInfo(_))))),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relayed_join_is_admitted_only_once_the_joiner_answers_at_its_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = cluster_node(tmp.path(), 1, None).await;
+    let seven = peer_of(tmp.path(), 7, &n1);
+    let r = call(&seven, PeerRequest::Join(record(7))).await;
+    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    // The records as group 0's leader holds them: a join's answer.
+    let known = |id: u64| {
+        let seven = seven.clone();
+        async move {
+            match call(&seven, PeerRequest::Join(record(7))).await {
+                Ok(PeerResponse::Joined(Ok(nodes))) => nodes.iter().any(|n| n.id == id),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // Member 7 relays a join for node 8, which does not answer there.
+    let r = call(&seven, PeerRequest::Join(record(8))).await;
+    assert!(
+        refused(&r),
+        "relayed join of a node that is not there: {r:?}"
+    );
+    assert!(!known(8).await, "node 8 was recorded");
+    // Node 8 answers at its address, but with another incarnation than
+    // the relayed join claims.
+    let eight = peer_of(tmp.path(), 8, &n1);
+    eight.serve(Arc::new(WhoCalled));
+    let mut rec = record(8);
+    rec.peer_addr = eight.local_addr().unwrap().to_string();
+    rec.incarnation = 0x99;
+    let r = call(&seven, PeerRequest::Join(rec.clone())).await;
+    assert!(
+        matches!(
+            r,
+            Ok(PeerResponse::Joined(Err(Error::PermissionDenied { .. })))
+        ),
+        "relayed join claiming another incarnation: {r:?}"
+    );
+    assert!(!known(8).await, "node 8 was recorded");
+    // The real thing: node 8, incarnation 8, at that address.
+    rec.incarnation = 8;
+    let r = call(&seven, PeerRequest::Join(rec)).await;
+    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    assert!(known(8).await, "node 8 was not recorded");
+}

@@ -19,6 +19,10 @@ use crate::shard::is_leader;
 use super::placement::{least_loaded, replica_load};
 use super::{member, parse_addr, unavailable, Cluster, FORWARD_TIMEOUT, MAX_HOPS};
 
+/// A learner is promoted to voter only once its matched log index is
+/// within this many entries of the leader's last.
+const PROMOTE_WITHIN: u64 = 100;
+
 impl Cluster {
     pub(super) fn refresh_addrs(&self, reg: &Registry) {
         if let Ok(nodes) = reg.nodes() {
@@ -127,11 +131,14 @@ impl Cluster {
     }
 
     /// Admits a node (on group 0's leader): records it; the reconcile
-    /// loop adds it to group 0.
+    /// loop adds it to group 0. `from` is the node whose certificate sent
+    /// the join: the joiner itself, or a member relaying it, in which case
+    /// group 0's leader first confirms the joiner at its address.
     pub(super) async fn handle_join(
         &self,
         db: &Database,
         rec: NodeRecord,
+        from: u64,
         hops: u8,
     ) -> Result<Vec<NodeRecord>> {
         let c = self;
@@ -160,6 +167,15 @@ impl Cluster {
         if rec.id == 0 {
             return Err(Error::invalid("node_id", "must be at least 1"));
         }
+        if rec.incarnation == 0 {
+            return Err(Error::invalid(
+                "incarnation",
+                "a joining node presents the incarnation of its data directory",
+            ));
+        }
+        if from != rec.id {
+            self.confirm_joiner(&rec).await?;
+        }
         let mut rec = rec;
         rec.removed = false;
         if let Some(old) = reg.nodes()?.into_iter().find(|n| n.id == rec.id) {
@@ -171,8 +187,8 @@ impl Cluster {
             }
             // A node joining again keeps what the admin set.
             rec.draining = old.draining;
-            if rec.incarnation == 0 {
-                rec.incarnation = old.incarnation;
+            if old.incarnation == 0 {
+                tracing::info!(node = rec.id, incarnation = %format!("{:016x}", rec.incarnation), "node record without an incarnation (older version) now holds one");
             }
         }
         reg.put_node(&rec).await?;
@@ -182,6 +198,41 @@ impl Cluster {
         }
         tracing::info!(node = rec.id, peer = %rec.peer_addr, "node joined");
         reg.nodes()
+    }
+
+    /// Confirms a join relayed by another member: `rec`'s node answers at
+    /// its peer address, with a certificate naming it and the incarnation
+    /// the join claims. Without this a member could record any node id at
+    /// any address.
+    async fn confirm_joiner(&self, rec: &NodeRecord) -> Result<()> {
+        let addr: std::net::SocketAddr = rec.peer_addr.parse().map_err(|_| {
+            Error::invalid(
+                "peer_addr",
+                format!("{:?} is not a socket address", rec.peer_addr),
+            )
+        })?;
+        match tokio::time::timeout(Duration::from_secs(10), self.net.verify_node(addr, rec.id))
+            .await
+        {
+            Ok(Ok(inc)) if inc == rec.incarnation => Ok(()),
+            Ok(Ok(inc)) => {
+                tracing::warn!(node = rec.id, %addr, claimed = %format!("{:016x}", rec.incarnation), found = %format!("{inc:016x}"), "relayed join refused: another incarnation answers there");
+                Err(Error::PermissionDenied {
+                    reason: format!(
+                        "node {} at {addr} presents incarnation {inc:016x}, not the {:016x} its join claims",
+                        rec.id, rec.incarnation
+                    ),
+                })
+            }
+            Ok(Err(e)) => Err(unavailable(format!(
+                "could not confirm joining node {} at {addr}: {e}",
+                rec.id
+            ))),
+            Err(_) => Err(unavailable(format!(
+                "could not confirm joining node {} at {addr}: no answer within 10 s",
+                rec.id
+            ))),
+        }
     }
 
     /// Removes node `id`: marks it removed and places each of its tenant
@@ -344,6 +395,32 @@ impl Cluster {
                 }
             }
             if current != want {
+                // add_learner(blocking) returns after a while even when the
+                // learner has not caught up (or never answered): promote
+                // only learners the leader has brought near its log, so a
+                // node that joined and died cannot become a voter the
+                // group needs for its quorum. The next pass tries again.
+                let behind: Vec<u64> = {
+                    let m = raft.metrics();
+                    let m = m.borrow_watched();
+                    let last = m.last_log_index.unwrap_or(0);
+                    want.iter()
+                        .filter(|id| !current.contains(id))
+                        .filter(|id| {
+                            let matched = m
+                                .replication
+                                .as_ref()
+                                .and_then(|r| r.get(*id).cloned().flatten())
+                                .map_or(0, |l| l.index);
+                            matched.saturating_add(PROMOTE_WITHIN) < last
+                        })
+                        .copied()
+                        .collect()
+                };
+                if !behind.is_empty() {
+                    tracing::debug!(group, ?behind, "learners not caught up yet; not promoting");
+                    return;
+                }
                 match raft
                     .change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false)
                     .await

@@ -11,6 +11,12 @@
 //!   the group's placement record or its raft membership); for group 0
 //!   from its members and learners, which are the live nodes; a grant
 //!   from a tenant's budget goes only to a node hosting its replica;
+//! - `TransferLeader` comes only from group 0's leader (it drives
+//!   moves); a shard status read without an admin key only from group
+//!   0's leader or a node hosting the tenant's replica;
+//! - a join relayed by a member for another node is admitted by group
+//!   0's leader only once it dialled the joining node at its address and
+//!   found that node's certificate and incarnation there;
 //! - registry writes and admin requests need the admin key of the
 //!   request they forward (checked in `service`), and forwarded tenant
 //!   requests their client's key (checked by the router).
@@ -117,6 +123,9 @@ impl Cluster {
                 Some(t) => self.check_hosts(db, t.group(), from),
                 None => Ok(()),
             },
+            // Moves run on group 0's leader; another member handing a
+            // group's leadership around would be a disruption, not a move.
+            PeerRequest::TransferLeader { .. } => self.check_meta_leader(from, "transfer leader"),
             _ => Ok(()),
         }
     }
@@ -176,6 +185,41 @@ impl Cluster {
             Ok(())
         } else {
             Err(PeerRefusal::NotAReplica { node, group })
+        }
+    }
+
+    /// Whether node `from` leads group 0, as this node sees it.
+    pub(super) fn check_meta_leader(&self, from: u64, what: &str) -> Result<(), PeerRefusal> {
+        let leader = self.meta_leader();
+        if leader == Some(from) {
+            Ok(())
+        } else {
+            Err(PeerRefusal::NotMetadataLeader {
+                node: from,
+                what: what.to_string(),
+                leader,
+            })
+        }
+    }
+
+    /// Whether node `from` may read `tenant`'s shard status without an
+    /// admin key: group 0's leader (its move jobs do) or a node hosting a
+    /// replica of the tenant's group.
+    pub(super) fn check_status_reader(
+        &self,
+        db: &Database,
+        from: u64,
+        tenant: &str,
+    ) -> Result<(), PeerRefusal> {
+        if self.check_meta_leader(from, "shard status").is_ok() {
+            return Ok(());
+        }
+        match db.loaded(tenant) {
+            Some(t) if self.check_hosts(db, t.group(), from).is_ok() => Ok(()),
+            _ => Err(PeerRefusal::NotAnAdminForward {
+                node: from,
+                what: "shard status".into(),
+            }),
         }
     }
 

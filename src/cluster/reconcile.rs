@@ -81,10 +81,9 @@ impl Cluster {
         }
         let records = reg.tenants()?;
         let me = c.me.id;
-        if full
-            && !c.removed.load(Ordering::Relaxed)
-            && reg.nodes()?.iter().any(|n| n.id == me && n.removed)
-        {
+        let nodes = reg.nodes()?;
+        let mine = nodes.iter().find(|n| n.id == me);
+        if full && !c.removed.load(Ordering::Relaxed) && mine.is_some_and(|n| n.removed) {
             c.removed.store(true, Ordering::Relaxed);
             tracing::error!(
                 node = me,
@@ -93,10 +92,20 @@ impl Cluster {
                  joins again"
             );
         }
+        // A record written by an older version holds no incarnation (and
+        // so would match any): this node's next join records its own.
+        let unrecorded = mine.is_some_and(|n| n.incarnation == 0 && !n.removed);
+        if unrecorded && full && !is_leader(&c.meta) {
+            if let Some(l) = c.meta_leader().filter(|l| *l != me) {
+                let req = crate::net::peer::PeerRequest::Join(c.me.clone());
+                if let Err(e) = c.net.call(l, &req, Duration::from_secs(5)).await {
+                    tracing::warn!(leader = l, error = %e, "could not record this node's incarnation; retrying");
+                }
+            }
+        }
         // Group 0's voters, on its leader.
         if is_leader(&c.meta) {
-            let nodes = reg.nodes()?;
-            if !nodes.iter().any(|n| n.id == me) {
+            if mine.is_none() || unrecorded {
                 reg.put_node(&c.me).await?;
             }
             let current: BTreeSet<u64> = c

@@ -204,15 +204,20 @@ impl PeerService for Service {
                             }
                         }
                         // A node's own read of a tenant's shard status.
-                        None if matches!(request, Request::ShardInfo(_)) => {}
                         None => {
-                            let what = "admin request".to_string();
-                            return refused(
-                                &warned,
-                                from,
-                                "admin request",
-                                PeerRefusal::NotAnAdminForward { node: from, what },
-                            );
+                            if let Request::ShardInfo(t) = &request {
+                                if let Err(why) = c.check_status_reader(&db, from, t) {
+                                    return refused(&warned, from, "shard status", why);
+                                }
+                            } else {
+                                let what = "admin request".to_string();
+                                return refused(
+                                    &warned,
+                                    from,
+                                    "admin request",
+                                    PeerRefusal::NotAnAdminForward { node: from, what },
+                                );
+                            }
                         }
                     }
                     PeerResponse::Reply(forwarded.admin(db, c, key_id, request, hops).await)
@@ -245,7 +250,7 @@ impl PeerService for Service {
                 }
                 PeerRequest::Join(rec) => match c.check_join(&db, &rec) {
                     Err(why) => refused(&warned, from, "join", why),
-                    Ok(()) => PeerResponse::Joined(c.handle_join(&db, rec, 1).await),
+                    Ok(()) => PeerResponse::Joined(c.handle_join(&db, rec, from, 1).await),
                 },
                 PeerRequest::TransferLeader { group, to } => {
                     PeerResponse::Transferring(c.transfer_leader(&db, group, to).await)

@@ -82,6 +82,16 @@ pub struct StorageSection {
     pub write_buffer_bytes: usize,
     /// Open files per shard.
     pub max_open_files_per_shard: i32,
+    /// Bytes kept free on the data directory's filesystem: below this
+    /// (or below 5% of the filesystem, whichever is smaller) the node
+    /// refuses tenant writes other than deletes with `StorageFull`,
+    /// rather than fill the disk and stop. 0: no reserve.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+fn default_min_free_bytes() -> u64 {
+    256 << 20
 }
 
 /// `[cache]`: the read cache (C1). Per-tenant sizes and TTLs are set per

@@ -30,7 +30,7 @@ use crate::shard::{
     CacheBudget, ReadCache, ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor,
     SupervisorMsg,
 };
-use crate::storage::StorageEnv;
+use crate::storage::{DiskReserve, StorageEnv};
 use crate::tenant::{
     validate_name, validate_tenant_id, CacheLimits, TenantConfig, TenantUpdate, Tier, Tiers,
 };
@@ -228,6 +228,8 @@ pub(crate) struct Inner {
     cache_budget: Arc<CacheBudget>,
     /// Each tier's read cache limits.
     cache_tiers: Arc<CacheTiers>,
+    /// The free space kept on the data directory's disk.
+    pub(crate) reserve: DiskReserve,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -344,8 +346,14 @@ impl Database {
         } else {
             Some(Arc::new(Registry::open(&dir.join("node"))?))
         };
+        let reserve = DiskReserve::new(
+            &dir,
+            config.storage.min_free_bytes,
+            if clustered { config.cluster.node_id } else { 0 },
+        );
         let db = Database {
             inner: Arc::new(Inner {
+                reserve,
                 config,
                 dir,
                 tiers: RwLock::new(tiers),

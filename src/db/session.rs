@@ -147,6 +147,7 @@ impl Session {
     /// Proposes a write command (wrapped for exactly-once when the session
     /// carries a tag; `part` numbers the commands of one request).
     async fn propose(&self, cmd: Command, part: u32) -> Result<CommandResult> {
+        self.db.reserve.check(&cmd)?;
         let cmd = match self.once {
             Some(t) => Command::Once {
                 client: t.client,

@@ -168,7 +168,7 @@ impl Operation {
 pub struct Outcome(u8);
 
 /// Every outcome label value, in index order.
-pub const OUTCOMES: [&str; 36] = [
+pub const OUTCOMES: [&str; 37] = [
     "ok",
     "limit_rate",
     "limit_operation_rate",
@@ -205,6 +205,7 @@ pub const OUTCOMES: [&str; 36] = [
     "error_timeout",
     "error_storage",
     "error_raft",
+    "error_storage_full",
 ];
 
 impl Outcome {
@@ -259,6 +260,7 @@ impl Outcome {
             Error::Timeout { .. } => 33,
             Error::Storage { .. } => 34,
             Error::Raft { .. } => 35,
+            Error::StorageFull { .. } => 36,
         })
     }
 

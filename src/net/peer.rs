@@ -281,6 +281,17 @@ pub enum PeerRefusal {
         /// What was refused ("registry write", "admin request").
         what: String,
     },
+    /// A request only the metadata group's leader sends (it drives
+    /// moves), from another node.
+    #[error("{what} from node {node}: only the metadata group's leader (node {leader:?} as this node sees it) sends it")]
+    NotMetadataLeader {
+        /// The node.
+        node: u64,
+        /// What was refused ("transfer leader").
+        what: String,
+        /// Group 0's leader as the refusing node sees it.
+        leader: Option<u64>,
+    },
 }
 
 /// Why a peer call failed.
@@ -729,6 +740,35 @@ impl PeerNet {
         server_name: &str,
         node: Option<u64>,
     ) -> Result<Connection, PeerError> {
+        let (conn, incarnation) = self.greet(addr, server_name, node).await?;
+        let service = self.service.read().clone();
+        if let (Some(node), Some(service)) = (node, service) {
+            if let Err(reason) = service.admit(node, incarnation) {
+                tracing::warn!(%addr, node, reason = %reason, "refused to connect to a peer");
+                conn.close(3u32.into(), b"peer refused");
+                return Err(PeerError::Refused { node, reason });
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Confirms that node `node` answers at `addr`: its certificate names
+    /// it, and it welcomes this node. Returns the incarnation it presents.
+    /// Group 0's leader checks a join relayed by another member this way.
+    pub async fn verify_node(&self, addr: SocketAddr, node: u64) -> Result<u64, PeerError> {
+        let (conn, incarnation) = self.greet(addr, &node_name(node), Some(node)).await?;
+        conn.close(0u32.into(), b"verified");
+        Ok(incarnation)
+    }
+
+    /// Dials `addr` expecting a certificate valid for `server_name` and
+    /// says `Hello`: the connection and the incarnation the peer presents.
+    async fn greet(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        node: Option<u64>,
+    ) -> Result<(Connection, u64), PeerError> {
         let id = node.unwrap_or(0);
         let unreachable = |reason: String| PeerError::Unreachable { node: id, reason };
         let connecting = self
@@ -763,15 +803,7 @@ impl PeerNet {
             Ok(Err(e)) => return Err(unreachable(format!("hello: {e}"))),
             Err(_) => return Err(unreachable("hello timed out".into())),
         };
-        let service = self.service.read().clone();
-        if let (Some(node), Some(service)) = (node, service) {
-            if let Err(reason) = service.admit(node, incarnation) {
-                tracing::warn!(%addr, node, reason = %reason, "refused to connect to a peer");
-                conn.close(3u32.into(), b"peer refused");
-                return Err(PeerError::Refused { node, reason });
-            }
-        }
-        Ok(conn)
+        Ok((conn, incarnation))
     }
 
     async fn faulted(&self, node: u64) -> Result<(), PeerError> {

@@ -258,6 +258,22 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The disk of the node serving the tenant's writes is nearly full:
+    /// writes other than deletes are refused until space returns (reads
+    /// and deletes still work). Nothing was written.
+    #[error(
+        "node {node}'s disk is nearly full: {free_bytes} bytes free, below its reserve of \
+         {reserve_bytes} (storage.min_free_bytes); writes other than deletes are refused \
+         until space returns"
+    )]
+    StorageFull {
+        /// The node whose disk is full (0: a standalone node).
+        node: u64,
+        /// Bytes free on its data directory's filesystem.
+        free_bytes: u64,
+        /// The reserve kept free.
+        reserve_bytes: u64,
+    },
 }
 
 fn retry_hint(ms: &Option<u64>) -> String {
@@ -302,6 +318,7 @@ impl Error {
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::Storage { .. } => ErrorCode::Internal,
             Error::Raft { .. } => ErrorCode::Internal,
+            Error::StorageFull { .. } => ErrorCode::StorageFull,
         }
     }
 
@@ -405,6 +422,8 @@ pub enum ErrorCode {
     Timeout = 61,
     /// Internal failure.
     Internal = 62,
+    /// The serving node's disk is nearly full.
+    StorageFull = 63,
 }
 
 /// Shorthand for results of Vektagraf operations.

@@ -3,6 +3,7 @@
 
 mod apply;
 mod command;
+mod reserve;
 mod store;
 
 pub use apply::{
@@ -10,6 +11,7 @@ pub use apply::{
     VectorChange, MAX_OBJECT_ID_LEN,
 };
 pub use command::{Command, CommandResult, OnceRecord, RegOp};
+pub use reserve::DiskReserve;
 pub use store::{
     decode_value, edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord,
     ObjectRecord, ShardStore, StorageEnv, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
