@@ -2,6 +2,7 @@
 
 mod migrate;
 mod moves;
+mod table;
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -147,6 +148,19 @@ pub enum Remote {
         /// Collection.
         #[arg(long)]
         collection: String,
+    },
+    /// Applies the write operations of a JSONL file, one per line:
+    /// {"op": "put", "collection", "id", "properties", "vector"},
+    /// {"op": "update", "id", "properties", "vector"}, {"op": "delete", "id"},
+    /// {"op": "put_edge", "from", "label", "to", "properties"},
+    /// {"op": "delete_edge", "from", "label", "to"}.
+    Batch {
+        /// The JSONL file.
+        file: PathBuf,
+        /// All or nothing, as one transaction (default: each operation on
+        /// its own, in batches of 500).
+        #[arg(long)]
+        atomic: bool,
     },
     /// Exports a collection as JSONL.
     Export {
@@ -417,6 +431,18 @@ pub enum ObjectCmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Merge properties into an existing object (and optionally replace
+    /// its vector).
+    Update {
+        /// Id.
+        id: String,
+        /// Properties to set, JSON (top-level merge).
+        #[arg(long, default_value = "{}")]
+        json: String,
+        /// New vector JSON.
+        #[arg(long)]
+        vector: Option<String>,
+    },
     /// Delete an object.
     Delete { id: String },
 }
@@ -425,10 +451,32 @@ fn hint(e: &Error, conn: &Conn) -> String {
     match e {
         Error::Unauthenticated { .. } => "pass a valid key with --key, --key-file or VEKTAGRAF_KEY (the first admin key is in <data_dir>/admin.key)".into(),
         Error::PermissionDenied { .. } => "use a key with the right scope: admin keys manage tenants, tenant keys reach data".into(),
+        Error::Unavailable { reason } if reason.contains("failed authentications") => {
+            "too many failed authentications from this address: wait for the window to pass, and check the key".into()
+        }
+        Error::Unavailable { reason } if reason.contains("removed from the cluster") => {
+            "this node was removed from the cluster: give another node's address with --addr".into()
+        }
+        Error::Unavailable { reason } if reason.contains("metadata group") => {
+            "this node has lost touch with the cluster (a partition, or a lost quorum): give another node's address with --addr, or check `vektagraf node list` elsewhere".into()
+        }
+        Error::Unavailable { reason }
+            if reason.contains("max_connections")
+                || reason.contains("busy")
+                || reason.contains("refused") =>
+        {
+            format!(
+            "the node at {:?} refused the connection: it is at its connection limit (server.max_connections, or max_connections_per_ip for this address), or failed authentications from this address are being refused; close idle clients, raise the limit, or give another node with --addr",
+            conn.addr
+        )
+        }
         Error::Unavailable { .. } | Error::Timeout { .. } => format!(
             "is a node running at {:?}? start one with `vektagraf serve`, and trust its certificate with --ca (now {})",
             conn.addr,
             conn.ca.display()
+        ),
+        Error::StorageFull { node, .. } => format!(
+            "free disk space on node {node} (or delete data: deletes still work); writes resume by themselves once its free space is above the reserve"
         ),
         Error::LimitExceeded(l) => match l.retry_after() {
             Some(d) => format!("the tenant hit {}; retry after {:.1} s or raise the limit", l.kind.config_key(), d.as_secs_f64()),
@@ -459,78 +507,7 @@ fn api_key(conn: &Conn) -> anyhow::Result<String> {
 }
 
 fn print<T: Serialize>(out: Output, v: &T) -> anyhow::Result<()> {
-    let json = serde_json::to_value(v)?;
-    match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-        Output::Table => print_table(&json),
-    }
-    Ok(())
-}
-
-fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => {
-            let s = other.to_string();
-            if s.len() > 60 {
-                format!("{}...", &s[..57])
-            } else {
-                s
-            }
-        }
-    }
-}
-
-fn print_table(v: &serde_json::Value) {
-    match v {
-        serde_json::Value::Array(rows)
-            if rows.iter().all(|r| r.is_object()) && !rows.is_empty() =>
-        {
-            let cols: Vec<String> = rows[0]
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default();
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| cols.iter().map(|c| cell(&r[c])).collect())
-                .collect();
-            let widths: Vec<usize> = cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    cells
-                        .iter()
-                        .map(|r| r[i].len())
-                        .max()
-                        .unwrap_or(0)
-                        .max(c.len())
-                })
-                .collect();
-            let line = |vals: &[String]| {
-                vals.iter()
-                    .zip(&widths)
-                    .map(|(v, w)| format!("{v:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            };
-            println!(
-                "{}",
-                line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>())
-            );
-            for r in &cells {
-                println!("{}", line(r));
-            }
-        }
-        serde_json::Value::Object(o) => {
-            let w = o.keys().map(|k| k.len()).max().unwrap_or(0);
-            for (k, v) in o {
-                println!("{k:<w$}  {}", cell(v));
-            }
-        }
-        serde_json::Value::Array(a) if a.is_empty() => println!("(none)"),
-        other => println!("{}", cell(other)),
-    }
+    table::value(out, v)
 }
 
 fn parse_vec(s: &str) -> anyhow::Result<Vec<f32>> {
@@ -569,6 +546,16 @@ pub async fn run(conn: Conn, cmd: Remote) -> anyhow::Result<()> {
     }
 }
 
+/// The columns of objects listed in a table.
+const OBJECT_COLUMNS: &[table::Column] = &[
+    ("id", "id"),
+    ("collection", "collection"),
+    ("created", "created_at"),
+    ("updated", "updated_at"),
+    ("properties", "properties"),
+    ("vector", "vector"),
+];
+
 enum CliError {
     Api(Error),
     Other(anyhow::Error),
@@ -605,7 +592,46 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             println!("pong");
         }
         Remote::Node { cmd } => match cmd {
-            NodeCmd::List => print(out, &c.cluster_nodes().await?)?,
+            NodeCmd::List => {
+                let nodes = c.cluster_nodes().await?;
+                if let Output::Json = out {
+                    print(out, &nodes)?
+                } else {
+                    let rows: Vec<serde_json::Value> = nodes
+                        .iter()
+                        .map(|n| {
+                            let role = if n.leader {
+                                "metadata leader"
+                            } else if n.voter {
+                                "voter"
+                            } else {
+                                "learner"
+                            };
+                            let state = if n.removed {
+                                "removed"
+                            } else if n.draining {
+                                "draining"
+                            } else {
+                                "live"
+                            };
+                            serde_json::json!({"id": n.id, "client_addr": n.client_addr, "peer_addr": n.peer_addr, "role": role, "state": state, "replicas": n.replicas, "leads": n.leads})
+                        })
+                        .collect();
+                    table::rows(
+                        out,
+                        &rows,
+                        &[
+                            ("node", "id"),
+                            ("client address", "client_addr"),
+                            ("peer address", "peer_addr"),
+                            ("group 0", "role"),
+                            ("state", "state"),
+                            ("replicas", "replicas"),
+                            ("leads", "leads"),
+                        ],
+                    )?
+                }
+            }
             NodeCmd::Remove { id, force } => {
                 let r = c.remove_node(id, force).await?;
                 if let Output::Json = out {
@@ -688,15 +714,16 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 c.delete_tenant(&id).await?;
                 println!("deleted tenant {id} and purged its data");
             }
-            TenantCmd::List => {
-                let rows: Vec<serde_json::Value> = c
-                    .list_tenants()
-                    .await?
-                    .into_iter()
-                    .map(|t| serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "tier": t.tier, "enabled": t.enabled}))
-                    .collect();
-                print(out, &rows)?
-            }
+            TenantCmd::List => table::rows(
+                out,
+                &c.list_tenants().await?,
+                &[
+                    ("tenant", "tenant_id"),
+                    ("name", "name"),
+                    ("tier", "tier"),
+                    ("enabled", "enabled"),
+                ],
+            )?,
             TenantCmd::Usage { id } => print(out, &c.usage(Some(&id)).await?)?,
             TenantCmd::Export {
                 id,
@@ -738,7 +765,15 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 c.remove_user(&tenant, &user).await?;
                 println!("removed user {user} from {tenant} (their keys are revoked)");
             }
-            UserCmd::List { tenant } => print(out, &c.list_users(&tenant).await?)?,
+            UserCmd::List { tenant } => {
+                let users: Vec<serde_json::Value> = c
+                    .list_users(&tenant)
+                    .await?
+                    .into_iter()
+                    .map(|u| serde_json::json!({ "user": u }))
+                    .collect();
+                table::rows(out, &users, &[("user", "user")])?
+            }
         },
         Remote::Key { cmd } => match cmd {
             KeyCmd::Create { tenant, user, ops } => {
@@ -769,7 +804,19 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 );
                 println!("{key}");
             }
-            KeyCmd::List { tenant } => print(out, &c.list_keys(tenant.as_deref()).await?)?,
+            KeyCmd::List { tenant } => table::rows(
+                out,
+                &c.list_keys(tenant.as_deref()).await?,
+                &[
+                    ("key id", "key_id"),
+                    ("kind", "kind"),
+                    ("tenant", "tenant_id"),
+                    ("user", "user_id"),
+                    ("operations", "operations"),
+                    ("created", "created_at"),
+                    ("revoked", "revoked"),
+                ],
+            )?,
         },
         Remote::Collection { cmd } => match cmd {
             CollectionCmd::Create {
@@ -814,7 +861,16 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 .await?;
                 println!("created collection {name}");
             }
-            CollectionCmd::List => print(out, &c.collections().await?)?,
+            CollectionCmd::List => table::rows(
+                out,
+                &c.collections().await?,
+                &[
+                    ("collection", "name"),
+                    ("dimension", "dimension"),
+                    ("metric", "metric"),
+                    ("index", "index"),
+                ],
+            )?,
             CollectionCmd::Drop { name } => {
                 c.drop_collection(&name).await?;
                 println!("dropped collection {name}");
@@ -848,6 +904,12 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 Some(o) => print(out, &o)?,
                 None => return Err(Error::not_found("object", &id).into()),
             },
+            ObjectCmd::Update { id, json, vector } => {
+                let props: serde_json::Value = serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("bad properties JSON: {e}"))?;
+                let vector = vector.map(|v| parse_vec(&v)).transpose()?;
+                print(out, &c.update(&id, props, vector).await?)?
+            }
             ObjectCmd::Delete { id } => print(out, &c.delete(&id).await?)?,
         },
         Remote::Edge { cmd } => match cmd {
@@ -879,7 +941,7 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             limit,
         } => {
             let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
-            print(
+            table::rows(
                 out,
                 &c.query(Query {
                     collection,
@@ -887,6 +949,7 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     limit,
                 })
                 .await?,
+                OBJECT_COLUMNS,
             )?
         }
         Remote::Search {
@@ -896,6 +959,13 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             filter,
         } => {
             let filter = filter.map(|f| Filter::parse(&f)).transpose()?;
+            // What the score is depends on the collection's metric.
+            let metric = c
+                .collections()
+                .await?
+                .into_iter()
+                .find(|s| s.name == collection)
+                .map(|s| s.metric);
             let hits = c
                 .search(
                     VectorSearch {
@@ -907,11 +977,23 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     false,
                 )
                 .await?;
+            let label = match metric {
+                Some(Metric::L2) => "squared_l2_distance",
+                Some(Metric::Cosine) => "cosine_distance",
+                Some(Metric::InnerProduct) => "inner_product_similarity",
+                None => "score",
+            };
             let rows: Vec<serde_json::Value> = hits
                 .iter()
-                .map(|h| serde_json::json!({"id": h.id, "score": h.score}))
+                .enumerate()
+                .map(|(i, h)| serde_json::json!({"rank": i + 1, "id": h.id, label: h.score}))
                 .collect();
-            print(out, &rows)?
+            let header = label.replace('_', " ");
+            table::rows(
+                out,
+                &rows,
+                &[("rank", "rank"), ("id", "id"), (header.as_str(), label)],
+            )?
         }
         Remote::Traverse {
             start,
@@ -930,7 +1012,7 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     )
                 }
             };
-            print(
+            table::rows(
                 out,
                 &c.traverse(Traverse {
                     start,
@@ -940,9 +1022,16 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     max_nodes,
                 })
                 .await?,
+                &[
+                    ("id", "id"),
+                    ("depth", "depth"),
+                    ("via", "via"),
+                    ("label", "label"),
+                ],
             )?
         }
         Remote::Import { file, collection } => import(c, &file, &collection).await?,
+        Remote::Batch { file, atomic } => batch(c, out, &file, atomic).await?,
         Remote::Export {
             collection,
             out: path,
@@ -967,6 +1056,14 @@ async fn import(c: &Client, file: &std::path::Path, collection: &str) -> Result<
         .count();
     let reader = std::io::BufReader::new(std::fs::File::open(file)?);
     let (mut done, mut failed) = (0usize, 0usize);
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "import [{bar:30}] {pos}/{len} lines  {per_sec}  eta {eta}  {msg}",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .progress_chars("=> "),
+    );
     let mut chunk = Vec::new();
     let mut lines = reader.lines().enumerate();
     loop {
@@ -998,23 +1095,207 @@ async fn import(c: &Client, file: &std::path::Path, collection: &str) -> Result<
                     Err(e) => {
                         failed += 1;
                         if failed <= 5 {
-                            eprintln!("\nitem failed: {e}");
+                            bar.println(format!("item failed: {e}"));
                         }
                     }
                 }
             }
-            let pct = (done + failed) * 100 / total.max(1);
-            let bar = "#".repeat(pct / 4);
-            eprint!("\rimport [{bar:<25}] {pct:>3}%  {done} ok, {failed} failed");
+            bar.set_position((done + failed) as u64);
+            bar.set_message(format!("{done} ok, {failed} failed"));
         }
         if next.is_none() {
             break;
         }
     }
-    eprintln!();
+    bar.finish();
     println!("imported {done} objects into {collection} ({failed} failed)");
     if failed > 0 {
         return Err(anyhow::anyhow!("{failed} objects were not imported").into());
+    }
+    Ok(())
+}
+
+/// One line of a `batch` file.
+#[derive(serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum BatchLine {
+    Put {
+        collection: String,
+        id: String,
+        #[serde(default)]
+        properties: serde_json::Value,
+        #[serde(default)]
+        vector: Option<Vec<f32>>,
+    },
+    Update {
+        id: String,
+        #[serde(default)]
+        properties: serde_json::Value,
+        #[serde(default)]
+        vector: Option<Vec<f32>>,
+    },
+    Delete {
+        id: String,
+    },
+    PutEdge {
+        from: String,
+        label: String,
+        to: String,
+        #[serde(default)]
+        properties: serde_json::Value,
+    },
+    DeleteEdge {
+        from: String,
+        label: String,
+        to: String,
+    },
+}
+
+fn props(v: serde_json::Value) -> Result<Properties, Error> {
+    match v {
+        serde_json::Value::Null => Properties::from_json(serde_json::json!({})),
+        v => Properties::from_json(v),
+    }
+}
+
+impl BatchLine {
+    fn into_op(self) -> Result<(String, WriteOp), Error> {
+        Ok(match self {
+            BatchLine::Put {
+                collection,
+                id,
+                properties,
+                vector,
+            } => (
+                "put".into(),
+                WriteOp::Put(NewObject {
+                    id,
+                    collection,
+                    properties: props(properties)?,
+                    vector,
+                }),
+            ),
+            BatchLine::Update {
+                id,
+                properties,
+                vector,
+            } => (
+                "update".into(),
+                WriteOp::Update {
+                    id,
+                    properties: props(properties)?,
+                    vector,
+                },
+            ),
+            BatchLine::Delete { id } => ("delete".into(), WriteOp::Delete { id }),
+            BatchLine::PutEdge {
+                from,
+                label,
+                to,
+                properties,
+            } => (
+                "put_edge".into(),
+                WriteOp::PutEdge(vektagraf::proto::Edge {
+                    from,
+                    label,
+                    to,
+                    properties: props(properties)?,
+                }),
+            ),
+            BatchLine::DeleteEdge { from, label, to } => (
+                "delete_edge".into(),
+                WriteOp::DeleteEdge { from, label, to },
+            ),
+        })
+    }
+}
+
+/// What an op names, for the outcome table.
+fn op_target(op: &WriteOp) -> String {
+    match op {
+        WriteOp::Put(o) => o.id.clone(),
+        WriteOp::Update { id, .. } | WriteOp::Delete { id } => id.clone(),
+        WriteOp::PutEdge(e) => format!("{} -[{}]-> {}", e.from, e.label, e.to),
+        WriteOp::DeleteEdge { from, label, to } => format!("{from} -[{label}]-> {to}"),
+    }
+}
+
+/// Most operations of one `batch` request (the node refuses larger
+/// batches with its `max_batch_size`).
+const BATCH_CHUNK: usize = 500;
+
+async fn batch(
+    c: &Client,
+    out: Output,
+    file: &std::path::Path,
+    atomic: bool,
+) -> Result<(), CliError> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?,
+    );
+    let mut ops = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: BatchLine = serde_json::from_str(&line).map_err(|e| {
+            anyhow::anyhow!(
+                "line {}: {e} (each line is one op: see `vektagraf batch --help`)",
+                n + 1
+            )
+        })?;
+        let (kind, op) = l.into_op()?;
+        ops.push((n + 1, kind, op));
+    }
+    let mut rows = Vec::with_capacity(ops.len());
+    let mut failed = 0;
+    if atomic {
+        let targets: Vec<(usize, String, String)> = ops
+            .iter()
+            .map(|(n, k, op)| (*n, k.clone(), op_target(op)))
+            .collect();
+        let r = c
+            .transaction(ops.into_iter().map(|(_, _, op)| op).collect())
+            .await?;
+        for ((line, kind, target), outcome) in targets.into_iter().zip(r.outcomes) {
+            rows.push(serde_json::json!({"line": line, "op": kind, "target": target, "outcome": format!("{outcome:?}")}));
+        }
+    } else {
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let chunk: Vec<_> = ops.by_ref().take(BATCH_CHUNK).collect();
+            let targets: Vec<(usize, String, String)> = chunk
+                .iter()
+                .map(|(n, k, op)| (*n, k.clone(), op_target(op)))
+                .collect();
+            let results = c
+                .batch(chunk.into_iter().map(|(_, _, op)| op).collect())
+                .await;
+            for ((line, kind, target), r) in targets.into_iter().zip(results) {
+                let outcome = match r {
+                    Ok(o) => format!("{o:?}"),
+                    Err(e) => {
+                        failed += 1;
+                        format!("failed: {e}")
+                    }
+                };
+                rows.push(serde_json::json!({"line": line, "op": kind, "target": target, "outcome": outcome}));
+            }
+        }
+    }
+    table::rows(
+        out,
+        &rows,
+        &[
+            ("line", "line"),
+            ("op", "op"),
+            ("target", "target"),
+            ("outcome", "outcome"),
+        ],
+    )?;
+    if failed > 0 {
+        return Err(anyhow::anyhow!("{failed} of {} operations failed", rows.len()).into());
     }
     Ok(())
 }

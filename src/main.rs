@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 mod quickstart;
@@ -47,6 +47,12 @@ enum Cmd {
     },
     #[command(flatten)]
     Remote(cli::Remote),
+    /// Prints a shell completion script, e.g.
+    /// `vektagraf completions bash > /etc/bash_completion.d/vektagraf`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Runs the embedded quickstart: two tenants, every operation, limits, usage.
     Quickstart {
         /// Data directory (wiped first).
@@ -171,7 +177,19 @@ enum BenchCmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors as an operator reads them: the message and its causes, never
+    // a backtrace (RUST_BACKTRACE set in a shell would add one).
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -188,6 +206,14 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Quickstart { data, config } => quickstart::run(&data, config.as_deref()).await,
+            Cmd::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "vektagraf", &mut script);
+                // A closed pipe (`| head`) is not an error worth a panic.
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&script);
+                Ok(())
+            }
             Cmd::Bench { which } => match which {
                 BenchCmd::Cache {
                     data,
