@@ -2825,3 +2825,99 @@ async fn a_seeded_random_nemesis_of_kills_pauses_partitions_loss_delay_and_moves
     w.verify(&reader).await;
     eprintln!("schedule (seed {seed}):\n{}", schedule.join("\n"));
 }
+
+/// Requests per operation of `tenant` this UTC day, from its shard leader
+/// (asked through node `via`).
+async fn today_by_op(c: &TestCluster, tenant: &str, via: usize) -> [u64; 3] {
+    let admin = c.admin(via).await;
+    let u = retry(|| admin.usage(Some(tenant))).await.requests;
+    assert_eq!(
+        u.daily_by_operation, u.monthly_by_operation,
+        "a fresh tenant's month is its day"
+    );
+    let d = &u.daily_by_operation;
+    [d["read"], d["write"], d["query"]]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_per_operation_today_equals_the_requests_made_through_every_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("u", 3, 3).await;
+    let mut cfg = roomy("bill");
+    cfg.request_limit.daily_limit = 3_200; // a reservation step: 100 requests
+    let key = c.tenant("bill", Some(cfg)).await;
+    c.tenant("other", None).await;
+    let base = today_by_op(&c, "bill", 3).await;
+
+    // 1. Through each node in turn, without retries or leader following:
+    // every request is served by the node it was sent to, or forwarded by
+    // it to the shard leader.
+    let mut made = [0u64; 3]; // read, write, query
+    for node in 1..=3 {
+        let cl = c
+            .client_with(node, &key, |o| {
+                o.follow_leader = false;
+                o.max_retries = 0;
+            })
+            .await;
+        for i in 0..2 * node {
+            cl.put(NewObject::new(
+                "kv",
+                &format!("n{node}-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .unwrap();
+            made[1] += 1;
+        }
+        for _ in 0..3 + node {
+            cl.get("n1-0").await.unwrap();
+            made[0] += 1;
+        }
+        for _ in 0..node {
+            cl.query(vektagraf::proto::Query {
+                collection: "kv".into(),
+                filter: None,
+                limit: 5,
+            })
+            .await
+            .unwrap();
+            made[2] += 1;
+        }
+    }
+    let expect = [base[0] + made[0], base[1] + made[1], base[2] + made[2]];
+    // Whichever node is asked, the answer is the leader's: exactly what
+    // was made.
+    for via in 1..=3 {
+        assert_eq!(
+            today_by_op(&c, "bill", via).await,
+            expect,
+            "usage via node {via} (read, write, query); made {made:?} on {base:?}"
+        );
+    }
+
+    // 2. Every tenant, cluster-wide, through any node.
+    let all = c.admin(2).await.usage_all().await.unwrap();
+    assert!(all.unavailable.is_empty(), "{:?}", all.unavailable);
+    let ids: Vec<&str> = all.tenants.iter().map(|u| u.tenant_id.as_str()).collect();
+    assert_eq!(ids, ["bill", "other"]);
+    let bill = &all.tenants[0].requests.daily_by_operation;
+    assert_eq!([bill["read"], bill["write"], bill["query"]], expect);
+
+    // 3. kill -9 of the shard leader: the new leader's counts hold every
+    // request made, and at most one reservation step (100) more.
+    let leader = c.shard_leader("bill", 1).await;
+    let via = (1..=3).find(|n| *n != leader).unwrap();
+    eprintln!("kill -9 of shard leader node {leader}");
+    c.kill(leader);
+    let after = today_by_op(&c, "bill", via).await;
+    for i in 0..3 {
+        assert!(
+            (expect[i]..=expect[i] + 100).contains(&after[i]),
+            "after kill -9 of the leader: {after:?}, made {expect:?}"
+        );
+    }
+}
