@@ -702,7 +702,7 @@ impl Client {
             .call(Request::Usage(tenant.map(str::to_string)))
             .await?
         {
-            Response::Usage(u) => Ok(u),
+            Response::Usage(u) => Ok(*u),
             other => Err(unexpected(other)),
         }
     }

@@ -409,7 +409,7 @@ pub enum Response {
     /// Tenant configs.
     Tenants(Vec<crate::tenant::TenantConfig>),
     /// Usage.
-    Usage(TenantUsage),
+    Usage(Box<TenantUsage>),
     /// User ids.
     Users(Vec<String>),
     /// A new key: the secret, shown once, and its facts.

@@ -383,7 +383,7 @@ async fn usage_report(
     let mut report = crate::proto::UsageReport::default();
     for (t, r) in answers {
         match r {
-            Ok(Response::Usage(u)) => report.tenants.push(u),
+            Ok(Response::Usage(u)) => report.tenants.push(*u),
             Ok(other) => report
                 .unavailable
                 .push((t, Error::storage(format!("unexpected answer {other:?}")))),
