@@ -830,9 +830,11 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
     let mut c = TestCluster::start("g", 3, 4).await;
     // A tenant whose shard leader is group 0's leader, so the two other
     // nodes can be the one removed and the one paused without stalling
-    // group 0. Placement may put shard leaders anywhere, so group 0's
-    // leadership is moved instead: a short pause of its leader makes the
-    // two others elect one of them.
+    // group 0. Placement may put shard leaders anywhere, so the shard's
+    // leadership is moved: a short pause of its leader's node (never
+    // group 0's leader) makes the two others elect one of them, while
+    // writes through group 0's leader keep the group busy (a quiesced
+    // group's resumed node could take the leadership back).
     let tenant = "acme".to_string();
     let key = c.tenant(&tenant, None).await;
     let meta_leader = |via: usize| {
@@ -846,27 +848,41 @@ async fn a_force_removed_live_node_stops_serving_and_votes_until_the_new_members
     let mut leader = c.shard_leader(&tenant, 1).await;
     let mut tries = 0;
     loop {
-        let m = meta_leader(leader).await;
-        if m == Some(leader) {
+        let Some(m) = meta_leader(leader).await else {
+            sleep_s(0.5).await;
+            continue;
+        };
+        if m == leader {
             break;
         }
         tries += 1;
-        assert!(tries <= 12, "group 0's leader never moved to node {leader}");
-        if let Some(m) = m {
-            eprintln!("group 0 led by node {m}, the shard by node {leader}: pausing node {m}");
-            c.pause(m);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(meta_leader(leader).await, Some(x) if x == m) {
-                assert!(
-                    Instant::now() < deadline,
-                    "node {m} still leads group 0 while paused"
-                );
-                sleep_s(0.3).await;
-            }
-            c.resume(m);
-        }
+        assert!(
+            tries <= 16,
+            "the shard's leadership never moved to group 0's leader"
+        );
+        eprintln!("group 0 led by node {m}, the shard by node {leader}: pausing node {leader}");
+        let busy = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (client, busy) = (c.client(m, &key).await, busy.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while busy.load(Ordering::Relaxed) {
+                    let id = format!("arrange{i}");
+                    let _ = client
+                        .put(NewObject::new("kv", &id, serde_json::json!({ "i": i })))
+                        .await;
+                    i += 1;
+                    sleep_s(0.05).await;
+                }
+            })
+        };
+        c.pause(leader);
+        let _ = leader_other_than(&c, &tenant, m, leader).await;
+        c.resume(leader);
         sleep_s(1.0).await;
-        leader = c.shard_leader(&tenant, leader).await;
+        busy.store(false, Ordering::Relaxed);
+        let _ = writer.await;
+        leader = c.shard_leader(&tenant, m).await;
     }
     let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
     let (victim, paused) = (others[0], others[1]);
@@ -2985,4 +3001,100 @@ async fn a_seeded_random_nemesis_of_kills_pauses_partitions_loss_delay_and_moves
     let reader = c.client(1, &key).await;
     w.verify(&reader).await;
     eprintln!("schedule (seed {seed}):\n{}", schedule.join("\n"));
+}
+
+/// Requests per operation of `tenant` this UTC day, from its shard leader
+/// (asked through node `via`).
+async fn today_by_op(c: &TestCluster, tenant: &str, via: usize) -> [u64; 3] {
+    let admin = c.admin(via).await;
+    let u = retry(|| admin.usage(Some(tenant))).await.requests;
+    assert_eq!(
+        u.daily_by_operation, u.monthly_by_operation,
+        "a fresh tenant's month is its day"
+    );
+    let d = &u.daily_by_operation;
+    [d["read"], d["write"], d["query"]]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_per_operation_today_equals_the_requests_made_through_every_node() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start("u", 3, 3).await;
+    let mut cfg = roomy("bill");
+    cfg.request_limit.daily_limit = 3_200; // a reservation step: 100 requests
+    let key = c.tenant("bill", Some(cfg)).await;
+    c.tenant("other", None).await;
+    let base = today_by_op(&c, "bill", 3).await;
+
+    // 1. Through each node in turn, without retries or leader following:
+    // every request is served by the node it was sent to, or forwarded by
+    // it to the shard leader.
+    let mut made = [0u64; 3]; // read, write, query
+    for node in 1..=3 {
+        let cl = c
+            .client_with(node, &key, |o| {
+                o.follow_leader = false;
+                o.max_retries = 0;
+            })
+            .await;
+        for i in 0..2 * node {
+            cl.put(NewObject::new(
+                "kv",
+                &format!("n{node}-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .unwrap();
+            made[1] += 1;
+        }
+        for _ in 0..3 + node {
+            cl.get("n1-0").await.unwrap();
+            made[0] += 1;
+        }
+        for _ in 0..node {
+            cl.query(vektagraf::proto::Query {
+                collection: "kv".into(),
+                filter: None,
+                limit: 5,
+            })
+            .await
+            .unwrap();
+            made[2] += 1;
+        }
+    }
+    let expect = [base[0] + made[0], base[1] + made[1], base[2] + made[2]];
+    // Whichever node is asked, the answer is the leader's: exactly what
+    // was made.
+    for via in 1..=3 {
+        assert_eq!(
+            today_by_op(&c, "bill", via).await,
+            expect,
+            "usage via node {via} (read, write, query); made {made:?} on {base:?}"
+        );
+    }
+
+    // 2. Every tenant, cluster-wide, through any node.
+    let all = c.admin(2).await.usage_all().await.unwrap();
+    assert!(all.unavailable.is_empty(), "{:?}", all.unavailable);
+    let ids: Vec<&str> = all.tenants.iter().map(|u| u.tenant_id.as_str()).collect();
+    assert_eq!(ids, ["bill", "other"]);
+    let bill = &all.tenants[0].requests.daily_by_operation;
+    assert_eq!([bill["read"], bill["write"], bill["query"]], expect);
+
+    // 3. kill -9 of the shard leader: the new leader's counts hold every
+    // request made, and at most one reservation step (100) more.
+    let leader = c.shard_leader("bill", 1).await;
+    let via = (1..=3).find(|n| *n != leader).unwrap();
+    eprintln!("kill -9 of shard leader node {leader}");
+    c.kill(leader);
+    let after = today_by_op(&c, "bill", via).await;
+    for i in 0..3 {
+        assert!(
+            (expect[i]..=expect[i] + 100).contains(&after[i]),
+            "after kill -9 of the leader: {after:?}, made {expect:?}"
+        );
+    }
 }

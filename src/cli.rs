@@ -276,8 +276,33 @@ pub enum TenantCmd {
     Delete { id: String },
     /// List tenants.
     List,
-    /// Usage of a tenant.
-    Usage { id: String },
+    /// Usage of a tenant from its shard leader: requests per operation this
+    /// UTC day and month (and the previous ones), storage against its
+    /// limits with ratios, warnings. `--all`: every tenant.
+    Usage {
+        /// Tenant id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every tenant, cluster-wide.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Deletes a tenant's objects created before a time (S4), through its
+    /// shard leader's raft log; prints how many went.
+    PurgeOlderThan {
+        /// Tenant id.
+        id: String,
+        /// Objects created before this UTC date or time (YYYY-MM-DD,
+        /// YYYY-MM-DDTHH:MM:SSZ, or ms) go.
+        #[arg(long, required_unless_present = "days", conflicts_with = "days")]
+        before: Option<String>,
+        /// Objects created more than this many days ago go.
+        #[arg(long)]
+        days: Option<u64>,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
     /// Exports a whole tenant (config, users, collections, objects with
     /// timestamps and vectors, edges, request counters) from one
     /// consistent cut into a file with a manifest of counts and checksums.
@@ -724,7 +749,81 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     ("enabled", "enabled"),
                 ],
             )?,
-            TenantCmd::Usage { id } => print(out, &c.usage(Some(&id)).await?)?,
+            TenantCmd::Usage { id: Some(id), .. } => print(out, &c.usage(Some(&id)).await?)?,
+            TenantCmd::Usage { id: None, .. } => {
+                let report = c.usage_all().await?;
+                if matches!(out, Output::Json) {
+                    print(out, &report)?
+                } else {
+                    let mut rows: Vec<serde_json::Value> = report
+                        .tenants
+                        .iter()
+                        .map(|u| {
+                            let ratio = |k: &str| {
+                                u.limits
+                                    .iter()
+                                    .find(|l| l.limit == k)
+                                    .map_or(0.0, |l| (l.ratio * 1000.0).round() / 10.0)
+                            };
+                            serde_json::json!({
+                                "tenant_id": u.tenant_id,
+                                "date": u.requests.date,
+                                "today": u.requests.daily,
+                                "month": u.requests.monthly,
+                                "today_by_op": u.requests.daily_by_operation,
+                                "storage_%": ratio("storage_limit.max_storage_bytes"),
+                                "objects_%": ratio("storage_limit.max_objects"),
+                                "warnings": u.warnings.len(),
+                            })
+                        })
+                        .collect();
+                    rows.extend(
+                        report.unavailable.iter().map(
+                            |(t, e)| serde_json::json!({"tenant_id": t, "error": e.to_string()}),
+                        ),
+                    );
+                    table::rows(
+                        out,
+                        &rows,
+                        &[
+                            ("tenant", "tenant_id"),
+                            ("date", "date"),
+                            ("today", "today"),
+                            ("this month", "month"),
+                            ("today by operation", "today_by_op"),
+                            ("storage %", "storage_%"),
+                            ("objects %", "objects_%"),
+                            ("warnings", "warnings"),
+                            ("error", "error"),
+                        ],
+                    )?
+                }
+            }
+            TenantCmd::PurgeOlderThan {
+                id,
+                before,
+                days,
+                collection,
+            } => {
+                let cutoff_ms = match (before, days) {
+                    (Some(b), _) => vektagraf::migrate::parse_since(&b)
+                        .map_err(|e| anyhow::anyhow!("--before {e}"))?,
+                    (None, Some(d)) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        now.saturating_sub(d.saturating_mul(86_400_000))
+                    }
+                    (None, None) => return Err(anyhow::anyhow!("give --before or --days").into()),
+                };
+                let removed = c
+                    .purge_older_than(&id, collection.as_deref(), cutoff_ms)
+                    .await?;
+                print(
+                    out,
+                    &serde_json::json!({"tenant_id": id, "cutoff_ms": cutoff_ms, "cutoff_at": cutoff_ms, "removed": removed}),
+                )?
+            }
             TenantCmd::Export {
                 id,
                 out: file,

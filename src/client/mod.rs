@@ -702,12 +702,40 @@ impl Client {
             .call(Request::Usage(tenant.map(str::to_string)))
             .await?
         {
-            Response::Usage(u) => Ok(u),
+            Response::Usage(u) => Ok(*u),
             other => Err(unexpected(other)),
         }
     }
 
     // ----- admin -----
+
+    /// Every tenant's usage, each from its shard leader (admin).
+    pub async fn usage_all(&self) -> Result<crate::proto::UsageReport> {
+        match self.call(Request::Usage(None)).await? {
+            Response::UsageReport(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// S4: deletes `tenant`'s objects (of `collection`, or all) created
+    /// before `cutoff_ms`, through its shard leader; returns how many
+    /// (admin).
+    pub async fn purge_older_than(
+        &self,
+        tenant: &str,
+        collection: Option<&str>,
+        cutoff_ms: u64,
+    ) -> Result<u64> {
+        let req = Request::PurgeOlderThan {
+            tenant_id: tenant.to_string(),
+            collection: collection.map(str::to_string),
+            cutoff_ms,
+        };
+        match self.call(req).await? {
+            Response::Purged { removed } => Ok(removed),
+            other => Err(unexpected(other)),
+        }
+    }
 
     /// Creates a tenant.
     pub async fn create_tenant(&self, cfg: TenantConfig) -> Result<TenantConfig> {

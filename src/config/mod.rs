@@ -10,6 +10,7 @@
 mod error;
 mod metrics;
 mod raft;
+mod retention;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use metrics::MetricsSettings;
 pub use raft::RaftSettings;
+pub use retention::RetentionSettings;
 pub use server::{ServerSettings, DEFAULT_MAX_FRAME_BYTES};
 
 /// Largest `limits.max_command_bytes`: half the decoder's byte limit
@@ -127,6 +129,9 @@ pub struct NodeConfig {
     pub metrics: MetricsSettings,
     /// `[cache]`.
     pub cache: CacheSection,
+    /// `[retention]`.
+    #[serde(default)]
+    pub retention: RetentionSettings,
 }
 
 /// `[cluster]`: multi-node operation.
@@ -275,6 +280,13 @@ impl NodeConfig {
             ));
         }
         self.raft.to_openraft("check")?;
+        let r = &self.retention;
+        if r.interval_ms == 0 {
+            return Err(cfg_err("retention.interval_ms", "must be at least 1"));
+        }
+        if r.check_ms == 0 {
+            return Err(cfg_err("retention.check_ms", "must be at least 1"));
+        }
         let m = &self.metrics;
         if m.enabled && !(1..=10_000).contains(&m.max_tenant_labels) {
             return Err(cfg_err("metrics.max_tenant_labels", "must be in 1..=10000"));

@@ -140,11 +140,27 @@ fn blocking_err(e: tokio::task::JoinError) -> Error {
 pub fn quota_of(u: &RequestUsage) -> QuotaCounters {
     let mut q = QuotaCounters::default();
     (q.day, q.daily, q.month, q.monthly) = (u.day, u.daily, u.month, u.monthly);
-    for (name, n) in &u.by_operation {
-        if let Some(op) = OperationType::parse(name) {
-            q.by_operation[op.index()] = *n;
+    let ops = |m: &std::collections::BTreeMap<String, u64>| {
+        let mut a = [0u64; 5];
+        for (name, n) in m {
+            if let Some(op) = OperationType::parse(name) {
+                a[op.index()] = *n;
+            }
         }
-    }
+        a
+    };
+    let past = |p: &Option<crate::proto::PeriodUsage>| {
+        p.as_ref().map(|p| crate::limits::period::PastPeriod {
+            n: p.period,
+            total: p.requests,
+            ops: ops(&p.by_operation),
+        })
+    };
+    q.by_operation = ops(&u.by_operation);
+    q.day_ops.ops = ops(&u.daily_by_operation);
+    q.day_ops.prev = past(&u.previous_day);
+    q.month_ops.ops = ops(&u.monthly_by_operation);
+    q.month_ops.prev = past(&u.previous_month);
     q
 }
 

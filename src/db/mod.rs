@@ -11,6 +11,7 @@ mod export;
 mod keys;
 mod metrics;
 mod registry;
+mod retention;
 mod session;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ pub(crate) struct Tenant {
     /// Last AppendEntries (heartbeats included) this replica accepted
     /// from its group's leader (coarse ms; load time until the first).
     leader_heard: std::sync::atomic::AtomicU64,
+    /// When the scheduled retention cleanup last ran here (ms; 0: not yet).
+    retention_ran: std::sync::atomic::AtomicU64,
 }
 
 /// Each tier's read cache limits, from the tiers file.
@@ -128,6 +131,19 @@ impl Tenant {
             .iter()
             .find(|r| r.id == leader)
             .map(|r| r.node)
+    }
+
+    /// Marks the replica active and restarts its raft ticks if it was
+    /// quiesced (before a proposal that is not a tenant request).
+    pub(crate) fn wake(&self) {
+        use std::sync::atomic::Ordering;
+        self.last_active
+            .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
+        if self.quiesced.swap(false, Ordering::AcqRel) {
+            if let Some(raft) = self.raft() {
+                raft.runtime_config().tick(true);
+            }
+        }
     }
 
     /// The tenant's limiter on this node.
@@ -372,6 +388,7 @@ impl Database {
                 cache_tiers,
             }),
         };
+        db.start_retention();
         if clustered {
             // The registry is the metadata group's: the cluster layer
             // attaches it, and starts shards as placement assigns them.
@@ -575,6 +592,7 @@ impl Database {
             last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
+            retention_ran: std::sync::atomic::AtomicU64::new(0),
             cache: cache.clone(),
             cache_tiers: self.inner.cache_tiers.clone(),
         });
@@ -928,6 +946,12 @@ impl Database {
     pub async fn usage(&self, tenant: &str) -> Result<TenantUsage> {
         validate_tenant_id(tenant)?;
         let t = self.tenant(tenant)?;
+        if t.limiter.taking_over() {
+            // A new leader answers from the counts it takes over (its
+            // first reservation merges what earlier leaders persisted),
+            // never from its own copy, which lags.
+            t.reserve(self.request_timeout()).await?;
+        }
         usage_of(&t)
     }
 
@@ -935,6 +959,20 @@ impl Database {
     pub async fn all_usage(&self) -> Result<Vec<TenantUsage>> {
         let tenants: Vec<Arc<Tenant>> = self.inner.tenants.read().values().cloned().collect();
         tenants.iter().map(|t| usage_of(t)).collect()
+    }
+
+    /// Every tenant's usage on a standalone node (`tenant usage --all`),
+    /// by tenant id; a tenant whose shard does not answer is listed as
+    /// unavailable.
+    pub async fn usage_report(&self) -> Result<crate::proto::UsageReport> {
+        let mut report = crate::proto::UsageReport::default();
+        for cfg in self.list_tenants().await? {
+            match self.usage(&cfg.tenant_id).await {
+                Ok(u) => report.tenants.push(u),
+                Err(e) => report.unavailable.push((cfg.tenant_id, e)),
+            }
+        }
+        Ok(report)
     }
 
     /// A tenant's read cache on this node: hits, misses, entries and
@@ -1039,6 +1077,25 @@ pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
         }
     }
     let q = &cfg.request_limit;
+    let limits = [
+        (LimitKind::StorageBytes, storage.bytes, s.max_storage_bytes),
+        (LimitKind::Objects, storage.objects, s.max_objects),
+        (LimitKind::Vectors, storage.vectors, s.max_vectors),
+        (LimitKind::Daily, requests.daily, q.daily_limit),
+        (LimitKind::Monthly, requests.monthly, q.monthly_limit),
+    ]
+    .into_iter()
+    .map(|(kind, used, max)| crate::proto::LimitUse {
+        limit: kind.config_key(),
+        used,
+        max,
+        ratio: if max == 0 {
+            0.0
+        } else {
+            used as f64 / max as f64
+        },
+    })
+    .collect();
     for (kind, used, limit) in [
         (LimitKind::Daily, requests.daily, q.daily_limit),
         (LimitKind::Monthly, requests.monthly, q.monthly_limit),
@@ -1057,6 +1114,7 @@ pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
         requests,
         in_flight: t.limiter.in_flight(),
         warnings,
+        limits,
         cache: {
             // Pending expiries first, so the entry count is current.
             t.cache.run_pending_tasks();

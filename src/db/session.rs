@@ -632,6 +632,16 @@ impl Session {
     pub fn usage(&self) -> Result<TenantUsage> {
         super::usage_of(&self.tenant)
     }
+
+    /// [`usage`](Self::usage), on a replica that has just become the
+    /// shard's leader only once it took over the counts earlier leaders
+    /// persisted (its first reservation), so the counts never lag.
+    pub async fn leader_usage(&self) -> Result<TenantUsage> {
+        if self.tenant.limiter().taking_over() {
+            self.tenant.reserve(self.timeout()).await?;
+        }
+        self.usage()
+    }
 }
 
 /// Fail-fast checks before a write enters the log. Apply re-checks

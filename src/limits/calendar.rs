@@ -50,6 +50,17 @@ pub fn next_month_start(now_ms: u64) -> u64 {
     days_from_civil(ny, nm, 1) as u64 * DAY_MS
 }
 
+/// A day number as `YYYY-MM-DD`.
+pub fn day_label(day: u32) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A month number as `YYYY-MM`.
+pub fn month_label(month: u32) -> String {
+    format!("{:04}-{:02}", month / 12, month % 12 + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ mod admission;
 pub mod calendar;
 mod complexity;
 pub mod grant;
+pub mod period;
 mod rate;
 mod tenant;
 

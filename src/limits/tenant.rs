@@ -11,10 +11,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Error, LimitExceeded, LimitKind, OperationType, RequestUsage};
+use crate::proto::{Error, LimitExceeded, LimitKind, OperationType, PeriodUsage, RequestUsage};
 use crate::tenant::TenantConfig;
 
 use super::calendar;
+use super::period::{self, OpCounts, OPS};
 use super::rate::RateWindow;
 
 /// Suggested wait after a concurrency rejection.
@@ -31,8 +32,19 @@ pub struct QuotaCounters {
     pub month: u32,
     /// Requests in `month`.
     pub monthly: u64,
-    /// Requests by operation type, in [`OperationType::ALL`] order.
+    /// Requests by operation type since the tenant was created, in
+    /// [`OperationType::ALL`] order (checkpointed every
+    /// `limits.quota_checkpoint_ms`).
     pub by_operation: [u64; 5],
+    /// Requests per operation on `day`, and the previous day with requests
+    /// (reserved ahead like `daily`). Absent from exports of earlier
+    /// versions (JSON): empty.
+    #[serde(default)]
+    pub day_ops: OpCounts,
+    /// Requests per operation in `month`, and the previous month with
+    /// requests (reserved ahead like `monthly`).
+    #[serde(default)]
+    pub month_ops: OpCounts,
     /// Start of the next UTC day or month, whichever comes first: until
     /// then `roll` has nothing to do (not persisted).
     #[serde(skip)]
@@ -46,18 +58,14 @@ impl QuotaCounters {
     /// so applying it twice, or out of order, changes nothing.
     pub fn merge_max(&mut self, other: &QuotaCounters) {
         self.next_boundary = 0;
-        if other.day > self.day {
-            self.day = other.day;
-            self.daily = other.daily;
-        } else if other.day == self.day {
-            self.daily = self.daily.max(other.daily);
-        }
-        if other.month > self.month {
-            self.month = other.month;
-            self.monthly = other.monthly;
-        } else if other.month == self.month {
-            self.monthly = self.monthly.max(other.monthly);
-        }
+        (self.day, self.daily, self.day_ops) = period::merge(
+            (self.day, self.daily, &self.day_ops),
+            (other.day, other.daily, &other.day_ops),
+        );
+        (self.month, self.monthly, self.month_ops) = period::merge(
+            (self.month, self.monthly, &self.month_ops),
+            (other.month, other.monthly, &other.month_ops),
+        );
         for (mine, theirs) in self.by_operation.iter_mut().zip(other.by_operation) {
             *mine = (*mine).max(theirs);
         }
@@ -70,12 +78,14 @@ impl QuotaCounters {
         self.next_boundary =
             calendar::next_day_start(now_ms).min(calendar::next_month_start(now_ms));
         let day = calendar::day_number(now_ms);
-        if day != self.day {
+        if day > self.day {
+            self.day_ops.close(self.day, self.daily);
             self.day = day;
             self.daily = 0;
         }
         let month = calendar::month_number(now_ms);
-        if month != self.month {
+        if month > self.month {
+            self.month_ops.close(self.month, self.monthly);
             self.month = month;
             self.monthly = 0;
         }
@@ -116,8 +126,24 @@ struct Reserve {
     epoch: u64,
     /// A reservation is being proposed.
     pending: bool,
-    /// The durable ceiling: (day, daily, month, monthly).
-    ceiling: Option<(u32, u64, u32, u64)>,
+    /// The durable ceiling.
+    ceiling: Option<Ceiling>,
+    /// Operations whose per-operation ceilings the next reservation
+    /// raises (a request of it was not covered, or its ceiling runs low).
+    wanted: [bool; OPS],
+}
+
+/// What is persisted as a ceiling: requests up to these counts may be
+/// admitted. Per operation too, so its day and month counts are as
+/// durable as the totals.
+#[derive(Debug, Clone, Copy)]
+struct Ceiling {
+    day: u32,
+    daily: u64,
+    month: u32,
+    monthly: u64,
+    day_ops: [u64; OPS],
+    month_ops: [u64; OPS],
 }
 
 /// How many requests one reservation covers for a limit: 1/32 of it,
@@ -134,10 +160,23 @@ fn next_ceiling(used: u64, limit: u64) -> u64 {
         .min(limit.max(used.saturating_add(1)))
 }
 
+/// How many requests of one operation a reservation covers: the step of
+/// the tighter of the daily and monthly limits. A kill -9 can overstate an
+/// operation's day and month counts by at most this (the reserved but
+/// unused part), as for the totals.
+fn op_step(daily_limit: u64, monthly_limit: u64) -> u64 {
+    reservation_step(daily_limit.min(monthly_limit))
+}
+
 /// Whether admitting one more request under `ceiling` leaves less than
 /// half a step: time to reserve the next block.
 fn runs_low(ceiling: u64, used: u64, limit: u64) -> bool {
-    ceiling.saturating_sub(used.saturating_add(1)) < reservation_step(limit).div_ceil(2)
+    runs_low_by(ceiling, used, reservation_step(limit))
+}
+
+/// [`runs_low`] for a reservation of `step` requests.
+fn runs_low_by(ceiling: u64, used: u64, step: u64) -> bool {
+    ceiling.saturating_sub(used.saturating_add(1)) < step.div_ceil(2)
 }
 
 /// The outcome of [`TenantLimiter::admit_or_reserve`].
@@ -292,7 +331,7 @@ impl TenantLimiter {
             st.rejected += 1;
             return Err(e);
         }
-        let refill = match Self::reservation_covers(&mut st) {
+        let refill = match Self::reservation_covers(&mut st, op) {
             Some(refill) => refill,
             None => return Ok(Admit::Reserve),
         };
@@ -306,25 +345,42 @@ impl TenantLimiter {
         ))
     }
 
-    /// Whether the durable reservation covers one more request (`None`:
-    /// it does not; reserve first) and, if so, whether this caller should
-    /// start the next one (it runs low and none is pending). Always
-    /// covered where reservations are off (not the shard's leader).
-    fn reservation_covers(st: &mut State) -> Option<bool> {
+    /// Whether the durable reservation covers one more request of `op`
+    /// (`None`: it does not; reserve first) and, if so, whether this
+    /// caller should start the next one (it runs low and none is
+    /// pending). Always covered where reservations are off (not the
+    /// shard's leader).
+    fn reservation_covers(st: &mut State, op: OperationType) -> Option<bool> {
         if !st.reserve.on {
             return Some(false);
         }
+        let i = op.index();
         let q = &st.quota;
-        let (daily, monthly) = match st.reserve.ceiling {
-            Some((day, daily, month, monthly))
-                if day == q.day && month == q.month && q.daily < daily && q.monthly < monthly =>
+        let c = match st.reserve.ceiling {
+            Some(c)
+                if c.day == q.day
+                    && c.month == q.month
+                    && q.daily < c.daily
+                    && q.monthly < c.monthly
+                    && q.day_ops.ops[i] < c.day_ops[i]
+                    && q.month_ops.ops[i] < c.month_ops[i] =>
             {
-                (daily, monthly)
+                c
             }
-            _ => return None,
+            _ => {
+                st.reserve.wanted[i] = true;
+                return None;
+            }
         };
-        let low = runs_low(daily, q.daily, st.daily_limit)
-            || runs_low(monthly, q.monthly, st.monthly_limit);
+        let op_step = op_step(st.daily_limit, st.monthly_limit);
+        let op_low = runs_low_by(c.day_ops[i], q.day_ops.ops[i], op_step)
+            || runs_low_by(c.month_ops[i], q.month_ops.ops[i], op_step);
+        if op_low {
+            st.reserve.wanted[i] = true;
+        }
+        let low = runs_low(c.daily, q.daily, st.daily_limit)
+            || runs_low(c.monthly, q.monthly, st.monthly_limit)
+            || op_low;
         if low && !st.reserve.pending {
             st.reserve.pending = true;
             return Some(true);
@@ -341,6 +397,8 @@ impl TenantLimiter {
         st.quota.daily += 1;
         st.quota.monthly += 1;
         st.quota.by_operation[op.index()] += 1;
+        st.quota.day_ops.ops[op.index()] += 1;
+        st.quota.month_ops.ops[op.index()] += 1;
         st.version += 1;
     }
 
@@ -393,7 +451,7 @@ impl TenantLimiter {
                 }
                 break;
             }
-            match Self::reservation_covers(&mut st) {
+            match Self::reservation_covers(&mut st, op) {
                 Some(r) => refill |= r,
                 None => {
                     if !st.reserve.pending {
@@ -441,6 +499,7 @@ impl TenantLimiter {
             epoch,
             pending: false,
             ceiling: None,
+            wanted: [false; OPS],
         };
     }
 
@@ -452,6 +511,16 @@ impl TenantLimiter {
         let mut counters = st.quota.clone();
         counters.daily = next_ceiling(st.quota.daily, st.daily_limit);
         counters.monthly = next_ceiling(st.quota.monthly, st.monthly_limit);
+        // Per operation: one step more for the operations that asked; the
+        // others are persisted as counted (what is persisted never drops,
+        // so an earlier ceiling of theirs stands).
+        let step = op_step(st.daily_limit, st.monthly_limit);
+        for i in 0..OPS {
+            if std::mem::take(&mut st.reserve.wanted[i]) {
+                counters.day_ops.ops[i] = counters.day_ops.ops[i].saturating_add(step);
+                counters.month_ops.ops[i] = counters.month_ops.ops[i].saturating_add(step);
+            }
+        }
         st.reserve.pending = true;
         Reservation {
             counters,
@@ -473,7 +542,22 @@ impl TenantLimiter {
             st.quota.merge_max(before);
             st.reserve.fresh = false;
         }
-        st.reserve.ceiling = Some((after.day, after.daily, after.month, after.monthly));
+        st.reserve.ceiling = Some(Ceiling {
+            day: after.day,
+            daily: after.daily,
+            month: after.month,
+            monthly: after.monthly,
+            day_ops: after.day_ops.ops,
+            month_ops: after.month_ops.ops,
+        });
+    }
+
+    /// This replica leads the tenant's shard but has not yet taken over
+    /// the counts an earlier leader persisted (its first reservation has
+    /// not landed): its own counts may be behind until one does.
+    pub fn taking_over(&self) -> bool {
+        let st = self.state.lock();
+        st.reserve.on && st.reserve.fresh
     }
 
     /// A reservation failed to land; the next request may try again.
@@ -584,18 +668,38 @@ impl TenantLimiter {
     pub fn request_usage(&self, now_ms: u64) -> RequestUsage {
         let mut st = self.state.lock();
         st.quota.roll(now_ms);
+        let q = &st.quota;
+        let past = |p: Option<period::PastPeriod>, label: fn(u32) -> String| {
+            p.map(|p| PeriodUsage {
+                period: p.n,
+                label: label(p.n),
+                requests: p.total,
+                by_operation: by_op(&p.ops),
+            })
+        };
         RequestUsage {
-            day: st.quota.day,
-            daily: st.quota.daily,
-            month: st.quota.month,
-            monthly: st.quota.monthly,
-            by_operation: OperationType::ALL
-                .iter()
-                .map(|op| (op.as_str().to_string(), st.quota.by_operation[op.index()]))
-                .collect(),
+            day: q.day,
+            daily: q.daily,
+            month: q.month,
+            monthly: q.monthly,
+            by_operation: by_op(&q.by_operation),
             rejected: st.rejected,
+            date: calendar::day_label(q.day),
+            month_label: calendar::month_label(q.month),
+            daily_by_operation: by_op(&q.day_ops.ops),
+            monthly_by_operation: by_op(&q.month_ops.ops),
+            previous_day: past(q.day_ops.prev, calendar::day_label),
+            previous_month: past(q.month_ops.prev, calendar::month_label),
         }
     }
+}
+
+/// Counts in [`OperationType::ALL`] order, by operation name.
+fn by_op(counts: &[u64; OPS]) -> std::collections::BTreeMap<String, u64> {
+    OperationType::ALL
+        .iter()
+        .map(|op| (op.as_str().to_string(), counts[op.index()]))
+        .collect()
 }
 
 fn limit(kind: LimitKind, limit: u64, current: u64, retry_after_ms: Option<u64>) -> Error {
@@ -607,6 +711,10 @@ fn limit(kind: LimitKind, limit: u64, current: u64, retry_after_ms: Option<u64>)
         retry_after_ms,
     })
 }
+
+#[cfg(test)]
+#[path = "tenant_period_test.rs"]
+mod period_tests;
 
 #[cfg(test)]
 mod tests {

@@ -462,7 +462,7 @@ async fn import_inner(
         client,
         target,
         id,
-        ImportStep::Counters(header.requests.clone()),
+        ImportStep::Counters(Box::new(header.requests.clone())),
     )
     .await?;
     // 6. Verify.

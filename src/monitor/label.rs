@@ -108,7 +108,8 @@ impl Operation {
             | GetTenant(_)
             | UpdateTenant(..)
             | DeleteTenant(_)
-            | ListTenants => Operation::Tenants,
+            | ListTenants
+            | PurgeOlderThan { .. } => Operation::Tenants,
             CreateUser(..)
             | RemoveUser(..)
             | ListUsers(_)

@@ -132,5 +132,5 @@ pub enum ImportStep {
         edges: Vec<Edge>,
     },
     /// Raises the tenant's request counters to these (never lowers them).
-    Counters(RequestUsage),
+    Counters(Box<RequestUsage>),
 }

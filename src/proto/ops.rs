@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::filter::Filter;
+use super::Error;
 
 /// The five operation types of the spec. Limits, counters and
 /// `operation_types` are keyed by these.
@@ -448,8 +449,66 @@ pub struct RequestUsage {
     pub monthly: u64,
     /// Requests by operation type since the tenant was created.
     pub by_operation: BTreeMap<String, u64>,
-    /// Rejected requests since start-up.
+    /// Rejected requests since start-up (on the node that answered).
     pub rejected: u64,
+    #[serde(default)]
+    /// `day` as `YYYY-MM-DD` (UTC).
+    pub date: String,
+    #[serde(default)]
+    /// `month` as `YYYY-MM` (UTC).
+    pub month_label: String,
+    #[serde(default)]
+    /// Requests by operation type this UTC day (durable like `daily`).
+    pub daily_by_operation: BTreeMap<String, u64>,
+    #[serde(default)]
+    /// Requests by operation type this UTC month (durable like `monthly`).
+    pub monthly_by_operation: BTreeMap<String, u64>,
+    #[serde(default)]
+    /// The last earlier UTC day with requests (kept one day back).
+    pub previous_day: Option<PeriodUsage>,
+    #[serde(default)]
+    /// The last earlier UTC month with requests (kept one month back).
+    pub previous_month: Option<PeriodUsage>,
+}
+
+/// Requests of one closed UTC day or month.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodUsage {
+    /// The day number (days since 1970-01-01) or month number
+    /// (`year * 12 + month - 1`).
+    pub period: u32,
+    /// It as `YYYY-MM-DD` or `YYYY-MM`.
+    pub label: String,
+    /// Requests in it.
+    pub requests: u64,
+    /// Requests by operation type in it.
+    pub by_operation: BTreeMap<String, u64>,
+}
+
+/// One limit of a tenant against what it uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitUse {
+    /// The limit's config key (`storage_limit.max_storage_bytes`,
+    /// `storage_limit.max_objects`, `storage_limit.max_vectors`,
+    /// `request_limit.daily_limit`, `request_limit.monthly_limit`).
+    pub limit: String,
+    /// Used now.
+    pub used: u64,
+    /// The limit.
+    pub max: u64,
+    /// `used / max` (0 when the limit is 0).
+    pub ratio: f64,
+}
+
+/// Every tenant's usage (an admin's `tenant usage --all`), each from its
+/// shard leader.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Each tenant that answered, by tenant id.
+    pub tenants: Vec<TenantUsage>,
+    /// Tenants whose usage could not be read now (no shard leader, ...),
+    /// with why.
+    pub unavailable: Vec<(String, Error)>,
 }
 
 /// A tenant's usage report.
@@ -465,6 +524,9 @@ pub struct TenantUsage {
     pub in_flight: u64,
     /// Active warnings.
     pub warnings: Vec<String>,
+    #[serde(default)]
+    /// Storage and request counts against the tenant's limits, with ratios.
+    pub limits: Vec<LimitUse>,
     /// The read cache on the node that answered (C1).
     pub cache: CacheUsage,
 }

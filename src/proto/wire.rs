@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 5;
+pub const WIRE_VERSION: u16 = 6;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -359,6 +359,17 @@ pub enum Request {
     /// One step of restoring an export into a tenant (admin;
     /// `vektagraf tenant import`).
     Import(super::migrate::ImportRequest),
+    /// S4: deletes the tenant's objects created before `cutoff_ms` (admin;
+    /// `vektagraf tenant purge-older-than`), through its shard leader's
+    /// raft log. Answers [`Response::Purged`].
+    PurgeOlderThan {
+        /// The tenant.
+        tenant_id: String,
+        /// Only this collection (all when `None`).
+        collection: Option<String>,
+        /// Objects created before this (ms since the Unix epoch) go.
+        cutoff_ms: u64,
+    },
 }
 
 impl Request {
@@ -398,7 +409,7 @@ pub enum Response {
     /// Tenant configs.
     Tenants(Vec<crate::tenant::TenantConfig>),
     /// Usage.
-    Usage(TenantUsage),
+    Usage(Box<TenantUsage>),
     /// User ids.
     Users(Vec<String>),
     /// A new key: the secret, shown once, and its facts.
@@ -443,6 +454,13 @@ pub enum Response {
     ExportOpened(Box<super::migrate::ExportHead>),
     /// A page of an export.
     ExportPage(super::migrate::ExportPage),
+    /// Every tenant's usage (an admin's `Usage(None)`).
+    UsageReport(crate::proto::UsageReport),
+    /// Objects removed by a purge.
+    Purged {
+        /// How many.
+        removed: u64,
+    },
 }
 
 /// A tenant shard group's placement, as one of its replicas sees it.

@@ -181,8 +181,17 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
             Response::Ok
         }
         ListTenants => Response::Tenants(db.list_tenants().await?),
-        Usage(Some(id)) => Response::Usage(db.usage(&id).await?),
-        Usage(None) => return Err(Error::MissingTenantContext),
+        Usage(Some(id)) => Response::Usage(Box::new(db.usage(&id).await?)),
+        Usage(None) => Response::UsageReport(db.usage_report().await?),
+        PurgeOlderThan {
+            tenant_id,
+            collection,
+            cutoff_ms,
+        } => Response::Purged {
+            removed: db
+                .purge_older_than(&tenant_id, collection.as_deref(), cutoff_ms)
+                .await?,
+        },
         CreateUser(t, u) => {
             db.create_user(&t, &u).await?;
             Response::Ok
@@ -313,10 +322,10 @@ pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
             s.vector_search_ids(search).await?
         }),
         Traverse(t) => Response::Nodes(s.traverse(t).await?),
-        Usage(None) => Response::Usage(s.usage()?),
+        Usage(None) => Response::Usage(Box::new(s.leader_usage().await?)),
         Usage(Some(t)) => {
             s.check_tenant(&t)?;
-            Response::Usage(s.usage()?)
+            Response::Usage(Box::new(s.leader_usage().await?))
         }
         CanPerform(op) => {
             s.can_perform_operation(op)?;

@@ -269,7 +269,25 @@ async fn serve_admin_as(
     let target = match &req {
         Request::ClusterNodes => return cluster_nodes(db, c).await.map(Response::ClusterNodes),
         Request::ListKeys(_) => None,
-        Request::Usage(Some(t))
+        Request::Usage(None) => {
+            return usage_report(db, c, mover, key_id, hops)
+                .await
+                .map(Response::UsageReport)
+        }
+        Request::Usage(Some(t)) => match route(db, c, t, false).await? {
+            Route::Local => {
+                // Only a leader's counts are the tenant's: confirm it
+                // still leads before answering from them.
+                if let Some(raft) = db.loaded(t).and_then(|t| t.raft()) {
+                    raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                }
+                None
+            }
+            Route::Remote(n) => Some(n),
+        },
+        Request::PurgeOlderThan { tenant_id: t, .. }
         | Request::ShardInfo(t)
         | Request::ExportOpen(crate::proto::migrate::ExportOpen { tenant_id: t, .. })
         | Request::ExportPage(crate::proto::migrate::ExportPageRequest { tenant_id: t, .. })
@@ -335,6 +353,44 @@ async fn serve_admin_as(
             forward(c, node, &fwd).await
         }
     }
+}
+
+/// Every tenant's usage, cluster-wide: each from its shard leader (here
+/// or forwarded), 16 at a time, by tenant id.
+async fn usage_report(
+    db: &Database,
+    c: &Cluster,
+    mover: &Mover,
+    key_id: Option<&str>,
+    hops: u8,
+) -> Result<crate::proto::UsageReport> {
+    use futures::StreamExt;
+    let ids: Vec<String> = db
+        .list_tenants()
+        .await?
+        .into_iter()
+        .map(|cfg| cfg.tenant_id)
+        .collect();
+    let answers: Vec<(String, Result<Response>)> = futures::stream::iter(ids)
+        .map(|t| async move {
+            let req = Request::Usage(Some(t.clone()));
+            let r = Box::pin(serve_admin_as(db, c, mover, key_id, req, hops)).await;
+            (t, r)
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut report = crate::proto::UsageReport::default();
+    for (t, r) in answers {
+        match r {
+            Ok(Response::Usage(u)) => report.tenants.push(*u),
+            Ok(other) => report
+                .unavailable
+                .push((t, Error::storage(format!("unexpected answer {other:?}")))),
+            Err(e) => report.unavailable.push((t, e)),
+        }
+    }
+    Ok(report)
 }
 
 fn shard_info(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {

@@ -644,7 +644,10 @@ pub fn apply(
             let mut after = before.clone();
             after.merge_max(q);
             batch.put(CF_META, meta_key::QUOTA, &after)?;
-            CommandResult::Quota { before, after }
+            CommandResult::Quota {
+                before: Box::new(before),
+                after: Box::new(after),
+            }
         }
         Command::Once {
             client,

@@ -229,8 +229,8 @@ pub enum CommandResult {
     /// [`Command::CheckpointQuota`].
     Quota {
         /// Before.
-        before: QuotaCounters,
+        before: Box<QuotaCounters>,
         /// After.
-        after: QuotaCounters,
+        after: Box<QuotaCounters>,
     },
 }

@@ -228,6 +228,10 @@ pub struct TierLimits {
     /// Read cache (C1); the seed's 15 minutes and 1,000 entries when absent.
     #[serde(default)]
     pub cache: CacheLimits,
+    /// S4: objects older than this are deleted by the scheduled cleanup
+    /// (absent or 0: kept forever).
+    #[serde(default)]
+    pub retention: Option<Window>,
 }
 
 /// C1: a tenant's read cache on each node.
@@ -345,6 +349,22 @@ impl TenantConfig {
         }
     }
 
+    /// S4: the tenant's retention period: `custom_settings.retention_ms`
+    /// when set (0: kept forever), else its tier's `retention` (`tier`);
+    /// `None`: objects are kept forever.
+    pub fn retention(&self, tier: Option<Window>) -> Option<Duration> {
+        let ms = match self
+            .custom_settings
+            .0
+            .get("retention_ms")
+            .and_then(|v| v.as_u64())
+        {
+            Some(ms) => ms,
+            None => tier.map_or(0, |w| w.as_millis()),
+        };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Whether `operation_types` allows `op`.
     pub fn allows(&self, op: OperationType) -> bool {
         self.rate_limit.operation_types.contains_key(&op)
@@ -397,6 +417,14 @@ impl TenantConfig {
         }
         if self.custom_settings.encoded_len() > 64 * 1024 {
             return bad("custom_settings", "larger than 64 KiB");
+        }
+        if let Some(v) = self.custom_settings.0.get("retention_ms") {
+            if v.as_u64().is_none() {
+                return bad(
+                    "custom_settings.retention_ms",
+                    "must be a whole number of milliseconds (0: kept forever)",
+                );
+            }
         }
         Ok(())
     }
