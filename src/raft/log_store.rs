@@ -42,6 +42,16 @@ pub struct RaftLogDb {
     failed: Arc<AtomicBool>,
 }
 
+impl Drop for RaftLogDb {
+    /// Closes on the dropping thread: the sync thread is joined and the
+    /// database released before the drop returns, so no RocksDB thread
+    /// outlives its owner (one still closing while the process exits
+    /// aborts it: "pthread lock: Invalid argument").
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl Debug for RaftLogDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftLogDb").finish()
