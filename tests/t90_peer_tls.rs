@@ -179,6 +179,14 @@ fn peer_addr(n: &vektagraf::Node) -> std::net::SocketAddr {
     n.cluster().unwrap().net.local_addr().unwrap()
 }
 
+/// A peer from [`peer_of`] that joined the cluster under its own id.
+async fn member(dir: &std::path::Path, id: u64, node1: &vektagraf::Node) -> Arc<PeerNet> {
+    let p = peer_of(dir, id, node1);
+    let r = call(&p, PeerRequest::Join(record(id))).await;
+    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    p
+}
+
 /// The join record of a peer from [`peer_of`].
 fn record(id: u64) -> NodeRecord {
     NodeRecord {
@@ -287,9 +295,7 @@ async fn an_unknown_node_may_only_join_and_only_under_its_certificates_id() {
 async fn a_removed_node_is_refused_even_on_an_open_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let n1 = cluster_node(tmp.path(), 1, None).await;
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     assert!(!refused(&call(&seven, PeerRequest::Leading).await));
     n1.cluster()
         .unwrap()
@@ -315,9 +321,7 @@ async fn raft_messages_for_a_group_come_only_from_nodes_hosting_it() {
     let n1 = cluster_node(tmp.path(), 1, None).await;
     tenant_t1(&n1).await;
     let group = n1.db().tenant_group("t1").unwrap();
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     // Node 7 is a cluster member but hosts no replica of t1's group.
     let rpc = openraft::raft::VoteRequest::new(vektagraf::raft::Vote::new(1, 99), None);
     let r = call(&seven, PeerRequest::PreVote { group, rpc }).await;
@@ -358,9 +362,7 @@ async fn a_forwarded_request_is_served_only_under_a_valid_key_of_its_tenant() {
             .unwrap();
     db.create_tenant(cfg).await.unwrap();
     db.create_user("t2", "u").await.unwrap();
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     let forward = |key_id: &str| PeerRequest::Forward {
         key_id: key_id.to_string(),
         tenant: "t1".into(),
@@ -422,9 +424,7 @@ async fn registry_writes_and_admin_requests_from_a_peer_need_an_admin_key() {
     let tmp = tempfile::tempdir().unwrap();
     let n1 = cluster_node(tmp.path(), 1, None).await;
     tenant_t1(&n1).await;
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     let db = n1.db();
     // A member mints itself an admin key record: refused.
     let write = |key_id: Option<String>| PeerRequest::Registry {
@@ -570,9 +570,7 @@ async fn only_the_metadata_leader_may_hand_a_groups_leadership_around() {
     let n1 = cluster_node(tmp.path(), 1, None).await;
     tenant_t1(&n1).await;
     let group = n1.db().tenant_group("t1").unwrap();
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     // Node 7 is a member, but node 1 leads group 0.
     let r = call(&seven, PeerRequest::TransferLeader { group, to: 1 }).await;
     assert!(refused(&r), "transfer leader from a member: {r:?}");
@@ -591,9 +589,7 @@ async fn a_shard_status_read_without_a_key_comes_only_from_a_replica_or_the_meta
     let tmp = tempfile::tempdir().unwrap();
     let n1 = cluster_node(tmp.path(), 1, None).await;
     tenant_t1(&n1).await;
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     // Node 7 hosts no replica of t1 and does not lead group 0.
     let status = PeerRequest::Admin {
         key_id: None,
@@ -631,9 +627,7 @@ async fn a_shard_status_read_without_a_key_comes_only_from_a_replica_or_the_meta
 async fn a_relayed_join_is_admitted_only_once_the_joiner_answers_at_its_address() {
     let tmp = tempfile::tempdir().unwrap();
     let n1 = cluster_node(tmp.path(), 1, None).await;
-    let seven = peer_of(tmp.path(), 7, &n1);
-    let r = call(&seven, PeerRequest::Join(record(7))).await;
-    assert!(matches!(r, Ok(PeerResponse::Joined(Ok(_)))), "{r:?}");
+    let seven = member(tmp.path(), 7, &n1).await;
     // The records as group 0's leader holds them: a join's answer.
     let known = |id: u64| {
         let seven = seven.clone();
