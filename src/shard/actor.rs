@@ -156,6 +156,13 @@ pub struct ShardState {
     checkpointed: u64,
     /// When exactly-once results were last expired (coarse ms).
     expired_once_at: u64,
+    /// Counter checkpoints and reservations still on their way through
+    /// the log. A close waits for them before it saves the exact counts:
+    /// a reservation that landed after that save would leave the stored
+    /// count one reservation step above the requests admitted. At most
+    /// one reservation is pending at a time and checkpoints go out once
+    /// per tick, so this stays small; finished tasks are reaped on spawn.
+    counter_writes: tokio::task::JoinSet<()>,
 }
 
 /// How long a node remembers a write's exactly-once result for a client
@@ -227,6 +234,7 @@ impl Actor for ShardActor {
             data: Arc::downgrade(&data),
             checkpointed,
             expired_once_at: crate::util::coarse_now_ms(),
+            counter_writes: tokio::task::JoinSet::new(),
         })
     }
 
@@ -309,7 +317,8 @@ impl Actor for ShardActor {
                     if expire {
                         st.expired_once_at = now;
                     }
-                    tokio::spawn(async move {
+                    while st.counter_writes.try_join_next().is_some() {}
+                    st.counter_writes.spawn(async move {
                         if let Err(e) = propose(&raft, Command::CheckpointQuota(quota)).await {
                             tracing::warn!(%tenant, error = %e, "request counter checkpoint failed");
                         }
@@ -330,7 +339,8 @@ impl Actor for ShardActor {
                 let limiter = st.args.limiter.clone();
                 let r = limiter.reservation(crate::util::coarse_now_ms());
                 let raft = st.raft.clone();
-                tokio::spawn(async move {
+                while st.counter_writes.try_join_next().is_some() {}
+                st.counter_writes.spawn(async move {
                     let landed = match propose(&raft, Command::CheckpointQuota(r.counters)).await {
                         Ok(CommandResult::Quota { before, after }) => {
                             limiter.reserved(r.epoch, &before, &after);
@@ -353,6 +363,15 @@ impl Actor for ShardActor {
                 return Err(format!("injected failure in shard {}", st.args.tenant_id).into());
             }
             ShardMsg::Close(reply) => {
+                // Let the counter writes already under way land first, so
+                // the exact save below is the last word on the counts.
+                let pending = async { while st.counter_writes.join_next().await.is_some() {} };
+                if tokio::time::timeout(CLOSE_QUOTA_WAIT, pending)
+                    .await
+                    .is_err()
+                {
+                    st.counter_writes.abort_all();
+                }
                 let (quota, _) = st.args.limiter.quota_snapshot();
                 let r = async {
                     // The leader replaces its unused reservation by the
