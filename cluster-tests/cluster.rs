@@ -3098,3 +3098,188 @@ async fn usage_per_operation_today_equals_the_requests_made_through_every_node()
         );
     }
 }
+
+/// A5 on a cluster: the policy raises a tenant's storage limit once, from
+/// its shard leader, through group 0; the audit entry (and the admin's
+/// manual change) is read the same through every node, and survives a
+/// kill -9 of group 0's leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_auto_scaled_limit_is_raised_once_and_audited_on_every_node_past_a_kill_of_the_metadata_leader(
+) {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with(
+        "as",
+        3,
+        3,
+        "\n[auto_scale]\ncheck_ms = 200\ncooldown_ms = 1000",
+    )
+    .await;
+    let mut cfg = roomy("grows");
+    cfg.storage_limit.max_objects = 10;
+    cfg.custom_settings
+        .0
+        .insert("auto_scale".into(), serde_json::json!(true));
+    let key = c.tenant("grows", Some(cfg)).await;
+    let cl = c.client(2, &key).await;
+    for i in 0..9 {
+        retry(|| {
+            cl.put(NewObject::new(
+                "kv",
+                &format!("o{i}"),
+                serde_json::json!({}),
+            ))
+        })
+        .await;
+    }
+    // 9 of 10: raised to 15, seen through every node.
+    for via in 1..=3 {
+        let admin = c.admin(via).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = retry(|| admin.get_tenant("grows")).await;
+            if t.storage_limit.max_objects == 15 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "max_objects via node {via}: {}",
+                t.storage_limit.max_objects
+            );
+            sleep_s(0.2).await;
+        }
+    }
+    // Give every node's loop a few more looks: still one raise.
+    sleep_s(2.0).await;
+    let admin = c.admin(3).await;
+    let mut s = retry(|| admin.get_tenant("grows")).await.storage_limit;
+    s.max_vectors = 77;
+    let up = vektagraf::tenant::TenantUpdate {
+        storage_limit: Some(s),
+        reason: Some("manual".into()),
+        ..Default::default()
+    };
+    retry(|| admin.update_tenant("grows", up.clone())).await;
+    let summary = |log: &[vektagraf::proto::AuditEntry]| {
+        log.iter()
+            .map(|e| {
+                (
+                    e.actor.clone(),
+                    e.field.clone(),
+                    e.old.clone(),
+                    e.new.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let me = format!("key:{}", admin.principal().unwrap().key_id);
+    let want = vec![
+        (
+            me.clone(),
+            "tenant".to_string(),
+            None,
+            Some("\"tier4\"".to_string()),
+        ),
+        (
+            "auto_scale".to_string(),
+            "storage_limit.max_objects".to_string(),
+            Some("10".to_string()),
+            Some("15".to_string()),
+        ),
+        (
+            me.clone(),
+            "storage_limit.max_vectors".to_string(),
+            Some("10000000".to_string()),
+            Some("77".to_string()),
+        ),
+    ];
+    for via in 1..=3 {
+        let a = c.admin(via).await;
+        let log = retry(|| a.audit(Some("grows"), 100)).await;
+        assert_eq!(summary(&log), want, "audit via node {via}");
+    }
+
+    // kill -9 of group 0's leader: the log is still there, whole.
+    let meta = {
+        let nodes = retry(|| admin.cluster_nodes()).await;
+        nodes
+            .iter()
+            .find(|n| n.leader)
+            .map(|n| n.id as usize)
+            .unwrap()
+    };
+    c.kill(meta);
+    let via = if meta == 1 { 2 } else { 1 };
+    let a = c.admin(via).await;
+    let log = retry(|| a.audit(Some("grows"), 100)).await;
+    assert_eq!(
+        summary(&log),
+        want,
+        "audit via node {via} after node {meta} was killed"
+    );
+}
+
+/// A2 on a cluster: the analytics report asked through any node adds up
+/// the history of every node, so requests sent through all three are all
+/// in it, exactly; a node that is down is named as missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_analytics_report_adds_up_the_requests_every_node_received() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("an", 3, 3, "\n[analytics]\nflush_ms = 200").await;
+    let key = c.tenant("seen", None).await;
+    let from = vektagraf::util::now_ms() - 60_000;
+    let total = |via: usize| {
+        let c = &c;
+        async move {
+            let a = c.admin(via).await;
+            let r = retry(|| a.analytics("seen", from, vektagraf::util::now_ms() + 60_000)).await;
+            (r.total_requests, r.nodes_missing)
+        }
+    };
+    sleep_s(1.0).await; // every node flushed the setup's requests
+    let (base, missing) = total(1).await;
+    assert!(missing.is_empty(), "{missing:?}");
+    let mut made = 0u64;
+    for node in 1..=3 {
+        let cl = c
+            .client_with(node, &key, |o| {
+                o.follow_leader = false;
+                o.max_retries = 0;
+            })
+            .await;
+        for i in 0..3 * node {
+            cl.put(NewObject::new(
+                "kv",
+                &format!("n{node}-{i}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .unwrap();
+            cl.get(&format!("n{node}-{i}")).await.unwrap();
+            made += 2;
+        }
+    }
+    sleep_s(1.0).await;
+    for via in 1..=3 {
+        let (n, missing) = total(via).await;
+        assert!(missing.is_empty(), "via {via}: {missing:?}");
+        assert_eq!(
+            n,
+            base + made,
+            "analytics via node {via}: base {base}, made {made}"
+        );
+    }
+    // A node down: its part is missing, and the report says so.
+    c.kill(3);
+    let (n, missing) = total(1).await;
+    assert_eq!(missing, [3]);
+    assert!(
+        n < base + made,
+        "node 3's requests cannot be counted without it"
+    );
+}

@@ -175,6 +175,35 @@ pub enum Remote {
         /// Tenant (admin keys).
         tenant: Option<String>,
     },
+    /// A5: the audit log of tenant config changes: who changed which
+    /// limit when, from what to what, and why (admin key).
+    Audit {
+        /// Only this tenant's changes.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How many of the newest (at most 1,000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A2: a tenant's analytics over a time range, cluster-wide: requests,
+    /// error rate, latency (mean, p95, p99), throughput, peak concurrency,
+    /// cache hit rate, storage GB-hours, request units, bandwidth, the
+    /// estimated monthly cost, recommendations, and the request and
+    /// latency series as sparklines (admin key).
+    Analytics {
+        /// Tenant id.
+        tenant: String,
+        /// Start: a UTC date or time (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ) or
+        /// ms (default: --hours before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Hours before --to when --from is not given.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
     /// Checks the node answers.
     Ping,
     /// Cluster nodes (admin key).
@@ -260,13 +289,18 @@ pub enum TenantCmd {
     },
     /// Show a tenant.
     Get { id: String },
-    /// Update a tenant with a TenantUpdate JSON, e.g. '{"enabled": false}'.
+    /// Update a tenant with a TenantUpdate JSON, e.g. '{"enabled": false}'
+    /// or '{"custom_settings": {"auto_scale": true}}'. Every changed field
+    /// goes into the audit log (`vektagraf audit`).
     Update {
         /// Id.
         id: String,
         /// The update.
         #[arg(long)]
         json: String,
+        /// Why, kept in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Disable a tenant.
     Disable { id: String },
@@ -616,6 +650,70 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             c.ping().await?;
             println!("pong");
         }
+        Remote::Analytics {
+            tenant,
+            from,
+            to,
+            hours,
+        } => {
+            let time = |flag: &str, v: &str| {
+                vektagraf::migrate::parse_since(v).map_err(|e| anyhow::anyhow!("--{flag} {e}"))
+            };
+            let to_ms = match to {
+                Some(t) => time("to", &t)?,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            let from_ms = match from {
+                Some(f) => time("from", &f)?,
+                None => to_ms.saturating_sub(hours.saturating_mul(3_600_000)),
+            };
+            let report = c.analytics(&tenant, from_ms, to_ms).await?;
+            table::analytics(out, &report)?
+        }
+        Remote::Audit { tenant, limit } => {
+            let entries = c.audit(tenant.as_deref(), limit).await?;
+            if let Output::Json = out {
+                print(out, &entries)?;
+            } else {
+                // Values are JSON text: show strings without their quotes.
+                let value = |v: &Option<String>| match v {
+                    None => serde_json::Value::Null,
+                    Some(t) => match serde_json::from_str::<serde_json::Value>(t) {
+                        Ok(serde_json::Value::String(s)) => s.into(),
+                        _ => t.clone().into(),
+                    },
+                };
+                let rows: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "changed_at": e.at_ms,
+                            "tenant": e.tenant_id,
+                            "by": e.actor,
+                            "field": e.field,
+                            "old": value(&e.old),
+                            "new": value(&e.new),
+                            "reason": e.reason,
+                        })
+                    })
+                    .collect();
+                table::rows(
+                    out,
+                    &rows,
+                    &[
+                        ("when", "changed_at"),
+                        ("tenant", "tenant"),
+                        ("by", "by"),
+                        ("field", "field"),
+                        ("old", "old"),
+                        ("new", "new"),
+                        ("reason", "reason"),
+                    ],
+                )?
+            }
+        }
         Remote::Node { cmd } => match cmd {
             NodeCmd::List => {
                 let nodes = c.cluster_nodes().await?;
@@ -708,9 +806,12 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     .await?,
             )?,
             TenantCmd::Get { id } => print(out, &c.get_tenant(&id).await?)?,
-            TenantCmd::Update { id, json } => {
-                let up: TenantUpdate = serde_json::from_str(&json)
+            TenantCmd::Update { id, json, reason } => {
+                let mut up: TenantUpdate = serde_json::from_str(&json)
                     .map_err(|e| anyhow::anyhow!("bad update JSON: {e}"))?;
+                if reason.is_some() {
+                    up.reason = reason;
+                }
                 print(out, &c.update_tenant(&id, up).await?)?
             }
             TenantCmd::Disable { id } => print(
@@ -881,9 +982,13 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                     .create_key(KeyKind::Tenant, Some(&tenant), Some(&user), ops)
                     .await?;
                 eprintln!("store this key now; it is not shown again");
-                println!("{key}");
                 if matches!(out, Output::Json) {
-                    print(out, &info)?;
+                    // One JSON document: the key and its public facts.
+                    let mut v = serde_json::to_value(&info)?;
+                    v["api_key"] = key.into();
+                    print(out, &v)?;
+                } else {
+                    println!("{key}");
                 }
             }
             KeyCmd::CreateAdmin => {

@@ -85,6 +85,22 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Fair shares (C2): each priority's admitted rate on a saturated node
+    /// against the part its share implies.
+    Shares {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-shares")]
+        data: PathBuf,
+        /// Seconds per row.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// The node's admission slots (limits.max_in_flight).
+        #[arg(long, default_value_t = 2)]
+        slots: usize,
+        /// Tasks per tenant.
+        #[arg(long, default_value_t = 16)]
+        tasks: usize,
+    },
     /// Read cache: repeated get, query and search throughput with and without it.
     Cache {
         /// Scratch data directory (wiped first).
@@ -215,6 +231,20 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Bench { which } => match which {
+                BenchCmd::Shares {
+                    data,
+                    seconds,
+                    slots,
+                    tasks,
+                } => {
+                    vektagraf::bench::shares::run(vektagraf::bench::shares::Options {
+                        data,
+                        seconds,
+                        slots,
+                        tasks,
+                    })
+                    .await
+                }
                 BenchCmd::Cache {
                     data,
                     seconds,

@@ -507,3 +507,87 @@ async fn a_disabled_tenant_is_refused() {
     assert!(s.get("a").await.unwrap().is_some());
     db.close().await.unwrap();
 }
+
+/// C2: with the node saturated by a critical and a low-priority tenant
+/// alike, the low one is admitted at least its configured share of the
+/// node (14%; by fair queueing it gets 14/34 of the slots the two
+/// contend for, about 41%), and each of its requests is served while the
+/// flood goes on. Under strict priority it got nothing until the
+/// critical tenant's queue ran dry, and its requests timed out as
+/// `Overloaded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_priority_tenant_gets_its_share_while_a_critical_one_saturates_the_node() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.limits.max_in_flight = 1;
+    cfg.limits.max_queued = 256;
+    cfg.limits.queue_timeout_ms = 5_000;
+    let db = vektagraf::Database::open(dir.path(), cfg).await.unwrap();
+    let mut sessions = Vec::new();
+    for (id, p) in [
+        ("hot", vektagraf::tenant::Priority::Critical),
+        ("meek", vektagraf::tenant::Priority::Low),
+    ] {
+        let mut c = roomy(&db, id);
+        c.request_limit.priority = p;
+        c.request_limit.concurrent_limit = 64;
+        let s = Arc::new(tenant(&db, c).await);
+        items(&s).await;
+        for i in 0..20 {
+            s.put(item(&format!("o{i}"), i as f32)).await.unwrap();
+        }
+        sessions.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let served: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let refused: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut flood = Vec::new();
+    for (who, s) in sessions.iter().enumerate() {
+        for _ in 0..12 {
+            let (s, stop, served, refused) =
+                (s.clone(), stop.clone(), served.clone(), refused.clone());
+            flood.push(tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let q = Query {
+                        collection: "items".into(),
+                        filter: None,
+                        limit: 20,
+                    };
+                    match s.query(q).await {
+                        Ok(_) => served[who].fetch_add(1, Relaxed),
+                        Err(_) => refused[who].fetch_add(1, Relaxed),
+                    };
+                }
+            }));
+        }
+    }
+    // Until 1,500 requests are served in all, with both queues full.
+    while served[0].load(Relaxed) + served[1].load(Relaxed) < 1_500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queued = db.admission_load().1;
+    stop.store(true, Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let (hot, meek) = (served[0].load(Relaxed), served[1].load(Relaxed));
+    assert!(queued >= 8, "the node was not saturated ({queued} waiting)");
+    let share = meek as f64 / (hot + meek) as f64;
+    assert!(
+        share >= 0.14,
+        "the low-priority tenant got {meek} of {} slots ({:.1}%)",
+        hot + meek,
+        share * 100.0
+    );
+    assert!(
+        hot > meek,
+        "the critical tenant's larger share: {hot} vs {meek}"
+    );
+    assert_eq!(
+        refused[1].load(Relaxed),
+        0,
+        "low-priority requests were refused"
+    );
+    db.close().await.unwrap();
+}

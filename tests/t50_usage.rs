@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::node::{client, start_node, Node};
+use common::node::{client, start_node, start_node_configured, Node};
 use common::*;
 use vektagraf::client::Client;
 use vektagraf::proto::wire::KeyKind;
@@ -503,4 +503,132 @@ fn retention_comes_from_the_tier_and_a_tenant_override() {
         matches!(&e, Error::InvalidConfig { key, .. } if key == "custom_settings.retention_ms"),
         "{e:?}"
     );
+}
+
+/// A2 on a real node: the analytics report counts exactly the requests
+/// made, with their errors, latencies, bytes, the storage held and the
+/// price; what the node stored survives a kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analytics_report_counts_the_requests_made_and_survives_a_kill_9() {
+    let mut node = start_node_configured("", "[analytics]\nflush_ms = 200");
+    let admin = client(&node, &node.admin_key).await.unwrap();
+    let from = now_ms();
+    let key = billed_tenant(&admin, "seen").await;
+    let c = client(&node, &key).await.unwrap();
+    c.create_collection(CollectionSpec::plain("docs"))
+        .await
+        .unwrap();
+    drive(&c, 10, 20, 0).await;
+    for _ in 0..5 {
+        let r = c.get("missing").await;
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+    }
+    let made = 1 + 20 + 10 + 5;
+    // Two flushes, so stored bytes are sampled over an interval.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = admin.analytics("seen", from, now_ms() + 1).await.unwrap();
+    assert_eq!(r.total_requests, made);
+    assert_eq!((r.errors, r.rejections), (5, 0));
+    assert!((r.error_rate - 5.0 / made as f64).abs() < 1e-9);
+    assert_eq!(r.resolution_ms, 60_000);
+    assert_eq!(r.series.iter().map(|p| p.requests).sum::<u64>(), made);
+    assert!(r.avg_latency_ms > 0.0 && r.p95_latency_ms >= r.avg_latency_ms.min(r.p95_latency_ms));
+    assert!(r.p99_latency_ms >= r.p95_latency_ms);
+    assert!(r.peak_concurrency >= 1);
+    assert!(r.bandwidth_bytes > 0);
+    assert_eq!(r.request_units, made + r.bandwidth_bytes.div_ceil(1024));
+    assert!(r.storage_gb_hours > 0.0, "{}", r.storage_gb_hours);
+    // tier4's base price alone is 1999.00 a month.
+    assert!(
+        r.estimated_monthly_cost >= 1999.0,
+        "{}",
+        r.estimated_monthly_cost
+    );
+    assert_eq!(r.currency, "USD");
+    assert!(r.nodes_missing.is_empty());
+    // Only the tenant's own requests: another tenant's are not in it.
+    let other = billed_tenant(&admin, "other").await;
+    let o = client(&node, &other).await.unwrap();
+    o.create_collection(CollectionSpec::plain("docs"))
+        .await
+        .unwrap();
+    drive(&o, 3, 3, 0).await;
+    let again = admin.analytics("seen", from, now_ms() + 1).await.unwrap();
+    assert_eq!(again.total_requests, made);
+
+    // Stored (one flush after the last request), then kill -9.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop((c, o, admin));
+    node.kill9_and_restart();
+    let admin = client(&node, &node.admin_key).await.unwrap();
+    let r = admin.analytics("seen", from, now_ms() + 1).await.unwrap();
+    assert_eq!(r.total_requests, made);
+    assert_eq!(r.errors, 5);
+    let o = admin.analytics("other", from, now_ms() + 1).await.unwrap();
+    assert_eq!(o.total_requests, 1 + 3 + 3);
+
+    // A scripted load and the recommendations it implies: 9 of 10
+    // objects stored (storage past 80%) and 100 of 110 requests failing.
+    let mut cfg = TenantConfig::for_tier(
+        &Tiers::default(),
+        "strained",
+        "s",
+        "tier2",
+        serde_json::json!({}),
+    )
+    .unwrap();
+    cfg.storage_limit.max_objects = 10;
+    admin.create_tenant(cfg).await.unwrap();
+    admin.create_user("strained", "u").await.unwrap();
+    let (skey, _) = admin
+        .create_key(KeyKind::Tenant, Some("strained"), Some("u"), None)
+        .await
+        .unwrap();
+    let st = client(&node, &skey).await.unwrap();
+    st.create_collection(CollectionSpec::plain("docs"))
+        .await
+        .unwrap();
+    for i in 0..9 {
+        st.put(NewObject::new(
+            "docs",
+            &format!("d{i}"),
+            serde_json::json!({}),
+        ))
+        .await
+        .unwrap();
+    }
+    for _ in 0..100 {
+        assert!(st.get("missing").await.is_err());
+    }
+    let r = admin
+        .analytics("strained", from, now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!((r.total_requests, r.errors), (110, 100));
+    assert!((r.error_rate - 100.0 / 110.0).abs() < 1e-9);
+    let recs: Vec<(&str, &str)> = r
+        .recommendations
+        .iter()
+        .map(|x| (x.priority.as_str(), x.kind.as_str()))
+        .collect();
+    assert_eq!(
+        recs,
+        [("medium", "storage"), ("medium", "errors")],
+        "{:?}",
+        r.recommendations
+    );
+    assert!(r.recommendations[0]
+        .message
+        .contains("storage_limit.max_objects at 90%"));
+
+    // Bad ranges and tenants are typed errors; tenant keys may not ask.
+    let r = admin.analytics("seen", 10, 5).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let r = admin.analytics("seen", 0, now_ms()).await;
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    let r = admin.analytics("nobody", from, now_ms()).await;
+    assert!(matches!(r, Err(Error::TenantNotFound { .. })), "{r:?}");
+    let c = client(&node, &key).await.unwrap();
+    let r = c.analytics("seen", from, now_ms()).await;
+    assert!(matches!(r, Err(Error::PermissionDenied { .. })), "{r:?}");
 }

@@ -349,6 +349,9 @@ async fn a_tenants_counters_move_by_exactly_the_requests_made() {
     assert_eq!(value(&after, "vektagraf_raft_groups_led", &[]), 1.0);
     assert_eq!(value(&after, "vektagraf_tenant_labels", &[]), 1.0);
     assert!(value(&after, "vektagraf_admission_max_in_flight", &[]) > 0.0);
+    // Every durable write waited for a raft log fsync, which is timed.
+    assert!(value(&after, "vektagraf_fsync_duration_seconds_count", &[]) > 0.0);
+    assert!(value(&after, "vektagraf_fsync_duration_seconds_sum", &[]) > 0.0);
 
     // Only /metrics is served.
     assert!(http_get(node.metrics.unwrap(), "/").0.contains(" 404 "));

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod etcd;
 pub mod migrate;
 pub mod quic;
+pub mod shares;

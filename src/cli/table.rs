@@ -183,3 +183,130 @@ mod tests {
         assert_eq!(keys, ["storage.bytes", "storage.limits.max", "warnings"]);
     }
 }
+
+/// Eighths of a block, lowest to highest, for sparklines.
+const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// `values` as one line of block characters, scaled to the largest.
+pub fn sparkline(values: &[f64]) -> String {
+    let max = values.iter().copied().fold(0.0, f64::max);
+    values
+        .iter()
+        .map(|v| {
+            if max <= 0.0 || *v <= 0.0 {
+                ' '
+            } else {
+                let i = ((v / max) * (SPARKS.len() - 1) as f64).round() as usize;
+                SPARKS[i.min(SPARKS.len() - 1)]
+            }
+        })
+        .collect()
+}
+
+/// Most columns a sparkline gets.
+const SPARK_WIDTH: usize = 60;
+
+/// The report's series as at most [`SPARK_WIDTH`] columns over the whole
+/// range (empty periods included): requests and p95 latency (ms) per
+/// column.
+fn columns(r: &vektagraf::proto::AnalyticsReport) -> (Vec<f64>, Vec<f64>, usize) {
+    use vektagraf::proto::Rollup;
+    let step = r.resolution_ms.max(1);
+    let first = r.from_ms - r.from_ms % step;
+    let periods = (r.to_ms.saturating_sub(first)).div_ceil(step).max(1) as usize;
+    let per_col = periods.div_ceil(SPARK_WIDTH).max(1);
+    let mut cols = vec![Rollup::default(); periods.div_ceil(per_col)];
+    for p in &r.series {
+        let i = (p.start_ms.saturating_sub(first) / step) as usize / per_col;
+        if let Some(c) = cols.get_mut(i) {
+            c.add(p);
+        }
+    }
+    let requests = cols.iter().map(|c| c.requests as f64).collect();
+    let p95 = cols
+        .iter()
+        .map(|c| c.latency_quantile_ms(0.95).unwrap_or(0.0))
+        .collect();
+    (requests, p95, per_col)
+}
+
+/// A2: the analytics report: its figures, the recommendations, and the
+/// request and latency series as sparklines (or the report as JSON).
+pub fn analytics(out: Output, r: &vektagraf::proto::AnalyticsReport) -> anyhow::Result<()> {
+    if let Output::Json = out {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let mut t = table();
+    t.set_header(["FIGURE", "VALUE"]);
+    let pct = |x: f64| format!("{:.2}%", x * 100.0);
+    let rows: Vec<(&str, String)> = vec![
+        ("tenant", r.tenant_id.clone()),
+        ("from", rfc3339(r.from_ms)),
+        ("to", rfc3339(r.to_ms)),
+        ("total requests", r.total_requests.to_string()),
+        ("errors", format!("{} ({})", r.errors, pct(r.error_rate))),
+        (
+            "limit rejections",
+            format!("{} ({} by rate limits)", r.rejections, r.rate_rejections),
+        ),
+        (
+            "latency",
+            format!(
+                "avg {:.2} ms, p95 ≤ {} ms, p99 ≤ {} ms",
+                r.avg_latency_ms, r.p95_latency_ms, r.p99_latency_ms
+            ),
+        ),
+        ("throughput", format!("{:.3} requests/s", r.throughput_rps)),
+        ("peak concurrency", r.peak_concurrency.to_string()),
+        ("cache hit rate", r.cache_hit_rate.map_or("-".into(), pct)),
+        ("storage", format!("{:.6} GB-hours", r.storage_gb_hours)),
+        ("request units", r.request_units.to_string()),
+        ("bandwidth", format!("{} bytes", r.bandwidth_bytes)),
+        (
+            "estimated monthly cost",
+            format!("{:.2} {}", r.estimated_monthly_cost, r.currency),
+        ),
+    ];
+    for (k, v) in rows {
+        t.add_row([k.to_string(), v]);
+    }
+    if !r.nodes_missing.is_empty() {
+        t.add_row([
+            "nodes missing".to_string(),
+            format!(
+                "{:?} (their part of the history is not counted)",
+                r.nodes_missing
+            ),
+        ]);
+    }
+    println!("{t}");
+    let (requests, p95, per_col) = columns(r);
+    let unit = if r.resolution_ms >= 3_600_000 {
+        "hour"
+    } else {
+        "minute"
+    };
+    println!(
+        "requests  │{}│ max {:.0} (a column is {per_col} {unit}{})",
+        sparkline(&requests),
+        requests.iter().copied().fold(0.0, f64::max),
+        if per_col == 1 { "" } else { "s" }
+    );
+    println!(
+        "p95 (ms)  │{}│ max {:.1}",
+        sparkline(&p95),
+        p95.iter().copied().fold(0.0, f64::max)
+    );
+    if r.recommendations.is_empty() {
+        println!("recommendations: none");
+    } else {
+        let mut t = table();
+        t.set_header(["PRIORITY", "ABOUT", "RECOMMENDATION"]);
+        for rec in &r.recommendations {
+            t.add_row([rec.priority.clone(), rec.kind.clone(), rec.message.clone()]);
+        }
+        println!("{t}");
+    }
+    Ok(())
+}

@@ -737,6 +737,42 @@ impl Client {
         }
     }
 
+    /// A5: the newest `limit` audit entries of `tenant`'s config changes
+    /// (or every tenant's), oldest first (admin).
+    pub async fn audit(
+        &self,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::proto::AuditEntry>> {
+        let req = Request::Audit {
+            tenant_id: tenant.map(str::to_string),
+            limit,
+        };
+        match self.call(req).await? {
+            Response::Audit(entries) => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A2: `tenant`'s analytics report over `from_ms..to_ms`, from every
+    /// node's history (admin).
+    pub async fn analytics(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<crate::proto::AnalyticsReport> {
+        let req = Request::Analytics {
+            tenant_id: tenant.to_string(),
+            from_ms,
+            to_ms,
+        };
+        match self.call(req).await? {
+            Response::Analytics(r) => Ok(*r),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Creates a tenant.
     pub async fn create_tenant(&self, cfg: TenantConfig) -> Result<TenantConfig> {
         self.tenant_call(Request::CreateTenant(cfg)).await

@@ -514,6 +514,10 @@ impl ClusterHooks for Cluster {
         Box::pin(Cluster::may_mint_admin_key(self, db))
     }
 
+    fn leads_metadata(&self) -> bool {
+        crate::shard::is_leader(self.meta_raft())
+    }
+
     fn stop_background(&self) {
         self.stop_reconcile();
     }

@@ -99,6 +99,7 @@ fn kind(req: &PeerRequest) -> &'static str {
         PeerRequest::TransferLeader { .. } => "transfer leader",
         PeerRequest::Leading => "leading",
         PeerRequest::HandOver { .. } => "hand-over",
+        PeerRequest::History { .. } => "history",
     }
 }
 
@@ -256,6 +257,23 @@ impl PeerService for Service {
                     PeerResponse::Transferring(c.transfer_leader(&db, group, to).await)
                 }
                 PeerRequest::Leading => PeerResponse::Leading(c.groups_led(&db)),
+                PeerRequest::History {
+                    key_id,
+                    tenant,
+                    minutes,
+                    from_ms,
+                    to_ms,
+                } => {
+                    if let Err(e) = admin_key(&db, &key_id).await {
+                        return PeerResponse::History(Err(e));
+                    }
+                    let res = if minutes {
+                        crate::db::Resolution::Minute
+                    } else {
+                        crate::db::Resolution::Hour
+                    };
+                    PeerResponse::History(db.history_local(&tenant, res, from_ms, to_ms))
+                }
                 PeerRequest::HandOver { group, rpc } => match c.group_raft(&db, group) {
                     Some(r) => PeerResponse::HandOver(r.handle_transfer_leader(rpc).await),
                     None => no_group(group),

@@ -7,6 +7,8 @@
 //! (`Database::open`); a bound shared with another module is a constant
 //! here whose relation the other module asserts in a unit test.
 
+mod analytics;
+mod audit;
 mod error;
 mod metrics;
 mod raft;
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use analytics::AnalyticsSettings;
+pub use audit::{AuditSettings, AutoScaleSettings};
 pub use error::ConfigError;
 pub use metrics::MetricsSettings;
 pub use raft::RaftSettings;
@@ -132,6 +136,15 @@ pub struct NodeConfig {
     /// `[retention]`.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// `[auto_scale]`.
+    #[serde(default)]
+    pub auto_scale: AutoScaleSettings,
+    /// `[analytics]`.
+    #[serde(default)]
+    pub analytics: AnalyticsSettings,
 }
 
 /// `[cluster]`: multi-node operation.

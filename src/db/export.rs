@@ -308,7 +308,7 @@ impl Database {
         let _slot = self
             .inner
             .admission
-            .acquire(t.config().request_limit.priority)
+            .acquire(id, t.config().request_limit.priority)
             .await?;
         let timeout = self.request_timeout();
         let migration = req.migration_id.as_str();

@@ -7,6 +7,8 @@
 //! raft handles, placement and quiescence state) and attaches itself as
 //! the engine's [`ClusterHooks`] and [`MetaGroup`].
 
+mod analytics;
+mod audit;
 mod export;
 mod keys;
 mod metrics;
@@ -25,7 +27,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 
 use crate::config::NodeConfig;
 use crate::limits::{Admission, QuotaCounters, TenantLimiter};
-use crate::proto::{CacheUsage, Error, LimitKind, OperationType, Result, TenantUsage};
+use crate::proto::{CacheUsage, ChangedBy, Error, LimitKind, OperationType, Result, TenantUsage};
 use crate::raft::RaftLogDb;
 use crate::shard::{
     CacheBudget, ReadCache, ReplicaNet, ShardArgs, ShardData, ShardMsg, ShardSupervisor,
@@ -39,6 +41,8 @@ use crate::tenant::{
 /// Moved to `proto` (the peer transport carries it too); kept here for
 /// the engine's callers.
 pub use crate::proto::NodeRecord;
+pub use analytics::{Resolution, HOUR_MS};
+pub use audit::MAX_AUDIT_PAGE;
 pub use registry::{
     KeyRecord, MetaGroup, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
@@ -62,6 +66,8 @@ pub trait ClusterHooks: Send + Sync {
     /// Whether this node may create the cluster's first admin key (group
     /// 0's leader, with a current key table; never a joining node).
     fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>>;
+    /// Whether this node leads the metadata group (group 0) now.
+    fn leads_metadata(&self) -> bool;
     /// Stops the cluster's background loops (first step of a close).
     fn stop_background(&self);
     /// Stops the metadata group and the peer transport (after the
@@ -91,6 +97,9 @@ pub(crate) struct Tenant {
     leader_heard: std::sync::atomic::AtomicU64,
     /// When the scheduled retention cleanup last ran here (ms; 0: not yet).
     retention_ran: std::sync::atomic::AtomicU64,
+    /// When the dynamic limit policy last raised its limits from here
+    /// (ms; 0: never).
+    auto_scaled_at: std::sync::atomic::AtomicU64,
 }
 
 /// Each tier's read cache limits, from the tiers file.
@@ -178,6 +187,8 @@ impl Tenant {
             *self.config.write() = Arc::new(config.clone());
             self.limiter.update(config);
             self.cache.configure(self.cache_limits(config));
+            self.cache
+                .set_share(crate::limits::share(config.request_limit.priority));
         }
     }
 
@@ -246,6 +257,10 @@ pub(crate) struct Inner {
     cache_tiers: Arc<CacheTiers>,
     /// The free space kept on the data directory's disk.
     pub(crate) reserve: DiskReserve,
+    /// A2: this node's stored request history (None once closed).
+    history: RwLock<Option<Arc<analytics::HistoryStore>>>,
+    /// A2: requests gathered since the last history flush.
+    recorder: crate::monitor::history::Recorder,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -357,6 +372,7 @@ impl Database {
             .map(|t| (t, tiers.limits(t).cache))
             .collect(),
         );
+        let history = Arc::new(analytics::HistoryStore::open(&dir.join("analytics"))?);
         let registry = if clustered {
             None
         } else {
@@ -386,9 +402,13 @@ impl Database {
                 exports: export::Exports::default(),
                 cache_budget,
                 cache_tiers,
+                history: RwLock::new(Some(history)),
+                recorder: Default::default(),
             }),
         };
         db.start_retention();
+        db.start_audit_loops();
+        db.start_history();
         if clustered {
             // The registry is the metadata group's: the cluster layer
             // attaches it, and starts shards as placement assigns them.
@@ -416,8 +436,12 @@ impl Database {
             c.stop_background();
         }
         let _g = self.inner.lifecycle.lock().await;
-        let ids: Vec<String> = self.inner.tenants.read().keys().cloned().collect();
         let mut first_err = None;
+        // What the history gathered since its last flush is kept.
+        if let Err(e) = self.flush_history(crate::util::now_ms()) {
+            tracing::warn!(error = %e, "analytics history not flushed at close");
+        }
+        let ids: Vec<String> = self.inner.tenants.read().keys().cloned().collect();
         for id in ids {
             if let Err(e) = self.stop_shard(&id).await {
                 first_err.get_or_insert(e);
@@ -439,6 +463,7 @@ impl Database {
         // opened again (even by this process).
         self.inner.logs.close();
         self.inner.registry.write().take();
+        self.inner.history.write().take();
         tracing::info!(dir = %self.inner.dir.display(), "database closed");
         first_err.map_or(Ok(()), Err)
     }
@@ -524,6 +549,12 @@ impl Database {
             })
     }
 
+    /// The node's admission load: (operations in flight, requests
+    /// waiting for a slot).
+    pub fn admission_load(&self) -> (usize, usize) {
+        self.inner.admission.load()
+    }
+
     /// The node config.
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
@@ -582,6 +613,7 @@ impl Database {
             rec.config.cache_limits(&tier_cache),
             self.inner.cache_budget.clone(),
         );
+        cache.set_share(crate::limits::share(rec.config.request_limit.priority));
         let tenant = Arc::new(Tenant {
             config: RwLock::new(Arc::new(rec.config.clone())),
             group: rec.group,
@@ -593,6 +625,7 @@ impl Database {
             leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
             retention_ran: std::sync::atomic::AtomicU64::new(0),
+            auto_scaled_at: std::sync::atomic::AtomicU64::new(0),
             cache: cache.clone(),
             cache_tiers: self.inner.cache_tiers.clone(),
         });
@@ -653,7 +686,7 @@ impl Database {
     async fn purge(&self, rec: &TenantRecord) -> Result<()> {
         self.purge_local(rec.group).await?;
         self.registry()?
-            .remove_tenant(&rec.config.tenant_id)
+            .remove_tenant(&rec.config.tenant_id, &[])
             .await?;
         tracing::info!(tenant = %rec.config.tenant_id, group = rec.group, "tenant purged");
         Ok(())
@@ -705,7 +738,16 @@ impl Database {
     // ----- tenant lifecycle (T4) -----
 
     /// Creates a tenant and starts its shard.
-    pub async fn create_tenant(&self, mut config: TenantConfig) -> Result<TenantConfig> {
+    pub async fn create_tenant(&self, config: TenantConfig) -> Result<TenantConfig> {
+        self.create_tenant_as(config, &ChangedBy::Embedded).await
+    }
+
+    /// [`create_tenant`](Self::create_tenant) by `actor` (audited).
+    pub async fn create_tenant_as(
+        &self,
+        mut config: TenantConfig,
+        actor: &ChangedBy,
+    ) -> Result<TenantConfig> {
         config.validate()?;
         if config.created_at == 0 {
             config.created_at = crate::util::now_ms();
@@ -725,7 +767,10 @@ impl Database {
         if let Some(c) = self.hooks() {
             let mut rec = TenantRecord::new(config.clone(), group, 0);
             rec.replicas = c.place(self, group).await?;
-            self.registry()?.put_tenant(&rec).await?;
+            let created = audit::lifecycle(&config, true, actor, crate::util::now_ms());
+            self.registry()?
+                .put_tenant_audited(&rec, &[created])
+                .await?;
             drop(_g);
             c.wait_served(self, &rec).await;
             tracing::info!(tenant = %config.tenant_id, tier = %config.tier, group, replicas = ?rec.replicas, "tenant created");
@@ -733,7 +778,10 @@ impl Database {
         }
         let replica = self.registry()?.next_id("replica").await?;
         let rec = TenantRecord::new(config.clone(), group, replica);
-        self.registry()?.put_tenant(&rec).await?;
+        let created = audit::lifecycle(&config, true, actor, crate::util::now_ms());
+        self.registry()?
+            .put_tenant_audited(&rec, &[created])
+            .await?;
         if let Err(e) = self.load_tenant(&rec).await {
             // Leave nothing half-created behind.
             let _ = self.stop_shard(&config.tenant_id).await;
@@ -778,35 +826,62 @@ impl Database {
     }
 
     /// Changes a tenant's config. The next request sees the new limits;
-    /// storage limits take effect through the shard's log.
+    /// storage limits take effect through the shard's log. Audited as a
+    /// change by the embedded API.
     pub async fn update_tenant(&self, id: &str, update: TenantUpdate) -> Result<TenantConfig> {
+        self.update_tenant_as(id, update, &ChangedBy::Embedded)
+            .await
+    }
+
+    /// [`update_tenant`](Self::update_tenant) by `actor`: every field the
+    /// update changes goes into the audit log (A5) in the same commit,
+    /// with the update's reason.
+    pub async fn update_tenant_as(
+        &self,
+        id: &str,
+        update: TenantUpdate,
+        actor: &ChangedBy,
+    ) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
+        let reason = update.reason.clone().unwrap_or_default();
+        if reason.len() > audit::MAX_REASON_LEN {
+            return Err(Error::InvalidConfig {
+                key: "reason".into(),
+                reason: format!("longer than {} bytes", audit::MAX_REASON_LEN),
+            });
+        }
         let _g = self.inner.lifecycle.lock().await;
+        let at = crate::util::now_ms();
         if self.is_clustered() {
             // Every node's reconcile loop brings its replica's config up
             // to the record; the shard leader sets the storage limits.
             let mut rec = self.record(id)?;
             let new = update.apply(&self.tiers(), &rec.config)?;
+            let entries = audit::diff(&rec.config, &new, actor, &reason, at);
             rec.config = new.clone();
-            self.registry()?.put_tenant(&rec).await?;
-            tracing::info!(tenant = %id, enabled = new.enabled, "tenant updated");
+            self.registry()?.put_tenant_audited(&rec, &entries).await?;
+            tracing::info!(tenant = %id, enabled = new.enabled, %actor, changed = entries.len(), "tenant updated");
             return Ok(new);
         }
         let tenant = self.tenant(id)?;
         let mut rec = self.record(id)?;
         let new = update.apply(&self.tiers(), &rec.config)?;
         let storage_changed = new.storage_limit != rec.config.storage_limit;
+        let entries = audit::diff(&rec.config, &new, actor, &reason, at);
         rec.config = new.clone();
-        self.registry()?.put_tenant(&rec).await?;
+        self.registry()?.put_tenant_audited(&rec, &entries).await?;
         *tenant.config.write() = Arc::new(new.clone());
         tenant.limiter.update(&new);
         tenant.cache.configure(tenant.cache_limits(&new));
+        tenant
+            .cache
+            .set_share(crate::limits::share(new.request_limit.priority));
         if storage_changed {
             let actor = tenant.actor()?;
             let cmd = crate::storage::Command::SetLimits(new.storage_limit.clone());
             session::call_write(&actor, cmd, self.request_timeout()).await?;
         }
-        tracing::info!(tenant = %id, enabled = new.enabled, "tenant updated");
+        tracing::info!(tenant = %id, enabled = new.enabled, %actor, changed = entries.len(), "tenant updated");
         Ok(new)
     }
 
@@ -836,19 +911,28 @@ impl Database {
 
     /// Deletes a tenant and purges every byte of its data.
     pub async fn delete_tenant(&self, id: &str) -> Result<()> {
+        self.delete_tenant_as(id, &ChangedBy::Embedded).await
+    }
+
+    /// [`delete_tenant`](Self::delete_tenant) by `actor` (audited; the
+    /// audit log keeps the tenant's entries until their retention ends).
+    pub async fn delete_tenant_as(&self, id: &str, actor: &ChangedBy) -> Result<()> {
         validate_tenant_id(id)?;
         let _g = self.inner.lifecycle.lock().await;
         let mut rec = self.record(id)?;
+        let deleted = audit::lifecycle(&rec.config, false, actor, crate::util::now_ms());
         if self.is_clustered() {
             // Each node's reconcile loop purges its replica once the
             // record is gone.
             self.forget_keys_of(id).await?;
-            self.registry()?.remove_tenant(id).await?;
-            tracing::info!(tenant = %id, group = rec.group, "tenant deleted");
+            self.registry()?.remove_tenant(id, &[deleted]).await?;
+            tracing::info!(tenant = %id, group = rec.group, %actor, "tenant deleted");
             return Ok(());
         }
         rec.state = TenantState::Deleting;
-        self.registry()?.put_tenant(&rec).await?;
+        self.registry()?
+            .put_tenant_audited(&rec, &[deleted])
+            .await?;
         self.unload(id);
         self.stop_shard(id).await?;
         self.forget_keys_of(id).await?;

@@ -10,7 +10,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Error, MoveJob, NodeRecord};
+use crate::proto::{AuditEntry, Error, MoveJob, NodeRecord};
 use crate::shard::ShardData;
 use crate::storage::{RegOp, CF_META};
 use crate::tenant::TenantConfig;
@@ -21,13 +21,15 @@ const CF_COUNTERS: &str = "counters";
 const CF_KEYS: &str = "keys";
 const CF_NODES: &str = "nodes";
 const CF_JOBS: &str = "jobs";
-const TABLES: [&str; 6] = [
+const CF_AUDIT: &str = "audit";
+const TABLES: [&str; 7] = [
     CF_TENANTS,
     CF_USERS,
     CF_COUNTERS,
     CF_KEYS,
     CF_NODES,
     CF_JOBS,
+    CF_AUDIT,
 ];
 const VERSION: u32 = 1;
 
@@ -268,8 +270,52 @@ impl Registry {
 
     /// Stores a tenant record.
     pub async fn put_tenant(&self, rec: &TenantRecord) -> Result<(), Error> {
-        let op = put(CF_TENANTS, rec.config.tenant_id.as_bytes(), json(rec)?);
-        self.commit(vec![op]).await.map(drop)
+        self.put_tenant_audited(rec, &[]).await
+    }
+
+    /// Stores a tenant record and, in the same commit, the audit entries
+    /// of the change: the log never misses a change nor records one that
+    /// did not happen.
+    pub async fn put_tenant_audited(
+        &self,
+        rec: &TenantRecord,
+        audit: &[AuditEntry],
+    ) -> Result<(), Error> {
+        let mut ops = vec![put(CF_TENANTS, rec.config.tenant_id.as_bytes(), json(rec)?)];
+        ops.extend(audit_ops(audit)?);
+        self.commit(ops).await.map(drop)
+    }
+
+    /// A tenant's audit entries (or every tenant's), oldest first.
+    pub fn audit(&self, tenant: Option<&str>) -> Result<Vec<AuditEntry>, Error> {
+        let prefix = tenant.map(|t| audit_prefix(t)).unwrap_or_default();
+        let rows: Vec<AuditRow> = self.decode_all(CF_AUDIT, &prefix)?;
+        Ok(rows.into_iter().map(|r| r.entry).collect())
+    }
+
+    /// Removes the audit entries of `tenant` stored at `keys` (as
+    /// [`audit_keys`](Self::audit_keys) returned them).
+    pub async fn remove_audit(&self, keys: Vec<Vec<u8>>) -> Result<(), Error> {
+        let ops = keys
+            .into_iter()
+            .map(|key| RegOp::Delete {
+                table: CF_AUDIT.into(),
+                key,
+            })
+            .collect();
+        self.commit(ops).await.map(drop)
+    }
+
+    /// Every audit entry with its key, in key order (by tenant, then
+    /// time).
+    pub fn audit_keys(&self) -> Result<Vec<(Vec<u8>, AuditEntry)>, Error> {
+        self.scan(CF_AUDIT, b"")?
+            .into_iter()
+            .map(|(k, v)| {
+                let row: AuditRow = serde_json::from_slice(&v).map_err(st)?;
+                Ok((k, row.entry))
+            })
+            .collect()
     }
 
     /// Every tenant record.
@@ -289,9 +335,10 @@ impl Registry {
         }
     }
 
-    /// Removes a tenant and all its users.
-    pub async fn remove_tenant(&self, tenant: &str) -> Result<(), Error> {
-        let ops = vec![
+    /// Removes a tenant and all its users, adding `audit` in the same
+    /// commit.
+    pub async fn remove_tenant(&self, tenant: &str, audit: &[AuditEntry]) -> Result<(), Error> {
+        let mut ops = vec![
             RegOp::Delete {
                 table: CF_TENANTS.into(),
                 key: tenant.as_bytes().to_vec(),
@@ -301,6 +348,7 @@ impl Registry {
                 prefix: user_key(tenant, ""),
             },
         ];
+        ops.extend(audit_ops(audit)?);
         self.commit(ops).await.map(drop)
     }
 
@@ -409,13 +457,17 @@ impl Registry {
     }
 
     /// Registry keys that mention `tenant` (the purge test uses it). The
-    /// move-job history is an audit log (ids and node numbers only, kept
-    /// bounded) and is not counted.
+    /// move-job history (ids and node numbers only, kept bounded) and the
+    /// audit log of limit changes (the operator's record, which outlives
+    /// the tenant until its retention ends) are not counted.
     pub fn keys_mentioning(&self, tenant: &str) -> Result<usize, Error> {
         let needle = tenant.as_bytes();
         let mentions = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         let mut n = 0;
-        for table in TABLES.into_iter().filter(|t| *t != CF_JOBS) {
+        for table in TABLES
+            .into_iter()
+            .filter(|t| *t != CF_JOBS && *t != CF_AUDIT)
+        {
             for (k, v) in self.scan(table, b"")? {
                 if mentions(&k) || (table != CF_COUNTERS && mentions(&v)) {
                     n += 1;
@@ -424,6 +476,45 @@ impl Registry {
         }
         Ok(n)
     }
+}
+
+/// An audit entry as stored (versioned JSON like every record here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AuditRow {
+    v: u32,
+    #[serde(flatten)]
+    entry: AuditEntry,
+}
+
+fn audit_prefix(tenant: &str) -> Vec<u8> {
+    [tenant.as_bytes(), b"\0"].concat()
+}
+
+/// The puts of `entries`: keyed by tenant, then commit time in ns and
+/// the entry's place in the change (so one change's entries keep their
+/// order and two changes never share a key).
+fn audit_ops(entries: &[AuditEntry]) -> Result<Vec<RegOp>, Error> {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let key = [
+                audit_prefix(&e.tenant_id).as_slice(),
+                &ns.to_be_bytes(),
+                &(i as u32).to_be_bytes(),
+            ]
+            .concat();
+            let row = AuditRow {
+                v: VERSION,
+                entry: e.clone(),
+            };
+            Ok(put(CF_AUDIT, key, json(&row)?))
+        })
+        .collect()
 }
 
 /// An API key as stored: its hash, never the secret.

@@ -219,7 +219,11 @@ impl Session {
             ));
         }
         let permit = self.admit_tenant(op).await?;
-        let slot = self.db.admission.acquire(q.priority).await?;
+        let slot = self
+            .db
+            .admission
+            .acquire(&cfg.tenant_id, q.priority)
+            .await?;
         Ok((permit, slot, cfg))
     }
 

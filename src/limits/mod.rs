@@ -9,7 +9,7 @@ pub mod period;
 mod rate;
 mod tenant;
 
-pub use admission::{Admission, AdmissionPermit};
+pub use admission::{share, Admission, AdmissionPermit, BASE_SHARE, MAX_SHARE};
 pub use complexity::{estimate, Cost, WorkMeter, ROWS_PER_UNIT};
 pub use rate::{RateRejection, RateWindow};
 pub use tenant::{

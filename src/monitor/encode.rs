@@ -338,6 +338,14 @@ impl Scrape {
                 v.load(Relaxed),
             )?;
         }
+        let (sum, count, buckets) = c.fsync.read();
+        enc.encode_descriptor(
+            "vektagraf_fsync_duration_seconds",
+            "Latency of the raft log's fsyncs (one covers every write queued meanwhile)",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         if let Some((up, down)) = s.peers {
             let mut fam = enc.encode_descriptor(
                 "vektagraf_peers",

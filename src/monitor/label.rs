@@ -109,7 +109,9 @@ impl Operation {
             | UpdateTenant(..)
             | DeleteTenant(_)
             | ListTenants
-            | PurgeOlderThan { .. } => Operation::Tenants,
+            | PurgeOlderThan { .. }
+            | Audit { .. }
+            | Analytics { .. } => Operation::Tenants,
             CreateUser(..)
             | RemoveUser(..)
             | ListUsers(_)

@@ -21,6 +21,7 @@
 
 mod block;
 mod encode;
+pub mod history;
 pub mod label;
 mod sample;
 pub mod tenants;
@@ -64,6 +65,55 @@ pub struct NodeCounters {
     pub snapshots_send_failed: AtomicU64,
     /// Snapshots installed by this node's replicas.
     pub snapshots_installed: AtomicU64,
+    /// Latency of the raft log's fsyncs (each covers every write that
+    /// queued while the one before ran).
+    pub fsync: FsyncLatency,
+}
+
+/// Bounds of the fsync latency histogram, seconds.
+pub const FSYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A histogram of fsync latencies.
+#[derive(Debug, Default)]
+pub struct FsyncLatency {
+    buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl FsyncLatency {
+    /// (sum in seconds, count, (upper bound, count in that bucket alone)),
+    /// the last bound `f64::MAX`.
+    pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    FSYNC_BUCKETS.get(i).copied().unwrap_or(f64::MAX),
+                    n.load(Relaxed),
+                )
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (self.sum_us.load(Relaxed) as f64 / 1e6, count, buckets)
+    }
+}
+
+/// Counts one fsync of the raft log that took `took`.
+pub fn fsync_took(took: Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = &node_counters().fsync;
+    let s = took.as_secs_f64();
+    let i = FSYNC_BUCKETS
+        .iter()
+        .position(|b| s <= *b)
+        .unwrap_or(FSYNC_BUCKETS.len());
+    f.buckets[i].fetch_add(1, Relaxed);
+    f.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
 }
 
 /// The process's node counters.

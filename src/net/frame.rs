@@ -12,6 +12,15 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max: usize,
 ) -> Result<Envelope<T>, FrameError> {
+    read_frame_counted(recv, max).await.map(|(env, _)| env)
+}
+
+/// [`read_frame`], also returning the frame's size in bytes (prefix
+/// included).
+pub async fn read_frame_counted<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<(Envelope<T>, usize), FrameError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
@@ -21,7 +30,7 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv.read_exact(&mut payload)
         .await
         .map_err(|e| FrameError::Truncated(format!("payload: {e}")))?;
-    decode_envelope(&payload)
+    Ok((decode_envelope(&payload)?, 4 + n))
 }
 
 /// Writes one frame and finishes the stream.

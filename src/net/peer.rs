@@ -186,6 +186,20 @@ pub enum PeerRequest {
         /// The RPC.
         rpc: openraft::raft::TransferLeaderRequest<C>,
     },
+    /// A2: the node's stored request history of a tenant (for an admin's
+    /// analytics report; the key is checked again here).
+    History {
+        /// The admin key of the request.
+        key_id: String,
+        /// Tenant.
+        tenant: String,
+        /// Per minute (else per hour).
+        minutes: bool,
+        /// Range start, ms.
+        from_ms: u64,
+        /// Range end, ms.
+        to_ms: u64,
+    },
 }
 
 /// A peer's answer.
@@ -224,6 +238,8 @@ pub enum PeerResponse {
     HandOver(Result<openraft::raft::TransferLeaderResponse<C>, openraft::errors::Fatal<C>>),
     /// The sending node has no right to this message, or to connect.
     Refused(PeerRefusal),
+    /// A2: this node's rollups of a tenant, oldest first.
+    History(Result<Vec<crate::proto::Rollup>, Error>),
 }
 
 /// Why a cluster node refuses another, whose certificate is valid.

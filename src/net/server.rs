@@ -23,7 +23,7 @@ use crate::proto::{Error, LimitExceeded, LimitKind};
 use crate::router::Router;
 use crate::Session;
 
-use super::frame::{read_frame, write_frame};
+use super::frame::{read_frame, read_frame_counted, write_frame};
 use super::tls;
 
 /// A running server.
@@ -439,8 +439,10 @@ async fn serve_stream(
     mut recv: RecvStream,
 ) {
     let max = gate.settings.max_frame_bytes;
-    let (id, response, leader) = match read_frame::<Request>(&mut recv, max).await {
-        Ok(env) => {
+    // A2: the bytes a tenant key's request and response move.
+    let mut moved: Option<(String, usize)> = None;
+    let (id, response, leader) = match read_frame_counted::<Request>(&mut recv, max).await {
+        Ok((env, size)) => {
             let id = env.request_id;
             let mut leader = None;
             let r = if let Request::Authenticate { api_key } = env.body {
@@ -451,6 +453,14 @@ async fn serve_stream(
             } else {
                 let principal = {
                     let st = state.lock();
+                    if let Some(KeyInfo {
+                        kind: KeyKind::Tenant,
+                        tenant_id: Some(t),
+                        ..
+                    }) = st.key.as_ref()
+                    {
+                        moved = Some((t.clone(), size));
+                    }
                     st.key
                         .as_ref()
                         .map(|k| (k.key_id.clone(), st.session.clone()))
@@ -487,6 +497,11 @@ async fn serve_stream(
         }
         Err(e) => Err(e),
     };
+    if let (Some((tenant, size_in)), Ok(f)) = (&moved, &frame) {
+        let now = crate::util::coarse_now_ms();
+        db.recorder()
+            .bytes(tenant, now, *size_in as u64, f.len() as u64);
+    }
     let sent = match frame {
         Ok(f) => send
             .write_all(&f)

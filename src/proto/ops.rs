@@ -512,7 +512,7 @@ pub struct UsageReport {
 }
 
 /// A tenant's usage report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantUsage {
     /// The tenant.
     pub tenant_id: String,

@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 6;
+pub const WIRE_VERSION: u16 = 7;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -370,6 +370,26 @@ pub enum Request {
         /// Objects created before this (ms since the Unix epoch) go.
         cutoff_ms: u64,
     },
+    /// A5: the newest audit entries of a tenant's config changes, or of
+    /// every tenant's (admin; `vektagraf audit`). Answers
+    /// [`Response::Audit`].
+    Audit {
+        /// The tenant (every tenant when `None`).
+        tenant_id: Option<String>,
+        /// How many of the newest (at most `db::MAX_AUDIT_PAGE`).
+        limit: u32,
+    },
+    /// A2: a tenant's analytics report over `from_ms..to_ms`, from every
+    /// node's history (admin; `vektagraf analytics`). Answers
+    /// [`Response::Analytics`].
+    Analytics {
+        /// The tenant.
+        tenant_id: String,
+        /// Range start, ms since the Unix epoch.
+        from_ms: u64,
+        /// Range end, ms.
+        to_ms: u64,
+    },
 }
 
 impl Request {
@@ -461,6 +481,10 @@ pub enum Response {
         /// How many.
         removed: u64,
     },
+    /// Audit entries, oldest first.
+    Audit(Vec<crate::proto::AuditEntry>),
+    /// An analytics report.
+    Analytics(Box<crate::proto::AnalyticsReport>),
 }
 
 /// A tenant shard group's placement, as one of its replicas sees it.

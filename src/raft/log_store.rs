@@ -249,7 +249,10 @@ fn sync_loop(db: Arc<DB>, mut rx: mpsc::Receiver<Done>, failed: Arc<AtomicBool>)
         let res = if failed.load(Ordering::Acquire) {
             Err("an earlier fsync failed".to_string())
         } else {
-            db.flush_wal(true).map_err(|e| e.to_string())
+            let started = std::time::Instant::now();
+            let r = db.flush_wal(true).map_err(|e| e.to_string());
+            crate::monitor::fsync_took(started.elapsed());
+            r
         };
         if let Err(e) = &res {
             // An fsync error is never retried: the page cache state is unknown.

@@ -42,9 +42,13 @@ pub async fn request(
         Caller::Admin => Who::Admin,
         Caller::Unknown => Who::Unknown,
     };
-    shared
-        .metrics
-        .record(who, op, Outcome::of(&result), started.elapsed());
+    let (outcome, took) = (Outcome::of(&result), started.elapsed());
+    shared.metrics.record(who, op, outcome, took);
+    if let Caller::Tenant(t) = &caller {
+        let now = crate::util::coarse_now_ms();
+        db.recorder()
+            .request(t, now, outcome, took, db.in_flight_of(t));
+    }
     let leader = match (cluster, caller) {
         (Some(c), Caller::Tenant(t)) => super::route::leader_hint(db, c, &t),
         _ => None,
@@ -100,7 +104,7 @@ async fn request_in(
         (KeyKind::Admin, Some(c)) => {
             super::route::serve_admin(db, c, &shared.mover, Some(key_id), req, 0).await
         }
-        (KeyKind::Admin, None) => admin(db, req).await,
+        (KeyKind::Admin, None) => admin(db, req, Some(key_id)).await,
         (KeyKind::Tenant, cluster) => {
             operation_allowed(&key, &req)?;
             if let Some(c) = cluster {
@@ -155,11 +159,16 @@ pub(crate) fn key_reaches(
     operation_allowed(key, req)
 }
 
-/// Runs an admin request on this node.
-pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
+/// Runs an admin request of the admin key `key_id` on this node (the key
+/// is named in the audit log of the tenant changes it makes).
+pub async fn admin(db: &Database, req: Request, key_id: Option<&str>) -> Result<Response, Error> {
     use Request::*;
+    let actor = match key_id {
+        Some(k) => crate::proto::ChangedBy::Key(k.to_string()),
+        None => crate::proto::ChangedBy::System,
+    };
     Ok(match req {
-        CreateTenant(cfg) => Response::Tenant(db.create_tenant(cfg).await?),
+        CreateTenant(cfg) => Response::Tenant(db.create_tenant_as(cfg, &actor).await?),
         CreateTenantForTier {
             tenant_id,
             name,
@@ -172,13 +181,21 @@ pub async fn admin(db: &Database, req: Request) -> Result<Response, Error> {
                 &tier,
                 serde_json::json!({}),
             )?;
-            Response::Tenant(db.create_tenant(cfg).await?)
+            Response::Tenant(db.create_tenant_as(cfg, &actor).await?)
         }
         GetTenant(id) => Response::Tenant(db.get_tenant(&id).await?),
-        UpdateTenant(id, up) => Response::Tenant(db.update_tenant(&id, up).await?),
+        UpdateTenant(id, up) => Response::Tenant(db.update_tenant_as(&id, up, &actor).await?),
         DeleteTenant(id) => {
-            db.delete_tenant(&id).await?;
+            db.delete_tenant_as(&id, &actor).await?;
             Response::Ok
+        }
+        Analytics {
+            tenant_id,
+            from_ms,
+            to_ms,
+        } => Response::Analytics(Box::new(db.analytics(&tenant_id, from_ms, to_ms).await?)),
+        Audit { tenant_id, limit } => {
+            Response::Audit(db.audit_log(tenant_id.as_deref(), limit as usize)?)
         }
         ListTenants => Response::Tenants(db.list_tenants().await?),
         Usage(Some(id)) => Response::Usage(Box::new(db.usage(&id).await?)),

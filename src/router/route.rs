@@ -288,6 +288,7 @@ async fn serve_admin_as(
             Route::Remote(n) => Some(n),
         },
         Request::PurgeOlderThan { tenant_id: t, .. }
+        | Request::Analytics { tenant_id: t, .. }
         | Request::ShardInfo(t)
         | Request::ExportOpen(crate::proto::migrate::ExportOpen { tenant_id: t, .. })
         | Request::ExportPage(crate::proto::migrate::ExportPageRequest { tenant_id: t, .. })
@@ -331,6 +332,13 @@ async fn serve_admin_as(
                 .register(db, &tenant, to, from, "move")
                 .await
                 .map(Response::Job),
+            Request::Analytics {
+                tenant_id,
+                from_ms,
+                to_ms,
+            } => analytics(db, c, key_id, &tenant_id, from_ms, to_ms)
+                .await
+                .map(|r| Response::Analytics(Box::new(r))),
             Request::ListJobs => mover.jobs(db).map(Response::Jobs),
             Request::GetJob(id) => mover.job(db, id).map(Response::Job),
             Request::CancelJob(id) => mover.cancel(db, id).await.map(Response::Job),
@@ -339,7 +347,7 @@ async fn serve_admin_as(
                 .await
                 .map(Response::Plan),
             Request::DrainNode(id) => mover.drain(db, c, id).await.map(Response::Plan),
-            req => dispatch::admin(db, req).await,
+            req => dispatch::admin(db, req, key_id).await,
         },
         Some(node) => {
             if hops >= MAX_HOPS {
@@ -458,6 +466,60 @@ pub(crate) async fn shard_status(db: &Database, c: &Cluster, tenant: &str) -> Re
 /// Every node with its role in group 0, its replica count (from the
 /// registry) and how many tenant groups it leads (asked of each live
 /// node).
+/// A2 on a cluster, on the tenant's shard leader: every live node's
+/// history of the tenant (this node's read here, the others' asked over
+/// the peer transport with the admin's key), added up into the report.
+async fn analytics(
+    db: &Database,
+    c: &Cluster,
+    key_id: Option<&str>,
+    tenant: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<crate::proto::AnalyticsReport> {
+    let Some(key_id) = key_id else {
+        return Err(Error::PermissionDenied {
+            reason: "an analytics report needs an admin key".into(),
+        });
+    };
+    let res = db.analytics_range(from_ms, to_ms)?;
+    let me = c.me().id;
+    let live: Vec<u64> = db
+        .registry()?
+        .nodes()?
+        .into_iter()
+        .filter(|n| !n.removed && n.id != me)
+        .map(|n| n.id)
+        .collect();
+    let req = PeerRequest::History {
+        key_id: key_id.to_string(),
+        tenant: tenant.to_string(),
+        minutes: res == crate::db::Resolution::Minute,
+        from_ms,
+        to_ms,
+    };
+    let asks = live.iter().map(|&n| {
+        let req = &req;
+        async move {
+            let r = c.net.call(n, req, Duration::from_secs(5)).await;
+            (n, r)
+        }
+    });
+    let mut series = vec![db.history_local(tenant, res, from_ms, to_ms)?];
+    let mut missing = Vec::new();
+    for (n, r) in futures::future::join_all(asks).await {
+        match r {
+            Ok(PeerResponse::History(Ok(s))) => series.push(s),
+            other => {
+                tracing::info!(node = n, answer = ?other, "analytics: a node's history is missing");
+                missing.push(n);
+            }
+        }
+    }
+    db.analytics_report(tenant, res, from_ms, to_ms, series, missing)
+        .await
+}
+
 async fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
     let (voters, leader): (BTreeSet<u64>, Option<u64>) = {
         let m = c.meta_raft().metrics();

@@ -156,6 +156,9 @@ pub struct ReadCache {
     hits: AtomicU64,
     misses: AtomicU64,
     skipped: AtomicU64,
+    /// The fraction of the node's budget this tenant's entries may hold
+    /// (its C2 share; `f64` bits).
+    share: AtomicU64,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -176,6 +179,7 @@ impl ReadCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            share: AtomicU64::new(1.0f64.to_bits()),
         });
         c.configure(limits);
         c
@@ -197,6 +201,20 @@ impl ReadCache {
         if let Some(old) = old {
             old.close();
         }
+    }
+
+    /// Caps this tenant's entries at `fraction` of the node's budget (its
+    /// resource share, C2; 1.0 until set). Entries already held stay
+    /// until they expire or are evicted.
+    pub fn set_share(&self, fraction: f64) {
+        self.share
+            .store(fraction.clamp(0.0, 1.0).to_bits(), Ordering::Release);
+    }
+
+    /// The most bytes this tenant's entries may hold.
+    pub fn max_bytes(&self) -> u64 {
+        let share = f64::from_bits(self.share.load(Ordering::Acquire));
+        (self.budget.max_bytes as f64 * share) as u64
     }
 
     /// Drops every entry and turns the cache off for good (the tenant is
@@ -247,7 +265,8 @@ impl ReadCache {
             return;
         };
         let bytes = ENTRY_OVERHEAD + key.len() as u64 + result_bytes(result);
-        if bytes > self.budget.max_bytes / 16 || !self.budget.try_take(bytes) {
+        let over_share = shelf.bytes.load(Ordering::Acquire) + bytes > self.max_bytes();
+        if bytes > self.budget.max_bytes / 16 || over_share || !self.budget.try_take(bytes) {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -430,6 +449,26 @@ mod tests {
             key_of(&ReadOp::Search(s, false), 10)
         );
         assert_eq!(key_of(&ReadOp::Scan("c".into(), None, 1), 10), None);
+    }
+
+    #[test]
+    fn a_tenants_share_caps_its_part_of_the_node_budget() {
+        let one = ENTRY_OVERHEAD + get("00").len() as u64 + result_bytes(&object("00"));
+        let budget = CacheBudget::new(one * 100);
+        let low = ReadCache::new(limits(1_000, 60_000), budget.clone());
+        low.set_share(0.25);
+        let other = ReadCache::new(limits(1_000, 60_000), budget.clone());
+        for i in 0..40 {
+            let id = format!("{i:02}");
+            low.insert(get(&id), stamp(0), &object(&id));
+            other.insert(get(&id), stamp(0), &object(&id));
+        }
+        // A quarter of 100 entries' bytes; the other tenant (no share
+        // set) is bounded only by the budget.
+        assert_eq!(low.stats().bytes, one * 25);
+        assert_eq!(low.stats().skipped, 15);
+        assert_eq!(other.stats().bytes, one * 40);
+        assert_eq!(budget.used(), one * 65);
     }
 
     #[test]

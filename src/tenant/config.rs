@@ -232,7 +232,51 @@ pub struct TierLimits {
     /// (absent or 0: kept forever).
     #[serde(default)]
     pub retention: Option<Window>,
+    /// A5: how far the dynamic limit policy may raise a tenant's storage
+    /// limits (absent: it never raises them).
+    #[serde(default)]
+    pub auto_scale: Option<StorageCeiling>,
+    /// A5: years the audit log keeps a tenant's limit changes (absent:
+    /// the node's `[audit] default_retention_years`).
+    #[serde(default)]
+    pub audit_retention_years: Option<u64>,
+    /// A2: the price table the analytics report estimates a month's
+    /// cost from (absent: free).
+    #[serde(default)]
+    pub price: Price,
 }
+
+/// A2: what a tier costs, in US dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Price {
+    /// Fixed, per month.
+    pub base_monthly: f64,
+    /// Per million requests.
+    pub per_million_requests: f64,
+    /// Per gigabyte (10^9 bytes) stored for a month.
+    pub per_gb_month: f64,
+    /// Per gigabyte moved (requests and responses).
+    pub per_gb_transfer: f64,
+}
+
+/// A5: the most the dynamic limit policy raises each storage limit to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageCeiling {
+    /// Ceiling of `max_storage_bytes`.
+    pub max_storage_bytes: u64,
+    /// Ceiling of `max_objects`.
+    pub max_objects: u64,
+    /// Ceiling of `max_vectors`.
+    pub max_vectors: u64,
+}
+
+/// A5: the seed's dynamic limit rule: a storage limit used past this
+/// fraction is raised ...
+pub const AUTO_SCALE_AT: f64 = 0.8;
+/// ... by this factor (capped by the tier's [`StorageCeiling`]).
+pub const AUTO_SCALE_FACTOR: f64 = 1.5;
 
 /// C1: a tenant's read cache on each node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +393,24 @@ impl TenantConfig {
         }
     }
 
+    /// A5: whether the tenant opted in to the dynamic limit policy
+    /// (`custom_settings.auto_scale = true`).
+    pub fn auto_scale(&self) -> bool {
+        self.custom_settings
+            .0
+            .get("auto_scale")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+    }
+
+    /// A5: years the audit log keeps this tenant's limit changes:
+    /// `custom_settings.audit_retention_years` (set by the standard
+    /// names), else its tier's (`tier`), else `default`.
+    pub fn audit_retention_years(&self, tier: Option<u64>, default: u64) -> u64 {
+        let own = self.custom_settings.0.get("audit_retention_years");
+        own.and_then(|v| v.as_u64()).or(tier).unwrap_or(default)
+    }
+
     /// S4: the tenant's retention period: `custom_settings.retention_ms`
     /// when set (0: kept forever), else its tier's `retention` (`tier`);
     /// `None`: objects are kept forever.
@@ -448,6 +510,9 @@ pub struct TenantUpdate {
     pub enabled: Option<bool>,
     /// Settings merged into `custom_settings` (a null value removes a key).
     pub custom_settings: Option<Properties>,
+    /// Why (kept in the audit log with every field the update changes).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl TenantUpdate {

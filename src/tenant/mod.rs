@@ -5,9 +5,10 @@ mod id;
 mod tiers;
 
 pub use config::{
-    CacheLimits, Priority, RateLimitConfig, RequestLimitConfig, StorageLimitConfig, TenantConfig,
-    TenantUpdate, Tier, TierLimits, Window, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL,
-    DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_CAP, MAX_CACHE_ENTRIES,
+    CacheLimits, Price, Priority, RateLimitConfig, RequestLimitConfig, StorageCeiling,
+    StorageLimitConfig, TenantConfig, TenantUpdate, Tier, TierLimits, Window, AUTO_SCALE_AT,
+    AUTO_SCALE_FACTOR, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, DEFAULT_MAX_BATCH_SIZE,
+    MAX_BATCH_SIZE_CAP, MAX_CACHE_ENTRIES,
 };
 pub use id::{validate_name, validate_tenant_id, MAX_TENANT_ID_LEN};
 pub use tiers::{Tiers, DEFAULT_TIERS_TOML};

@@ -56,13 +56,20 @@ pub fn start_node() -> Node {
 
 /// Starts a node; `server_toml` is added to its `[server]` section.
 pub fn start_node_with(server_toml: &str) -> Node {
+    start_node_configured("", server_toml)
+}
+
+/// Starts a node; `node_toml` is added to its `[node]` section and
+/// `server_toml` to its `[server]` section (which may go on with sections
+/// of its own).
+pub fn start_node_configured(node_toml: &str, server_toml: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cfg = dir.path().join("node.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[limits]\nquota_checkpoint_ms = 500\n",
+            "[node]\ndata_dir = {:?}\n{node_toml}\n[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[limits]\nquota_checkpoint_ms = 500\n",
             data.display().to_string()
         ),
     )
