@@ -3233,16 +3233,13 @@ async fn an_analytics_report_adds_up_the_requests_every_node_received() {
     let mut c = TestCluster::start_with("an", 3, 3, "\n[analytics]\nflush_ms = 200").await;
     let key = c.tenant("seen", None).await;
     let from = vektagraf::util::now_ms() - 60_000;
-    let total = |via: usize| {
-        let c = &c;
-        async move {
-            let a = c.admin(via).await;
-            let r = retry(|| a.analytics("seen", from, vektagraf::util::now_ms() + 60_000)).await;
-            (r.total_requests, r.nodes_missing)
-        }
-    };
+    async fn total(c: &TestCluster, via: usize, from: u64) -> (u64, Vec<u64>) {
+        let a = c.admin(via).await;
+        let r = retry(|| a.analytics("seen", from, vektagraf::util::now_ms() + 60_000)).await;
+        (r.total_requests, r.nodes_missing)
+    }
     sleep_s(1.0).await; // every node flushed the setup's requests
-    let (base, missing) = total(1).await;
+    let (base, missing) = total(&c, 1, from).await;
     assert!(missing.is_empty(), "{missing:?}");
     let mut made = 0u64;
     for node in 1..=3 {
@@ -3266,7 +3263,7 @@ async fn an_analytics_report_adds_up_the_requests_every_node_received() {
     }
     sleep_s(1.0).await;
     for via in 1..=3 {
-        let (n, missing) = total(via).await;
+        let (n, missing) = total(&c, via, from).await;
         assert!(missing.is_empty(), "via {via}: {missing:?}");
         assert_eq!(
             n,
@@ -3276,7 +3273,7 @@ async fn an_analytics_report_adds_up_the_requests_every_node_received() {
     }
     // A node down: its part is missing, and the report says so.
     c.kill(3);
-    let (n, missing) = total(1).await;
+    let (n, missing) = total(&c, 1, from).await;
     assert_eq!(missing, [3]);
     assert!(
         n < base + made,

@@ -221,6 +221,28 @@ pub enum Remote {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Live events (limits approached, storage critical, bursts of
+    /// rejections, shards without a leader, moves) from every node: the
+    /// recent ones, then, with --follow, new ones until Ctrl-C. A tenant
+    /// key sees only its own tenant's.
+    Events {
+        /// Keep printing new events until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+        /// Only this tenant's events (admin keys; a tenant key always
+        /// gets its own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only events at least this serious: info, warning or critical.
+        #[arg(long, default_value = "info", value_parser = ["info", "warning", "critical"])]
+        level: String,
+        /// One JSON object per line (same as --output json).
+        #[arg(long)]
+        json: bool,
+        /// Without --follow: how long to wait for events, ms.
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -542,6 +564,8 @@ fn hint(e: &Error, conn: &Conn) -> String {
             None => format!("the tenant hit {}; free space or raise the limit (`vektagraf tenant update`)", l.kind.config_key()),
         },
         Error::TenantNotFound { .. } => "list tenants with `vektagraf tenant list`".into(),
+        Error::TooManySubscriptions { .. } => "close other `vektagraf events` subscriptions, or raise events.max_subscriptions on the node".into(),
+        Error::CrossTenantAccess { .. } => "a tenant key sees only its own tenant: leave out --tenant, or use an admin key".into(),
         Error::InvalidFilter { .. } => "filters look like '{\"price\": {\"$lt\": 10}, \"tag\": {\"$in\": [\"a\"]}}'".into(),
         _ => String::new(),
     }
@@ -1241,6 +1265,16 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             out: path,
         } => export(c, &collection, path).await?,
         Remote::Usage { tenant } => print(out, &c.usage(tenant.as_deref()).await?)?,
+        Remote::Events {
+            follow,
+            tenant,
+            level,
+            json,
+            wait_ms,
+        } => {
+            let json = json || matches!(out, Output::Json);
+            events(c, follow, tenant, &level, json, wait_ms).await?
+        }
     }
     Ok(())
 }
@@ -1525,5 +1559,54 @@ async fn export(c: &Client, collection: &str, path: Option<PathBuf>) -> Result<(
     }
     w.flush()?;
     eprintln!("exported {n} objects from {collection}");
+    Ok(())
+}
+
+/// `vektagraf events`: prints events as they arrive, for `wait_ms` or
+/// (with `follow`) until Ctrl-C.
+async fn events(
+    c: &Client,
+    follow: bool,
+    tenant: Option<String>,
+    level: &str,
+    json: bool,
+    wait_ms: u64,
+) -> Result<(), CliError> {
+    use futures::StreamExt;
+    use vektagraf::proto::{EventFilter, EventItem, EventLevel};
+    let min_level = EventLevel::parse(level)
+        .ok_or_else(|| anyhow::anyhow!("--level must be info, warning or critical"))?;
+    let mut stream = c.events(EventFilter { tenant, min_level }).await?;
+    let deadline = tokio::time::sleep(std::time::Duration::from_millis(wait_ms));
+    tokio::pin!(deadline);
+    let mut stdout = std::io::stdout();
+    loop {
+        let item = tokio::select! {
+            i = stream.next() => i,
+            () = &mut deadline, if !follow => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(item) = item else { break };
+        let line = match (&item, json) {
+            (Err(e), _) => {
+                eprintln!("{e}");
+                continue;
+            }
+            (Ok(i), true) => serde_json::to_string(i)?,
+            (Ok(EventItem::Event(e)), false) => format!(
+                "{}  {:<8}  {:<16}  node {}  {}",
+                table::rfc3339(e.at_ms),
+                e.level.as_str(),
+                e.tenant.as_deref().unwrap_or("-"),
+                e.node,
+                e.message
+            ),
+            (Ok(EventItem::Lost { node, count }), false) => {
+                format!("-- {count} events lost on node {node}: this subscriber fell behind")
+            }
+        };
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+    }
     Ok(())
 }

@@ -21,7 +21,7 @@
 //! | [`client`] | the QUIC client driver |
 //! | [`migrate`] | whole-tenant export and import files, on the driver (the node's side is in `db`) |
 //! | [`codec`] | the one binary encoding (bincode 2) |
-//! | [`monitor`] | Prometheus metrics: request counters with a capped tenant label, gauges read at scrape, the exposition (served by `node::metrics`) |
+//! | [`monitor`] | Prometheus metrics: request counters with a capped tenant label, gauges read at scrape, the exposition (served by `node::metrics`); the node's live event bus |
 //!
 //! Dependency rule (one way, top to bottom):
 //!

@@ -467,8 +467,8 @@ async fn storage_past_90_percent_runs_the_cleanup_before_its_schedule() {
 #[test]
 fn retention_comes_from_the_tier_and_a_tenant_override() {
     let toml = vektagraf::tenant::DEFAULT_TIERS_TOML.replace(
-        "cache         = { ttl = \"15m\", max_entries = 1000 }\n\n[tiers.tier2]",
-        "cache         = { ttl = \"15m\", max_entries = 1000 }\nretention     = \"30d\"\n\n[tiers.tier2]",
+        "\n\n[tiers.tier2]",
+        "\nretention     = \"30d\"\n\n[tiers.tier2]",
     );
     let tiers = Tiers::from_toml(&toml).unwrap();
     let tier1 = tiers.limits(vektagraf::tenant::Tier::Tier1).retention;
@@ -505,6 +505,15 @@ fn retention_comes_from_the_tier_and_a_tenant_override() {
     );
 }
 
+/// A query of a collection that does not exist (fails `NotFound`).
+fn missing() -> Query {
+    Query {
+        collection: "nope".into(),
+        filter: None,
+        limit: 5,
+    }
+}
+
 /// A2 on a real node: the analytics report counts exactly the requests
 /// made, with their errors, latencies, bytes, the storage held and the
 /// price; what the node stored survives a kill -9.
@@ -520,7 +529,7 @@ async fn an_analytics_report_counts_the_requests_made_and_survives_a_kill_9() {
         .unwrap();
     drive(&c, 10, 20, 0).await;
     for _ in 0..5 {
-        let r = c.get("missing").await;
+        let r = c.query(missing()).await;
         assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
     }
     let made = 1 + 20 + 10 + 5;
@@ -598,7 +607,7 @@ async fn an_analytics_report_counts_the_requests_made_and_survives_a_kill_9() {
         .unwrap();
     }
     for _ in 0..100 {
-        assert!(st.get("missing").await.is_err());
+        assert!(st.query(missing()).await.is_err());
     }
     let r = admin
         .analytics("strained", from, now_ms() + 1)

@@ -418,14 +418,14 @@ async fn the_cli_runs_every_operation() {
     ));
     assert!(ok(run(&admin, &["tenant", "list"])).contains("cli_t"));
     ok(run(&admin, &["user", "create", "cli_t", "ann"]));
-    let key = ok(run(
+    // With --output json, one JSON document: the key and its facts.
+    let created: serde_json::Value = serde_json::from_str(&ok(run(
         &admin,
         &["key", "create", "--tenant", "cli_t", "--user", "ann"],
-    ))
-    .lines()
-    .next()
-    .unwrap()
-    .to_string();
+    )))
+    .unwrap();
+    assert_eq!(created["tenant_id"], "cli_t");
+    let key = created["api_key"].as_str().unwrap().to_string();
     ok(run(&key, &["collection", "create", "docs", "--dim", "2"]));
     ok(run(
         &key,

@@ -585,6 +585,32 @@ async fn only_the_metadata_leader_may_hand_a_groups_leadership_around() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dynamic_limit_raise_comes_only_from_a_node_hosting_the_tenant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = cluster_node(tmp.path(), 1, None).await;
+    tenant_t1(&n1).await;
+    let group = n1.db().tenant_group("t1").unwrap();
+    let before = n1.db().get_tenant("t1").await.unwrap().storage_limit;
+    let seven = member(tmp.path(), 7, &n1).await;
+    // Node 7 is a member without a replica of t1: it may not raise.
+    let mut limits = before.clone();
+    limits.max_objects *= 2;
+    let raise = PeerRequest::RaiseLimits {
+        tenant: "t1".into(),
+        limits,
+        reason: "auto_scale: from a stranger".into(),
+    };
+    let r = call(&seven, raise).await;
+    assert_eq!(
+        refusal(&r),
+        Some(PeerRefusal::NotAReplica { node: 7, group }),
+        "{r:?}"
+    );
+    assert_eq!(n1.db().get_tenant("t1").await.unwrap().storage_limit, before);
+    assert_eq!(n1.db().audit_log(Some("t1"), 10).unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_status_read_without_a_key_comes_only_from_a_replica_or_the_metadata_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let n1 = cluster_node(tmp.path(), 1, None).await;

@@ -21,6 +21,8 @@
 //!
 //! This module imports only `proto` and `net::{tls, frame}`: no server code.
 
+mod events;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,8 @@ use crate::proto::{
     Traverse, TraversedNode, VectorSearch, WriteOp, WriteOutcome, WriteResult,
 };
 use crate::tenant::{TenantConfig, TenantUpdate};
+
+pub use events::EventStream;
 
 /// How the driver connects and retries.
 #[derive(Debug, Clone)]

@@ -47,6 +47,38 @@ impl Cluster {
         Ok(exists)
     }
 
+    /// A5: the dynamic limit policy's raise, committed by group 0's
+    /// leader (this node, or the leader it asks; it checks the raise).
+    pub(super) async fn raise_limits(
+        &self,
+        db: &crate::db::Database,
+        tenant: &str,
+        limits: crate::tenant::StorageLimitConfig,
+        reason: &str,
+    ) -> Result<()> {
+        match self.meta_leader() {
+            None => Err(unavailable("the metadata group has no leader")),
+            Some(l) if l == self.me.id => db.commit_raise(tenant, limits, reason).await,
+            Some(l) => {
+                let req = PeerRequest::RaiseLimits {
+                    tenant: tenant.to_string(),
+                    limits,
+                    reason: reason.to_string(),
+                };
+                match self.net.call(l, &req, FORWARD_TIMEOUT).await {
+                    Ok(PeerResponse::Raised(r)) => r,
+                    Ok(PeerResponse::Refused(why)) => Err(crate::proto::Error::PermissionDenied {
+                        reason: why.to_string(),
+                    }),
+                    Ok(other) => Err(unavailable(format!(
+                        "node {l} did not take the raise: {other:?}"
+                    ))),
+                    Err(e) => Err(unavailable(format!("node {l}: {e}"))),
+                }
+            }
+        }
+    }
+
     /// Commits registry changes through group 0, forwarding to its leader.
     pub(super) async fn propose_registry(&self, ops: Vec<RegOp>) -> Result<u64> {
         let deadline = Instant::now() + LEADER_WAIT * 2;

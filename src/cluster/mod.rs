@@ -518,6 +518,16 @@ impl ClusterHooks for Cluster {
         crate::shard::is_leader(self.meta_raft())
     }
 
+    fn raise_limits<'a>(
+        &'a self,
+        db: &'a Database,
+        tenant: &'a str,
+        limits: crate::tenant::StorageLimitConfig,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Cluster::raise_limits(self, db, tenant, limits, reason))
+    }
+
     fn stop_background(&self) {
         self.stop_reconcile();
     }

@@ -126,6 +126,17 @@ impl Cluster {
             // Moves run on group 0's leader; another member handing a
             // group's leadership around would be a disruption, not a move.
             PeerRequest::TransferLeader { .. } => self.check_meta_leader(from, "transfer leader"),
+            // Only a node hosting one of the tenant's replicas (by group
+            // 0's record, which the receiver, group 0's leader, holds).
+            PeerRequest::RaiseLimits { tenant, .. } => match db.record(tenant) {
+                Ok(rec) if !rec.replicas.iter().any(|r| r.node == from) => {
+                    Err(PeerRefusal::NotAReplica {
+                        node: from,
+                        group: rec.group,
+                    })
+                }
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }

@@ -100,6 +100,7 @@ fn kind(req: &PeerRequest) -> &'static str {
         PeerRequest::Leading => "leading",
         PeerRequest::HandOver { .. } => "hand-over",
         PeerRequest::History { .. } => "history",
+        PeerRequest::RaiseLimits { .. } => "limit raise",
     }
 }
 
@@ -273,6 +274,21 @@ impl PeerService for Service {
                         crate::db::Resolution::Hour
                     };
                     PeerResponse::History(db.history_local(&tenant, res, from_ms, to_ms))
+                }
+                PeerRequest::RaiseLimits {
+                    tenant,
+                    limits,
+                    reason,
+                } => {
+                    let r = if c.meta_leader() == Some(c.me.id) {
+                        db.commit_raise(&tenant, limits, &reason).await
+                    } else {
+                        Err(unavailable("this node does not lead the metadata group"))
+                    };
+                    if let Err(e) = &r {
+                        tracing::warn!(node = from, tenant = %tenant, error = %e, "a dynamic limit raise was not committed");
+                    }
+                    PeerResponse::Raised(r)
                 }
                 PeerRequest::HandOver { group, rpc } => match c.group_raft(&db, group) {
                     Some(r) => PeerResponse::HandOver(r.handle_transfer_leader(rpc).await),

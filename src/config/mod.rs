@@ -10,6 +10,7 @@
 mod analytics;
 mod audit;
 mod error;
+mod events;
 mod metrics;
 mod raft;
 mod retention;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use analytics::AnalyticsSettings;
 pub use audit::{AuditSettings, AutoScaleSettings};
 pub use error::ConfigError;
+pub use events::EventsSettings;
 pub use metrics::MetricsSettings;
 pub use raft::RaftSettings;
 pub use retention::RetentionSettings;
@@ -145,6 +147,9 @@ pub struct NodeConfig {
     /// `[analytics]`.
     #[serde(default)]
     pub analytics: AnalyticsSettings,
+    /// `[events]`.
+    #[serde(default)]
+    pub events: EventsSettings,
 }
 
 /// `[cluster]`: multi-node operation.
@@ -299,6 +304,29 @@ impl NodeConfig {
         }
         if r.check_ms == 0 {
             return Err(cfg_err("retention.check_ms", "must be at least 1"));
+        }
+        let e = &self.events;
+        for (key, v) in [
+            ("events.health_check_ms", e.health_check_ms),
+            ("events.limit_check_ms", e.limit_check_ms),
+            ("events.capacity", e.capacity as u64),
+            ("events.max_subscriptions", e.max_subscriptions as u64),
+            (
+                "events.max_subscriptions_per_connection",
+                e.max_subscriptions_per_connection as u64,
+            ),
+            ("events.burst_rejections", e.burst_rejections),
+            ("events.burst_window_ms", e.burst_window_ms),
+        ] {
+            if v == 0 {
+                return Err(cfg_err(key, "must be at least 1"));
+            }
+        }
+        if e.capacity > 1 << 20 || e.recent > 1 << 16 {
+            return Err(cfg_err(
+                "events.capacity",
+                "capacity must be at most 1048576 and recent at most 65536",
+            ));
         }
         let m = &self.metrics;
         if m.enabled && !(1..=10_000).contains(&m.max_tenant_labels) {

@@ -22,13 +22,19 @@
 //! and the limits in the registry; it skips a tenant whose loaded config
 //! is not yet the registry's (a change on its way here) and raises one
 //! tenant at most once per `[auto_scale] cooldown_ms`, so a raise reaches
-//! every node before the next is weighed.
+//! every node before the next is weighed. On a cluster the shard leader
+//! holds no admin key, so it asks group 0's leader, which commits the
+//! raise only if the asking node hosts one of the tenant's replicas, the
+//! tenant opted in, and the change is one the policy could make (bytes,
+//! objects and vectors limits each stay or grow within the ceiling;
+//! nothing else changes: [`check_raise`]). Each raise is also a
+//! `limits_raised` info event (A3).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::proto::{AuditEntry, ChangedBy, Result, StorageUsage};
+use crate::proto::{AuditEntry, ChangedBy, Error, Result, StorageUsage};
 use crate::tenant::{StorageCeiling, StorageLimitConfig, TenantConfig, TenantUpdate};
 use crate::tenant::{AUTO_SCALE_AT, AUTO_SCALE_FACTOR};
 
@@ -322,16 +328,107 @@ impl Database {
             return Ok(());
         };
         t.auto_scaled_at.store(now, Ordering::Relaxed);
-        let update = TenantUpdate {
-            storage_limit: Some(limits),
-            reason: Some(reason.clone()),
-            ..Default::default()
-        };
-        self.update_tenant_as(&cfg.tenant_id, update, &ChangedBy::AutoScale)
-            .await?;
-        tracing::info!(tenant = %cfg.tenant_id, %reason, "auto_scale: storage limits raised");
+        match self.hooks() {
+            // Registry writes are group 0's leader's: it checks the raise.
+            Some(h) => h.raise_limits(self, &cfg.tenant_id, limits, &reason).await?,
+            None => self.commit_raise(&cfg.tenant_id, limits, &reason).await?,
+        }
+        self.events().emit(
+            crate::proto::EventLevel::Info,
+            Some(&cfg.tenant_id),
+            crate::proto::EventKind::LimitsRaised {
+                reason: reason.clone(),
+            },
+            format!("storage limits raised by the dynamic limit policy: {reason}"),
+        );
         Ok(())
     }
+}
+
+impl Database {
+    /// Commits a raise of `tenant`'s storage limits by the dynamic limit
+    /// policy, if the policy could have made it (see [`check_raise`]): on
+    /// a cluster, group 0's leader runs this for the shard leader that
+    /// asked, which holds no admin key.
+    pub(crate) async fn commit_raise(
+        &self,
+        tenant: &str,
+        limits: StorageLimitConfig,
+        reason: &str,
+    ) -> Result<()> {
+        let rec = self.record(tenant)?;
+        let cfg = &rec.config;
+        if !cfg.auto_scale() {
+            return Err(Error::PermissionDenied {
+                reason: format!("tenant {tenant} did not opt in to auto_scale"),
+            });
+        }
+        let ceiling = self.tiers().limits(cfg.tier).auto_scale;
+        check_raise(&cfg.storage_limit, &limits, ceiling.as_ref())?;
+        let update = TenantUpdate {
+            storage_limit: Some(limits),
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        };
+        self.update_tenant_as(tenant, update, &ChangedBy::AutoScale)
+            .await
+            .map(drop)
+    }
+}
+
+/// Whether `new` is a raise the policy may make of `old`: the bytes,
+/// objects and vectors limits each stay or grow, and one that grows stays
+/// within the tier's `ceiling`; nothing else changes.
+pub(crate) fn check_raise(
+    old: &StorageLimitConfig,
+    new: &StorageLimitConfig,
+    ceiling: Option<&StorageCeiling>,
+) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::InvalidConfig {
+            key: "storage_limit".into(),
+            reason: format!("not a raise the dynamic limit policy may make: {why}"),
+        })
+    };
+    let Some(ceiling) = ceiling else {
+        return refuse("the tier has no auto_scale ceiling".into());
+    };
+    let mut rest = new.clone();
+    for (name, old, new, ceil, field) in [
+        (
+            "max_storage_bytes",
+            old.max_storage_bytes,
+            new.max_storage_bytes,
+            ceiling.max_storage_bytes,
+            &mut rest.max_storage_bytes,
+        ),
+        (
+            "max_objects",
+            old.max_objects,
+            new.max_objects,
+            ceiling.max_objects,
+            &mut rest.max_objects,
+        ),
+        (
+            "max_vectors",
+            old.max_vectors,
+            new.max_vectors,
+            ceiling.max_vectors,
+            &mut rest.max_vectors,
+        ),
+    ] {
+        if new < old {
+            return refuse(format!("{name} would fall from {old} to {new}"));
+        }
+        if new > old && new > ceil {
+            return refuse(format!("{name} {new} is past the tier's ceiling {ceil}"));
+        }
+        *field = old;
+    }
+    if rest != *old {
+        return refuse("it changes more than the bytes, objects and vectors limits".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -377,6 +474,36 @@ mod tests {
         assert_eq!(objects.tenant_id, "acme");
         assert_eq!(d[0].old, None);
         assert!(diff(&a, &a, &ChangedBy::Embedded, "", 1).is_empty());
+    }
+
+    #[test]
+    fn a_raise_from_a_peer_passes_only_if_the_policy_could_have_made_it() {
+        let old = cfg().storage_limit;
+        let ceiling = StorageCeiling {
+            max_storage_bytes: u64::MAX,
+            max_objects: 20_000,
+            max_vectors: 20_000,
+        };
+        let with = |f: &dyn Fn(&mut StorageLimitConfig)| {
+            let mut l = old.clone();
+            f(&mut l);
+            check_raise(&old, &l, Some(&ceiling))
+        };
+        assert!(with(&|l| l.max_objects = 15_000).is_ok());
+        assert!(with(&|l| l.max_objects = 20_000).is_ok());
+        assert!(with(&|_| {}).is_ok());
+        for bad in [
+            with(&|l| l.max_objects = 20_001),
+            with(&|l| l.max_vectors = 9_999),
+            with(&|l| l.hard_limits = !l.hard_limits),
+            with(&|l| l.max_object_size += 1),
+            check_raise(&old, &old, None),
+        ] {
+            assert!(
+                matches!(&bad, Err(Error::InvalidConfig { key, .. }) if key == "storage_limit"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod analytics;
 mod audit;
 mod export;
+mod health;
 mod keys;
 mod metrics;
 mod registry;
@@ -68,6 +69,16 @@ pub trait ClusterHooks: Send + Sync {
     fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>>;
     /// Whether this node leads the metadata group (group 0) now.
     fn leads_metadata(&self) -> bool;
+    /// A5: has group 0's leader commit the dynamic limit policy's raise
+    /// of `tenant`'s storage limits (it checks the raise; see
+    /// `Database::commit_raise`).
+    fn raise_limits<'a>(
+        &'a self,
+        db: &'a Database,
+        tenant: &'a str,
+        limits: crate::tenant::StorageLimitConfig,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Stops the cluster's background loops (first step of a close).
     fn stop_background(&self);
     /// Stops the metadata group and the peer transport (after the
@@ -261,6 +272,10 @@ pub(crate) struct Inner {
     history: RwLock<Option<Arc<analytics::HistoryStore>>>,
     /// A2: requests gathered since the last history flush.
     recorder: crate::monitor::history::Recorder,
+    /// The node's live event bus (A3).
+    events: Arc<crate::monitor::EventBus>,
+    /// What the periodic event checks remember (`db/health.rs`).
+    checks: health::CheckState,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -383,8 +398,14 @@ impl Database {
             config.storage.min_free_bytes,
             if clustered { config.cluster.node_id } else { 0 },
         );
+        let events = Arc::new(crate::monitor::EventBus::new(
+            if clustered { config.cluster.node_id } else { 0 },
+            &config.events,
+        ));
         let db = Database {
             inner: Arc::new(Inner {
+                events,
+                checks: health::CheckState::default(),
                 reserve,
                 config,
                 dir,
@@ -409,6 +430,7 @@ impl Database {
         db.start_retention();
         db.start_audit_loops();
         db.start_history();
+        db.start_event_checks();
         if clustered {
             // The registry is the metadata group's: the cluster layer
             // attaches it, and starts shards as placement assigns them.
@@ -473,6 +495,13 @@ impl Database {
     pub(crate) fn attach_cluster(&self, hooks: Arc<dyn ClusterHooks>, meta: Arc<dyn MetaGroup>) {
         *self.inner.registry.write() = Some(Arc::new(Registry::replicated(meta)));
         *self.inner.cluster.write() = Some(hooks);
+    }
+
+    /// The node's live event bus (A3): the periodic checks, the request
+    /// path and move jobs raise events there; the server streams them to
+    /// subscribers.
+    pub fn events(&self) -> &Arc<crate::monitor::EventBus> {
+        &self.inner.events
     }
 
     /// Whether this node runs as part of a cluster (its cluster layer is

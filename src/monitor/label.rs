@@ -128,6 +128,8 @@ impl Operation {
             | CancelJob(_)
             | Rebalance { .. }
             | DrainNode(_) => Operation::Cluster,
+            // Served by the server itself (never through the router).
+            SubscribeEvents(_) => Operation::Session,
             ExportOpen(_) | ExportPage(_) | ExportClose { .. } | Import(_) => Operation::Migrate,
         }
     }
@@ -171,7 +173,7 @@ impl Operation {
 pub struct Outcome(u8);
 
 /// Every outcome label value, in index order.
-pub const OUTCOMES: [&str; 37] = [
+pub const OUTCOMES: [&str; 38] = [
     "ok",
     "limit_rate",
     "limit_operation_rate",
@@ -209,6 +211,7 @@ pub const OUTCOMES: [&str; 37] = [
     "error_storage",
     "error_raft",
     "error_storage_full",
+    "error_too_many_subscriptions",
 ];
 
 impl Outcome {
@@ -264,6 +267,7 @@ impl Outcome {
             Error::Storage { .. } => 34,
             Error::Raft { .. } => 35,
             Error::StorageFull { .. } => 36,
+            Error::TooManySubscriptions { .. } => 37,
         })
     }
 

@@ -16,12 +16,18 @@
 //! node counters kept where the events happen are process-wide
 //! ([`node_counters`]).
 //!
+//! The node's live event bus (A3) is here too ([`events`], with the pure
+//! decisions of when an event is due: [`bands`], [`bursts`]).
+//!
 //! This module names only `proto` and `config` of the crate, so any layer
 //! may count into it; `node::metrics` serves it over HTTP.
 
+pub mod bands;
 mod block;
+pub mod bursts;
 mod encode;
 pub mod history;
+pub mod events;
 pub mod label;
 mod sample;
 pub mod tenants;
@@ -31,6 +37,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use block::LATENCY_BUCKETS;
+pub use events::{EventBus, Subscription};
 pub use label::{Operation, Outcome, OUTCOMES};
 pub use sample::{CacheSample, NodeSample, TenantSample};
 pub use tenants::TenantLabels;

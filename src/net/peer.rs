@@ -186,6 +186,20 @@ pub enum PeerRequest {
         /// The RPC.
         rpc: openraft::raft::TransferLeaderRequest<C>,
     },
+    /// A5: the dynamic limit policy's raise of a tenant's storage limits,
+    /// sent by the node leading the tenant's shard to group 0's leader,
+    /// which commits it as `auto_scale` only if the sender hosts one of
+    /// the tenant's replicas, the tenant opted in, and every limit only
+    /// grows, up to its tier's ceiling (no admin key is needed, and no
+    /// other change can pass).
+    RaiseLimits {
+        /// Tenant.
+        tenant: String,
+        /// The raised storage limits.
+        limits: crate::tenant::StorageLimitConfig,
+        /// Why (the policy's reason).
+        reason: String,
+    },
     /// A2: the node's stored request history of a tenant (for an admin's
     /// analytics report; the key is checked again here).
     History {
@@ -240,6 +254,8 @@ pub enum PeerResponse {
     Refused(PeerRefusal),
     /// A2: this node's rollups of a tenant, oldest first.
     History(Result<Vec<crate::proto::Rollup>, Error>),
+    /// A5: a dynamic limit raise committed (or why not).
+    Raised(Result<(), Error>),
 }
 
 /// Why a cluster node refuses another, whose certificate is valid.

@@ -26,6 +26,8 @@ use crate::Session;
 use super::frame::{read_frame, read_frame_counted, write_frame};
 use super::tls;
 
+mod events;
+
 /// A running server.
 pub struct Server {
     endpoint: Endpoint,
@@ -284,6 +286,8 @@ impl Drop for IpSlot {
 struct ConnState {
     key: Option<KeyInfo>,
     session: Option<Session>,
+    /// Event subscriptions open on this connection.
+    subscriptions: usize,
 }
 
 async fn serve_connection(
@@ -442,6 +446,17 @@ async fn serve_stream(
     // A2: the bytes a tenant key's request and response move.
     let mut moved: Option<(String, usize)> = None;
     let (id, response, leader) = match read_frame_counted::<Request>(&mut recv, max).await {
+        Ok((
+            Envelope {
+                request_id,
+                body: Request::SubscribeEvents(filter),
+                ..
+            },
+            _,
+        )) => {
+            events::serve(&db, state, request_id, filter, send, recv).await;
+            return;
+        }
         Ok((env, size)) => {
             let id = env.request_id;
             let mut leader = None;

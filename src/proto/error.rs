@@ -274,6 +274,17 @@ pub enum Error {
         /// The reserve kept free.
         reserve_bytes: u64,
     },
+    /// An event subscription beyond `events.max_subscriptions` (the
+    /// node's) or `events.max_subscriptions_per_connection`.
+    #[error(
+        "too many event subscriptions: at most {limit} (per connection, not node-wide: {per_connection})"
+    )]
+    TooManySubscriptions {
+        /// The cap reached.
+        limit: u64,
+        /// The connection's cap (else the node's).
+        per_connection: bool,
+    },
 }
 
 fn retry_hint(ms: &Option<u64>) -> String {
@@ -319,6 +330,7 @@ impl Error {
             Error::Storage { .. } => ErrorCode::Internal,
             Error::Raft { .. } => ErrorCode::Internal,
             Error::StorageFull { .. } => ErrorCode::StorageFull,
+            Error::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
         }
     }
 
@@ -424,6 +436,8 @@ pub enum ErrorCode {
     Internal = 62,
     /// The serving node's disk is nearly full.
     StorageFull = 63,
+    /// Too many event subscriptions.
+    TooManySubscriptions = 64,
 }
 
 /// Shorthand for results of Vektagraf operations.

@@ -390,6 +390,15 @@ pub enum Request {
         /// Range end, ms.
         to_ms: u64,
     },
+    /// A3: subscribes to this node's live events. The stream stays open:
+    /// the node answers [`Response::EventsSubscribed`], then one
+    /// [`Response::Event`] frame per event (first the recent ones the
+    /// filter matches), and [`Response::EventsLost`] when the subscriber
+    /// fell behind, until the client closes the stream or the connection
+    /// ends. A tenant key subscribes to its own tenant only (`tenant`
+    /// `None` means its own; another is refused with
+    /// `CrossTenantAccess`); an admin key to every event or one tenant's.
+    SubscribeEvents(super::EventFilter),
 }
 
 impl Request {
@@ -485,6 +494,24 @@ pub enum Response {
     Audit(Vec<crate::proto::AuditEntry>),
     /// An analytics report.
     Analytics(Box<crate::proto::AnalyticsReport>),
+    /// An event subscription is open on `node` (0: standalone). `nodes`
+    /// lists every live node of the cluster as (id, client address), so
+    /// the driver can subscribe to the others too (events are raised on
+    /// the node that runs the check); empty on a standalone node.
+    EventsSubscribed {
+        /// The answering node.
+        node: u64,
+        /// The cluster's live nodes.
+        nodes: Vec<(u64, String)>,
+    },
+    /// One event of a subscription.
+    Event(Box<super::Event>),
+    /// The subscriber fell behind: this many events were lost (never
+    /// sent) since its previous frame.
+    EventsLost {
+        /// How many.
+        count: u64,
+    },
 }
 
 /// A tenant shard group's placement, as one of its replicas sees it.

@@ -48,6 +48,11 @@ pub async fn request(
         let now = crate::util::coarse_now_ms();
         db.recorder()
             .request(t, now, outcome, took, db.in_flight_of(t));
+        if let Err(e) = &result {
+            if let Some(l) = e.limit() {
+                db.events().rejected(t, l.kind);
+            }
+        }
     }
     let leader = match (cluster, caller) {
         (Some(c), Caller::Tenant(t)) => super::route::leader_hint(db, c, &t),

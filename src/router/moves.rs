@@ -560,6 +560,7 @@ impl Mover {
         } else {
             tracing::info!(job = j.id, tenant = %j.tenant_id, from = j.from_node, to = j.to_node, state = %next, "move job");
         }
+        move_event(db, job.state, &j);
         if let Some(l) = self.live.lock().get_mut(&j.id) {
             l.progressed = Some(Instant::now());
         }
@@ -929,4 +930,53 @@ async fn hand_over(db: &Database, c: &Cluster, node: u64, group: u64, to: u64) -
         Ok(other) => Err(unavailable(format!("unexpected peer answer {other:?}"))),
         Err(e) => Err(unavailable(e.to_string())),
     }
+}
+
+/// Raises the event of a move job's transition from `from` to `j.state`
+/// (on group 0's leader, which alone drives jobs): started when it leaves
+/// `registered`, and its end.
+fn move_event(db: &Database, from: JobState, j: &MoveJob) {
+    use crate::proto::{EventKind, EventLevel};
+    let (job, from_node, to_node) = (j.id, j.from_node, j.to_node);
+    let reason = j.reason.clone().unwrap_or_default();
+    let (level, kind, message) = match j.state {
+        JobState::Done => (
+            EventLevel::Info,
+            EventKind::MoveFinished {
+                job,
+                from_node,
+                to_node,
+            },
+            format!(
+                "move job {job} finished: replica moved from node {from_node} to node {to_node}"
+            ),
+        ),
+        JobState::Failed => (
+            EventLevel::Warning,
+            EventKind::MoveFailed {
+                job,
+                reason: reason.clone(),
+            },
+            format!("move job {job} failed and was rolled back: {reason}"),
+        ),
+        JobState::Cancelled => (
+            EventLevel::Info,
+            EventKind::MoveCancelled {
+                job,
+                reason: reason.clone(),
+            },
+            format!("move job {job} was cancelled: {reason}"),
+        ),
+        _ if from == JobState::Registered => (
+            EventLevel::Info,
+            EventKind::MoveStarted {
+                job,
+                from_node,
+                to_node,
+            },
+            format!("move job {job} started: node {from_node} to node {to_node}"),
+        ),
+        _ => return,
+    };
+    db.events().emit(level, Some(&j.tenant_id), kind, message);
 }
