@@ -149,7 +149,9 @@ enum BenchCmd {
         #[arg(long)]
         no_etcd: bool,
     },
-    /// Idle cost: CPU and memory of a 3-node cluster holding many idle tenants.
+    /// Idle cost: CPU and memory of a 3-node cluster holding many idle
+    /// tenants; with --standalone, of one standalone node with
+    /// hibernation off and on, side by side.
     Idle {
         /// Scratch data directory (wiped first).
         #[arg(long, default_value = "/var/tmp/vektagraf-bench-idle")]
@@ -160,6 +162,9 @@ enum BenchCmd {
         /// Seconds of each measurement.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// One standalone node, hibernation off against on.
+        #[arg(long)]
+        standalone: bool,
     },
     /// Online tenant move of a Fashion-MNIST tenant (≥ 1 GiB by default)
     /// on a 4-node loopback cluster under light load, vs a raw QUIC copy
@@ -294,6 +299,20 @@ fn run() -> anyhow::Result<()> {
                     data,
                     tenants,
                     seconds,
+                    standalone: true,
+                } => {
+                    vektagraf::bench::hibernate::idle(vektagraf::bench::hibernate::Options {
+                        data,
+                        tenants,
+                        seconds,
+                    })
+                    .await
+                }
+                BenchCmd::Idle {
+                    data,
+                    tenants,
+                    seconds,
+                    standalone: false,
                 } => {
                     vektagraf::bench::cluster::idle(vektagraf::bench::cluster::IdleOptions {
                         data,
@@ -445,7 +464,7 @@ async fn write_loop(data: &std::path::Path, tenant: &str, writers: usize) -> any
         db.create_user(tenant, "writer").await?;
     }
     let s = db.session(tenant, "writer").await?;
-    if s.collections()?.is_empty() {
+    if s.collections().await?.is_empty() {
         s.create_collection(CollectionSpec::vectors("items", 4))
             .await?;
     }

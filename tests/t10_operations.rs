@@ -357,14 +357,14 @@ async fn retention_cleanup_deletes_old_objects_and_frees_usage() {
     let cutoff = vektagraf::util::now_ms() + 1;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     s.put(item("new", 9.0)).await.unwrap();
-    let before = s.usage().unwrap().storage;
+    let before = s.usage().await.unwrap().storage;
     assert_eq!(
         s.purge_older_than(Some("items"), cutoff, 100)
             .await
             .unwrap(),
         5
     );
-    let after = s.usage().unwrap().storage;
+    let after = s.usage().await.unwrap().storage;
     assert_eq!(after.objects, 1);
     assert_eq!(after.vectors, 1);
     assert!(after.bytes < before.bytes);

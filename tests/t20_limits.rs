@@ -147,14 +147,14 @@ async fn concurrency_slots() {
             .collect::<Vec<_>>();
         let (s1, s2) = (s.clone(), s.clone());
         let t1 = tokio::spawn(async move { s1.transaction(big).await });
-        while s.usage().unwrap().in_flight < 1 && !t1.is_finished() {
+        while s.usage().await.unwrap().in_flight < 1 && !t1.is_finished() {
             tokio::task::yield_now().await;
         }
         let t2 = tokio::spawn(async move { s2.transaction(big2).await });
-        while s.usage().unwrap().in_flight < 2 && !t2.is_finished() {
+        while s.usage().await.unwrap().in_flight < 2 && !t2.is_finished() {
             tokio::task::yield_now().await;
         }
-        if s.usage().unwrap().in_flight == 2 {
+        if s.usage().await.unwrap().in_flight == 2 {
             let l = limit_of(s.get("t0-0").await);
             assert_eq!((l.kind, l.limit, l.current), (LimitKind::Concurrency, 2, 2));
             assert!(l.retry_after_ms.is_some());
@@ -167,7 +167,7 @@ async fn concurrency_slots() {
         }
     }
     assert!(saw_limit, "never observed two operations in flight");
-    assert_eq!(s.usage().unwrap().in_flight, 0, "slots come back");
+    assert_eq!(s.usage().await.unwrap().in_flight, 0, "slots come back");
     db.close().await.unwrap();
 }
 
@@ -301,7 +301,7 @@ async fn storage_limits_objects_bytes_size_vectors_dimensions() {
     assert_eq!((l.kind, l.limit), (LimitKind::ObjectSize, 600));
     assert!(l.requested > 600 && l.retry_after_ms.is_none());
     // Bytes: lower the byte limit to just above current usage.
-    let used = s.usage().unwrap().storage.bytes;
+    let used = s.usage().await.unwrap().storage.bytes;
     let mut c = db.get_tenant("st").await.unwrap();
     c.storage_limit.max_storage_bytes = used + 10;
     c.storage_limit.max_objects = 100;
@@ -327,7 +327,7 @@ async fn storage_limits_objects_bytes_size_vectors_dimensions() {
         (LimitKind::StorageBytes, used + 10, used)
     );
     assert_eq!(
-        s.usage().unwrap().storage.bytes,
+        s.usage().await.unwrap().storage.bytes,
         used,
         "a refused write changes nothing"
     );
@@ -356,7 +356,7 @@ async fn soft_limits_let_writes_through_with_a_warning() {
         "{:?}",
         r.warnings
     );
-    assert_eq!(s.usage().unwrap().storage.objects, 3);
+    assert_eq!(s.usage().await.unwrap().storage.objects, 3);
     db.close().await.unwrap();
 }
 
@@ -377,7 +377,7 @@ async fn a_warning_fires_at_the_threshold() {
             r.warnings
         );
     }
-    assert!(s.usage().unwrap().warnings.is_empty());
+    assert!(s.usage().await.unwrap().warnings.is_empty());
     let r = s.put(item("o7", 1.0)).await.unwrap();
     assert!(
         r.warnings
@@ -388,6 +388,7 @@ async fn a_warning_fires_at_the_threshold() {
     );
     assert!(s
         .usage()
+        .await
         .unwrap()
         .warnings
         .iter()
@@ -428,7 +429,7 @@ async fn thirty_two_writers_racing_for_the_last_slots_leave_exactly_max_objects(
         t.await.unwrap();
     }
     assert_eq!(ok.load(std::sync::atomic::Ordering::SeqCst), 10);
-    assert_eq!(s.usage().unwrap().storage.objects, 100);
+    assert_eq!(s.usage().await.unwrap().storage.objects, 100);
     let all = s
         .query(Query {
             collection: "items".into(),

@@ -118,7 +118,7 @@ async fn after_a_delete_no_key_of_the_tenant_is_left() {
         Err(Error::TenantNotFound { .. })
     ));
     let s = tenant(&db, roomy(&db, "doomed")).await;
-    assert_eq!(s.usage().unwrap().storage.objects, 0);
+    assert_eq!(s.usage().await.unwrap().storage.objects, 0);
     assert_ne!(
         db.tenant_group("doomed").unwrap(),
         group,
@@ -165,12 +165,12 @@ async fn a_restart_keeps_data_search_results_usage_and_counters() {
         })
         .await
         .unwrap();
-    let usage_before = s.usage().unwrap();
+    let usage_before = s.usage().await.unwrap();
     db.close().await.unwrap();
 
     let db = open(dir.path()).await;
     let s = db.session("durable", "u").await.unwrap();
-    let usage_after = s.usage().unwrap();
+    let usage_after = s.usage().await.unwrap();
     assert_eq!(usage_after.storage, usage_before.storage);
     assert_eq!(usage_after.requests.daily, usage_before.requests.daily);
     assert_eq!(usage_after.requests.monthly, usage_before.requests.monthly);
@@ -221,7 +221,7 @@ async fn counters_survive_a_restart_and_keep_enforcing() {
     let s = db.session("quota", "u").await.unwrap();
     // 8 requests were made; the close waits for the reservation in flight
     // and then saves the exact count, so a restart resumes at exactly 8.
-    assert_eq!(s.usage().unwrap().requests.daily, 8);
+    assert_eq!(s.usage().await.unwrap().requests.daily, 8);
     s.get("x").await.unwrap();
     s.get("x").await.unwrap();
     assert!(
@@ -256,7 +256,7 @@ async fn a_failed_shard_actor_is_restarted_from_disk() {
         got = s.get("a").await.ok().flatten();
     }
     s.put(item("b", 2.0)).await.unwrap();
-    assert_eq!(s.usage().unwrap().storage.objects, 2);
+    assert_eq!(s.usage().await.unwrap().storage.objects, 2);
     db.close().await.unwrap();
 }
 
@@ -311,7 +311,7 @@ async fn sigkill_mid_write_loop_loses_no_acknowledged_write() {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    let usage = s.usage().unwrap();
+    let usage = s.usage().await.unwrap();
     assert!(usage.storage.objects >= acked.len() as u64);
     // Search agrees with storage after recovery (the index was rebuilt).
     let hits = s

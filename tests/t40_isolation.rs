@@ -21,7 +21,7 @@ async fn tenant_a_cannot_reach_tenant_b_with_b_ids() {
         .await
         .unwrap();
     a.put(item("a0", 100.0)).await.unwrap();
-    let b_usage = b.usage().unwrap().storage;
+    let b_usage = b.usage().await.unwrap().storage;
 
     // Read.
     assert!(a.get("b1").await.unwrap().is_none());
@@ -82,7 +82,7 @@ async fn tenant_a_cannot_reach_tenant_b_with_b_ids() {
     );
 
     // B is untouched.
-    assert_eq!(b.usage().unwrap().storage, b_usage);
+    assert_eq!(b.usage().await.unwrap().storage, b_usage);
     assert_eq!(
         b.get("b1")
             .await

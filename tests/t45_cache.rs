@@ -171,22 +171,23 @@ async fn a_hit_is_still_a_request_counted_and_rate_limited() {
     let s = tenant(&db, cfg).await;
     items(&s).await;
     s.put(item("a", 1.0)).await.unwrap();
-    let reads = |s: &Session| {
+    async fn reads(s: &Session) -> u64 {
         s.usage()
+            .await
             .unwrap()
             .requests
             .by_operation
             .get("read")
             .copied()
             .unwrap_or(0)
-    };
-    let before = reads(&s);
+    }
+    let before = reads(&s).await;
     for _ in 0..3 {
         s.get("a").await.unwrap();
     }
-    let u = s.usage().unwrap();
+    let u = s.usage().await.unwrap();
     assert_eq!((u.cache.hits, u.cache.misses), (2, 1), "{:?}", u.cache);
-    assert_eq!(reads(&s) - before, 3, "hits are counted as requests");
+    assert_eq!(reads(&s).await - before, 3, "hits are counted as requests");
     // The fourth get would be a hit; the per-operation rate refuses it.
     match s.get("a").await {
         Err(Error::LimitExceeded(l)) => {

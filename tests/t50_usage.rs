@@ -86,7 +86,7 @@ async fn requests_per_operation_per_day_and_month_survive_a_restart_exactly() {
     let s = tenant(&db, roomy(&db, "bill")).await;
     items(&s).await; // one write
     load(&s, 7, 5, 3, 2).await;
-    let u = s.usage().unwrap().requests;
+    let u = s.usage().await.unwrap().requests;
     assert_eq!(u.date, today());
     assert_eq!(u.daily_by_operation, ops(7, 6, 3, 2));
     assert_eq!(u.monthly_by_operation, ops(7, 6, 3, 2));
@@ -95,12 +95,12 @@ async fn requests_per_operation_per_day_and_month_survive_a_restart_exactly() {
 
     let db = open(dir.path()).await;
     let s = db.session("bill", "u").await.unwrap();
-    let u = s.usage().unwrap().requests;
+    let u = s.usage().await.unwrap().requests;
     assert_eq!(u.daily_by_operation, ops(7, 6, 3, 2));
     assert_eq!(u.monthly_by_operation, ops(7, 6, 3, 2));
     // And they keep counting from there.
     s.get("w0").await.unwrap();
-    let u = s.usage().unwrap().requests;
+    let u = s.usage().await.unwrap().requests;
     assert_eq!(u.daily_by_operation["read"], 8);
     assert_eq!(u.monthly_by_operation["read"], 8);
     db.close().await.unwrap();
@@ -382,7 +382,7 @@ async fn open_with_retention(dir: &Path, interval_ms: u64) -> Database {
 async fn until_objects(s: &Session, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = s.usage().unwrap().storage.objects;
+        let got = s.usage().await.unwrap().storage.objects;
         if got == n {
             return;
         }
@@ -402,11 +402,11 @@ async fn objects_older_than_the_retention_period_disappear_on_schedule_and_usage
         .insert("retention_ms".into(), serde_json::json!(4_000));
     let s = tenant(&db, cfg).await;
     items(&s).await;
-    let u0 = s.usage().unwrap().storage;
+    let u0 = s.usage().await.unwrap().storage;
     for i in 0..5 {
         s.put(item(&format!("old{i}"), i as f32)).await.unwrap();
     }
-    let u_old = s.usage().unwrap().storage;
+    let u_old = s.usage().await.unwrap().storage;
     assert_eq!(u_old.objects, 5);
     // Two seconds later (half the period), younger objects.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -415,20 +415,23 @@ async fn objects_older_than_the_retention_period_disappear_on_schedule_and_usage
             .await
             .unwrap();
     }
-    let u1 = s.usage().unwrap().storage;
+    let u1 = s.usage().await.unwrap().storage;
 
     // The old ones go once they are 4 s old; the young ones stay.
     until_objects(&s, 3).await;
-    assert_eq!(s.usage().unwrap().storage, minus(&u1, &minus(&u_old, &u0)));
+    assert_eq!(
+        s.usage().await.unwrap().storage,
+        minus(&u1, &minus(&u_old, &u0))
+    );
     assert!(s.get("old0").await.unwrap().is_none());
     assert!(s.get("new0").await.unwrap().is_some());
     // A cleanup is not a tenant request: only this test's requests count.
-    let u = s.usage().unwrap().requests;
+    let u = s.usage().await.unwrap().requests;
     assert_eq!(u.daily_by_operation["write"], 1 + 5 + 3);
 
     // Then the young ones, on the same schedule.
     until_objects(&s, 0).await;
-    assert_eq!(s.usage().unwrap().storage, u0);
+    assert_eq!(s.usage().await.unwrap().storage, u0);
     db.close().await.unwrap();
 }
 
@@ -452,7 +455,7 @@ async fn storage_past_90_percent_runs_the_cleanup_before_its_schedule() {
     }
     // Older than the period, at 50%: not due, so they stay.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
-    assert_eq!(s.usage().unwrap().storage.objects, 5);
+    assert_eq!(s.usage().await.unwrap().storage.objects, 5);
     // Four more: 90% of max_objects. The old five go; the new four stay.
     for i in 0..4 {
         s.put(item(&format!("new{i}"), 10.0 + i as f32))

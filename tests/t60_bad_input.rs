@@ -17,7 +17,7 @@ async fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     let s = tenant(&db, cfg).await;
     items(&s).await;
     s.put(item("a", 1.0)).await.unwrap();
-    let before = s.usage().unwrap().storage;
+    let before = s.usage().await.unwrap().storage;
     let rows_before = s
         .query(Query {
             collection: "items".into(),
@@ -176,7 +176,7 @@ async fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     ));
 
     // Nothing changed, and the node still serves.
-    assert_eq!(s.usage().unwrap().storage, before);
+    assert_eq!(s.usage().await.unwrap().storage, before);
     assert_eq!(
         s.query(Query {
             collection: "items".into(),

@@ -606,7 +606,10 @@ async fn a_dynamic_limit_raise_comes_only_from_a_node_hosting_the_tenant() {
         Some(PeerRefusal::NotAReplica { node: 7, group }),
         "{r:?}"
     );
-    assert_eq!(n1.db().get_tenant("t1").await.unwrap().storage_limit, before);
+    assert_eq!(
+        n1.db().get_tenant("t1").await.unwrap().storage_limit,
+        before
+    );
     assert_eq!(n1.db().audit_log(Some("t1"), 10).unwrap().len(), 1);
 }
 

@@ -401,7 +401,7 @@ pub struct IdleOptions {
 
 /// CPU time (user + system, seconds) and resident memory (bytes) of a
 /// process, from /proc.
-fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

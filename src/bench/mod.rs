@@ -4,6 +4,7 @@ pub mod cache;
 pub mod cluster;
 pub mod engine;
 pub mod etcd;
+pub mod hibernate;
 pub mod migrate;
 pub mod quic;
 pub mod shares;

@@ -11,6 +11,7 @@ mod analytics;
 mod audit;
 mod error;
 mod events;
+mod hibernation;
 mod metrics;
 mod raft;
 mod retention;
@@ -24,6 +25,7 @@ pub use analytics::AnalyticsSettings;
 pub use audit::{AuditSettings, AutoScaleSettings};
 pub use error::ConfigError;
 pub use events::EventsSettings;
+pub use hibernation::HibernationSettings;
 pub use metrics::MetricsSettings;
 pub use raft::RaftSettings;
 pub use retention::RetentionSettings;
@@ -150,6 +152,9 @@ pub struct NodeConfig {
     /// `[events]`.
     #[serde(default)]
     pub events: EventsSettings,
+    /// `[hibernation]`.
+    #[serde(default)]
+    pub hibernation: HibernationSettings,
 }
 
 /// `[cluster]`: multi-node operation.
@@ -304,6 +309,9 @@ impl NodeConfig {
         }
         if r.check_ms == 0 {
             return Err(cfg_err("retention.check_ms", "must be at least 1"));
+        }
+        if self.hibernation.check_ms == 0 {
+            return Err(cfg_err("hibernation.check_ms", "must be at least 1"));
         }
         let e = &self.events;
         for (key, v) in [

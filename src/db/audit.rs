@@ -330,7 +330,10 @@ impl Database {
         t.auto_scaled_at.store(now, Ordering::Relaxed);
         match self.hooks() {
             // Registry writes are group 0's leader's: it checks the raise.
-            Some(h) => h.raise_limits(self, &cfg.tenant_id, limits, &reason).await?,
+            Some(h) => {
+                h.raise_limits(self, &cfg.tenant_id, limits, &reason)
+                    .await?
+            }
             None => self.commit_raise(&cfg.tenant_id, limits, &reason).await?,
         }
         self.events().emit(

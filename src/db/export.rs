@@ -171,6 +171,7 @@ impl Database {
         let id = req.tenant_id.as_str();
         validate_tenant_id(id)?;
         let t = self.tenant(id)?;
+        let _awake = self.awake(&t).await?;
         let exports = &self.inner.exports;
         exports.expire();
         Exports::room_for(&exports.cursors.lock(), id)?;
@@ -305,6 +306,7 @@ impl Database {
         let id = req.tenant_id.as_str();
         validate_tenant_id(id)?;
         let t = self.tenant(id)?;
+        let _awake = self.awake(&t).await?;
         let _slot = self
             .inner
             .admission

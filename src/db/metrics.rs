@@ -20,6 +20,7 @@ impl Database {
             max_in_flight: admission.max_in_flight() as u64,
             cache_bytes: self.inner.cache_budget.used(),
             cache_max_bytes: self.inner.cache_budget.max_bytes(),
+            hibernated: self.hibernated_count(),
             ..Default::default()
         };
         for t in self.loaded_tenants() {

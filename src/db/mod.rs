@@ -11,6 +11,7 @@ mod analytics;
 mod audit;
 mod export;
 mod health;
+mod hibernate;
 mod keys;
 mod metrics;
 mod registry;
@@ -111,6 +112,16 @@ pub(crate) struct Tenant {
     /// When the dynamic limit policy last raised its limits from here
     /// (ms; 0: never).
     auto_scaled_at: std::sync::atomic::AtomicU64,
+    /// Whether its shard is open here or closed by hibernation; every
+    /// request holds a read guard while it runs (`db/hibernate.rs`).
+    life: Arc<tokio::sync::RwLock<hibernate::Life>>,
+    /// `life` is `Asleep` (a lock-free look for loops and metrics).
+    asleep: std::sync::atomic::AtomicBool,
+    /// How its shard opens (the storage limits are refreshed each time).
+    args: ShardArgs,
+    /// Its storage usage when it hibernated (nothing changes it while
+    /// asleep): usage reports and checks read it without a reopen.
+    rested: Mutex<Option<crate::proto::StorageUsage>>,
 }
 
 /// Each tier's read cache limits, from the tiers file.
@@ -276,6 +287,8 @@ pub(crate) struct Inner {
     events: Arc<crate::monitor::EventBus>,
     /// What the periodic event checks remember (`db/health.rs`).
     checks: health::CheckState,
+    /// `close` has begun: no hibernated shard reopens.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// A Vektagraf node's engine, embedded in this process.
@@ -425,12 +438,14 @@ impl Database {
                 cache_tiers,
                 history: RwLock::new(Some(history)),
                 recorder: Default::default(),
+                closing: Default::default(),
             }),
         };
         db.start_retention();
         db.start_audit_loops();
         db.start_history();
         db.start_event_checks();
+        db.start_hibernation();
         if clustered {
             // The registry is the metadata group's: the cluster layer
             // attaches it, and starts shards as placement assigns them.
@@ -440,7 +455,7 @@ impl Database {
         db.load_keys()?;
         for rec in db.registry()?.tenants()? {
             match rec.state {
-                TenantState::Active => db.load_tenant(&rec).await?,
+                TenantState::Active => db.load_tenant(&rec, true).await?,
                 TenantState::Deleting => {
                     db.forget_keys_of(&rec.config.tenant_id).await?;
                     db.purge(&rec).await?
@@ -458,6 +473,9 @@ impl Database {
             c.stop_background();
         }
         let _g = self.inner.lifecycle.lock().await;
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut first_err = None;
         // What the history gathered since its last flush is kept.
         if let Err(e) = self.flush_history(crate::util::now_ms()) {
@@ -617,9 +635,11 @@ impl Database {
         self.inner.dir.join("shards").join(group.to_string())
     }
 
-    /// Starts this node's (one-voter) replica of a standalone tenant.
-    async fn load_tenant(&self, rec: &TenantRecord) -> Result<()> {
-        self.open_replica(rec, rec.replica, None).await
+    /// Starts this node's (one-voter) replica of a standalone tenant;
+    /// `lazy`: only loads it (asleep) when hibernation is on, its shard
+    /// opens on first use.
+    async fn load_tenant(&self, rec: &TenantRecord, lazy: bool) -> Result<()> {
+        self.open_replica_as(rec, rec.replica, None, lazy).await
     }
 
     /// Starts this node's replica `replica` of `rec`'s shard group and
@@ -630,6 +650,16 @@ impl Database {
         rec: &TenantRecord,
         replica: u64,
         net: Option<ReplicaNet>,
+    ) -> Result<()> {
+        self.open_replica_as(rec, replica, net, false).await
+    }
+
+    async fn open_replica_as(
+        &self,
+        rec: &TenantRecord,
+        replica: u64,
+        net: Option<ReplicaNet>,
+        lazy: bool,
     ) -> Result<()> {
         let limiter = TenantLimiter::new(&rec.config, QuotaCounters::default());
         let tier_cache = self
@@ -643,21 +673,8 @@ impl Database {
             self.inner.cache_budget.clone(),
         );
         cache.set_share(crate::limits::share(rec.config.request_limit.priority));
-        let tenant = Arc::new(Tenant {
-            config: RwLock::new(Arc::new(rec.config.clone())),
-            group: rec.group,
-            limiter: limiter.clone(),
-            route: Arc::new(RwLock::new(None)),
-            slot: Arc::new(Mutex::new(None)),
-            replicas: RwLock::new(rec.replicas.clone()),
-            last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
-            leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
-            quiesced: std::sync::atomic::AtomicBool::new(false),
-            retention_ran: std::sync::atomic::AtomicU64::new(0),
-            auto_scaled_at: std::sync::atomic::AtomicU64::new(0),
-            cache: cache.clone(),
-            cache_tiers: self.inner.cache_tiers.clone(),
-        });
+        let slot: crate::shard::ShardSlot = Arc::new(Mutex::new(None));
+        let route = Arc::new(RwLock::new(None));
         let args = ShardArgs {
             tenant_id: rec.config.tenant_id.clone(),
             group: rec.group,
@@ -666,30 +683,48 @@ impl Database {
             env: self.inner.env.clone(),
             logs: self.inner.logs.clone(),
             settings: self.inner.config.raft.clone(),
-            limiter,
+            limiter: limiter.clone(),
             storage_limits: rec.config.storage_limit.clone(),
             quota_checkpoint: Duration::from_millis(self.inner.config.limits.quota_checkpoint_ms),
-            slot: tenant.slot.clone(),
-            route: tenant.route.clone(),
+            slot: slot.clone(),
+            route: route.clone(),
             cluster: net,
             cache: Arc::downgrade(&cache),
         };
-        let started = self
-            .inner
-            .supervisor
-            .call(
-                |tx| SupervisorMsg::Start(Box::new(args), tx),
-                Some(Duration::from_secs(600)),
-            )
-            .await;
-        match started {
-            Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => return Err(e),
-            _ => {
-                return Err(Error::Unavailable {
-                    reason: "supervisor did not answer".into(),
-                })
-            }
+        // A standalone node opens a tenant's shard on its first request
+        // when hibernation is on (a node with many tenants starts fast).
+        let lazy = lazy && self.hibernation_on() && args.cluster.is_none();
+        let tenant = Arc::new(Tenant {
+            config: RwLock::new(Arc::new(rec.config.clone())),
+            group: rec.group,
+            limiter,
+            route,
+            slot,
+            replicas: RwLock::new(rec.replicas.clone()),
+            last_active: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
+            leader_heard: std::sync::atomic::AtomicU64::new(crate::util::coarse_now_ms()),
+            quiesced: std::sync::atomic::AtomicBool::new(false),
+            // A tenant loaded asleep is not reopened at start for its
+            // cleanup: the first is one interval on.
+            retention_ran: std::sync::atomic::AtomicU64::new(if lazy {
+                crate::util::now_ms()
+            } else {
+                0
+            }),
+            auto_scaled_at: std::sync::atomic::AtomicU64::new(0),
+            cache,
+            cache_tiers: self.inner.cache_tiers.clone(),
+            life: Arc::new(tokio::sync::RwLock::new(if lazy {
+                hibernate::Life::Asleep
+            } else {
+                hibernate::Life::Awake
+            })),
+            asleep: std::sync::atomic::AtomicBool::new(lazy),
+            args,
+            rested: Mutex::new(None),
+        });
+        if !lazy {
+            self.start_shard(&tenant).await?;
         }
         self.inner
             .by_group
@@ -700,6 +735,27 @@ impl Database {
             .write()
             .insert(rec.config.tenant_id.clone(), tenant);
         Ok(())
+    }
+
+    /// Opens a loaded tenant's shard (its actor, raft group and data),
+    /// with the storage limits its config has now.
+    async fn start_shard(&self, t: &Tenant) -> Result<()> {
+        let mut args = t.args.clone();
+        args.storage_limits = t.config().storage_limit.clone();
+        let started = self
+            .inner
+            .supervisor
+            .call(
+                |tx| SupervisorMsg::Start(Box::new(args), tx),
+                Some(Duration::from_secs(600)),
+            )
+            .await;
+        match started {
+            Ok(ractor::rpc::CallResult::Success(r)) => r.map(drop),
+            _ => Err(Error::Unavailable {
+                reason: "supervisor did not answer".into(),
+            }),
+        }
     }
 
     /// Forgets a loaded tenant (its shard is stopped separately).
@@ -811,7 +867,7 @@ impl Database {
         self.registry()?
             .put_tenant_audited(&rec, &[created])
             .await?;
-        if let Err(e) = self.load_tenant(&rec).await {
+        if let Err(e) = self.load_tenant(&rec, false).await {
             // Leave nothing half-created behind.
             let _ = self.stop_shard(&config.tenant_id).await;
             let _ = self.purge(&rec).await;
@@ -906,6 +962,7 @@ impl Database {
             .cache
             .set_share(crate::limits::share(new.request_limit.priority));
         if storage_changed {
+            let _awake = self.awake(&tenant).await?;
             let actor = tenant.actor()?;
             let cmd = crate::storage::Command::SetLimits(new.storage_limit.clone());
             session::call_write(&actor, cmd, self.request_timeout()).await?;
@@ -962,6 +1019,11 @@ impl Database {
         self.registry()?
             .put_tenant_audited(&rec, &[deleted])
             .await?;
+        // In-flight requests finish first; later ones find it gone.
+        let _shut = match self.loaded(id) {
+            Some(t) => Some(self.shut(&t).await),
+            None => None,
+        };
         self.unload(id);
         self.stop_shard(id).await?;
         self.forget_keys_of(id).await?;
@@ -1059,6 +1121,11 @@ impl Database {
     pub async fn usage(&self, tenant: &str) -> Result<TenantUsage> {
         validate_tenant_id(tenant)?;
         let t = self.tenant(tenant)?;
+        // A hibernated tenant answers from what it had when it closed.
+        let _awake = match t.rested_usage() {
+            Some(_) if t.is_asleep() => None,
+            _ => Some(self.awake(&t).await?),
+        };
         if t.limiter.taking_over() {
             // A new leader answers from the counts it takes over (its
             // first reservation merges what earlier leaders persisted),
@@ -1070,8 +1137,13 @@ impl Database {
 
     /// Every tenant's usage.
     pub async fn all_usage(&self) -> Result<Vec<TenantUsage>> {
-        let tenants: Vec<Arc<Tenant>> = self.inner.tenants.read().values().cloned().collect();
-        tenants.iter().map(|t| usage_of(t)).collect()
+        let mut ids = self.loaded_ids();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.usage(&id).await?);
+        }
+        Ok(out)
     }
 
     /// Every tenant's usage on a standalone node (`tenant usage --all`),
@@ -1172,7 +1244,10 @@ impl Database {
 pub(crate) fn usage_of(t: &Tenant) -> Result<TenantUsage> {
     let cfg = t.config();
     let now = crate::util::now_ms();
-    let storage = t.data()?.usage();
+    let storage = match t.data() {
+        Ok(d) => d.usage(),
+        Err(e) => t.rested_usage().ok_or(e)?,
+    };
     let requests = t.limiter.request_usage(now);
     let mut warnings = Vec::new();
     let s = &cfg.storage_limit;

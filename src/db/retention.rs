@@ -123,12 +123,25 @@ async fn cleanup_pass(db: &Database, now_ms: u64) {
         let Some(period) = db.retention_of(&t) else {
             continue;
         };
+        let last = t.retention_ran.load(Ordering::Relaxed);
+        let due = now_ms.saturating_sub(last) >= interval;
+        // A hibernated tenant is reopened when its cleanup is due (its
+        // storage cannot grow while it sleeps).
+        let _awake = match t.is_asleep() {
+            false => None,
+            true if !due => continue,
+            true => match db.awake(&t).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(tenant = %t.config().tenant_id, error = %e, "retention: the tenant could not be reopened");
+                    continue;
+                }
+            },
+        };
         let Some(raft) = t.raft() else { continue };
         if !crate::shard::is_leader(&raft) {
             continue;
         }
-        let last = t.retention_ran.load(Ordering::Relaxed);
-        let due = now_ms.saturating_sub(last) >= interval;
         if !due && storage_pressure(&t) < PRESSURE_RATIO {
             continue;
         }

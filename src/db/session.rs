@@ -145,7 +145,8 @@ impl Session {
     }
 
     /// Proposes a write command (wrapped for exactly-once when the session
-    /// carries a tag; `part` numbers the commands of one request).
+    /// carries a tag; `part` numbers the commands of one request). The
+    /// caller holds the tenant awake ([`hold`](Self::hold)).
     async fn propose(&self, cmd: Command, part: u32) -> Result<CommandResult> {
         self.db.reserve.check(&cmd)?;
         let cmd = match self.once {
@@ -279,6 +280,7 @@ impl Session {
         atomic: bool,
         part: u32,
     ) -> Result<(Vec<Result<WriteOutcome>>, Vec<String>)> {
+        let _awake = self.hold().await?;
         // A retry of an exactly-once write that has been applied gets its
         // first answer, before any limit or pre-check could refuse it (a
         // batch's early errors are not remembered: it goes the long way,
@@ -463,6 +465,7 @@ impl Session {
     /// Declares a collection.
     pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
         storage::check_collection(&spec)?;
+        let _awake = self.hold().await?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
         match self.propose(Command::CreateCollection(spec), 0).await? {
             CommandResult::Done(r) => r.map(|_| ()),
@@ -472,6 +475,7 @@ impl Session {
 
     /// Removes an empty collection.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        let _awake = self.hold().await?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
         match self
             .propose(Command::DropCollection(name.to_string()), 0)
@@ -483,7 +487,8 @@ impl Session {
     }
 
     /// The tenant's collections.
-    pub fn collections(&self) -> Result<Vec<CollectionSpec>> {
+    pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
+        let _awake = self.hold().await?;
         Ok(self.tenant.data()?.collections())
     }
 
@@ -494,6 +499,7 @@ impl Session {
         cutoff_ms: u64,
         max: u32,
     ) -> Result<u64> {
+        let _awake = self.hold().await?;
         let (_p, _s, _) = self
             .admit(OperationType::Write, estimate::write(max as usize))
             .await?;
@@ -513,6 +519,12 @@ impl Session {
     /// Admits a read by its estimate, then runs it bounded by what it
     /// really touches (the same `complexity_limit`, see `WorkMeter`).
     async fn read(&self, op: OperationType, cost: Cost, req: ReadOp) -> Result<ReadResult> {
+        let _awake = self.hold().await?;
+        self.read_awake(op, cost, req).await
+    }
+
+    /// [`read`](Self::read), for a caller that holds the tenant awake.
+    async fn read_awake(&self, op: OperationType, cost: Cost, req: ReadOp) -> Result<ReadResult> {
         let (_p, _s, cfg) = self.admit(op, cost).await?;
         let limit = cfg.request_limit.complexity_limit;
         call_read(
@@ -569,6 +581,7 @@ impl Session {
         if let Some(f) = &s.filter {
             f.validate()?;
         }
+        let _awake = self.hold().await?;
         let spec = self
             .tenant
             .data()?
@@ -576,7 +589,7 @@ impl Session {
             .ok_or_else(|| Error::not_found("collection", &s.collection))?;
         storage::check_vector(&spec, &s.vector)?;
         match self
-            .read(
+            .read_awake(
                 OperationType::VectorSearch,
                 estimate::vector_search(&s),
                 ReadOp::Search(s, with_objects),
@@ -633,18 +646,32 @@ impl Session {
     }
 
     /// The tenant's usage.
-    pub fn usage(&self) -> Result<TenantUsage> {
+    pub async fn usage(&self) -> Result<TenantUsage> {
+        let _awake = self.hold().await?;
         super::usage_of(&self.tenant)
+    }
+
+    /// Keeps the session's tenant open on this node while held, reopening
+    /// its shard first if it hibernated (`db/hibernate.rs`). One request
+    /// takes one guard: a second, nested one could wait behind a tenant
+    /// deletion that waits for the first.
+    pub(crate) async fn hold(&self) -> Result<super::hibernate::Awake> {
+        super::Database {
+            inner: self.db.clone(),
+        }
+        .awake(&self.tenant)
+        .await
     }
 
     /// [`usage`](Self::usage), on a replica that has just become the
     /// shard's leader only once it took over the counts earlier leaders
     /// persisted (its first reservation), so the counts never lag.
     pub async fn leader_usage(&self) -> Result<TenantUsage> {
+        let _awake = self.hold().await?;
         if self.tenant.limiter().taking_over() {
             self.tenant.reserve(self.timeout()).await?;
         }
-        self.usage()
+        super::usage_of(&self.tenant)
     }
 }
 

@@ -257,7 +257,7 @@ impl Scrape {
                 gauge(&mut fam.encode_family(&[("priority", *p)])?, *v)?;
             }
         }
-        let plain: [(&str, &str, u64); 10] = [
+        let plain: [(&str, &str, u64); 11] = [
             (
                 "vektagraf_cache_bytes",
                 "Approximate bytes every tenant's read cache holds on this node",
@@ -299,6 +299,11 @@ impl Scrape {
                 s.apply_lag_max,
             ),
             (
+                "vektagraf_tenants_hibernated",
+                "Tenant replicas loaded here whose shard is closed by hibernation",
+                s.hibernated,
+            ),
+            (
                 "vektagraf_tenant_labels",
                 "Tenants with their own tenant label now (metrics.max_tenant_labels caps it)",
                 self.metrics.tenants.labelled() as u64,
@@ -332,6 +337,16 @@ impl Scrape {
                 "Snapshots installed by replicas on this node",
                 &c.snapshots_installed,
             ),
+            (
+                "vektagraf_tenant_hibernations",
+                "Tenant replicas that closed their shard after being idle",
+                &c.hibernations,
+            ),
+            (
+                "vektagraf_tenant_reactivations",
+                "Hibernated tenant replicas reopened by a request",
+                &c.reactivations,
+            ),
         ] {
             counter(
                 &mut enc.encode_descriptor(name, help, None, MetricType::Counter)?,
@@ -342,6 +357,14 @@ impl Scrape {
         enc.encode_descriptor(
             "vektagraf_fsync_duration_seconds",
             "Latency of the raft log's fsyncs (one covers every write queued meanwhile)",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        let (sum, count, buckets) = c.reactivation.read();
+        enc.encode_descriptor(
+            "vektagraf_tenant_reactivation_duration_seconds",
+            "How long reopening a hibernated tenant replica took",
             None,
             MetricType::Histogram,
         )?

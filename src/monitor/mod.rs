@@ -26,8 +26,8 @@ pub mod bands;
 mod block;
 pub mod bursts;
 mod encode;
-pub mod history;
 pub mod events;
+pub mod history;
 pub mod label;
 mod sample;
 pub mod tenants;
@@ -75,6 +75,12 @@ pub struct NodeCounters {
     /// Latency of the raft log's fsyncs (each covers every write that
     /// queued while the one before ran).
     pub fsync: FsyncLatency,
+    /// Tenant replicas that closed their shard after being idle.
+    pub hibernations: AtomicU64,
+    /// Hibernated tenant replicas reopened by a request.
+    pub reactivations: AtomicU64,
+    /// How long a reopen took (same buckets as the fsyncs).
+    pub reactivation: FsyncLatency,
 }
 
 /// Bounds of the fsync latency histogram, seconds.
@@ -110,17 +116,38 @@ impl FsyncLatency {
     }
 }
 
+impl FsyncLatency {
+    /// Counts one observation.
+    fn observe(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = took.as_secs_f64();
+        let i = FSYNC_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(FSYNC_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+}
+
 /// Counts one fsync of the raft log that took `took`.
 pub fn fsync_took(took: Duration) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let f = &node_counters().fsync;
-    let s = took.as_secs_f64();
-    let i = FSYNC_BUCKETS
-        .iter()
-        .position(|b| s <= *b)
-        .unwrap_or(FSYNC_BUCKETS.len());
-    f.buckets[i].fetch_add(1, Relaxed);
-    f.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    node_counters().fsync.observe(took);
+}
+
+/// Counts a tenant replica that hibernated.
+pub fn hibernated() {
+    node_counters()
+        .hibernations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts a hibernated tenant replica reopened in `took`.
+pub fn reactivated(took: Duration) {
+    let c = node_counters();
+    c.reactivations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    c.reactivation.observe(took);
 }
 
 /// The process's node counters.

@@ -43,6 +43,8 @@ pub struct NodeSample {
     pub groups_led: u64,
     /// Of those, quiesced (raft ticks stopped).
     pub groups_quiesced: u64,
+    /// Tenant replicas loaded here whose shard is closed by hibernation.
+    pub hibernated: u64,
     /// Committed (known) log entries not yet applied, summed over groups.
     pub apply_lag: u64,
     /// The largest such lag of one group.

@@ -143,6 +143,14 @@ pub enum EventKind {
         /// What was raised, from what to what.
         reason: String,
     },
+    /// Issue 12: the tenant's replica on this node closed its shard after
+    /// being idle (`[hibernation] after_idle_ms`).
+    TenantHibernated,
+    /// Issue 12: a request reopened the tenant's hibernated replica.
+    TenantReactivated {
+        /// How long the reopen took, ms.
+        took_ms: u64,
+    },
 }
 
 impl EventKind {
@@ -159,6 +167,8 @@ impl EventKind {
             EventKind::MoveFailed { .. } => "move_failed",
             EventKind::MoveCancelled { .. } => "move_cancelled",
             EventKind::LimitsRaised { .. } => "limits_raised",
+            EventKind::TenantHibernated => "tenant_hibernated",
+            EventKind::TenantReactivated { .. } => "tenant_reactivated",
         }
     }
 }

@@ -311,7 +311,7 @@ pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
             s.drop_collection(&name).await?;
             Response::Ok
         }
-        ListCollections => Response::Collections(s.collections()?),
+        ListCollections => Response::Collections(s.collections().await?),
         Put(obj) => Response::Write(s.put(obj).await?),
         Update {
             id,

@@ -1,0 +1,289 @@
+//! `vektagraf bench idle --standalone`: the idle cost of a standalone
+//! node holding many tenants, with hibernation off and on, side by side
+//! in one run: tenant creation latency, idle CPU, RSS, open files and
+//! disk, stop and restart-to-first-request times, and the latency of a
+//! hibernated tenant's first request (issue 12).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::proto::wire::KeyKind;
+use crate::proto::NewObject;
+
+use super::cluster::client;
+
+/// Options of the standalone idle bench.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Scratch directory (wiped first).
+    pub data: PathBuf,
+    /// Tenants created.
+    pub tenants: usize,
+    /// Seconds of the idle measurement.
+    pub seconds: u64,
+}
+
+/// What one configuration measured.
+#[derive(Debug, Default)]
+struct Figures {
+    create_p50_ms: f64,
+    create_p99_ms: f64,
+    cpu_pct: f64,
+    rss: u64,
+    open_files: usize,
+    disk: u64,
+    stop_s: f64,
+    restart_to_first_s: f64,
+    wake_p50_ms: f64,
+    wake_p99_ms: f64,
+}
+
+struct Server {
+    child: Child,
+    cfg: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `vektagraf serve` and waits until it listens.
+    fn start(cfg: &Path, data: &Path, log: &Path) -> anyhow::Result<Server> {
+        let before = std::fs::read_to_string(log)
+            .map(|t| t.matches("listening on").count())
+            .unwrap_or(0);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()?;
+        let s = Server {
+            child,
+            cfg: cfg.to_path_buf(),
+            data: data.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        s.wait_listening(before)?;
+        Ok(s)
+    }
+
+    /// Waits for the `n`+1-th "listening on" line of the log.
+    fn wait_listening(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let text = std::fs::read_to_string(&self.log)?;
+            if text.matches("listening on").count() > n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node did not start; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM by PID, then waits for the exit; returns how long it took.
+    fn stop(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait()?;
+        Ok(t.elapsed())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ms_pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                // Blocks in use (a preallocated file counts what it holds).
+                Ok(m) => total += std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Runs one configuration: `after_idle_ms` 0 (off) or the given value.
+async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Figures> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join("data");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:27950\"\n\
+             [metrics]\nenabled = false\n[hibernation]\nafter_idle_ms = {after_idle_ms}\ncheck_ms = 200\n",
+            data.display().to_string()
+        ),
+    )?;
+    let log = dir.join("node.log");
+    let mut server = Server::start(&cfg, &data, &log)?;
+    let addr: SocketAddr = "127.0.0.1:27950".parse()?;
+    let ca = data.join("tls/server.crt");
+    anyhow::ensure!(ca.exists(), "no certificate at {}", ca.display());
+    let admin_key = std::fs::read_to_string(data.join("admin.key"))?;
+    let admin = client(addr, admin_key.trim(), &ca).await?;
+    let mut f = Figures::default();
+    // Creation, 8 at a time.
+    let workers = 8;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (key, ca, n) = (admin_key.trim().to_string(), ca.clone(), opt.tenants);
+        tasks.push(tokio::spawn(async move {
+            let admin = client(addr, &key, &ca).await?;
+            let mut took = Vec::new();
+            for i in (w..n).step_by(workers) {
+                let id = format!("idle{i:05}");
+                let t = Instant::now();
+                admin.create_tenant_for_tier(&id, &id, "tier1").await?;
+                took.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(took)
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        created.extend(t.await??);
+    }
+    f.create_p50_ms = ms_pct(&mut created, 0.5);
+    f.create_p99_ms = ms_pct(&mut created, 0.99);
+    // Keys and a little data for the tenants whose first request is timed.
+    let woken = opt.tenants.min(100);
+    let mut keys = Vec::new();
+    for i in 0..woken {
+        let id = format!("idle{i:05}");
+        admin.create_user(&id, "u").await?;
+        let (key, _) = admin
+            .create_key(KeyKind::Tenant, Some(&id), Some("u"), None)
+            .await?;
+        let c = client(addr, &key, &ca).await?;
+        c.create_collection(crate::proto::CollectionSpec::plain("kv"))
+            .await?;
+        c.put(NewObject::new("kv", "k", serde_json::json!({"v": i})))
+            .await?;
+        keys.push(key);
+    }
+    drop(admin);
+    // Idle: past the hibernation threshold, then measured.
+    tokio::time::sleep(Duration::from_millis(after_idle_ms + 3_000)).await;
+    let pid = server.child.id();
+    let (cpu0, _, _) = super::cluster::proc_usage(pid)?;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(opt.seconds)).await;
+    let (cpu1, rss, _) = super::cluster::proc_usage(pid)?;
+    f.cpu_pct = (cpu1 - cpu0) / t.elapsed().as_secs_f64() * 100.0;
+    f.rss = rss;
+    f.open_files = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    f.disk = dir_bytes(&data);
+    // First requests of sleeping (or idle) tenants.
+    let mut wake = Vec::new();
+    for key in &keys {
+        let c = client(addr, key, &ca).await?;
+        let t = Instant::now();
+        c.get("k").await?;
+        wake.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    f.wake_p50_ms = ms_pct(&mut wake, 0.5);
+    f.wake_p99_ms = ms_pct(&mut wake, 0.99);
+    // Stop, restart, first request.
+    f.stop_s = server.stop()?.as_secs_f64();
+    let t = Instant::now();
+    let restarted = Server::start(&server.cfg, &server.data, &server.log)?;
+    if let Some(key) = keys.first() {
+        let c = client(addr, key, &ca).await?;
+        c.get("k").await?;
+    }
+    f.restart_to_first_s = t.elapsed().as_secs_f64();
+    drop(restarted);
+    Ok(f)
+}
+
+/// `vektagraf bench idle --standalone`.
+pub async fn idle(opt: Options) -> anyhow::Result<()> {
+    if opt.data.exists() {
+        std::fs::remove_dir_all(&opt.data)?;
+    }
+    println!(
+        "standalone node, {} tier1 tenants (100 with one object), idle {} s:",
+        opt.tenants, opt.seconds
+    );
+    let off = run(&opt.data.join("off"), &opt, 0).await?;
+    let on = run(&opt.data.join("on"), &opt, 2_000).await?;
+    let n = opt.tenants.max(1) as f64;
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec!["", "hibernation off", "hibernation on (2 s idle)"]);
+    let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
+    t.add_row(row(
+        "create p50 / p99 ms",
+        format!("{:.1} / {:.1}", off.create_p50_ms, off.create_p99_ms),
+        format!("{:.1} / {:.1}", on.create_p50_ms, on.create_p99_ms),
+    ));
+    t.add_row(row(
+        "idle CPU, % of one core",
+        format!("{:.1}", off.cpu_pct),
+        format!("{:.1}", on.cpu_pct),
+    ));
+    t.add_row(row(
+        "RSS MiB (per tenant KiB)",
+        format!("{} ({:.0})", off.rss >> 20, off.rss as f64 / n / 1024.0),
+        format!("{} ({:.0})", on.rss >> 20, on.rss as f64 / n / 1024.0),
+    ));
+    t.add_row(row(
+        "open files",
+        off.open_files.to_string(),
+        on.open_files.to_string(),
+    ));
+    t.add_row(row(
+        "disk MiB (per tenant KiB)",
+        format!("{} ({:.0})", off.disk >> 20, off.disk as f64 / n / 1024.0),
+        format!("{} ({:.0})", on.disk >> 20, on.disk as f64 / n / 1024.0),
+    ));
+    t.add_row(row(
+        "first request p50 / p99 ms",
+        format!("{:.1} / {:.1}", off.wake_p50_ms, off.wake_p99_ms),
+        format!("{:.1} / {:.1}", on.wake_p50_ms, on.wake_p99_ms),
+    ));
+    t.add_row(row(
+        "SIGTERM to exit, s",
+        format!("{:.1}", off.stop_s),
+        format!("{:.1}", on.stop_s),
+    ));
+    t.add_row(row(
+        "restart to first request, s",
+        format!("{:.1}", off.restart_to_first_s),
+        format!("{:.1}", on.restart_to_first_s),
+    ));
+    println!("{t}");
+    Ok(())
+}

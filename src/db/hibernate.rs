@@ -1,0 +1,192 @@
+//! Hibernation (issue 12): a tenant replica idle for
+//! `[hibernation] after_idle_ms` closes its shard (the actor, its raft
+//! group, its RocksDB instance and FAISS indexes) and keeps only the
+//! small in-memory [`Tenant`]: config, limiter (its counters; the close
+//! saved them exactly), an empty read cache. Its next request reopens the
+//! shard from disk, as a restart would.
+//!
+//! Every request holds an [`Awake`] guard (a read guard of the tenant's
+//! `life` lock) while it runs. The hibernation loop only *tries* the
+//! write side: a tenant with a request in flight is never closed under
+//! it, and hibernation never makes a request wait. A request that finds
+//! the tenant asleep takes the write side, reopens the shard once, and
+//! downgrades; concurrent first requests queue behind that one reopen.
+//! A writer is only ever queued while the tenant is asleep, when no read
+//! guard exists, so a request may take nested guards safely.
+//!
+//! With hibernation on, a standalone node loads its tenants asleep at
+//! start: each shard opens on first use. Cluster replicas stay open
+//! (quiesced when idle): waking a follower on a peer's raft message is
+//! not built yet.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::proto::{Error, EventKind, EventLevel, Result};
+
+use super::{Database, Tenant};
+
+/// Whether a tenant's shard is open on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// Open: requests run.
+    Awake,
+    /// Closed by hibernation (or not opened yet since start).
+    Asleep,
+}
+
+/// Keeps a tenant's shard open while held (see the module doc).
+pub(crate) type Awake = tokio::sync::OwnedRwLockReadGuard<Life>;
+
+impl Tenant {
+    /// Whether its shard is closed by hibernation.
+    pub(crate) fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
+    }
+
+    /// Its storage usage as it hibernated (None: awake, or asleep since
+    /// start and never opened).
+    pub(crate) fn rested_usage(&self) -> Option<crate::proto::StorageUsage> {
+        self.rested.lock().clone()
+    }
+}
+
+impl Database {
+    /// Whether hibernation is on (`[hibernation] after_idle_ms` > 0).
+    pub(crate) fn hibernation_on(&self) -> bool {
+        self.inner.config.hibernation.after_idle_ms > 0
+    }
+
+    /// Holds `t` awake for a request, reopening its shard first if it
+    /// hibernated; marks it active.
+    pub(crate) async fn awake(&self, t: &Arc<Tenant>) -> Result<Awake> {
+        t.last_active
+            .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
+        let guard = t.life.clone().read_owned().await;
+        if *guard == Life::Awake {
+            return Ok(guard);
+        }
+        drop(guard);
+        let mut w = t.life.clone().write_owned().await;
+        if *w == Life::Asleep {
+            if self.registry().is_err() || self.inner.closing.load(Ordering::Acquire) {
+                return Err(Error::Unavailable {
+                    reason: "database is closed".into(),
+                });
+            }
+            // A session may outlive its tenant: a deleted one stays shut.
+            let id = t.config().tenant_id.clone();
+            if !self.loaded(&id).is_some_and(|l| Arc::ptr_eq(&l, t)) {
+                return Err(Error::TenantNotFound { tenant_id: id });
+            }
+            let started = Instant::now();
+            self.start_shard(t).await?;
+            *w = Life::Awake;
+            t.asleep.store(false, Ordering::Release);
+            t.rested.lock().take();
+            let took = started.elapsed();
+            crate::monitor::reactivated(took);
+            let id = t.config().tenant_id.clone();
+            tracing::info!(tenant = %id, took_ms = took.as_millis() as u64, "tenant reactivated");
+            self.events().emit(
+                EventLevel::Info,
+                Some(&id),
+                EventKind::TenantReactivated {
+                    took_ms: took.as_millis() as u64,
+                },
+                format!("tenant {id} reopened its shard in {took:?}"),
+            );
+        }
+        t.last_active
+            .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
+        Ok(w.downgrade())
+    }
+
+    /// Closes `t`'s shard if it is awake, idle since `idle_before` (coarse
+    /// ms) and nothing holds it; returns whether it did.
+    pub(crate) async fn hibernate(&self, t: &Arc<Tenant>, idle_before: u64) -> Result<bool> {
+        let Ok(mut w) = t.life.clone().try_write_owned() else {
+            return Ok(false); // a request holds it
+        };
+        if *w == Life::Asleep || t.last_active.load(Ordering::Relaxed) > idle_before {
+            return Ok(false);
+        }
+        let id = t.config().tenant_id.clone();
+        if let Ok(d) = t.data() {
+            *t.rested.lock() = Some(d.usage());
+        }
+        // Marked first: loops that look without the lock skip it now.
+        t.asleep.store(true, Ordering::Release);
+        if let Err(e) = self.stop_shard(&id).await {
+            // The shard may be half closed: a reopen is the way back.
+            tracing::warn!(tenant = %id, error = %e, "tenant shard did not close cleanly while hibernating");
+        }
+        t.cache.clear();
+        *w = Life::Asleep;
+        crate::monitor::hibernated();
+        tracing::info!(tenant = %id, "tenant hibernated");
+        self.events().emit(
+            EventLevel::Info,
+            Some(&id),
+            EventKind::TenantHibernated,
+            format!("tenant {id} closed its shard after being idle"),
+        );
+        Ok(true)
+    }
+
+    /// Starts the loop that hibernates idle tenant replicas (standalone
+    /// nodes; it ends when the database is gone).
+    pub(crate) fn start_hibernation(&self) {
+        if !self.hibernation_on() {
+            return;
+        }
+        let weak = self.downgrade();
+        let h = self.inner.config.hibernation.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(h.check_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(db) = weak.upgrade() else { return };
+                if db.is_clustered() || db.inner.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                let idle_before = crate::util::coarse_now_ms().saturating_sub(h.after_idle_ms);
+                for t in db.loaded_tenants() {
+                    if t.is_asleep() || t.last_active.load(Ordering::Relaxed) > idle_before {
+                        continue;
+                    }
+                    if let Err(e) = db.hibernate(&t, idle_before).await {
+                        tracing::warn!(tenant = %t.config().tenant_id, error = %e, "hibernation failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Holds `t` shut for good (a deletion): waits for the requests that
+    /// hold it awake, then marks it asleep; its shard is stopped by the
+    /// caller while this is held.
+    pub(crate) async fn shut(&self, t: &Arc<Tenant>) -> tokio::sync::OwnedRwLockWriteGuard<Life> {
+        let mut w = t.life.clone().write_owned().await;
+        *w = Life::Asleep;
+        t.asleep.store(true, Ordering::Release);
+        w
+    }
+
+    /// Tenants loaded here whose shard is closed by hibernation.
+    pub(crate) fn hibernated_count(&self) -> u64 {
+        self.loaded_tenants()
+            .iter()
+            .filter(|t| t.is_asleep())
+            .count() as u64
+    }
+
+    /// Whether tenant `id`'s shard is closed by hibernation on this node
+    /// (diagnostics and tests).
+    #[doc(hidden)]
+    pub fn is_hibernated(&self, id: &str) -> Result<bool> {
+        Ok(self.tenant(id)?.is_asleep())
+    }
+}
