@@ -147,43 +147,6 @@ pub fn rfc3339(ms: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_read_as_rfc3339_and_long_vectors_are_summarised() {
-        assert_eq!(
-            cell("created_at", &serde_json::json!(1_764_806_400_123u64)),
-            "2025-12-04T00:00:00.123Z"
-        );
-        assert_eq!(cell("keys.created_at", &serde_json::json!(0)), "-");
-        assert_eq!(cell("count", &serde_json::json!(7)), "7");
-        let v: Vec<f32> = (0..784).map(|i| i as f32).collect();
-        assert_eq!(
-            cell("vector", &serde_json::json!(v)),
-            "[0, 1, 2, … 784 numbers]"
-        );
-        assert_eq!(
-            cell("vector", &serde_json::json!([0.1f32, 2.5f32])),
-            "[0.1, 2.5]"
-        );
-        assert_eq!(cell("score", &serde_json::json!(0.3f32)), "0.3");
-    }
-
-    #[test]
-    fn nested_objects_flatten_to_dotted_fields() {
-        let mut out = Vec::new();
-        flatten(
-            "",
-            &serde_json::json!({"storage": {"bytes": 5, "limits": {"max": 9}}, "warnings": []}),
-            &mut out,
-        );
-        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["storage.bytes", "storage.limits.max", "warnings"]);
-    }
-}
-
 /// Eighths of a block, lowest to highest, for sparklines.
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
@@ -309,4 +272,41 @@ pub fn analytics(out: Output, r: &vektagraf::proto::AnalyticsReport) -> anyhow::
         println!("{t}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_rfc3339_and_long_vectors_are_summarised() {
+        assert_eq!(
+            cell("created_at", &serde_json::json!(1_764_806_400_123u64)),
+            "2025-12-04T00:00:00.123Z"
+        );
+        assert_eq!(cell("keys.created_at", &serde_json::json!(0)), "-");
+        assert_eq!(cell("count", &serde_json::json!(7)), "7");
+        let v: Vec<f32> = (0..784).map(|i| i as f32).collect();
+        assert_eq!(
+            cell("vector", &serde_json::json!(v)),
+            "[0, 1, 2, … 784 numbers]"
+        );
+        assert_eq!(
+            cell("vector", &serde_json::json!([0.1f32, 2.5f32])),
+            "[0.1, 2.5]"
+        );
+        assert_eq!(cell("score", &serde_json::json!(0.3f32)), "0.3");
+    }
+
+    #[test]
+    fn nested_objects_flatten_to_dotted_fields() {
+        let mut out = Vec::new();
+        flatten(
+            "",
+            &serde_json::json!({"storage": {"bytes": 5, "limits": {"max": 9}}, "warnings": []}),
+            &mut out,
+        );
+        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["storage.bytes", "storage.limits.max", "warnings"]);
+    }
 }

@@ -288,7 +288,7 @@ impl Registry {
 
     /// A tenant's audit entries (or every tenant's), oldest first.
     pub fn audit(&self, tenant: Option<&str>) -> Result<Vec<AuditEntry>, Error> {
-        let prefix = tenant.map(|t| audit_prefix(t)).unwrap_or_default();
+        let prefix = tenant.map(audit_prefix).unwrap_or_default();
         let rows: Vec<AuditRow> = self.decode_all(CF_AUDIT, &prefix)?;
         Ok(rows.into_iter().map(|r| r.entry).collect())
     }
