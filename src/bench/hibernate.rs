@@ -36,6 +36,7 @@ struct Figures {
     disk: u64,
     stop_s: f64,
     restart_to_first_s: f64,
+    rss_restarted: u64,
     wake_p50_ms: f64,
     wake_p99_ms: f64,
 }
@@ -224,6 +225,8 @@ async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Fi
         c.get("k").await?;
     }
     f.restart_to_first_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.rss_restarted = super::cluster::proc_usage(restarted.child.id())?.1;
     drop(restarted);
     Ok(f)
 }
@@ -258,6 +261,19 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         "RSS MiB (per tenant KiB)",
         format!("{} ({:.0})", off.rss >> 20, off.rss as f64 / n / 1024.0),
         format!("{} ({:.0})", on.rss >> 20, on.rss as f64 / n / 1024.0),
+    ));
+    t.add_row(row(
+        "RSS MiB after a restart and 1 request",
+        format!(
+            "{} ({:.0})",
+            off.rss_restarted >> 20,
+            off.rss_restarted as f64 / n / 1024.0
+        ),
+        format!(
+            "{} ({:.0})",
+            on.rss_restarted >> 20,
+            on.rss_restarted as f64 / n / 1024.0
+        ),
     ));
     t.add_row(row(
         "open files",
