@@ -113,12 +113,20 @@ async fn a_hibernated_tenant_answers_its_next_request_with_everything_intact() {
         .unwrap();
     assert!(walk.iter().any(|n| n.id == "o1"), "{walk:?}");
 
+    // The read cache works again: a repeated get is a hit.
+    let hits = s.usage().await.unwrap().cache.hits;
+    s.get("o1").await.unwrap();
+    s.get("o1").await.unwrap();
+    assert!(
+        s.usage().await.unwrap().cache.hits > hits,
+        "no cache hit after a wake"
+    );
     // The request counters went on from where they were.
     let after = s.usage().await.unwrap();
     let count = |u: &vektagraf::proto::TenantUsage, op: &str| {
         u.requests.by_operation.get(op).copied().unwrap_or(0)
     };
-    assert_eq!(count(&after, "read"), count(&before, "read") + 1);
+    assert_eq!(count(&after, "read"), count(&before, "read") + 3);
     assert_eq!(count(&after, "write"), count(&before, "write"));
     assert_eq!(count(&after, "query"), count(&before, "query") + 1);
     // The storage limits are in force: 5 objects, 3 there.

@@ -2,7 +2,7 @@
 //! `[hibernation] after_idle_ms` closes its shard (the actor, its raft
 //! group, its RocksDB instance and FAISS indexes) and keeps only the
 //! small in-memory [`Tenant`]: config, limiter (its counters; the close
-//! saved them exactly), an empty read cache. Its next request reopens the
+//! saved them exactly), an emptied read cache (still on). Its next request reopens the
 //! shard from disk, as a restart would.
 //!
 //! Every request holds an [`Awake`] guard (a read guard of the tenant's
@@ -122,7 +122,7 @@ impl Database {
             // The shard may be half closed: a reopen is the way back.
             tracing::warn!(tenant = %id, error = %e, "tenant shard did not close cleanly while hibernating");
         }
-        t.cache.clear();
+        t.cache.empty();
         *w = Life::Asleep;
         crate::monitor::hibernated();
         tracing::info!(tenant = %id, "tenant hibernated");
@@ -153,13 +153,21 @@ impl Database {
                     return;
                 }
                 let idle_before = crate::util::coarse_now_ms().saturating_sub(h.after_idle_ms);
+                let mut closed = 0;
                 for t in db.loaded_tenants() {
                     if t.is_asleep() || t.last_active.load(Ordering::Relaxed) > idle_before {
                         continue;
                     }
-                    if let Err(e) = db.hibernate(&t, idle_before).await {
-                        tracing::warn!(tenant = %t.config().tenant_id, error = %e, "hibernation failed");
+                    match db.hibernate(&t, idle_before).await {
+                        Ok(true) => closed += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(tenant = %t.config().tenant_id, error = %e, "hibernation failed")
+                        }
                     }
+                }
+                if closed > 0 {
+                    let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
                 }
             }
         });
@@ -189,4 +197,14 @@ impl Database {
     pub fn is_hibernated(&self, id: &str) -> Result<bool> {
         Ok(self.tenant(id)?.is_asleep())
     }
+}
+
+/// Returns the memory the closed shards freed to the system: glibc's
+/// allocator keeps freed pages in its arenas otherwise, so a node whose
+/// tenants went to sleep would keep the RSS they had while open.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's
+    // own arenas; it has no preconditions.
+    let _released = unsafe { libc::malloc_trim(0) };
 }

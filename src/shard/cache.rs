@@ -217,6 +217,18 @@ impl ReadCache {
         (self.budget.max_bytes as f64 * share) as u64
     }
 
+    /// Drops every entry (their bytes are given back at once) and goes on
+    /// caching: a hibernated tenant's cache.
+    pub fn empty(&self) {
+        let mut shelf = self.shelf.write();
+        let fresh = shelf
+            .as_ref()
+            .map(|s| Arc::new(Shelf::new(s.limits, self.budget.clone())));
+        if let Some(old) = fresh.and_then(|f| shelf.replace(f)) {
+            old.close();
+        }
+    }
+
     /// Drops every entry and turns the cache off for good (the tenant is
     /// unloaded from this node); their bytes are given back at once.
     pub fn clear(&self) {

@@ -200,15 +200,24 @@ impl StorageEnv {
         o.set_write_buffer_size(4 << 20);
         // Thousands of small instances per node: keep what each reserves
         // on disk small (RocksDB preallocates 4 MiB of MANIFEST and ~1.1x
-        // the write buffer of WAL per open instance) and its info log short.
+        // the write buffer of WAL per open instance).
         o.set_manifest_preallocation_size(64 << 10);
         // The WAL preallocation block is capped by this; without it each
         // instance reserved ~60 MiB (measured). Also flushes the oldest
         // memtable once an instance's WAL passes it.
         o.set_max_total_wal_size(4 << 20);
+        // No info LOG file per instance (its options dump alone is 84 KiB,
+        // kept twice): RocksDB's warnings and errors go to the node log.
         o.set_log_level(rocksdb::LogLevel::Warn);
-        o.set_keep_log_file_num(2);
-        o.set_max_log_file_size(1 << 20);
+        o.set_info_logger(rocksdb::InfoLogger::new_callback_logger(
+            rocksdb::LogLevel::Warn,
+            |level, msg| {
+                use rocksdb::LogLevel::{Error, Fatal, Warn};
+                if matches!(level, Warn | Error | Fatal) {
+                    tracing::warn!(target: "rocksdb", ?level, "{}", msg.trim_end());
+                }
+            },
+        ));
         o.set_max_open_files(self.max_open_files);
         o.set_max_background_jobs(2);
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
