@@ -34,6 +34,7 @@ struct Figures {
     rss: u64,
     open_files: usize,
     disk: u64,
+    shard_disk: u64,
     stop_s: f64,
     restart_to_first_s: f64,
     rss_restarted: u64,
@@ -206,6 +207,7 @@ async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Fi
     f.rss = rss;
     f.open_files = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     f.disk = dir_bytes(&data);
+    f.shard_disk = dir_bytes(&data.join("shards"));
     // First requests of sleeping (or idle) tenants.
     let mut wake = Vec::new();
     for key in &keys {
@@ -284,6 +286,19 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         "disk MiB (per tenant KiB)",
         format!("{} ({:.0})", off.disk >> 20, off.disk as f64 / n / 1024.0),
         format!("{} ({:.0})", on.disk >> 20, on.disk as f64 / n / 1024.0),
+    ));
+    t.add_row(row(
+        "of which shards/ (per tenant KiB)",
+        format!(
+            "{} ({:.0})",
+            off.shard_disk >> 20,
+            off.shard_disk as f64 / n / 1024.0
+        ),
+        format!(
+            "{} ({:.0})",
+            on.shard_disk >> 20,
+            on.shard_disk as f64 / n / 1024.0
+        ),
     ));
     t.add_row(row(
         "first request p50 / p99 ms",
