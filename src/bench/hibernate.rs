@@ -249,6 +249,8 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header(vec!["", "hibernation off", "hibernation on (2 s idle)"]);
     let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
+    // Bytes as "MiB (KiB per tenant)".
+    let per_tenant = |b: u64| format!("{} ({:.0})", b >> 20, b as f64 / n / 1024.0);
     t.add_row(row(
         "create p50 / p99 ms",
         format!("{:.1} / {:.1}", off.create_p50_ms, off.create_p99_ms),
@@ -261,21 +263,13 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     ));
     t.add_row(row(
         "RSS MiB (per tenant KiB)",
-        format!("{} ({:.0})", off.rss >> 20, off.rss as f64 / n / 1024.0),
-        format!("{} ({:.0})", on.rss >> 20, on.rss as f64 / n / 1024.0),
+        per_tenant(off.rss),
+        per_tenant(on.rss),
     ));
     t.add_row(row(
         "RSS MiB after a restart and 1 request",
-        format!(
-            "{} ({:.0})",
-            off.rss_restarted >> 20,
-            off.rss_restarted as f64 / n / 1024.0
-        ),
-        format!(
-            "{} ({:.0})",
-            on.rss_restarted >> 20,
-            on.rss_restarted as f64 / n / 1024.0
-        ),
+        per_tenant(off.rss_restarted),
+        per_tenant(on.rss_restarted),
     ));
     t.add_row(row(
         "open files",
@@ -284,21 +278,13 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     ));
     t.add_row(row(
         "disk MiB (per tenant KiB)",
-        format!("{} ({:.0})", off.disk >> 20, off.disk as f64 / n / 1024.0),
-        format!("{} ({:.0})", on.disk >> 20, on.disk as f64 / n / 1024.0),
+        per_tenant(off.disk),
+        per_tenant(on.disk),
     ));
     t.add_row(row(
         "of which shards/ (per tenant KiB)",
-        format!(
-            "{} ({:.0})",
-            off.shard_disk >> 20,
-            off.shard_disk as f64 / n / 1024.0
-        ),
-        format!(
-            "{} ({:.0})",
-            on.shard_disk >> 20,
-            on.shard_disk as f64 / n / 1024.0
-        ),
+        per_tenant(off.shard_disk),
+        per_tenant(on.shard_disk),
     ));
     t.add_row(row(
         "first request p50 / p99 ms",

@@ -359,6 +359,9 @@ impl Database {
         limits: StorageLimitConfig,
         reason: &str,
     ) -> Result<()> {
+        // Checked and applied under one lifecycle lock: no other change
+        // lands between the check and the update it allows.
+        let _g = self.lock_lifecycle().await;
         let rec = self.record(tenant)?;
         let cfg = &rec.config;
         if !cfg.auto_scale() {
@@ -370,10 +373,9 @@ impl Database {
         check_raise(&cfg.storage_limit, &limits, ceiling.as_ref())?;
         let update = TenantUpdate {
             storage_limit: Some(limits),
-            reason: Some(reason.to_string()),
             ..Default::default()
         };
-        self.update_tenant_as(tenant, update, &ChangedBy::AutoScale)
+        self.update_tenant_locked(tenant, update, &ChangedBy::AutoScale, reason)
             .await
             .map(drop)
     }

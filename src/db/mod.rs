@@ -929,20 +929,33 @@ impl Database {
     ) -> Result<TenantConfig> {
         validate_tenant_id(id)?;
         let reason = update.reason.clone().unwrap_or_default();
+        let _g = self.inner.lifecycle.lock().await;
+        self.update_tenant_locked(id, update, actor, &reason).await
+    }
+
+    /// The body of [`update_tenant_as`](Self::update_tenant_as), for a
+    /// caller holding the lifecycle lock; `reason` goes into the audit
+    /// entries.
+    async fn update_tenant_locked(
+        &self,
+        id: &str,
+        update: TenantUpdate,
+        actor: &ChangedBy,
+        reason: &str,
+    ) -> Result<TenantConfig> {
         if reason.len() > audit::MAX_REASON_LEN {
             return Err(Error::InvalidConfig {
                 key: "reason".into(),
                 reason: format!("longer than {} bytes", audit::MAX_REASON_LEN),
             });
         }
-        let _g = self.inner.lifecycle.lock().await;
         let at = crate::util::now_ms();
         if self.is_clustered() {
             // Every node's reconcile loop brings its replica's config up
             // to the record; the shard leader sets the storage limits.
             let mut rec = self.record(id)?;
             let new = update.apply(&self.tiers(), &rec.config)?;
-            let entries = audit::diff(&rec.config, &new, actor, &reason, at);
+            let entries = audit::diff(&rec.config, &new, actor, reason, at);
             rec.config = new.clone();
             self.registry()?.put_tenant_audited(&rec, &entries).await?;
             tracing::info!(tenant = %id, enabled = new.enabled, %actor, changed = entries.len(), "tenant updated");
@@ -952,7 +965,7 @@ impl Database {
         let mut rec = self.record(id)?;
         let new = update.apply(&self.tiers(), &rec.config)?;
         let storage_changed = new.storage_limit != rec.config.storage_limit;
-        let entries = audit::diff(&rec.config, &new, actor, &reason, at);
+        let entries = audit::diff(&rec.config, &new, actor, reason, at);
         rec.config = new.clone();
         self.registry()?.put_tenant_audited(&rec, &entries).await?;
         *tenant.config.write() = Arc::new(new.clone());
