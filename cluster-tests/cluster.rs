@@ -3280,3 +3280,145 @@ async fn an_analytics_report_adds_up_the_requests_every_node_received() {
         "node 3's requests cannot be counted without it"
     );
 }
+
+/// Hibernation after 1.5 s idle (a group quiesces after 10 s first).
+const HIBERNATE: &str = "\n[hibernation]\nafter_idle_ms = 1500\ncheck_ms = 200\n";
+
+/// Lines of node `i`'s current log with `what` about tenant `tenant`.
+fn logged(c: &TestCluster, i: usize, what: &str, tenant: &str) -> usize {
+    std::fs::read_to_string(c.log(i))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains(tenant))
+        .count()
+}
+
+/// Waits until every node has logged one more hibernation of `tenant`
+/// than `since` (counts per node, from [`logged`]).
+async fn all_hibernate(c: &TestCluster, tenant: &str, since: [usize; 3]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Vec<usize> = (1..=3)
+            .map(|i| logged(c, i, "tenant hibernated", tenant))
+            .collect();
+        if now.iter().zip(since).all(|(n, s)| *n > s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every replica of {tenant} hibernated: {now:?} (before {since:?})"
+        );
+        sleep_s(0.5).await;
+    }
+}
+
+fn hibernations(c: &TestCluster, tenant: &str) -> [usize; 3] {
+    [1, 2, 3].map(|i| logged(c, i, "tenant hibernated", tenant))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hibernated_replicas_reopen_on_a_request_and_on_raft_messages_without_an_election_and_survive_kill_9(
+) {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with("h", 3, 3, HIBERNATE).await;
+    let key = c.tenant("sleepy", None).await;
+    let writer = c.client(1, &key).await;
+    for i in 0..20 {
+        retry(|| {
+            writer.put(NewObject::new(
+                "kv",
+                &format!("k{i}"),
+                serde_json::json!({"v": i}),
+            ))
+        })
+        .await;
+    }
+    let admin = c.admin(1).await;
+    let before = retry(|| admin.shard_info("sleepy")).await;
+    let leader = before.leader_node.expect("a leader") as usize;
+    let followers: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+
+    // 1. Idle: the group quiesces, then every replica closes its shard.
+    all_hibernate(&c, "sleepy", [0; 3]).await;
+    let woken_before = [1, 2, 3].map(|i| logged(&c, i, "tenant reactivated", "sleepy"));
+    eprintln!(
+        "every replica hibernated; leader node {leader}, term {}",
+        before.term
+    );
+
+    // 2. A read through a follower's node: that replica reopens to find
+    //    the leader, whose node reopens it as the leader: no election.
+    let reader = c
+        .client_with(followers[0], &key, |o| o.follow_leader = false)
+        .await;
+    let got = reader
+        .get("k7")
+        .await
+        .expect("the first read after hibernation");
+    assert_eq!(got.unwrap().properties.0["v"], 7);
+    let after = retry(|| admin.shard_info("sleepy")).await;
+    assert_eq!(
+        (after.term, after.leader_node),
+        (before.term, before.leader_node),
+        "waking the group held an election"
+    );
+
+    // 3. A write: the leader's appends reach the other follower, which
+    //    got no request; the raft message alone reopens it, and it holds
+    //    the entry.
+    retry(|| writer.put(NewObject::new("kv", "k7", serde_json::json!({"v": 70})))).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = retry(|| admin.shard_info("sleepy")).await;
+        let f1_replica = info
+            .replicas
+            .iter()
+            .find(|r| r.1 == followers[1] as u64)
+            .unwrap()
+            .0;
+        let matched = info.matched.iter().find(|m| m.0 == f1_replica).map(|m| m.1);
+        if matched == Some(info.last_log_index) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower on node {} never took the write: {info:?}",
+            followers[1]
+        );
+        sleep_s(0.2).await;
+    }
+    for i in [leader, followers[1]] {
+        assert!(
+            logged(&c, i, "tenant reactivated", "sleepy") > woken_before[i - 1],
+            "node {i} never reopened its replica"
+        );
+    }
+    assert_eq!(retry(|| admin.shard_info("sleepy")).await.term, before.term);
+
+    // 4. Asleep again, every node killed -9 and restarted: nothing is
+    //    lost, and the request counts are exact (the leader saved them
+    //    before its group went idle, so no unused reservation survives).
+    let counted = daily_count(&c, "sleepy", 1).await;
+    all_hibernate(&c, "sleepy", hibernations(&c, "sleepy")).await;
+    for i in 1..=3 {
+        c.kill(i);
+    }
+    for i in 1..=3 {
+        c.spawn(i).await;
+    }
+    assert_eq!(
+        daily_count(&c, "sleepy", 2).await,
+        counted,
+        "the request count changed across hibernation and kill -9"
+    );
+    let reader = c.client(3, &key).await;
+    for i in 0..20 {
+        let id = format!("k{i}");
+        let got = retry(|| reader.get(&id)).await.expect("object survives");
+        let want = if i == 7 { 70 } else { i };
+        assert_eq!(got.properties.0["v"], want, "k{i}");
+    }
+}

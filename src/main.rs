@@ -156,13 +156,22 @@ enum BenchCmd {
         /// Scratch data directory (wiped first).
         #[arg(long, default_value = "/var/tmp/vektagraf-bench-idle")]
         data: PathBuf,
-        /// Tenants.
+        /// Tenants (with hibernation on).
         #[arg(long, default_value_t = 1000)]
         tenants: usize,
+        /// Tenants with hibernation off (at most --tenants): every open
+        /// replica costs about 1 MiB of RSS.
+        #[arg(long, default_value_t = 1000)]
+        off_tenants: usize,
+        /// Cluster: tenants given a key and one object, whose first
+        /// request after sleeping and whose writes after a node kill are
+        /// timed.
+        #[arg(long, default_value_t = 200)]
+        sample: usize,
         /// Seconds of each measurement.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
-        /// One standalone node, hibernation off against on.
+        /// One standalone node instead of a 3-node cluster.
         #[arg(long)]
         standalone: bool,
     },
@@ -298,12 +307,15 @@ fn run() -> anyhow::Result<()> {
                 BenchCmd::Idle {
                     data,
                     tenants,
+                    off_tenants,
                     seconds,
                     standalone: true,
+                    ..
                 } => {
                     vektagraf::bench::hibernate::idle(vektagraf::bench::hibernate::Options {
                         data,
                         tenants,
+                        off_tenants,
                         seconds,
                     })
                     .await
@@ -311,12 +323,16 @@ fn run() -> anyhow::Result<()> {
                 BenchCmd::Idle {
                     data,
                     tenants,
+                    off_tenants,
+                    sample,
                     seconds,
                     standalone: false,
                 } => {
-                    vektagraf::bench::cluster::idle(vektagraf::bench::cluster::IdleOptions {
+                    vektagraf::bench::idle_cluster::idle(vektagraf::bench::idle_cluster::Options {
                         data,
                         tenants,
+                        off_tenants,
+                        sample,
                         seconds,
                     })
                     .await

@@ -19,8 +19,11 @@ use super::cluster::client;
 pub struct Options {
     /// Scratch directory (wiped first).
     pub data: PathBuf,
-    /// Tenants created.
+    /// Tenants created with hibernation on.
     pub tenants: usize,
+    /// Tenants created with hibernation off (each open shard costs about
+    /// 1 MiB of RSS and 4 MiB of disk, so the off run is kept smaller).
+    pub off_tenants: usize,
     /// Seconds of the idle measurement.
     pub seconds: u64,
 }
@@ -28,6 +31,7 @@ pub struct Options {
 /// What one configuration measured.
 #[derive(Debug, Default)]
 struct Figures {
+    tenants: usize,
     create_p50_ms: f64,
     create_p99_ms: f64,
     cpu_pct: f64,
@@ -112,7 +116,7 @@ impl Drop for Server {
     }
 }
 
-fn ms_pct(v: &mut [f64], p: f64) -> f64 {
+pub(super) fn ms_pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -120,7 +124,7 @@ fn ms_pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn dir_bytes(p: &Path) -> u64 {
+pub(super) fn dir_bytes(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
@@ -136,7 +140,12 @@ fn dir_bytes(p: &Path) -> u64 {
 }
 
 /// Runs one configuration: `after_idle_ms` 0 (off) or the given value.
-async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Figures> {
+async fn run(
+    dir: &Path,
+    opt: &Options,
+    tenants: usize,
+    after_idle_ms: u64,
+) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(dir)?;
     let data = dir.join("data");
     let cfg = dir.join("node.toml");
@@ -155,12 +164,15 @@ async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Fi
     anyhow::ensure!(ca.exists(), "no certificate at {}", ca.display());
     let admin_key = std::fs::read_to_string(data.join("admin.key"))?;
     let admin = client(addr, admin_key.trim(), &ca).await?;
-    let mut f = Figures::default();
+    let mut f = Figures {
+        tenants,
+        ..Default::default()
+    };
     // Creation, 8 at a time.
     let workers = 8;
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (key, ca, n) = (admin_key.trim().to_string(), ca.clone(), opt.tenants);
+        let (key, ca, n) = (admin_key.trim().to_string(), ca.clone(), tenants);
         tasks.push(tokio::spawn(async move {
             let admin = client(addr, &key, &ca).await?;
             let mut took = Vec::new();
@@ -180,7 +192,7 @@ async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Fi
     f.create_p50_ms = ms_pct(&mut created, 0.5);
     f.create_p99_ms = ms_pct(&mut created, 0.99);
     // Keys and a little data for the tenants whose first request is timed.
-    let woken = opt.tenants.min(100);
+    let woken = tenants.min(100);
     let mut keys = Vec::new();
     for i in 0..woken {
         let id = format!("idle{i:05}");
@@ -233,24 +245,158 @@ async fn run(dir: &Path, opt: &Options, after_idle_ms: u64) -> anyhow::Result<Fi
     Ok(f)
 }
 
+/// Reactivation latency p50 / p99 (ms) of two hibernated tenants: one
+/// with 1,000 small objects (first request: a get) and one with 10,000
+/// Fashion-MNIST vectors in an HNSW index (first request: a k = 10
+/// search), each put to sleep and woken `rounds` times.
+async fn reactivation(dir: &Path, rounds: usize) -> anyhow::Result<[(f64, f64); 2]> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join("data");
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:27951\"\n\
+             [metrics]\nenabled = false\n[hibernation]\nafter_idle_ms = 1000\ncheck_ms = 100\n",
+            data.display().to_string()
+        ),
+    )?;
+    let log = dir.join("node.log");
+    let server = Server::start(&cfg, &data, &log)?;
+    let addr: SocketAddr = "127.0.0.1:27951".parse()?;
+    let ca = data.join("tls/server.crt");
+    let admin_key = std::fs::read_to_string(data.join("admin.key"))?;
+    let admin = client(addr, admin_key.trim(), &ca).await?;
+    let (dim, images) = super::engine::load_idx_images(
+        &Path::new(super::engine::FASHION_MNIST_DIR).join("train-images-idx3-ubyte.gz"),
+        10_000,
+    )?;
+    let mut keys = Vec::new();
+    for id in ["small", "large"] {
+        let mut cfg = crate::TenantConfig::for_tier(
+            &crate::Tiers::default(),
+            id,
+            id,
+            "tier4",
+            serde_json::json!({}),
+        )?;
+        cfg.rate_limit.max_requests = 10_000_000;
+        cfg.storage_limit.max_vector_dimensions = 4096;
+        admin.create_tenant(cfg).await?;
+        admin.create_user(id, "u").await?;
+        let (key, _) = admin
+            .create_key(KeyKind::Tenant, Some(id), Some("u"), None)
+            .await?;
+        let c = client(addr, &key, &ca).await?;
+        if id == "small" {
+            c.create_collection(crate::proto::CollectionSpec::plain("kv"))
+                .await?;
+            let ops = (0..1000)
+                .map(|i| {
+                    crate::proto::WriteOp::Put(NewObject::new(
+                        "kv",
+                        &format!("o{i}"),
+                        serde_json::json!({"v": i, "name": format!("object {i}")}),
+                    ))
+                })
+                .collect();
+            for r in c.batch(ops).await {
+                r?;
+            }
+        } else {
+            c.create_collection(
+                crate::proto::CollectionSpec::vectors("img", dim as u32).index(
+                    crate::proto::IndexKind::Hnsw {
+                        m: 32,
+                        ef_search: 64,
+                    },
+                ),
+            )
+            .await?;
+            let ops: Vec<_> = images
+                .chunks(dim)
+                .enumerate()
+                .map(|(i, v)| {
+                    crate::proto::WriteOp::Put(
+                        NewObject::new("img", &format!("i{i}"), serde_json::json!({}))
+                            .with_vector(v.to_vec()),
+                    )
+                })
+                .collect();
+            for r in c.batch(ops).await {
+                r?;
+            }
+        }
+        keys.push(key);
+    }
+    let slept = |id: &str| -> anyhow::Result<usize> {
+        Ok(std::fs::read_to_string(&log)?
+            .lines()
+            .filter(|l| l.contains("tenant hibernated") && l.contains(id))
+            .count())
+    };
+    let mut out = [(0.0, 0.0); 2];
+    for (n, (id, key)) in ["small", "large"].iter().zip(&keys).enumerate() {
+        let c = client(addr, key, &ca).await?;
+        let mut took = Vec::new();
+        for _ in 0..rounds {
+            let before = slept(id)?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while slept(id)? == before {
+                anyhow::ensure!(Instant::now() < deadline, "{id} did not hibernate");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let t = Instant::now();
+            if *id == "small" {
+                c.get("o7").await?;
+            } else {
+                c.search(
+                    crate::proto::VectorSearch {
+                        collection: "img".into(),
+                        vector: images[..dim].to_vec(),
+                        k: 10,
+                        filter: None,
+                    },
+                    false,
+                )
+                .await?;
+            }
+            took.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        out[n] = (ms_pct(&mut took, 0.5), ms_pct(&mut took, 0.99));
+    }
+    drop(server);
+    Ok(out)
+}
+
 /// `vektagraf bench idle --standalone`.
 pub async fn idle(opt: Options) -> anyhow::Result<()> {
     if opt.data.exists() {
         std::fs::remove_dir_all(&opt.data)?;
     }
     println!(
-        "standalone node, {} tier1 tenants (100 with one object), idle {} s:",
-        opt.tenants, opt.seconds
+        "standalone node, tier1 tenants (100 with one object), idle {} s:",
+        opt.seconds
     );
-    let off = run(&opt.data.join("off"), &opt, 0).await?;
-    let on = run(&opt.data.join("on"), &opt, 2_000).await?;
-    let n = opt.tenants.max(1) as f64;
+    let off_n = opt.off_tenants.min(opt.tenants);
+    let off = run(&opt.data.join("off"), &opt, off_n, 0).await?;
+    let on = run(&opt.data.join("on"), &opt, opt.tenants, 2_000).await?;
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec!["", "hibernation off", "hibernation on (2 s idle)"]);
+    t.set_header(vec![
+        String::new(),
+        format!("hibernation off, {} tenants", off.tenants),
+        format!("hibernation on (2 s idle), {} tenants", on.tenants),
+    ]);
     let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
-    // Bytes as "MiB (KiB per tenant)".
-    let per_tenant = |b: u64| format!("{} ({:.0})", b >> 20, b as f64 / n / 1024.0);
+    // Bytes as "MiB (KiB per tenant)", per the run's own tenants.
+    let per_tenant = |b: u64, f: &Figures| {
+        format!(
+            "{} ({:.0})",
+            b >> 20,
+            b as f64 / f.tenants.max(1) as f64 / 1024.0
+        )
+    };
     t.add_row(row(
         "create p50 / p99 ms",
         format!("{:.1} / {:.1}", off.create_p50_ms, off.create_p99_ms),
@@ -263,13 +409,13 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     ));
     t.add_row(row(
         "RSS MiB (per tenant KiB)",
-        per_tenant(off.rss),
-        per_tenant(on.rss),
+        per_tenant(off.rss, &off),
+        per_tenant(on.rss, &on),
     ));
     t.add_row(row(
         "RSS MiB after a restart and 1 request",
-        per_tenant(off.rss_restarted),
-        per_tenant(on.rss_restarted),
+        per_tenant(off.rss_restarted, &off),
+        per_tenant(on.rss_restarted, &on),
     ));
     t.add_row(row(
         "open files",
@@ -278,13 +424,13 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     ));
     t.add_row(row(
         "disk MiB (per tenant KiB)",
-        per_tenant(off.disk),
-        per_tenant(on.disk),
+        per_tenant(off.disk, &off),
+        per_tenant(on.disk, &on),
     ));
     t.add_row(row(
         "of which shards/ (per tenant KiB)",
-        per_tenant(off.shard_disk),
-        per_tenant(on.shard_disk),
+        per_tenant(off.shard_disk, &off),
+        per_tenant(on.shard_disk, &on),
     ));
     t.add_row(row(
         "first request p50 / p99 ms",
@@ -302,5 +448,12 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         format!("{:.1}", on.restart_to_first_s),
     ));
     println!("{t}");
+    let [small, large] = reactivation(&opt.data.join("wake"), 10).await?;
+    println!(
+        "reactivation of a hibernated tenant (10 rounds each), p50 / p99: \
+         1,000 objects, a get: {:.1} / {:.1} ms; 10,000 Fashion-MNIST vectors \
+         (HNSW32), a k = 10 search: {:.1} / {:.1} ms",
+        small.0, small.1, large.0, large.1
+    );
     Ok(())
 }

@@ -511,7 +511,7 @@ async fn place_replica(
     let Some(node) = least_loaded(live, load, rec) else {
         return Ok(None);
     };
-    let id = reg.next_id("replica").await?;
+    let id = reg.take_id("replica").await?;
     *load.entry(node).or_insert(0) += 1;
     rec.replicas.push(Replica {
         id,

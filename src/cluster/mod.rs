@@ -136,6 +136,9 @@ pub struct Cluster {
     busy: Arc<Mutex<HashSet<u64>>>,
     /// One reconcile pass at a time (the loop, and tenant creation).
     reconciling: tokio::sync::Mutex<()>,
+    /// Replicas per node as of the last reconcile pass, plus those placed
+    /// here since (placement reads it instead of every tenant record).
+    load: Mutex<Option<std::collections::HashMap<u64, usize>>>,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Nodes the liveness probe finds unreachable.
     down: parking_lot::RwLock<HashSet<u64>>,
@@ -285,6 +288,7 @@ impl Cluster {
             meta_data,
             busy: Arc::new(Mutex::new(HashSet::new())),
             reconciling: tokio::sync::Mutex::new(()),
+            load: Mutex::new(None),
             known_users: moka::sync::Cache::builder()
                 .max_capacity(KNOWN_USERS)
                 .build(),
@@ -484,6 +488,28 @@ impl Cluster {
             return Some(self.meta.clone());
         }
         db.loaded_group(group).and_then(|t| t.raft())
+    }
+
+    /// The raft handle of group `group` on this node for a peer's
+    /// message, reopening a hibernated replica first; the guard keeps the
+    /// replica open while the message is served (None for group 0).
+    async fn group_replica(
+        &self,
+        db: &Database,
+        group: u64,
+    ) -> Option<(ShardRaft, Option<crate::db::Awake>)> {
+        if group == 0 {
+            return Some((self.meta.clone(), None));
+        }
+        let t = db.loaded_group(group)?;
+        let awake = match db.awake(&t).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(group, error = %e, "could not reopen a hibernated replica for a peer's message");
+                return None;
+            }
+        };
+        Some((t.raft()?, Some(awake)))
     }
 }
 

@@ -22,12 +22,21 @@ impl Cluster {
         if nodes.is_empty() {
             return Err(unavailable("no live nodes to place a shard on"));
         }
-        let load = replica_load(&reg.tenants()?);
+        let cached = self.load.lock().clone();
+        let load = match cached {
+            Some(l) => l,
+            None => replica_load(&reg.tenants()?),
+        };
         let live: Vec<u64> = nodes.iter().map(|n| n.id).collect();
         let chosen = choose_nodes(&live, &load, group, self.settings.replication_factor);
+        if let Some(l) = self.load.lock().as_mut() {
+            for n in &chosen {
+                *l.entry(*n).or_insert(0) += 1;
+            }
+        }
         let mut out = Vec::with_capacity(chosen.len());
         for node in chosen {
-            let id = reg.next_id("replica").await?;
+            let id = reg.take_id("replica").await?;
             out.push(Replica {
                 id,
                 node,

@@ -122,6 +122,18 @@ impl Cluster {
         let (net, t, raft, group) = (c.net.clone(), t.clone(), raft.clone(), rec.group);
         tokio::spawn(async move {
             let _guard = guard;
+            // The exact request counts replace the leader's unused
+            // reservation first, so a replica that hibernates later has
+            // nothing to write; a pass after the entry is replicated
+            // quiesces.
+            match t.settle_quota(Duration::from_secs(5)).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "request counts not settled; not quiescing yet");
+                    return;
+                }
+            }
             let req = PeerRequest::Quiesce {
                 group,
                 leader,
@@ -177,26 +189,44 @@ impl Cluster {
         ok
     }
 
-    /// Wakes quiesced local replicas of groups whose leader is on `node`.
+    /// Wakes quiesced local replicas of groups whose leader is on `node`,
+    /// at most `cluster.wake_per_s` a second (each then campaigns when
+    /// its election timeout passes). Replicas asleep here are left to
+    /// their first request ([`Cluster::after_reopen`]).
     pub(crate) fn wake_groups_led_by(&self, db: &Database, node: u64) {
-        let tenants = db.loaded_tenants();
-        let mut woken = 0;
-        for t in tenants {
-            if !t.quiesced().load(Ordering::Acquire) {
-                continue;
-            }
-            let Some(raft) = t.raft() else { continue };
-            let leader = raft.metrics().borrow_watched().current_leader;
-            let on_node =
-                leader.is_none_or(|l| t.replicas().iter().any(|r| r.id == l && r.node == node));
-            if on_node {
-                wake(&t);
-                woken += 1;
-            }
+        let led: Vec<Arc<Tenant>> = db
+            .loaded_tenants()
+            .into_iter()
+            .filter(|t| {
+                if !t.quiesced().load(Ordering::Acquire) {
+                    return false;
+                }
+                let Some(raft) = t.raft() else { return false };
+                let leader = raft.metrics().borrow_watched().current_leader;
+                leader.is_none_or(|l| t.replicas().iter().any(|r| r.id == l && r.node == node))
+            })
+            .collect();
+        if led.is_empty() {
+            return;
         }
-        if woken > 0 {
-            tracing::info!(node, groups = woken, "woke quiesced groups");
-        }
+        let per_s = self.settings.wake_per_s.max(1) as usize;
+        tracing::info!(
+            node,
+            groups = led.len(),
+            per_s,
+            "waking the quiesced groups a down node led"
+        );
+        tokio::spawn(async move {
+            // Batches every 50 ms: per_s / 20 groups each.
+            let batch = per_s.div_ceil(20);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for chunk in led.chunks(batch) {
+                tick.tick().await;
+                for t in chunk {
+                    wake(t);
+                }
+            }
+        });
     }
 
     /// Marks a local replica active (a request arrived) and wakes it.
@@ -214,6 +244,73 @@ impl Cluster {
         if let Some(t) = db.loaded_group(group) {
             wake(&t);
         }
+    }
+}
+
+impl Cluster {
+    /// A replica reopened from hibernation for a request: when its leader
+    /// is on a node that is down, it campaigns at once instead of waiting
+    /// out an election timeout. The groups a dead node led stay asleep
+    /// here until they are used, so they elect one at a time as their
+    /// tenants come back, never all at once.
+    pub(crate) async fn after_reopen(&self, t: &Tenant) {
+        let Some(raft) = t.raft() else { return };
+        let Some(node) = t.leader_node() else { return };
+        if node != self.me.id && self.down.read().contains(&node) {
+            tracing::info!(
+                group = t.group(),
+                node,
+                "reopened replica's leader is on a down node; campaigning"
+            );
+            let _ = raft.trigger().elect(false).await;
+        }
+    }
+
+    /// The node of the replica that campaigns first in a group that never
+    /// had a leader (loaded asleep when its tenant was created, and
+    /// opened by a request here): a request goes there, where opening
+    /// the replica starts the first election. None when that is this node
+    /// or the group has had a leader.
+    pub(crate) fn first_replica_of_new_group(&self, t: &Tenant, raft: &ShardRaft) -> Option<u64> {
+        let (no_leader, fresh) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.current_leader.is_none(),
+                m.last_applied.is_none_or(|l| l.index == 0),
+            )
+        };
+        if !(no_leader && fresh) {
+            return None;
+        }
+        // `raft::start_replicated_group`: the lowest initial replica id.
+        t.replicas()
+            .iter()
+            .filter(|r| r.initial)
+            .min_by_key(|r| r.id)
+            .map(|r| r.node)
+            .filter(|n| *n != self.me.id)
+    }
+
+    /// Loads this node's replica of `rec` (asleep when hibernation is on)
+    /// unless it already is: a request for a tenant created moments ago
+    /// need not wait for the reconcile loop. An asleep load opens nothing
+    /// and keeps the first of two racing loads; an open one waits for the
+    /// reconcile pass under way.
+    pub(crate) async fn load_here(
+        &self,
+        db: &Database,
+        rec: &TenantRecord,
+    ) -> crate::proto::Result<()> {
+        let _one_at_a_time = match db.hibernation_on() {
+            true => None,
+            false => Some(self.reconciling.lock().await),
+        };
+        if db.loaded(&rec.config.tenant_id).is_some() {
+            return Ok(());
+        }
+        let (replica, net) = self.replica_net(rec)?;
+        db.open_replica(rec, replica, net).await
     }
 }
 

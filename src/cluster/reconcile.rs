@@ -80,6 +80,7 @@ impl Cluster {
             db.load_keys()?;
         }
         let records = reg.tenants()?;
+        *c.load.lock() = Some(super::placement::replica_load(&records));
         let me = c.me.id;
         let nodes = reg.nodes()?;
         let mine = nodes.iter().find(|n| n.id == me);
@@ -183,7 +184,22 @@ impl Cluster {
                 }
             };
             t.sync_config(&rec.config);
-            t.sync_replicas(&rec.replicas);
+            let moved = t.sync_replicas(&rec.replicas);
+            if t.is_asleep() {
+                // A hibernated replica has nothing to converge until its
+                // placement changes (a move, a node removed): then it
+                // reopens, and whichever replica leads brings the group
+                // to the record.
+                if moved {
+                    let (db, t) = (db.clone(), t.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = db.awake(&t).await {
+                            tracing::warn!(group = t.group(), error = %e, "could not reopen a replica whose placement changed");
+                        }
+                    });
+                }
+                continue;
+            }
             let Some(raft) = t.raft() else { continue };
             if !is_leader(&raft) {
                 // A new group whose first election failed (its other
@@ -256,6 +272,8 @@ impl Cluster {
             c.leaving.lock().remove(&id);
             if let Some(t) = db.unload(&id) {
                 tracing::info!(tenant = %id, group = t.group(), "replica no longer placed here; removing it");
+                // Requests in flight finish; nothing reopens it after.
+                let _shut = db.shut(&t).await;
                 let _ = db.stop_shard(&id).await;
                 if let Err(e) = db.purge_local(t.group()).await {
                     tracing::warn!(tenant = %id, error = %e, "could not purge replica");
@@ -324,6 +342,14 @@ impl Cluster {
         let Some(t) = db.loaded(id) else {
             return true;
         };
+        if t.is_asleep() {
+            // Its vote may still be needed: reopen it and decide then.
+            let (db, t) = (db.clone(), t.clone());
+            tokio::spawn(async move {
+                let _ = db.awake(&t).await;
+            });
+            return false;
+        }
         let Some(raft) = t.raft() else {
             return true;
         };
@@ -368,6 +394,16 @@ impl Cluster {
     /// this node holds one of its replicas.
     pub(super) async fn wait_served(&self, db: &Database, rec: &TenantRecord) {
         if !rec.replicas.iter().any(|r| r.node == self.me.id) {
+            return;
+        }
+        // With hibernation on, replicas load asleep and the first request
+        // opens them (and holds the group's first election): creating a
+        // tenant is its one metadata commit, and loading it here opens
+        // nothing.
+        if db.hibernation_on() {
+            if let Err(e) = self.load_here(db, rec).await {
+                tracing::warn!(tenant = %rec.config.tenant_id, error = %e, "could not load the new tenant's replica");
+            }
             return;
         }
         let deadline = Instant::now() + Duration::from_secs(10);

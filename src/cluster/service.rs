@@ -161,8 +161,8 @@ impl PeerService for Service {
                     leader,
                     last_index,
                 } => PeerResponse::Quiesced(c.quiesce_follower(&db, group, leader, last_index)),
-                PeerRequest::Append { group, rpc } => match c.group_raft(&db, group) {
-                    Some(r) => {
+                PeerRequest::Append { group, rpc } => match c.group_replica(&db, group).await {
+                    Some((r, _awake)) => {
                         let commit = rpc.leader_commit.map_or(0, |l| l.index);
                         let answer = r.append_entries(rpc).await;
                         if answer.as_ref().is_ok_and(|a| a.is_success()) {
@@ -172,12 +172,12 @@ impl PeerService for Service {
                     }
                     None => no_group(group),
                 },
-                PeerRequest::Vote { group, rpc } => match c.group_raft(&db, group) {
-                    Some(r) => PeerResponse::Vote(r.vote(rpc).await),
+                PeerRequest::Vote { group, rpc } => match c.group_replica(&db, group).await {
+                    Some((r, _awake)) => PeerResponse::Vote(r.vote(rpc).await),
                     None => no_group(group),
                 },
-                PeerRequest::PreVote { group, rpc } => match c.group_raft(&db, group) {
-                    Some(r) => PeerResponse::Vote(r.pre_vote(rpc).await),
+                PeerRequest::PreVote { group, rpc } => match c.group_replica(&db, group).await {
+                    Some((r, _awake)) => PeerResponse::Vote(r.pre_vote(rpc).await),
                     None => no_group(group),
                 },
                 PeerRequest::Snapshot { .. } => PeerResponse::Failed(Error::Protocol {
@@ -290,8 +290,10 @@ impl PeerService for Service {
                     }
                     PeerResponse::Raised(r)
                 }
-                PeerRequest::HandOver { group, rpc } => match c.group_raft(&db, group) {
-                    Some(r) => PeerResponse::HandOver(r.handle_transfer_leader(rpc).await),
+                PeerRequest::HandOver { group, rpc } => match c.group_replica(&db, group).await {
+                    Some((r, _awake)) => {
+                        PeerResponse::HandOver(r.handle_transfer_leader(rpc).await)
+                    }
                     None => no_group(group),
                 },
             }
@@ -317,7 +319,8 @@ impl PeerService for Service {
         if let Err(why) = c.authorize_group(&db, from, group) {
             return Err(Box::new(refused(&self.warned, from, "snapshot", why)));
         }
-        if c.group_raft(&db, group).is_none() {
+        // A hibernated replica is reopened by the install.
+        if group != 0 && db.loaded_group(group).is_none() {
             return Err(Box::new(no_group(group)));
         }
         let dir = db.shard_dir(group).join(format!(
@@ -337,12 +340,12 @@ impl PeerService for Service {
         meta: SnapshotMeta,
         dir: PathBuf,
     ) -> BoxFuture<'static, PeerResponse> {
-        let raft = self
-            .db()
-            .zip(self.cluster.upgrade())
-            .and_then(|(db, c)| c.group_raft(&db, group));
+        let (db, c) = (self.db(), self.cluster.upgrade());
         Box::pin(async move {
-            let Some(raft) = raft else {
+            let (Some(db), Some(c)) = (db, c) else {
+                return gone();
+            };
+            let Some((raft, _awake)) = c.group_replica(&db, group).await else {
                 return no_group(group);
             };
             let snap = openraft::Snapshot {

@@ -203,6 +203,12 @@ pub struct ClusterSettings {
     /// elsewhere: this is the bound on how long those take to apply
     /// everywhere.
     pub metadata_lease_ms: u64,
+    /// When a node stops answering, the quiesced groups it led wake here
+    /// at most this many a second (each then holds an election): a node
+    /// dying with thousands of idle leaders costs the others a bounded
+    /// stream of elections, not a storm. Groups asleep here wake on
+    /// their first request instead.
+    pub wake_per_s: u64,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -362,6 +368,9 @@ impl NodeConfig {
                         "required when cluster.enabled (see `vektagraf certs`)",
                     ));
                 }
+            }
+            if c.wake_per_s == 0 {
+                return Err(cfg_err("cluster.wake_per_s", "must be at least 1"));
             }
             if c.metadata_lease_ms < 1000 {
                 return Err(cfg_err(

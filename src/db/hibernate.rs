@@ -14,10 +14,18 @@
 //! A writer is only ever queued while the tenant is asleep, when no read
 //! guard exists, so a request may take nested guards safely.
 //!
-//! With hibernation on, a standalone node loads its tenants asleep at
-//! start: each shard opens on first use. Cluster replicas stay open
-//! (quiesced when idle): waking a follower on a peer's raft message is
-//! not built yet.
+//! With hibernation on, a node loads its tenants asleep at start (and a
+//! cluster node the replicas placed on it later): each shard opens on
+//! first use.
+//!
+//! On a cluster a replica hibernates only while its group is quiesced
+//! (`cluster/quiesce.rs`): its leader saved the exact request counts and
+//! every follower holds the whole log, so closing writes nothing to the
+//! log and no peer is owed a message. Whatever reaches a sleeping replica
+//! reopens it: a request routed to it, and any raft message or snapshot
+//! from a peer (the peer service holds an [`Awake`] guard while it
+//! serves one). A leader reopens as the leader (openraft restores a
+//! committed vote of its own), so waking a group costs no election.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,19 +92,25 @@ impl Database {
             self.start_shard(t).await?;
             *w = Life::Awake;
             t.asleep.store(false, Ordering::Release);
-            t.rested.lock().take();
+            // Reactivated if it hibernated here; else opened on first use
+            // (since the node started, or since it was created).
+            let hibernated = t.rested.lock().take().is_some();
             let took = started.elapsed();
-            crate::monitor::reactivated(took);
             let id = t.config().tenant_id.clone();
-            tracing::info!(tenant = %id, took_ms = took.as_millis() as u64, "tenant reactivated");
-            self.events().emit(
-                EventLevel::Info,
-                Some(&id),
-                EventKind::TenantReactivated {
-                    took_ms: took.as_millis() as u64,
-                },
-                format!("tenant {id} reopened its shard in {took:?}"),
-            );
+            if hibernated {
+                crate::monitor::reactivated(took);
+                tracing::info!(tenant = %id, took_ms = took.as_millis() as u64, "tenant reactivated");
+                self.events().emit(
+                    EventLevel::Info,
+                    Some(&id),
+                    EventKind::TenantReactivated {
+                        took_ms: took.as_millis() as u64,
+                    },
+                    format!("tenant {id} reopened its shard in {took:?}"),
+                );
+            } else {
+                tracing::info!(tenant = %id, took_ms = took.as_millis() as u64, "tenant shard opened on first use");
+            }
         }
         t.last_active
             .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
@@ -112,10 +126,15 @@ impl Database {
         if *w == Life::Asleep || t.last_active.load(Ordering::Relaxed) > idle_before {
             return Ok(false);
         }
-        let id = t.config().tenant_id.clone();
-        if let Ok(d) = t.data() {
-            *t.rested.lock() = Some(d.usage());
+        // A cluster replica sleeps only while its group is quiesced (a
+        // raft message waking it un-quiesces it first).
+        if self.is_clustered() && !t.quiesced.load(Ordering::Acquire) {
+            return Ok(false);
         }
+        let id = t.config().tenant_id.clone();
+        // Set whether or not the data is at hand: it also marks the
+        // tenant as hibernated (its next open is a reactivation).
+        *t.rested.lock() = Some(t.data().map(|d| d.usage()).unwrap_or_default());
         // Marked first: loops that look without the lock skip it now.
         t.asleep.store(true, Ordering::Release);
         if let Err(e) = self.stop_shard(&id).await {
@@ -123,6 +142,8 @@ impl Database {
             tracing::warn!(tenant = %id, error = %e, "tenant shard did not close cleanly while hibernating");
         }
         t.cache.empty();
+        // A reopened replica's raft group ticks until it quiesces again.
+        t.quiesced.store(false, Ordering::Release);
         *w = Life::Asleep;
         crate::monitor::hibernated();
         tracing::info!(tenant = %id, "tenant hibernated");
@@ -135,8 +156,8 @@ impl Database {
         Ok(true)
     }
 
-    /// Starts the loop that hibernates idle tenant replicas (standalone
-    /// nodes; it ends when the database is gone).
+    /// Starts the loop that hibernates idle tenant replicas (it ends when
+    /// the database is gone).
     pub(crate) fn start_hibernation(&self) {
         if !self.hibernation_on() {
             return;
@@ -149,13 +170,17 @@ impl Database {
             loop {
                 tick.tick().await;
                 let Some(db) = weak.upgrade() else { return };
-                if db.is_clustered() || db.inner.closing.load(Ordering::Acquire) {
+                if db.inner.closing.load(Ordering::Acquire) {
                     return;
                 }
+                let clustered = db.is_clustered();
                 let idle_before = crate::util::coarse_now_ms().saturating_sub(h.after_idle_ms);
                 let mut closed = 0;
                 for t in db.loaded_tenants() {
-                    if t.is_asleep() || t.last_active.load(Ordering::Relaxed) > idle_before {
+                    if t.is_asleep()
+                        || t.last_active.load(Ordering::Relaxed) > idle_before
+                        || (clustered && !t.quiesced.load(Ordering::Acquire))
+                    {
                         continue;
                     }
                     match db.hibernate(&t, idle_before).await {

@@ -45,6 +45,7 @@ use crate::tenant::{
 pub use crate::proto::NodeRecord;
 pub use analytics::{Resolution, HOUR_MS};
 pub use audit::MAX_AUDIT_PAGE;
+pub(crate) use hibernate::Awake;
 pub use registry::{
     KeyRecord, MetaGroup, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
@@ -197,6 +198,14 @@ impl Tenant {
         session::call_shard(&actor, |tx| ShardMsg::Reserve(Some(tx)), timeout).await
     }
 
+    /// Saves the exact request counts in place of the leader's unused
+    /// reservation before the group goes idle; whether it wrote an entry
+    /// (false on a follower, or when nothing changed).
+    pub(crate) async fn settle_quota(&self, timeout: Duration) -> Result<bool> {
+        let actor = self.actor()?;
+        session::call_shard(&actor, ShardMsg::Settle, timeout).await
+    }
+
     /// The raft group of its shard.
     pub(crate) fn group(&self) -> u64 {
         self.group
@@ -230,11 +239,14 @@ impl Tenant {
         self.replicas.read().clone()
     }
 
-    /// Takes a newer placement (from the cluster's metadata).
-    pub(crate) fn sync_replicas(&self, replicas: &[Replica]) {
-        if *self.replicas.read() != replicas {
-            *self.replicas.write() = replicas.to_vec();
+    /// Takes a newer placement (from the cluster's metadata); whether it
+    /// changed.
+    pub(crate) fn sync_replicas(&self, replicas: &[Replica]) -> bool {
+        if *self.replicas.read() == replicas {
+            return false;
         }
+        *self.replicas.write() = replicas.to_vec();
+        true
     }
 
     /// When a request last arrived here (coarse ms).
@@ -642,16 +654,19 @@ impl Database {
         self.open_replica_as(rec, rec.replica, None, lazy).await
     }
 
-    /// Starts this node's replica `replica` of `rec`'s shard group and
-    /// loads the tenant; `net`: how it reaches the rest of a replicated
-    /// group (None: a one-voter group).
+    /// Loads the tenant with this node's replica `replica` of `rec`'s
+    /// shard group; `net`: how it reaches the rest of a replicated group
+    /// (None: a one-voter group). With hibernation on, the replica loads
+    /// asleep: its shard opens on the first request or raft message for
+    /// it (so a node with many tenants starts fast, and a new tenant
+    /// costs no election until it is used).
     pub(crate) async fn open_replica(
         &self,
         rec: &TenantRecord,
         replica: u64,
         net: Option<ReplicaNet>,
     ) -> Result<()> {
-        self.open_replica_as(rec, replica, net, false).await
+        self.open_replica_as(rec, replica, net, true).await
     }
 
     async fn open_replica_as(
@@ -691,9 +706,8 @@ impl Database {
             cluster: net,
             cache: Arc::downgrade(&cache),
         };
-        // A standalone node opens a tenant's shard on its first request
-        // when hibernation is on (a node with many tenants starts fast).
-        let lazy = lazy && self.hibernation_on() && args.cluster.is_none();
+        // With hibernation on, a shard opens on its first use.
+        let lazy = lazy && self.hibernation_on();
         let tenant = Arc::new(Tenant {
             config: RwLock::new(Arc::new(rec.config.clone())),
             group: rec.group,
@@ -723,9 +737,20 @@ impl Database {
             args,
             rested: Mutex::new(None),
         });
-        if !lazy {
-            self.start_shard(&tenant).await?;
+        if lazy {
+            // Nothing opened: a load racing this one (the reconcile loop
+            // and a request's route) keeps whichever came first.
+            let mut tenants = self.inner.tenants.write();
+            if !tenants.contains_key(&rec.config.tenant_id) {
+                self.inner
+                    .by_group
+                    .write()
+                    .insert(rec.group, tenant.clone());
+                tenants.insert(rec.config.tenant_id.clone(), tenant);
+            }
+            return Ok(());
         }
+        self.start_shard(&tenant).await?;
         self.inner
             .by_group
             .write()
@@ -838,17 +863,12 @@ impl Database {
             config.created_at = crate::util::now_ms();
         }
         let _g = self.inner.lifecycle.lock().await;
-        if self
-            .registry()?
-            .tenants()?
-            .iter()
-            .any(|r| r.config.tenant_id == config.tenant_id)
-        {
+        if self.registry()?.tenant(&config.tenant_id)?.is_some() {
             return Err(Error::TenantExists {
                 tenant_id: config.tenant_id,
             });
         }
-        let group = self.registry()?.next_id("group").await?;
+        let group = self.registry()?.take_id("group").await?;
         if let Some(c) = self.hooks() {
             let mut rec = TenantRecord::new(config.clone(), group, 0);
             rec.replicas = c.place(self, group).await?;
@@ -861,13 +881,15 @@ impl Database {
             tracing::info!(tenant = %config.tenant_id, tier = %config.tier, group, replicas = ?rec.replicas, "tenant created");
             return Ok(config);
         }
-        let replica = self.registry()?.next_id("replica").await?;
+        let replica = self.registry()?.take_id("replica").await?;
         let rec = TenantRecord::new(config.clone(), group, replica);
         let created = audit::lifecycle(&config, true, actor, crate::util::now_ms());
         self.registry()?
             .put_tenant_audited(&rec, &[created])
             .await?;
-        if let Err(e) = self.load_tenant(&rec, false).await {
+        // With hibernation on it loads asleep: its shard is created on
+        // first use, and creating it costs its registry writes only.
+        if let Err(e) = self.load_tenant(&rec, true).await {
             // Leave nothing half-created behind.
             let _ = self.stop_shard(&config.tenant_id).await;
             let _ = self.purge(&rec).await;

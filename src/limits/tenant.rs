@@ -52,6 +52,14 @@ pub struct QuotaCounters {
 }
 
 impl QuotaCounters {
+    /// Whether `other` holds the same counts (the in-memory period
+    /// boundary, which is not persisted, aside).
+    pub fn same_counts(&self, other: &QuotaCounters) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        (a.next_boundary, b.next_boundary) = (0, 0);
+        a == b
+    }
+
     /// Raises these counters to `other`'s: for the same day or month the
     /// larger count wins, a later period replaces an earlier one, and the
     /// per-operation totals take the larger of each. Never lowers a count,
@@ -144,6 +152,19 @@ struct Ceiling {
     monthly: u64,
     day_ops: [u64; OPS],
     month_ops: [u64; OPS],
+}
+
+impl Ceiling {
+    fn of(c: &QuotaCounters) -> Self {
+        Ceiling {
+            day: c.day,
+            daily: c.daily,
+            month: c.month,
+            monthly: c.monthly,
+            day_ops: c.day_ops.ops,
+            month_ops: c.month_ops.ops,
+        }
+    }
 }
 
 /// How many requests one reservation covers for a limit: 1/32 of it,
@@ -542,14 +563,25 @@ impl TenantLimiter {
             st.quota.merge_max(before);
             st.reserve.fresh = false;
         }
-        st.reserve.ceiling = Some(Ceiling {
-            day: after.day,
-            daily: after.daily,
-            month: after.month,
-            monthly: after.monthly,
-            day_ops: after.day_ops.ops,
-            month_ops: after.month_ops.ops,
-        });
+        st.reserve.ceiling = Some(Ceiling::of(after));
+    }
+
+    /// The exact counts to persist in place of this leader's unused
+    /// reservation before its group goes idle (quiescence, hibernation):
+    /// the ceiling drops to them at once, so a request from now on
+    /// waits for a new reservation, which the log orders after the save.
+    /// `None` while there is nothing of this leader's to save: it does
+    /// not lead, a reservation is in flight, or its first one has not
+    /// landed (its counts may still be behind an earlier leader's, and
+    /// a save would lower what that leader persisted).
+    pub fn settle(&self) -> Option<QuotaCounters> {
+        let mut st = self.state.lock();
+        if !st.reserve.on || st.reserve.fresh || st.reserve.pending {
+            return None;
+        }
+        let counts = st.quota.clone();
+        st.reserve.ceiling = Some(Ceiling::of(&counts));
+        Some(counts)
     }
 
     /// This replica leads the tenant's shard but has not yet taken over
@@ -888,6 +920,40 @@ mod tests {
             Admit::Reserve
         ));
         assert_eq!(l.quota_snapshot().0.daily, 50);
+    }
+
+    #[test]
+    fn settling_saves_the_exact_counts_and_the_next_request_reserves_again() {
+        let l = reserving(320); // step 10
+                                // Nothing to settle before this leader's first reservation lands.
+        assert!(l.settle().is_none());
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+        let r = l.reservation(T0);
+        assert!(l.settle().is_none(), "a reservation is in flight");
+        let mut after = QuotaCounters::default();
+        after.merge_max(&r.counters);
+        l.reserved(r.epoch, &QuotaCounters::default(), &after);
+        for _ in 0..3 {
+            let _ = permit(l.admit_or_reserve(OperationType::Read, T0).unwrap());
+        }
+        let settled = l
+            .settle()
+            .expect("a leader with a landed reservation settles");
+        assert_eq!((settled.daily, settled.monthly), (3, 3));
+        assert!(settled.same_counts(&l.quota_snapshot().0));
+        // The ceiling is the settled counts now: the 4th request waits
+        // for a reservation, which lands after the save.
+        assert!(matches!(
+            l.admit_or_reserve(OperationType::Read, T0).unwrap(),
+            Admit::Reserve
+        ));
+        assert_eq!(l.quota_snapshot().0.daily, 3);
+        // A follower has nothing to settle.
+        l.set_reserving(false);
+        assert!(l.settle().is_none());
     }
 
     #[test]

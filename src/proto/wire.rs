@@ -548,6 +548,8 @@ pub struct ShardInfo {
     pub usage: crate::proto::StorageUsage,
     /// Voters the group should have (the cluster's replication factor).
     pub replication_factor: u64,
+    /// The answering replica's raft term (it grows with each election).
+    pub term: u64,
 }
 
 /// What `RemoveNode` did to the tenants that had a replica on the node.

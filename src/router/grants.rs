@@ -176,6 +176,8 @@ impl Grants {
         debt: u64,
     ) -> Result<u64> {
         let t = db.tenant(tenant)?;
+        // A hibernated leader reopens as the leader.
+        let _awake = db.awake(&t).await?;
         // Only the leader's limiter holds the authoritative budget: a
         // node that lost the lead since the follower looked refuses.
         if !t.raft().is_some_and(|r| crate::shard::is_leader(&r)) {

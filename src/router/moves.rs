@@ -232,7 +232,7 @@ impl Mover {
             from_node: source.node,
             from_replica: source.id,
             to_node: to,
-            to_replica: reg.next_id("replica").await?,
+            to_replica: reg.take_id("replica").await?,
             state: JobState::Registered,
             cancel_requested: false,
             reason: None,

@@ -48,6 +48,12 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
         let local = db.loaded(tenant);
         match local {
             Some(t) => {
+                if t.is_asleep() {
+                    // Reopen it to learn where the leader is (the request
+                    // holds it awake once it is served here).
+                    drop(db.awake(&t).await?);
+                    c.after_reopen(&t).await;
+                }
                 if let Some(raft) = t.raft() {
                     if stale || is_leader(&raft) {
                         return Ok(Route::Local);
@@ -55,10 +61,19 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
                     if let Some(n) = t.leader_node().filter(|n| *n != c.me().id) {
                         return Ok(Route::Remote(n));
                     }
+                    if let Some(n) = c.first_replica_of_new_group(&t, &raft) {
+                        return Ok(Route::Remote(n));
+                    }
                 }
             }
             None => {
                 let rec = db.record(tenant)?;
+                if rec.replicas.iter().any(|r| r.node == c.me().id) {
+                    // Placed here moments ago: load it rather than wait
+                    // for the reconcile loop.
+                    c.load_here(db, &rec).await?;
+                    continue;
+                }
                 // Not held here: any replica's reachable node routes it on.
                 let down = c.down_nodes();
                 let mut nodes: Vec<u64> = rec
@@ -442,6 +457,7 @@ fn shard_info(db: &Database, c: &Cluster, tenant: &str) -> Result<ShardInfo> {
         },
         usage: t.data().map(|d| d.usage()).unwrap_or_default(),
         replication_factor: db.config().cluster.replication_factor as u64,
+        term: m.current_term,
     })
 }
 

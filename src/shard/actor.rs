@@ -83,6 +83,11 @@ pub enum ShardMsg {
     /// Reserve the next block of daily and monthly requests durably
     /// (see [`TenantLimiter::reservation`]); answer when it has landed.
     Reserve(Option<RpcReplyPort<Result<(), Error>>>),
+    /// Before the group goes idle: on the leader, replace its unused
+    /// reservation by the exact request counts
+    /// ([`TenantLimiter::settle`]), so a later close need not write.
+    /// Answers whether it wrote an entry.
+    Settle(RpcReplyPort<Result<bool, Error>>),
     /// Flush, checkpoint and stop the raft group (graceful close).
     Close(RpcReplyPort<Result<(), Error>>),
     /// Fault injection: the handler fails, as a bug would, and the
@@ -362,17 +367,26 @@ impl Actor for ShardActor {
             ShardMsg::Fail => {
                 return Err(format!("injected failure in shard {}", st.args.tenant_id).into());
             }
+            ShardMsg::Settle(reply) => {
+                st.finish_counter_writes().await;
+                let r = st.settle().await;
+                let _ = reply.send(r);
+            }
             ShardMsg::Close(reply) => {
                 // Let the counter writes already under way land first, so
                 // the exact save below is the last word on the counts.
-                let pending = async { while st.counter_writes.join_next().await.is_some() {} };
-                if tokio::time::timeout(CLOSE_QUOTA_WAIT, pending)
-                    .await
-                    .is_err()
-                {
-                    st.counter_writes.abort_all();
-                }
+                st.finish_counter_writes().await;
                 let (quota, _) = st.args.limiter.quota_snapshot();
+                // Nothing to save when the counts are already persisted
+                // exactly (settled before the group went idle), or when
+                // this leader never reserved (its counts may be behind an
+                // earlier leader's).
+                let needless = st.args.limiter.taking_over()
+                    || st
+                        .data
+                        .upgrade()
+                        .and_then(|d| d.quota().ok())
+                        .is_some_and(|q| q.same_counts(&quota));
                 let r = async {
                     // The leader replaces its unused reservation by the
                     // counts really admitted; a follower has none to keep.
@@ -380,7 +394,7 @@ impl Actor for ShardActor {
                     // cluster to stop) the durable reservation stands, which
                     // never lets a tenant past a limit; it costs the tenant
                     // at most one reservation step of its budget.
-                    if is_leader(&st.raft) {
+                    if is_leader(&st.raft) && !needless {
                         let set = propose(&st.raft, Command::SetQuota(quota));
                         match tokio::time::timeout(CLOSE_QUOTA_WAIT, set).await {
                             Ok(Ok(_)) => {}
@@ -420,6 +434,48 @@ impl Actor for ShardActor {
         let _ = st.raft.shutdown().await;
         tracing::info!(tenant = %st.args.tenant_id, "shard stopped");
         Ok(())
+    }
+}
+
+impl ShardState {
+    /// Waits (a while) for the counter writes under way, so a save of the
+    /// exact counts after them is the last word.
+    async fn finish_counter_writes(&mut self) {
+        let pending = async { while self.counter_writes.join_next().await.is_some() {} };
+        if tokio::time::timeout(CLOSE_QUOTA_WAIT, pending)
+            .await
+            .is_err()
+        {
+            self.counter_writes.abort_all();
+        }
+    }
+
+    /// [`ShardMsg::Settle`]: writes the leader's exact counts when they
+    /// differ from what is persisted; whether it wrote.
+    async fn settle(&mut self) -> Result<bool, Error> {
+        if !is_leader(&self.raft) {
+            return Ok(false);
+        }
+        let Some(data) = self.data.upgrade() else {
+            return Ok(false);
+        };
+        let Some(counts) = self.args.limiter.settle() else {
+            return Ok(false);
+        };
+        // The periodic checkpoint has nothing newer to write after this.
+        self.checkpointed = self.args.limiter.quota_snapshot().1;
+        if data.quota()?.same_counts(&counts) {
+            return Ok(false);
+        }
+        tokio::time::timeout(
+            CLOSE_QUOTA_WAIT,
+            propose(&self.raft, Command::SetQuota(counts)),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            reason: format!("request counts not saved within {CLOSE_QUOTA_WAIT:?}"),
+        })??;
+        Ok(true)
     }
 }
 

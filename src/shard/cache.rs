@@ -101,33 +101,45 @@ struct Entry {
 /// below zero (an eviction racing a close gives back nothing twice).
 struct Shelf {
     limits: CacheLimits,
-    entries: moka::sync::Cache<Vec<u8>, Arc<Entry>>,
+    /// Built on the first insert: a tenant that reads nothing (or sleeps)
+    /// holds no moka instance.
+    entries: std::sync::OnceLock<moka::sync::Cache<Vec<u8>, Arc<Entry>>>,
     bytes: Arc<AtomicU64>,
     budget: Arc<CacheBudget>,
 }
 
 impl Shelf {
     fn new(limits: CacheLimits, budget: Arc<CacheBudget>) -> Shelf {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (b, bud) = (bytes.clone(), budget.clone());
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(limits.max_entries)
-            .time_to_live(limits.ttl.0)
-            .eviction_listener(move |_k, e: Arc<Entry>, _cause| {
-                let n = e.bytes;
-                if b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(n))
-                    .is_ok()
-                {
-                    bud.give_back(n);
-                }
-            })
-            .build();
         Shelf {
             limits,
-            entries,
-            bytes,
+            entries: std::sync::OnceLock::new(),
+            bytes: Arc::new(AtomicU64::new(0)),
             budget,
         }
+    }
+
+    /// The entries, if any was ever inserted.
+    fn built(&self) -> Option<&moka::sync::Cache<Vec<u8>, Arc<Entry>>> {
+        self.entries.get()
+    }
+
+    /// The entries, built now if need be.
+    fn entries(&self) -> &moka::sync::Cache<Vec<u8>, Arc<Entry>> {
+        self.entries.get_or_init(|| {
+            let (b, bud) = (self.bytes.clone(), self.budget.clone());
+            moka::sync::Cache::builder()
+                .max_capacity(self.limits.max_entries)
+                .time_to_live(self.limits.ttl.0)
+                .eviction_listener(move |_k, e: Arc<Entry>, _cause| {
+                    let n = e.bytes;
+                    if b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(n))
+                        .is_ok()
+                    {
+                        bud.give_back(n);
+                    }
+                })
+                .build()
+        })
     }
 }
 
@@ -252,14 +264,18 @@ impl ReadCache {
     /// `stamp` names; counts a hit or a miss.
     pub fn get(&self, key: &[u8], stamp: ReadStamp) -> Option<ReadResult> {
         let shelf = self.shelf()?;
-        match shelf.entries.get(key) {
+        let Some(entries) = shelf.built() else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        match entries.get(key) {
             Some(e) if e.stamp == stamp => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(e.result.clone())
             }
             Some(_) => {
                 // Read from an older state: it can never be used again.
-                shelf.entries.invalidate(key);
+                entries.invalidate(key);
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -288,21 +304,24 @@ impl ReadCache {
             result: result.clone(),
             bytes,
         };
-        shelf.entries.insert(key, Arc::new(entry));
+        shelf.entries().insert(key, Arc::new(entry));
     }
 
     /// Runs moka's pending work (expiry, eviction), so that expired
     /// entries give their bytes back even while the tenant is idle.
     pub fn run_pending_tasks(&self) {
-        if let Some(s) = self.shelf() {
-            s.entries.run_pending_tasks();
+        if let Some(e) = self.shelf().as_deref().and_then(Shelf::built) {
+            e.run_pending_tasks();
         }
     }
 
     /// Counters and size (entries as moka last counted them).
     pub fn stats(&self) -> CacheUsage {
         let (entries, bytes) = self.shelf().map_or((0, 0), |s| {
-            (s.entries.entry_count(), s.bytes.load(Ordering::Acquire))
+            (
+                s.built().map_or(0, |e| e.entry_count()),
+                s.bytes.load(Ordering::Acquire),
+            )
         });
         CacheUsage {
             hits: self.hits.load(Ordering::Relaxed),
