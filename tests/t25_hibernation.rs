@@ -341,3 +341,48 @@ async fn tenant_key(admin: &Client, id: &str) -> String {
         .unwrap()
         .0
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_max_open_the_least_recently_used_idle_shards_close_early() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    // Idle time alone would close nothing during this test.
+    cfg.hibernation.after_idle_ms = 600_000;
+    cfg.hibernation.check_ms = 50;
+    cfg.hibernation.max_open = 3;
+    let db = Database::open(tmp.path(), cfg).await.unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let id = format!("t{i}");
+        let s = tenant(&db, roomy(&db, &id)).await;
+        items(&s).await;
+        s.put(item("a", i as f32)).await.unwrap();
+        sessions.push(s);
+        // Distinct last-use times on the coarse clock.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let open = |db: &Database| {
+        (0..6)
+            .filter(|i| !db.is_hibernated(&format!("t{i}")).unwrap())
+            .count()
+    };
+    // Each was used; once idle for a second, the oldest three close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open(&db) > 3 {
+        assert!(Instant::now() < deadline, "{} shards still open", open(&db));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(open(&db), 3, "more closed than the cap asks");
+    for i in 0..3 {
+        assert!(db.is_hibernated(&format!("t{i}")).unwrap(), "t{i} was used first");
+    }
+    // A closed one answers, and another makes room again.
+    assert_eq!(sessions[0].get("a").await.unwrap().unwrap().id, "a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open(&db) > 3 {
+        assert!(Instant::now() < deadline, "{} shards still open", open(&db));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close().await.unwrap();
+}

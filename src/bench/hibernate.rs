@@ -66,6 +66,8 @@ impl Server {
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--config"])
             .arg(cfg)
+            // Hibernations are timed from the log.
+            .env("RUST_LOG", "warn,vektagraf::db::hibernate=info")
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)
@@ -109,6 +111,69 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Writes a standalone node's config under `dir` (client address
+    /// `addr`, no metrics, the given hibernation) and starts it.
+    fn configured(
+        dir: &Path,
+        addr: SocketAddr,
+        after_idle_ms: u64,
+        check_ms: u64,
+    ) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(dir)?;
+        let data = dir.join("data");
+        let cfg = dir.join("node.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\ndata_dir = {:?}\n[server]\nlisten = \"{addr}\"\n\
+                 [metrics]\nenabled = false\n\
+                 [hibernation]\nafter_idle_ms = {after_idle_ms}\ncheck_ms = {check_ms}\n",
+                data.display().to_string()
+            ),
+        )?;
+        let s = Server::start(&cfg, &data, &dir.join("node.log"))?;
+        anyhow::ensure!(s.ca().exists(), "no certificate at {}", s.ca().display());
+        Ok(s)
+    }
+
+    /// The node's self-signed certificate (what clients trust).
+    fn ca(&self) -> PathBuf {
+        self.data.join("tls/server.crt")
+    }
+}
+
+/// Creates tenants `idle00000`.. (`n`, tier1) through the node at `addr`,
+/// 8 at a time; the latency of each, ms.
+pub(super) async fn create_tenants(
+    addr: SocketAddr,
+    admin_key: &str,
+    ca: &Path,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let workers = 8;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (key, ca) = (admin_key.to_string(), ca.to_path_buf());
+        tasks.push(tokio::spawn(async move {
+            let admin = client(addr, &key, &ca).await?;
+            let mut took = Vec::new();
+            for i in (w..n).step_by(workers) {
+                let id = format!("idle{i:05}");
+                let t = Instant::now();
+                admin.create_tenant_for_tier(&id, &id, "tier1").await?;
+                took.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(took)
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        created.extend(t.await??);
+    }
+    Ok(created)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -146,49 +211,16 @@ async fn run(
     tenants: usize,
     after_idle_ms: u64,
 ) -> anyhow::Result<Figures> {
-    std::fs::create_dir_all(dir)?;
-    let data = dir.join("data");
-    let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:27950\"\n\
-             [metrics]\nenabled = false\n[hibernation]\nafter_idle_ms = {after_idle_ms}\ncheck_ms = 200\n",
-            data.display().to_string()
-        ),
-    )?;
-    let log = dir.join("node.log");
-    let mut server = Server::start(&cfg, &data, &log)?;
     let addr: SocketAddr = "127.0.0.1:27950".parse()?;
-    let ca = data.join("tls/server.crt");
-    anyhow::ensure!(ca.exists(), "no certificate at {}", ca.display());
+    let mut server = Server::configured(dir, addr, after_idle_ms, 200)?;
+    let (data, ca) = (server.data.clone(), server.ca());
     let admin_key = std::fs::read_to_string(data.join("admin.key"))?;
     let admin = client(addr, admin_key.trim(), &ca).await?;
     let mut f = Figures {
         tenants,
         ..Default::default()
     };
-    // Creation, 8 at a time.
-    let workers = 8;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (key, ca, n) = (admin_key.trim().to_string(), ca.clone(), tenants);
-        tasks.push(tokio::spawn(async move {
-            let admin = client(addr, &key, &ca).await?;
-            let mut took = Vec::new();
-            for i in (w..n).step_by(workers) {
-                let id = format!("idle{i:05}");
-                let t = Instant::now();
-                admin.create_tenant_for_tier(&id, &id, "tier1").await?;
-                took.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<Vec<f64>, anyhow::Error>(took)
-        }));
-    }
-    let mut created = Vec::new();
-    for t in tasks {
-        created.extend(t.await??);
-    }
+    let mut created = create_tenants(addr, admin_key.trim(), &ca, tenants).await?;
     f.create_p50_ms = ms_pct(&mut created, 0.5);
     f.create_p99_ms = ms_pct(&mut created, 0.99);
     // Keys and a little data for the tenants whose first request is timed.
@@ -250,21 +282,9 @@ async fn run(
 /// Fashion-MNIST vectors in an HNSW index (first request: a k = 10
 /// search), each put to sleep and woken `rounds` times.
 async fn reactivation(dir: &Path, rounds: usize) -> anyhow::Result<[(f64, f64); 2]> {
-    std::fs::create_dir_all(dir)?;
-    let data = dir.join("data");
-    let cfg = dir.join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ndata_dir = {:?}\n[server]\nlisten = \"127.0.0.1:27951\"\n\
-             [metrics]\nenabled = false\n[hibernation]\nafter_idle_ms = 1000\ncheck_ms = 100\n",
-            data.display().to_string()
-        ),
-    )?;
-    let log = dir.join("node.log");
-    let server = Server::start(&cfg, &data, &log)?;
     let addr: SocketAddr = "127.0.0.1:27951".parse()?;
-    let ca = data.join("tls/server.crt");
+    let server = Server::configured(dir, addr, 1000, 100)?;
+    let (data, ca, log) = (server.data.clone(), server.ca(), server.log.clone());
     let admin_key = std::fs::read_to_string(data.join("admin.key"))?;
     let admin = client(addr, admin_key.trim(), &ca).await?;
     let (dim, images) = super::engine::load_idx_images(
@@ -339,13 +359,16 @@ async fn reactivation(dir: &Path, rounds: usize) -> anyhow::Result<[(f64, f64); 
     for (n, (id, key)) in ["small", "large"].iter().zip(&keys).enumerate() {
         let c = client(addr, key, &ca).await?;
         let mut took = Vec::new();
+        // Asleep since its load (nothing else wakes it); each round wakes
+        // it with one timed request, then waits until it sleeps again.
+        let mut before = 0;
         for _ in 0..rounds {
-            let before = slept(id)?;
             let deadline = Instant::now() + Duration::from_secs(60);
             while slept(id)? == before {
                 anyhow::ensure!(Instant::now() < deadline, "{id} did not hibernate");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            before = slept(id)?;
             let t = Instant::now();
             if *id == "small" {
                 c.get("o7").await?;

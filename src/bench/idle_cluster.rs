@@ -18,7 +18,7 @@ use crate::proto::wire::KeyKind;
 use crate::proto::{CollectionSpec, NewObject};
 
 use super::cluster::{proc_usage, start_cluster_with, Nodes};
-use super::hibernate::{dir_bytes, ms_pct};
+use super::hibernate::{create_tenants, dir_bytes, ms_pct};
 
 /// Options of the cluster idle bench.
 #[derive(Debug, Clone)]
@@ -151,25 +151,7 @@ async fn run(
     // Creation, 8 at a time, through node 1.
     let workers = 8;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (key, ca, addr) = (admin_key.clone(), ca.clone(), addrs[0]);
-        tasks.push(tokio::spawn(async move {
-            let admin = client_to(addr, &key, &ca, true).await?;
-            let mut took = Vec::new();
-            for i in (w..tenants).step_by(workers) {
-                let id = format!("idle{i:05}");
-                let t = Instant::now();
-                admin.create_tenant_for_tier(&id, &id, "tier1").await?;
-                took.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<Vec<f64>, anyhow::Error>(took)
-        }));
-    }
-    let mut created = Vec::new();
-    for t in tasks {
-        created.extend(t.await??);
-    }
+    let mut created = create_tenants(addrs[0], &admin_key, &ca, tenants).await?;
     f.create_per_s = tenants as f64 / started.elapsed().as_secs_f64();
     f.create_p50_ms = ms_pct(&mut created, 0.5);
     f.create_p99_ms = ms_pct(&mut created, 0.99);

@@ -15,6 +15,12 @@ pub struct HibernationSettings {
     pub after_idle_ms: u64,
     /// How often the node looks for idle replicas, ms.
     pub check_ms: u64,
+    /// Open shard replicas this node aims to stay under (0: no cap):
+    /// past it, the least recently used replicas idle for a second close
+    /// early (on a cluster, only those whose group has quiesced). It
+    /// bounds open files and memory whatever the number of tenants, as
+    /// long as that many are not all busy.
+    pub max_open: usize,
 }
 
 impl Default for HibernationSettings {
@@ -22,6 +28,7 @@ impl Default for HibernationSettings {
         Self {
             after_idle_ms: 600_000,
             check_ms: 1_000,
+            max_open: 2_000,
         }
     }
 }

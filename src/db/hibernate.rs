@@ -92,6 +92,7 @@ impl Database {
             self.start_shard(t).await?;
             *w = Life::Awake;
             t.asleep.store(false, Ordering::Release);
+            self.inner.awake.write().insert(t.group, t.clone());
             // Reactivated if it hibernated here; else opened on first use
             // (since the node started, or since it was created).
             let hibernated = t.rested.lock().take().is_some();
@@ -137,6 +138,7 @@ impl Database {
         *t.rested.lock() = Some(t.data().map(|d| d.usage()).unwrap_or_default());
         // Marked first: loops that look without the lock skip it now.
         t.asleep.store(true, Ordering::Release);
+        self.remove_awake(t);
         if let Err(e) = self.stop_shard(&id).await {
             // The shard may be half closed: a reopen is the way back.
             tracing::warn!(tenant = %id, error = %e, "tenant shard did not close cleanly while hibernating");
@@ -174,15 +176,35 @@ impl Database {
                     return;
                 }
                 let clustered = db.is_clustered();
-                let idle_before = crate::util::coarse_now_ms().saturating_sub(h.after_idle_ms);
-                let mut closed = 0;
-                for t in db.loaded_tenants() {
-                    if t.is_asleep()
-                        || t.last_active.load(Ordering::Relaxed) > idle_before
-                        || (clustered && !t.quiesced.load(Ordering::Acquire))
-                    {
-                        continue;
+                let now = crate::util::coarse_now_ms();
+                let sleepy = |t: &Tenant, idle_before: u64| {
+                    !t.is_asleep()
+                        && t.last_active.load(Ordering::Relaxed) <= idle_before
+                        && (!clustered || t.quiesced.load(Ordering::Acquire))
+                };
+                // Idle past the threshold; then, while more shards than
+                // `max_open` are open, the least recently used of those
+                // idle for a second.
+                let idle_before = now.saturating_sub(h.after_idle_ms);
+                let mut open = db.awake_tenants();
+                let mut due: Vec<(Arc<Tenant>, u64)> = open
+                    .iter()
+                    .filter(|t| sleepy(t, idle_before))
+                    .map(|t| (t.clone(), idle_before))
+                    .collect();
+                if h.max_open > 0 {
+                    let excess = open.len().saturating_sub(h.max_open + due.len());
+                    if excess > 0 {
+                        let recent = now.saturating_sub(MIN_IDLE_MS);
+                        open.retain(|t| {
+                            sleepy(t, recent) && !due.iter().any(|(d, _)| Arc::ptr_eq(d, t))
+                        });
+                        open.sort_by_key(|t| t.last_active.load(Ordering::Relaxed));
+                        due.extend(open.into_iter().take(excess).map(|t| (t, recent)));
                     }
+                }
+                let mut closed = 0;
+                for (t, idle_before) in due {
                     match db.hibernate(&t, idle_before).await {
                         Ok(true) => closed += 1,
                         Ok(false) => {}
@@ -205,15 +227,28 @@ impl Database {
         let mut w = t.life.clone().write_owned().await;
         *w = Life::Asleep;
         t.asleep.store(true, Ordering::Release);
+        self.remove_awake(t);
         w
     }
 
-    /// Tenants loaded here whose shard is closed by hibernation.
+    /// Forgets `t` among the open shards (if it is the one listed).
+    fn remove_awake(&self, t: &Arc<Tenant>) {
+        let mut awake = self.inner.awake.write();
+        if awake.get(&t.group).is_some_and(|a| Arc::ptr_eq(a, t)) {
+            awake.remove(&t.group);
+        }
+    }
+
+    /// Loaded tenants whose shard is open here.
+    fn awake_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.inner.awake.read().values().cloned().collect()
+    }
+
+    /// Tenants loaded here whose shard is closed by hibernation (or not
+    /// opened yet).
     pub(crate) fn hibernated_count(&self) -> u64 {
-        self.loaded_tenants()
-            .iter()
-            .filter(|t| t.is_asleep())
-            .count() as u64
+        let loaded = self.inner.tenants.read().len();
+        loaded.saturating_sub(self.inner.awake.read().len()) as u64
     }
 
     /// Whether tenant `id`'s shard is closed by hibernation on this node
@@ -223,6 +258,10 @@ impl Database {
         Ok(self.tenant(id)?.is_asleep())
     }
 }
+
+/// With `hibernation.max_open` exceeded, a replica idle this long may
+/// close before `after_idle_ms`.
+const MIN_IDLE_MS: u64 = 1_000;
 
 /// Returns the memory the closed shards freed to the system: glibc's
 /// allocator keeps freed pages in its arenas otherwise, so a node whose

@@ -277,6 +277,10 @@ pub(crate) struct Inner {
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     /// Loaded tenants by raft group (peer messages name the group).
     by_group: RwLock<HashMap<u64, Arc<Tenant>>>,
+    /// Loaded tenants whose shard is open here, by group: the hibernation
+    /// loop looks at these only, so its cost does not grow with the
+    /// tenants asleep.
+    awake: RwLock<HashMap<u64, Arc<Tenant>>>,
     /// The cluster layer (None on a standalone node).
     cluster: RwLock<Option<Arc<dyn ClusterHooks>>>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -441,6 +445,7 @@ impl Database {
                 admission,
                 tenants: RwLock::new(HashMap::new()),
                 by_group: RwLock::new(HashMap::new()),
+                awake: RwLock::new(HashMap::new()),
                 cluster: RwLock::new(None),
                 supervisor,
                 keys: keys::KeyCache::default(),
@@ -506,6 +511,7 @@ impl Database {
             t.cache.clear();
         }
         self.inner.by_group.write().clear();
+        self.inner.awake.write().clear();
         if let Some(c) = cluster {
             c.shutdown().await;
         }
@@ -752,6 +758,10 @@ impl Database {
         }
         self.start_shard(&tenant).await?;
         self.inner
+            .awake
+            .write()
+            .insert(rec.group, tenant.clone());
+        self.inner
             .by_group
             .write()
             .insert(rec.group, tenant.clone());
@@ -787,6 +797,7 @@ impl Database {
     pub(crate) fn unload(&self, id: &str) -> Option<Arc<Tenant>> {
         let t = self.inner.tenants.write().remove(id)?;
         self.inner.by_group.write().remove(&t.group);
+        self.inner.awake.write().remove(&t.group);
         // Its cached results go now (sessions may still hold the tenant).
         t.cache.clear();
         Some(t)
