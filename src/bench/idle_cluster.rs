@@ -131,7 +131,7 @@ async fn run(
     base_port: u16,
 ) -> anyhow::Result<Figures> {
     let extra = format!(
-        "rebalance_on_join = false\n[metrics]\nenabled = false\n\
+        "rebalance_on_join = false\n\
          [hibernation]\nafter_idle_ms = {after_idle_ms}\ncheck_ms = 500\n"
     );
     let mut nodes = start_cluster_with(dir, 3, base_port, &extra)?;
@@ -296,7 +296,7 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         opt.sample,
         opt.seconds,
         2_000,
-        27900,
+        28000,
     )
     .await?;
     let mut t = comfy_table::Table::new();

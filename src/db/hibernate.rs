@@ -133,6 +133,15 @@ impl Database {
             return Ok(false);
         }
         let id = t.config().tenant_id.clone();
+        if !self.is_clustered() {
+            // The exact request counts, so the close writes nothing after
+            // the snapshot below (a cluster leader settled them before
+            // its group quiesced).
+            if let Err(e) = t.settle_quota(Duration::from_secs(5)).await {
+                tracing::debug!(tenant = %id, error = %e, "request counts not settled before hibernating");
+            }
+        }
+        save_indexes(t).await;
         // Set whether or not the data is at hand: it also marks the
         // tenant as hibernated (its next open is a reactivation).
         *t.rested.lock() = Some(t.data().map(|d| d.usage()).unwrap_or_default());
@@ -257,6 +266,42 @@ impl Database {
     pub fn is_hibernated(&self, id: &str) -> Result<bool> {
         Ok(self.tenant(id)?.is_asleep())
     }
+}
+
+/// Before a tenant with vectors closes: a snapshot at its applied index
+/// unless the newest one is there already, so that its next open loads
+/// the FAISS indexes from their files instead of rebuilding them from
+/// the stored vectors (measured with 10,000 Fashion-MNIST vectors in
+/// HNSW32: 632 ms to the first search after a wake when rebuilt).
+async fn save_indexes(t: &Tenant) {
+    use openraft::async_runtime::WatchReceiver;
+    let (Some(raft), Ok(data)) = (t.raft(), t.data()) else {
+        return;
+    };
+    if data.usage().vectors == 0 {
+        return;
+    }
+    let current = |raft: &crate::raft::ShardRaft| {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        (m.snapshot, m.last_applied)
+    };
+    let (snapshot, applied) = current(&raft);
+    if applied.is_none() || snapshot == applied {
+        return;
+    }
+    if raft.trigger().snapshot().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (snapshot, _) = current(&raft);
+        if snapshot.is_some_and(|s| Some(s) >= applied) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(tenant = %t.config().tenant_id, "no snapshot within 30 s before hibernating; its indexes are rebuilt when it opens");
 }
 
 /// With `hibernation.max_open` exceeded, a replica idle this long may
