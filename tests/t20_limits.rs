@@ -581,9 +581,13 @@ async fn a_low_priority_tenant_gets_its_share_while_a_critical_one_saturates_the
         hot + meek,
         share * 100.0
     );
+    // The critical tenant's weight (20%) against the low one's (14%)
+    // would give it 59%, but no tenant gets past half the slots while
+    // another waits: about an even split, never a starved critical one.
+    // (This asserted hot > meek, a coin flip under that cap.)
     assert!(
-        hot > meek,
-        "the critical tenant's larger share: {hot} vs {meek}"
+        hot as f64 / (hot + meek) as f64 >= 0.45,
+        "the critical tenant got {hot} against {meek}"
     );
     assert_eq!(
         refused[1].load(Relaxed),

@@ -375,7 +375,10 @@ async fn past_max_open_the_least_recently_used_idle_shards_close_early() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(open(&db), 3, "more closed than the cap asks");
     for i in 0..3 {
-        assert!(db.is_hibernated(&format!("t{i}")).unwrap(), "t{i} was used first");
+        assert!(
+            db.is_hibernated(&format!("t{i}")).unwrap(),
+            "t{i} was used first"
+        );
     }
     // A closed one answers, and another makes room again.
     assert_eq!(sessions[0].get("a").await.unwrap().unwrap().id, "a");

@@ -757,10 +757,7 @@ impl Database {
             return Ok(());
         }
         self.start_shard(&tenant).await?;
-        self.inner
-            .awake
-            .write()
-            .insert(rec.group, tenant.clone());
+        self.inner.awake.write().insert(rec.group, tenant.clone());
         self.inner
             .by_group
             .write()

@@ -68,9 +68,11 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
             }
             None => {
                 let rec = db.record(tenant)?;
-                if rec.replicas.iter().any(|r| r.node == c.me().id) {
-                    // Placed here moments ago: load it rather than wait
-                    // for the reconcile loop.
+                if db.hibernation_on() && rec.replicas.iter().any(|r| r.node == c.me().id) {
+                    // Placed here moments ago: load it (asleep, which
+                    // opens nothing) rather than wait for the reconcile
+                    // loop. With hibernation off the reconcile pass opens
+                    // it; until then another replica's node serves.
                     c.load_here(db, &rec).await?;
                     continue;
                 }
@@ -80,10 +82,15 @@ pub(crate) async fn route(db: &Database, c: &Cluster, tenant: &str, stale: bool)
                     .replicas
                     .iter()
                     .map(|r| r.node)
-                    .filter(|n| !down.contains(n))
+                    .filter(|n| !down.contains(n) && *n != c.me().id)
                     .collect();
                 if nodes.is_empty() {
-                    nodes = rec.replicas.iter().map(|r| r.node).collect();
+                    nodes = rec
+                        .replicas
+                        .iter()
+                        .map(|r| r.node)
+                        .filter(|n| *n != c.me().id)
+                        .collect();
                 }
                 if let Some(n) = nodes.get(rand_index(nodes.len())) {
                     return Ok(Route::Remote(*n));
