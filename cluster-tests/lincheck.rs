@@ -1232,6 +1232,23 @@ fn build_violation(
                 let _ = writeln!(out, "  #{} {}: {why}", p.comp_src[i], p.ops[p.comp_src[i]]);
             }
         }
+        // The writes of the observed and of the held value, with their
+        // intervals: the real-time order that rules the read out.
+        let mut shown: Vec<Option<&str>> = vec![holds_value];
+        for &i in starved.iter().take(5) {
+            if let Kind::Read(v) = p.comp_kind[i] {
+                shown.push(p.value(v));
+            }
+        }
+        shown.dedup();
+        let _ = writeln!(out, "Writes of those values:");
+        for v in shown {
+            for (i, op) in p.ops.iter().enumerate() {
+                if matches!(&op.kind, OpKind::Write(w) if w.as_deref() == v) {
+                    let _ = writeln!(out, "  #{i} {op}");
+                }
+            }
+        }
     }
 
     let cand_src: Vec<usize> = cands.iter().map(|&c| p.comp_src[c]).collect();

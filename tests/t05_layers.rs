@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 
 fn sources(dir: &str) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir)];
+    // Cargo names the tree under test at run time; a build reused from
+    // another checkout would otherwise read that checkout's sources.
+    let root =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let mut stack = vec![Path::new(&root).join("src").join(dir)];
     while let Some(p) = stack.pop() {
         if p.is_dir() {
             for e in std::fs::read_dir(&p).unwrap() {

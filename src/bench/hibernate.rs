@@ -404,13 +404,7 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     let off_n = opt.off_tenants.min(opt.tenants);
     let off = run(&opt.data.join("off"), &opt, off_n, 0).await?;
     let on = run(&opt.data.join("on"), &opt, opt.tenants, 2_000).await?;
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        String::new(),
-        format!("hibernation off, {} tenants", off.tenants),
-        format!("hibernation on (2 s idle), {} tenants", on.tenants),
-    ]);
+    let mut t = off_on_table(off.tenants, on.tenants);
     let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
     // Bytes as "MiB (KiB per tenant)", per the run's own tenants.
     let per_tenant = |b: u64, f: &Figures| {
@@ -479,4 +473,17 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         small.0, small.1, large.0, large.1
     );
     Ok(())
+}
+
+/// The side-by-side table of `bench idle` (standalone and cluster): a
+/// row name, then the hibernation-off and hibernation-on figures.
+pub(super) fn off_on_table(off_tenants: usize, on_tenants: usize) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        String::new(),
+        format!("hibernation off, {off_tenants} tenants"),
+        format!("hibernation on (2 s idle), {on_tenants} tenants"),
+    ]);
+    t
 }

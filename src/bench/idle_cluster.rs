@@ -299,13 +299,7 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
         28000,
     )
     .await?;
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(vec![
-        String::new(),
-        format!("hibernation off, {} tenants", off.tenants),
-        format!("hibernation on (2 s idle), {} tenants", on.tenants),
-    ]);
+    let mut t = super::hibernate::off_on_table(off.tenants, on.tenants);
     let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
     let both = |g: &dyn Fn(&Figures) -> String| (g(&off), g(&on));
     let mut add = |name: &str, g: &dyn Fn(&Figures) -> String| {

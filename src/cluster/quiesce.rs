@@ -223,7 +223,7 @@ impl Cluster {
             for chunk in led.chunks(batch) {
                 tick.tick().await;
                 for t in chunk {
-                    wake(t);
+                    t.resume_ticks();
                 }
             }
         });
@@ -232,9 +232,7 @@ impl Cluster {
     /// Marks a local replica active (a request arrived) and wakes it.
     pub fn touch(&self, db: &Database, tenant: &str) {
         if let Some(t) = db.loaded(tenant) {
-            t.last_active()
-                .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
-            wake(&t);
+            t.wake();
         }
     }
 
@@ -242,7 +240,7 @@ impl Cluster {
     /// message for it arrived).
     pub(super) fn wake_group(&self, db: &Database, group: u64) {
         if let Some(t) = db.loaded_group(group) {
-            wake(&t);
+            t.resume_ticks();
         }
     }
 }
@@ -311,14 +309,5 @@ impl Cluster {
         }
         let (replica, net) = self.replica_net(rec)?;
         db.open_replica(rec, replica, net).await
-    }
-}
-
-/// Restarts a quiesced replica's raft ticks.
-pub(super) fn wake(t: &Tenant) {
-    if t.quiesced().load(Ordering::Acquire) && t.quiesced().swap(false, Ordering::AcqRel) {
-        if let Some(raft) = t.raft() {
-            raft.runtime_config().tick(true);
-        }
     }
 }

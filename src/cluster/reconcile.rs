@@ -14,7 +14,6 @@ use crate::proto::Result;
 use crate::shard::is_leader;
 use crate::storage::Command;
 
-use super::quiesce::wake;
 use super::{member, Cluster, TICK};
 
 /// How often each node looks for orphan replicas (and once at start, as
@@ -237,7 +236,7 @@ impl Cluster {
                 .unwrap_or(false);
             if members_differ || limits_differ {
                 // Anything the leader sends needs it awake (heartbeats).
-                wake(&t);
+                t.resume_ticks();
             }
             if members_differ {
                 c.converge_membership(rec.group, raft.clone(), voters, learners);

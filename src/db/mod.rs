@@ -168,10 +168,18 @@ impl Tenant {
     /// Marks the replica active and restarts its raft ticks if it was
     /// quiesced (before a proposal that is not a tenant request).
     pub(crate) fn wake(&self) {
+        self.last_active.store(
+            crate::util::coarse_now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.resume_ticks();
+    }
+
+    /// Restarts the replica's raft ticks if it was quiesced (a raft
+    /// message or a request for it arrived); does not mark it active.
+    pub(crate) fn resume_ticks(&self) {
         use std::sync::atomic::Ordering;
-        self.last_active
-            .store(crate::util::coarse_now_ms(), Ordering::Relaxed);
-        if self.quiesced.swap(false, Ordering::AcqRel) {
+        if self.quiesced.load(Ordering::Acquire) && self.quiesced.swap(false, Ordering::AcqRel) {
             if let Some(raft) = self.raft() {
                 raft.runtime_config().tick(true);
             }

@@ -552,11 +552,13 @@ async fn read(
     // (client_write returns after apply), so a local read is linearizable
     // as long as this replica is the leader; no read-index round needed.
     if consistency == Consistency::Linearizable && !sole_voter_leader(raft) {
-        raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+        let at = raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
             .await
             .map_err(|e| Error::Unavailable {
                 reason: e.to_string(),
             })?;
+        tracing::debug!(read_log_id = %at, "linearizable read confirmed");
     }
     // No cache (the tenant is going away, or caching is off): plain read.
     let cache = cache.filter(|c| c.enabled());

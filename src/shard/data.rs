@@ -1301,17 +1301,42 @@ mod tests {
         let usage = data.usage();
         assert_eq!(outcome(apply(&once(2, 1, put("x")))), WriteOutcome::Created);
         assert_eq!(data.usage(), usage);
-        // Sequence 3 acknowledges 1 and 2: their results are forgotten, so
-        // a (misbehaving) resend of 2 applies again.
+        // Sequence 3 acknowledges 1 and 2: their results are forgotten,
+        // and a late copy of 2 (a forward that sat in a stopped node) is
+        // refused and writes nothing: applied again, it would undo every
+        // write to "x" made since.
         assert_eq!(outcome(apply(&once(3, 3, put("y")))), WriteOutcome::Created);
-        assert_eq!(outcome(apply(&once(2, 3, put("x")))), WriteOutcome::Updated);
-        // Expiry forgets what is left: sequences 2 and 3 and the client's
+        let newer = Command::Write {
+            ops: vec![WriteOp::Put(NewObject::new(
+                "c",
+                "x",
+                serde_json::json!({"v": 2}),
+            ))],
+            atomic: true,
+            now_ms: 1,
+        };
+        assert_eq!(outcome(apply(&once(4, 4, newer))), WriteOutcome::Updated);
+        let late = apply(&once(2, 4, put("x")));
+        assert!(
+            matches!(
+                &late,
+                CommandResult::Done(Err(Error::InvalidArgument { .. }))
+            ),
+            "{late:?}"
+        );
+        let x = data.get("x").unwrap().unwrap();
+        assert_eq!(
+            x.properties.0.get("v"),
+            Some(&serde_json::json!(2)),
+            "the late copy undid a write"
+        );
+        // Expiry forgets what is left: sequence 4 and the client's
         // forgotten-below mark.
         let r = apply(&Command::ExpireOnce {
             before_ms: u64::MAX,
             max: 100,
         });
-        assert_eq!(r, CommandResult::Done(Ok(3)));
+        assert_eq!(r, CommandResult::Done(Ok(2)));
         assert_eq!(
             apply(&Command::ExpireOnce {
                 before_ms: u64::MAX,

@@ -97,6 +97,14 @@ pub struct Applied {
 /// instead of point deletes.
 const MAX_ONCE_POINT_DELETES: u64 = 1024;
 
+/// The sequence below which `client`'s results are forgotten: every write
+/// of it below this mark was answered.
+pub fn once_low(store: &ShardStore, client: u64) -> Result<u64, Error> {
+    Ok(store
+        .get::<OnceLow>(CF_META, &meta_key::once_low(client))?
+        .map_or(0, |l| l.below))
+}
+
 /// Forgets a client's exactly-once results below `below` (the client has
 /// their answers): point deletes of the sequences since its last mark, so
 /// no write ever iterates over earlier deletions.
@@ -108,10 +116,7 @@ fn forget_acknowledged(
     now_ms: u64,
 ) -> Result<(), Error> {
     let low_key = meta_key::once_low(client);
-    let low = store
-        .get::<OnceLow>(CF_META, &low_key)?
-        .map(|l| l.below)
-        .unwrap_or(0);
+    let low = once_low(store, client)?;
     if below <= low {
         return Ok(());
     }
@@ -668,6 +673,25 @@ pub fn apply(
                 // Applied before: the first answer, and nothing written.
                 return Ok(Applied {
                     result: first.clone(),
+                    vectors: Vec::new(),
+                    collections_changed: false,
+                    meta: meta.clone(),
+                });
+            }
+            if *seq < once_low(store, *client)? {
+                // The client has its answer and has moved on (a later
+                // request of it acknowledged this one, so the result was
+                // forgotten): this is a late copy, such as a forward that
+                // sat in a stopped node. Applying it again would undo the
+                // writes made since.
+                return Ok(Applied {
+                    result: CommandResult::Done(Err(Error::invalid(
+                        "request",
+                        format!(
+                            "a late copy of write {seq} of client {client}, which was answered \
+                             already; not applied again"
+                        ),
+                    ))),
                     vectors: Vec::new(),
                     collections_changed: false,
                     meta: meta.clone(),
