@@ -63,6 +63,30 @@ struct Figures {
     restart_to_first_s: f64,
 }
 
+/// Runs `op` until it succeeds, reporting each failure, for at most two
+/// minutes from `from` (so the time taken counts from the first try).
+async fn until_done<T, F, Fut>(
+    tenant: usize,
+    what: &str,
+    from: Instant,
+    mut op: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::proto::Result<T>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if from.elapsed() > Duration::from_secs(120) => return Err(e.into()),
+            Err(e) => eprintln!(
+                "sampled tenant {tenant}: {what} failed after {:.1} s ({e}); trying again",
+                from.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
 async fn client_to(addr: SocketAddr, key: &str, ca: &Path, follow: bool) -> anyhow::Result<Client> {
     let mut opts = ClientOptions::new(vec![addr], key, ca)?;
     opts.max_retries = 20;
@@ -190,32 +214,13 @@ async fn run(
                         .await?;
                 }
                 "get" => {
-                    // A read that fails is tried again (up to two minutes,
-                    // timed from the first try) and reported.
-                    while let Err(e) = c.get("k").await {
-                        if t.elapsed() > Duration::from_secs(120) {
-                            return Err(e.into());
-                        }
-                        eprintln!(
-                            "sampled tenant {i}: first read failed after {:.1} s ({e}); trying again",
-                            t.elapsed().as_secs_f64()
-                        );
-                    }
+                    until_done(i, "first read", t, || c.get("k")).await?;
                 }
                 _ => {
-                    // After the kill: a write that times out (its group
-                    // still electing) is tried again, up to two minutes,
-                    // and the time counts from the first try.
+                    // After the kill: a write may time out while its
+                    // group still elects.
                     let o = NewObject::new("kv", "k", serde_json::json!({"v": i + 1}));
-                    while let Err(e) = c.put(o.clone()).await {
-                        if t.elapsed() > Duration::from_secs(120) {
-                            return Err(e.into());
-                        }
-                        eprintln!(
-                            "sampled tenant {i}: write failed after {:.1} s ({e}); trying again",
-                            t.elapsed().as_secs_f64()
-                        );
-                    }
+                    until_done(i, "write", t, || c.put(o.clone())).await?;
                 }
             }
             took.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -332,7 +337,9 @@ pub async fn idle(opt: Options) -> anyhow::Result<()> {
     let mut t = super::hibernate::off_on_table(off_n, on.tenants);
     let row = |name: &str, a: String, b: String| vec![name.to_string(), a, b];
     let both = |g: &dyn Fn(&Figures) -> String| {
-        let off = off.as_ref().map_or_else(|| "failed (see above)".to_string(), g);
+        let off = off
+            .as_ref()
+            .map_or_else(|| "failed (see above)".to_string(), g);
         (off, g(&on))
     };
     let mut add = |name: &str, g: &dyn Fn(&Figures) -> String| {

@@ -106,17 +106,17 @@ pub fn once_low(store: &ShardStore, client: u64) -> Result<u64, Error> {
 }
 
 /// Forgets a client's exactly-once results below `below` (the client has
-/// their answers): point deletes of the sequences since its last mark, so
-/// no write ever iterates over earlier deletions.
+/// their answers): point deletes of the sequences since its last mark
+/// `low` (read by the caller), so no write ever iterates over earlier
+/// deletions.
 fn forget_acknowledged(
-    store: &ShardStore,
     batch: &mut Batch<'_>,
     client: u64,
+    low: u64,
     below: u64,
     now_ms: u64,
 ) -> Result<(), Error> {
     let low_key = meta_key::once_low(client);
-    let low = once_low(store, client)?;
     if below <= low {
         return Ok(());
     }
@@ -669,53 +669,46 @@ pub fn apply(
                     at_ms: *now_ms,
                     results: Vec::new(),
                 });
+            // Nothing written: the first answer, or a refusal.
+            let answer = |result: CommandResult| Applied {
+                result,
+                vectors: Vec::new(),
+                collections_changed: false,
+                meta: meta.clone(),
+            };
             if let Some((_, first)) = rec.results.iter().find(|(p, _)| p == part) {
-                // Applied before: the first answer, and nothing written.
-                return Ok(Applied {
-                    result: first.clone(),
-                    vectors: Vec::new(),
-                    collections_changed: false,
-                    meta: meta.clone(),
-                });
+                // Applied before: the first answer.
+                return Ok(answer(first.clone()));
             }
-            if *seq < once_low(store, *client)? {
+            let low = once_low(store, *client)?;
+            if *seq < low {
                 // The client has its answer and has moved on (a later
                 // request of it acknowledged this one, so the result was
                 // forgotten): this is a late copy, such as a forward that
                 // sat in a stopped node. Applying it again would undo the
                 // writes made since.
-                return Ok(Applied {
-                    result: CommandResult::Done(Err(Error::invalid(
-                        "request",
-                        format!(
-                            "a late copy of write {seq} of client {client}, which was answered \
-                             already; not applied again"
-                        ),
-                    ))),
-                    vectors: Vec::new(),
-                    collections_changed: false,
-                    meta: meta.clone(),
-                });
+                return Ok(answer(CommandResult::Done(Err(Error::invalid(
+                    "request",
+                    format!(
+                        "a late copy of write {seq} of client {client}, which was answered \
+                         already; not applied again"
+                    ),
+                )))));
             }
             if matches!(
                 **cmd,
                 Command::Once { .. } | Command::ExpireOnce { .. } | Command::Registry(_)
             ) {
-                return Ok(Applied {
-                    result: CommandResult::Done(Err(Error::invalid(
-                        "command",
-                        "only a write can be applied once",
-                    ))),
-                    vectors: Vec::new(),
-                    collections_changed: false,
-                    meta: meta.clone(),
-                });
+                return Ok(answer(CommandResult::Done(Err(Error::invalid(
+                    "command",
+                    "only a write can be applied once",
+                )))));
             }
             let inner = apply(store, meta, cmd, batch)?;
             rec.at_ms = *now_ms;
             rec.results.push((*part, inner.result.clone()));
             batch.put(CF_META, &key, &rec)?;
-            forget_acknowledged(store, batch, *client, (*acked_below).min(*seq), *now_ms)?;
+            forget_acknowledged(batch, *client, low, (*acked_below).min(*seq), *now_ms)?;
             return Ok(inner);
         }
         Command::ExpireOnce { before_ms, max } => {
