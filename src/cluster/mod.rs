@@ -164,6 +164,9 @@ pub struct Cluster {
     /// commit a membership without them, with when the wait began
     /// (at most one per loaded tenant).
     leaving: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Tenants placed here whose replica failed to start; every reconcile
+    /// pass tries again (at most one per tenant placed here).
+    unstarted: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -300,6 +303,7 @@ impl Cluster {
             relearned: Mutex::new(None),
             removed: Default::default(),
             leaving: Default::default(),
+            unstarted: Default::default(),
             meta_heard: Default::default(),
         });
         db.attach_cluster(cluster.clone(), cluster.clone());

@@ -248,6 +248,16 @@ impl Database {
         }
     }
 
+    /// Ids of the loaded tenants whose shard is open here.
+    pub(crate) fn awake_ids(&self) -> Vec<String> {
+        self.inner
+            .awake
+            .read()
+            .values()
+            .map(|t| t.config().tenant_id.clone())
+            .collect()
+    }
+
     /// Loaded tenants whose shard is open here.
     fn awake_tenants(&self) -> Vec<Arc<Tenant>> {
         self.inner.awake.read().values().cloned().collect()
