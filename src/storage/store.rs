@@ -177,11 +177,20 @@ pub struct StorageEnv {
 impl StorageEnv {
     /// A shared environment with `cache_bytes` of block cache and
     /// `write_buffer_bytes` of memtables across all shards.
+    ///
+    /// The memtable budget makes the instance being written flush when
+    /// the node is over it; it never stalls writes. With stalls on, a
+    /// write waits until the node's memtables drop below the budget, but
+    /// RocksDB flushes only the instance being written: once idle
+    /// instances hold the budget (hundreds of open shards with a few
+    /// writes each, hibernation off), every write of the node waited for
+    /// ever. Each instance's own memtables stay bounded by its write
+    /// buffer size.
     pub fn new(cache_bytes: usize, write_buffer_bytes: usize, max_open_files: i32) -> Self {
         let cache = Cache::new_lru_cache(cache_bytes);
         let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
             write_buffer_bytes,
-            true,
+            false,
             cache.clone(),
         );
         Self {
@@ -416,5 +425,51 @@ impl Batch<'_> {
     /// Writes the batch.
     pub fn commit(self) -> Result<(), Error> {
         self.store.write(self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Idle instances holding more than the node's memtable budget do not
+    /// stall a write to another instance. With stalls on, this write
+    /// waited for ever (as every write of a node with hundreds of idle
+    /// open shards did).
+    #[test]
+    fn idle_instances_over_the_memtable_budget_do_not_stall_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = StorageEnv::new(8 << 20, 1 << 20, 16);
+        let stores: Vec<ShardStore> = (0..12)
+            .map(|i| ShardStore::open(&env, &dir.path().join(i.to_string())).expect("open"))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let put = |s: &ShardStore, cf: &str, k: &[u8]| {
+                let mut b = s.batch();
+                // Past the memtable arena's inline block: each memtable
+                // written reserves a whole arena block of the budget.
+                b.put_raw(cf, k, &[7u8; 8 << 10]).expect("put");
+                b.commit().expect("commit");
+            };
+            // Every instance takes a write in each column family (each
+            // memtable reserves an arena block), then sits idle.
+            for s in &stores {
+                for cf in CFS {
+                    put(s, cf, b"k");
+                }
+            }
+            for i in 0..50u32 {
+                put(&stores[0], CF_META, &i.to_be_bytes());
+            }
+            let _ = tx.send(());
+            // The instances close before the shared environment does.
+            drop(stores);
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("a write stalled behind the memtables of idle instances");
+        writer.join().expect("writer");
+        drop(env);
     }
 }
