@@ -257,8 +257,10 @@ impl Database {
             now_ms.saturating_sub(fs.sampled_at)
         };
         fs.sampled_at = now_ms;
-        let mut seen = HashMap::new();
-        for t in self.loaded_tenants() {
+        // Only open shards: a sleeping one serves nothing (its cache
+        // counters stand still) and leads nothing here. Its last counts
+        // stay in `cache_seen` for when it wakes.
+        for t in self.awake_tenants() {
             let id = t.config().tenant_id.clone();
             let c = t.cache.stats();
             let (h0, m0) = fs.cache_seen.get(&id).copied().unwrap_or((0, 0));
@@ -271,13 +273,15 @@ impl Database {
             if dh > 0 || dm > 0 || bytes.is_some_and(|(b, ms)| b > 0 && ms > 0) {
                 self.inner.recorder.sample(&id, now_ms, dh, dm, bytes);
             }
-            seen.insert(id, (c.hits, c.misses));
+            fs.cache_seen.insert(id, (c.hits, c.misses));
         }
-        fs.cache_seen = seen;
         store.add(self.inner.recorder.take())?;
         let a = &self.inner.config.analytics;
         if now_ms.saturating_sub(fs.trimmed_at) >= a.trim_ms {
             fs.trimmed_at = now_ms;
+            // Tenants no longer held here.
+            let loaded: std::collections::HashSet<String> = self.loaded_ids().into_iter().collect();
+            fs.cache_seen.retain(|id, _| loaded.contains(id));
             let n = store.trim(now_ms, a.minutes_kept_ms, a.hours_kept_ms)?;
             if n > 0 {
                 tracing::debug!(removed = n, "analytics history trimmed");

@@ -169,7 +169,9 @@ impl Database {
         let mut events = Vec::new();
         {
             let old = state.leaderless.lock();
-            for t in self.loaded_tenants() {
+            // Only open shards run a raft core (a sleeping replica is
+            // not watched for a leader).
+            for t in self.awake_tenants() {
                 let Some(raft) = t.raft() else { continue };
                 let id = t.config().tenant_id.clone();
                 let leaderless = raft.metrics().borrow_watched().current_leader.is_none();
@@ -207,7 +209,8 @@ impl Database {
 
 /// The loaded tenants whose shard this node's replica leads.
 fn led_tenants(db: &Database) -> Vec<Arc<Tenant>> {
-    db.loaded_tenants()
+    // Only open shards run a raft core.
+    db.awake_tenants()
         .into_iter()
         .filter(|t| t.raft().is_some_and(|r| crate::shard::is_leader(&r)))
         .collect()

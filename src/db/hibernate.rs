@@ -259,7 +259,7 @@ impl Database {
     }
 
     /// Loaded tenants whose shard is open here.
-    fn awake_tenants(&self) -> Vec<Arc<Tenant>> {
+    pub(crate) fn awake_tenants(&self) -> Vec<Arc<Tenant>> {
         self.inner.awake.read().values().cloned().collect()
     }
 

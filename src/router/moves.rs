@@ -24,6 +24,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
 
 use crate::cluster::Cluster;
@@ -95,11 +96,16 @@ pub struct Mover {
     pending_leads: Mutex<Option<BTreeSet<u64>>>,
     /// Nodes seen, for rebalancing when one joins.
     nodes_seen: Mutex<Option<BTreeSet<u64>>>,
-    /// When under-replicated tenants were last looked for.
-    topped_up: Mutex<Option<Instant>>,
+    /// When under-replicated tenants were last looked for, and group 0's
+    /// applied index then.
+    topped_up: Mutex<Option<(Instant, Option<u64>)>>,
     /// Hand-overs were asked: check the leaders again at this time, this
     /// many more times at most (a hand-over can fail or land elsewhere).
     leads_again: Mutex<Option<(Instant, u32)>>,
+    /// Group 0's applied index at the end of a tick that left nothing to
+    /// do (no unfinished job, no check pending): until group 0 changes,
+    /// ticks skip reading the jobs table.
+    quiet_at: Mutex<Option<Option<u64>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -120,6 +126,7 @@ impl Mover {
             nodes_seen: Mutex::new(None),
             topped_up: Mutex::new(None),
             leads_again: Mutex::new(None),
+            quiet_at: Mutex::new(None),
             task: Mutex::new(None),
         }
     }
@@ -427,6 +434,19 @@ impl Mover {
     /// trimming, and the rebalance a join or a finished rebalance asks
     /// for.
     async fn tick(self: &Arc<Self>, db: &Database, c: &Arc<Cluster>) -> Result<()> {
+        let applied = c
+            .meta_raft()
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index);
+        // A rebalance asked for by an admin sets these without a group-0
+        // change.
+        let checks_pending =
+            self.leads_again.lock().is_some() || self.pending_leads.lock().is_some();
+        if *self.quiet_at.lock() == Some(applied) && !checks_pending {
+            return Ok(());
+        }
         let reg = db.registry()?;
         let jobs = reg.jobs()?;
         let settings = &db.config().cluster;
@@ -496,21 +516,29 @@ impl Mover {
         // Tenants short of the replication factor (a node was removed
         // with nowhere to place its replicas, or the tenant was created
         // while the cluster was small) get a replica where there is room.
-        let due = {
-            let mut t = self.topped_up.lock();
-            let due = t.is_none_or(|t| t.elapsed() >= TOP_UP_EVERY);
-            if due {
-                *t = Some(Instant::now());
-            }
-            due
-        };
+        // Only what group 0 holds makes a tenant short (its record, the
+        // nodes, the jobs): with group 0 unchanged since the last look,
+        // none is, and reading every record again (10,000 every 5 s) is
+        // skipped.
+        let applied = c
+            .meta_raft()
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|l| l.index);
+        let due = self
+            .topped_up
+            .lock()
+            .is_none_or(|(at, seen)| at.elapsed() >= TOP_UP_EVERY && seen != applied);
         if due {
             let busy: HashSet<String> = jobs
                 .iter()
                 .filter(|j| !j.state.is_terminal())
                 .map(|j| j.tenant_id.clone())
                 .collect();
+            *self.topped_up.lock() = Some((Instant::now(), None));
             c.top_up(db, &busy).await?;
+            *self.topped_up.lock() = Some((Instant::now(), applied));
         }
         // A node joined: rebalance.
         let nodes: BTreeSet<u64> = reg
@@ -529,6 +557,15 @@ impl Mover {
             tracing::info!("a node joined; rebalancing");
             self.rebalance(db, c, false, "rebalance (join)").await?;
         }
+        let quiet = live_ids.is_empty()
+            && self.running.lock().is_empty()
+            && self.pending_leads.lock().is_none()
+            && self.leads_again.lock().is_none()
+            && self
+                .topped_up
+                .lock()
+                .is_some_and(|(_, seen)| seen == applied);
+        *self.quiet_at.lock() = quiet.then_some(applied);
         Ok(())
     }
 
@@ -838,6 +875,7 @@ async fn drive(db: WeakDatabase, c: Weak<Cluster>, me: Weak<Mover>) {
         if leads != was_leader {
             // A new term of driving: forget what a previous one knew.
             me.live.lock().clear();
+            *me.quiet_at.lock() = None;
             *me.nodes_seen.lock() = None;
             *me.pending_leads.lock() = None;
             was_leader = leads;
