@@ -164,8 +164,10 @@ pub struct Cluster {
     /// commit a membership without them, with when the wait began
     /// (at most one per loaded tenant).
     leaving: Mutex<std::collections::HashMap<String, Instant>>,
-    /// Tenants placed here whose replica failed to start; every reconcile
-    /// pass tries again (at most one per tenant placed here).
+    /// Tenants every reconcile pass looks at again, even between group-0
+    /// changes: replicas placed here that failed to start, and sleeping
+    /// replicas no longer placed here that are reopened to leave (at most
+    /// one per tenant record; a full pass keeps only those placed here).
     unstarted: Mutex<HashSet<String>>,
 }
 

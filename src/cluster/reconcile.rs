@@ -52,15 +52,16 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
             // changed, or every few seconds for the leaders' duties.
             let changed = applied != last_applied;
             if changed || last_full.elapsed() > Duration::from_secs(2) {
-                last_applied = applied;
                 last_full = Instant::now();
                 if last_sweep.is_none_or(|t| t.elapsed() > SWEEP_EVERY)
                     && c.sweep_orphans(&db).await.is_ok()
                 {
                     last_sweep = Some(Instant::now());
                 }
-                if let Err(e) = c.reconcile(&db, changed).await {
-                    tracing::warn!(error = %e, "reconcile failed; retrying");
+                match c.reconcile(&db, changed).await {
+                    // A failed full pass is a full pass again next tick.
+                    Ok(()) => last_applied = applied,
+                    Err(e) => tracing::warn!(error = %e, "reconcile failed; retrying"),
                 }
             }
         }
@@ -365,7 +366,10 @@ impl Cluster {
             return true;
         };
         if t.is_asleep() {
-            // Its vote may still be needed: reopen it and decide then.
+            // Its vote may still be needed: reopen it and decide then
+            // (listed, so passes between group-0 changes look at it
+            // again, also when this reopen fails).
+            self.unstarted.lock().insert(id.clone());
             let (db, t) = (db.clone(), t.clone());
             tokio::spawn(async move {
                 let _ = db.awake(&t).await;

@@ -135,11 +135,14 @@ pub fn plan(
             };
             for to in g.nodes.iter().filter(|n| **n != from) {
                 let Some(&lo) = leads.get(to) else { continue };
+                if lo + 1 >= hi {
+                    continue;
+                }
                 // Widest gap; then the fewest leads at the target.
                 let better = hand.is_none_or(|(gap, _, best, _)| {
                     (hi - lo, std::cmp::Reverse(lo)) > (gap, std::cmp::Reverse(leads[&best]))
                 });
-                if lo + 1 < hi && better {
+                if better {
                     hand = Some((hi - lo, i, *to, from));
                 }
             }

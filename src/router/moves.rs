@@ -440,8 +440,9 @@ impl Mover {
             .borrow_watched()
             .last_applied
             .map(|l| l.index);
-        // A rebalance asked for by an admin sets these without a group-0
-        // change.
+        // Read before the jobs table: everything below saw at least this
+        // much of group 0. A rebalance asked for by an admin sets these
+        // without a group-0 change.
         let checks_pending =
             self.leads_again.lock().is_some() || self.pending_leads.lock().is_some();
         if *self.quiet_at.lock() == Some(applied) && !checks_pending {
@@ -519,13 +520,8 @@ impl Mover {
         // Only what group 0 holds makes a tenant short (its record, the
         // nodes, the jobs): with group 0 unchanged since the last look,
         // none is, and reading every record again (10,000 every 5 s) is
-        // skipped.
-        let applied = c
-            .meta_raft()
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .map(|l| l.index);
+        // skipped. `applied` was read before the jobs were: a change
+        // landing since is seen again next tick.
         let due = self
             .topped_up
             .lock()
