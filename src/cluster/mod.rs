@@ -550,6 +550,10 @@ impl ClusterHooks for Cluster {
         crate::shard::is_leader(self.meta_raft())
     }
 
+    fn node_id(&self) -> u64 {
+        self.me.id
+    }
+
     fn raise_limits<'a>(
         &'a self,
         db: &'a Database,

@@ -23,13 +23,17 @@ use super::{Cluster, DOWN_AFTER, PROBE_EVERY};
 pub const QUIESCE_AFTER: Duration = Duration::from_secs(10);
 
 /// Starts the liveness probe of `cluster`: every [`PROBE_EVERY`] a ping
-/// to every other node; a node unanswered for [`DOWN_AFTER`] counts as
-/// down and the quiesced groups it led wake up.
+/// to every other node that answered no other call since the last look
+/// (a group-0 leader's heartbeats answer for its followers); a node
+/// unanswered for [`DOWN_AFTER`] counts as down and the quiesced groups
+/// it led wake up.
 pub(super) fn spawn_probe(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::JoinHandle<()> {
     let (weak, cluster) = (db.downgrade(), Arc::downgrade(cluster));
     tokio::spawn(async move {
         let mut last_ok: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
         let mut down: HashSet<u64> = HashSet::new();
+        // The other nodes, read again only when group 0 changed.
+        let mut peers: Option<(u64, Vec<u64>)> = None;
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
             let Some(db) = weak.upgrade() else { return };
@@ -37,25 +41,29 @@ pub(super) fn spawn_probe(db: &Database, cluster: &Arc<Cluster>) -> tokio::task:
                 return;
             }
             let Some(c) = cluster.upgrade() else { return };
-            let Ok(nodes) = db.registry().and_then(|r| r.nodes()) else {
-                continue;
-            };
-            let peers: Vec<u64> = nodes
-                .iter()
-                .filter(|n| !n.removed && n.id != c.me.id)
-                .map(|n| n.id)
-                .collect();
-            let probes = peers.iter().map(|n| {
+            let applied = c.meta_applied();
+            if peers.as_ref().is_none_or(|(at, _)| *at != applied) {
+                let Ok(nodes) = db.registry().and_then(|r| r.nodes()) else {
+                    continue;
+                };
+                let ids = nodes
+                    .iter()
+                    .filter(|n| !n.removed && n.id != c.me.id)
+                    .map(|n| n.id)
+                    .collect();
+                peers = Some((applied, ids));
+            }
+            let ids = peers.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
+            let probes = ids.iter().map(|n| {
                 let c = c.clone();
                 let n = *n;
                 async move {
-                    (
-                        n,
-                        matches!(
+                    let ok = c.net.answered_within(n, PROBE_EVERY)
+                        || matches!(
                             c.net.call(n, &PeerRequest::Ping, DOWN_AFTER / 2).await,
                             Ok(PeerResponse::Pong)
-                        ),
-                    )
+                        );
+                    (n, ok)
                 }
             });
             for (n, ok) in futures::future::join_all(probes).await {

@@ -16,8 +16,9 @@ use crate::storage::Command;
 
 use super::{member, Cluster, TICK};
 
-/// How often each node looks for orphan replicas (and once at start, as
-/// soon as its copy of the metadata is fresh).
+/// How often each node looks for orphan replicas: once at start, as soon
+/// as its copy of the metadata is fresh, then at most this often while
+/// group 0 changes (a tenant deleted or moved away) or a purge failed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A replica no longer placed here that has heard nothing from its
@@ -39,7 +40,9 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
     tokio::spawn(async move {
         let mut last_applied = None;
         let mut last_full = Instant::now() - Duration::from_secs(60);
-        let mut last_sweep: Option<Instant> = None;
+        // When the last sweep that purged every orphan it found ran, and
+        // group 0's applied index it saw.
+        let mut last_sweep: Option<(Instant, Option<u64>)> = None;
         loop {
             tokio::time::sleep(TICK).await;
             let Some(db) = weak.upgrade() else { return };
@@ -53,10 +56,11 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
             let changed = applied != last_applied;
             if changed || last_full.elapsed() > Duration::from_secs(2) {
                 last_full = Instant::now();
-                if last_sweep.is_none_or(|t| t.elapsed() > SWEEP_EVERY)
-                    && c.sweep_orphans(&db).await.is_ok()
-                {
-                    last_sweep = Some(Instant::now());
+                let index = applied.map(|l| l.index);
+                let sweep = last_sweep
+                    .is_none_or(|(t, seen)| seen != index && t.elapsed() > SWEEP_EVERY);
+                if sweep && c.sweep_orphans(&db).await.is_ok_and(|clean| clean) {
+                    last_sweep = Some((Instant::now(), index));
                 }
                 match c.reconcile(&db, changed).await {
                     // A failed full pass is a full pass again next tick.
@@ -312,7 +316,8 @@ impl Cluster {
     /// down or stopping mid-purge. Only with a fresh copy of the metadata
     /// ([`Cluster::check_fresh`]): every replica directory comes from a
     /// record, so a fresh copy knows of every one that should exist.
-    pub(super) async fn sweep_orphans(&self, db: &Database) -> Result<()> {
+    /// Returns whether every orphan found was purged.
+    pub(super) async fn sweep_orphans(&self, db: &Database) -> Result<bool> {
         self.check_fresh()?;
         let _one_at_a_time = self.reconciling.lock().await;
         let records = db.registry()?.tenants()?;
@@ -337,6 +342,7 @@ impl Cluster {
                     .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok())),
             );
         }
+        let mut clean = true;
         for group in found.into_iter().filter(|g| !known.contains(g)) {
             tracing::info!(
                 group,
@@ -344,9 +350,10 @@ impl Cluster {
             );
             if let Err(e) = db.purge_local(group).await {
                 tracing::warn!(group, error = %e, "could not purge orphan replica");
+                clean = false;
             }
         }
-        Ok(())
+        Ok(clean)
     }
 
     /// Whether this node's replica of `rec`'s group, which `rec` no longer

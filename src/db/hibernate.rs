@@ -66,6 +66,29 @@ impl Database {
         self.inner.config.hibernation.after_idle_ms > 0
     }
 
+    /// Whether this node's replica of `t` led its group when it last
+    /// saved a vote: a committed vote for itself (a sleeping leader
+    /// reopens as the leader). Read from the raft log store, without
+    /// opening the shard. A standalone node's replica always leads.
+    pub(crate) fn led_at_rest(&self, t: &Tenant) -> bool {
+        use openraft::vote::RaftLeaderId;
+        let Some(hooks) = self.hooks() else {
+            return true;
+        };
+        let me = hooks.node_id();
+        let Some(replica) = t.replicas.read().iter().find(|r| r.node == me).map(|r| r.id) else {
+            return false;
+        };
+        match self.raft_logs().vote_of(t.group) {
+            Ok(Some(v)) => v.is_committed() && *v.leader_id().node_id() == replica,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(group = t.group, error = %e, "vote not readable");
+                false
+            }
+        }
+    }
+
     /// Holds `t` awake for a request, reopening its shard first if it
     /// hibernated; marks it active.
     pub(crate) async fn awake(&self, t: &Arc<Tenant>) -> Result<Awake> {

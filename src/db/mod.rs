@@ -71,6 +71,8 @@ pub trait ClusterHooks: Send + Sync {
     fn may_mint_admin_key<'a>(&'a self, db: &'a Database) -> BoxFuture<'a, Result<bool>>;
     /// Whether this node leads the metadata group (group 0) now.
     fn leads_metadata(&self) -> bool;
+    /// This node's id in the cluster.
+    fn node_id(&self) -> u64;
     /// A5: has group 0's leader commit the dynamic limit policy's raise
     /// of `tenant`'s storage limits (it checks the raise; see
     /// `Database::commit_raise`).

@@ -126,10 +126,17 @@ async fn cleanup_pass(db: &Database, now_ms: u64) {
         let last = t.retention_ran.load(Ordering::Relaxed);
         let due = now_ms.saturating_sub(last) >= interval;
         // A hibernated tenant is reopened when its cleanup is due (its
-        // storage cannot grow while it sleeps).
+        // storage cannot grow while it sleeps), on the node whose replica
+        // led its group when it went to sleep: a follower's would reopen
+        // only to find it does not lead (and its raft ticks would wake
+        // the group).
         let _awake = match t.is_asleep() {
             false => None,
             true if !due => continue,
+            true if !db.led_at_rest(&t) => {
+                t.retention_ran.store(now_ms, Ordering::Relaxed);
+                continue;
+            }
             true => match db.awake(&t).await {
                 Ok(g) => Some(g),
                 Err(e) => {

@@ -447,6 +447,8 @@ struct Slot {
     conn: tokio::sync::Mutex<Option<Connection>>,
     /// Earliest next dial and the current backoff.
     backoff: Mutex<Option<(Instant, Duration)>>,
+    /// When the node last answered a call (coarse ms; 0: never).
+    answered: std::sync::atomic::AtomicU64,
 }
 
 /// The node's peer endpoint and its connections.
@@ -879,12 +881,27 @@ impl PeerNet {
                 .await
                 .map_err(stream_err)
         };
-        tokio::time::timeout(timeout, fut)
+        let answer = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| PeerError::Timeout {
                 node,
                 after: timeout,
-            })?
+            })??;
+        self.slot(node)
+            .answered
+            .store(crate::util::coarse_now_ms(), std::sync::atomic::Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    /// Whether `node` answered a call within `within`: a round trip
+    /// (a raft heartbeat's answer, say) that spares the liveness probe
+    /// its ping.
+    pub fn answered_within(&self, node: u64, within: Duration) -> bool {
+        let at = match self.slots.lock().get(&node) {
+            Some(s) => s.answered.load(std::sync::atomic::Ordering::Relaxed),
+            None => return false,
+        };
+        at > 0 && crate::util::coarse_now_ms().saturating_sub(at) < within.as_millis() as u64
     }
 
     /// Sends one message over a one-off connection to an address whose

@@ -173,6 +173,28 @@ impl RaftLogDb {
         Ok(groups.into_iter().collect())
     }
 
+    /// The vote `group`'s replica here last saved (None: none yet), read
+    /// without opening the group.
+    pub fn vote_of(&self, group: u64) -> std::io::Result<Option<Vote>> {
+        self.state_of(group, b"vote")
+    }
+
+    /// The raft state value `tag` of `group` (None: not saved).
+    fn state_of<T: serde::de::DeserializeOwned>(
+        &self,
+        group: u64,
+        tag: &[u8],
+    ) -> std::io::Result<Option<T>> {
+        let db = self.db()?;
+        match db
+            .get_cf(cf(&db, CF_STATE)?, state_key(group, tag))
+            .map_err(io_other)?
+        {
+            Some(b) => Ok(Some(codec::decode(&b).map_err(io_other)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Number of keys this group has left (the purge test uses it).
     pub fn group_key_count(&self, group: u64) -> std::io::Result<usize> {
         let db = self.db()?;
@@ -288,14 +310,7 @@ impl Debug for LogStore {
 
 impl LogStore {
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> std::io::Result<Option<T>> {
-        let db = self.shared.db()?;
-        match db
-            .get_cf(cf(&db, CF_STATE)?, state_key(self.group, tag))
-            .map_err(io_other)?
-        {
-            Some(b) => Ok(Some(codec::decode(&b).map_err(io_other)?)),
-            None => Ok(None),
-        }
+        self.shared.state_of(self.group, tag)
     }
 
     fn put_state<T: serde::Serialize>(
