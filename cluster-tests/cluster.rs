@@ -3376,6 +3376,59 @@ async fn an_analytics_report_adds_up_the_requests_every_node_received() {
 /// Hibernation after 1.5 s idle (a group quiesces after 10 s first).
 const HIBERNATE: &str = "\n[hibernation]\nafter_idle_ms = 1500\ncheck_ms = 200\n";
 
+/// A2 billing on a cluster: a tenant's stored bytes count once, awake or
+/// asleep: while every replica sleeps, the node whose replica led the
+/// group adds them (not every node, and not none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_tenants_storage_is_billed_once_by_the_node_that_led_it() {
+    if skip_unless_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let extra = format!("{HIBERNATE}[analytics]\nflush_ms = 200\nrest_sample_ms = 300\n");
+    let c = TestCluster::start_with("bi", 3, 3, &extra).await;
+    let key = c.tenant("billed", None).await;
+    let writer = c.client(1, &key).await;
+    for i in 0..50 {
+        retry(|| {
+            writer.put(NewObject::new(
+                "kv",
+                &format!("k{i}"),
+                serde_json::json!({"pad": "x".repeat(200)}),
+            ))
+        })
+        .await;
+    }
+    let admin = c.admin(1).await;
+    let bytes = retry(|| admin.usage(Some("billed"))).await.storage.bytes;
+    assert!(bytes > 10_000, "{bytes}");
+    let from = vektagraf::util::now_ms() - 60_000;
+    let gb_hours = || async {
+        let to = vektagraf::util::now_ms() + 120_000;
+        let r = retry(|| admin.analytics("billed", from, to)).await;
+        assert!(r.nodes_missing.is_empty(), "{:?}", r.nodes_missing);
+        (r.storage_gb_hours, vektagraf::util::now_ms())
+    };
+    let (first, t1) = gb_hours().await;
+    // Quiesced, then asleep on every node, then asleep for a while.
+    all_hibernate(&c, "billed", hibernations(&c, "billed")).await;
+    sleep_s(10.0).await;
+    let (second, t2) = gb_hours().await;
+    let expected = bytes as f64 * (t2 - t1) as f64 / 1e9 / 3_600_000.0;
+    let ratio = (second - first) / expected;
+    eprintln!(
+        "billed {:.3e} GB-hours over {} ms; held {bytes} bytes: {ratio:.3} of once",
+        second - first,
+        t2 - t1
+    );
+    // Unbilled while asleep would be about half; billed by every node,
+    // about twice.
+    assert!(
+        (0.85..1.15).contains(&ratio),
+        "storage billed {ratio:.3} times what the tenant held over the time"
+    );
+}
+
 /// Lines of node `i`'s current log with `what` about tenant `tenant`.
 fn logged(c: &TestCluster, i: usize, what: &str, tenant: &str) -> usize {
     std::fs::read_to_string(c.log(i))

@@ -389,3 +389,52 @@ async fn past_max_open_the_least_recently_used_idle_shards_close_early() {
     }
     db.close().await.unwrap();
 }
+
+/// A2 billing: a sleeping tenant's storage keeps accruing GB-hours at the
+/// bytes it held as it closed (the periodic pass and a report both add
+/// it), and neither reopens its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_tenant_is_billed_for_its_storage_without_waking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = sleepy(tmp.path());
+    c.analytics.flush_ms = 100;
+    c.analytics.rest_sample_ms = 200;
+    let db = Database::open(tmp.path(), c).await.unwrap();
+    let s = tenant(&db, roomy(&db, "resting")).await;
+    items(&s).await;
+    for i in 0..20 {
+        s.put(item(&format!("o{i}"), i as f32)).await.unwrap();
+    }
+    let bytes = s.usage().await.unwrap().storage.bytes;
+    assert!(bytes > 0);
+    let now_ms = vektagraf::util::now_ms;
+    let from = now_ms() - 1_000;
+    wait_asleep(&db, "resting").await;
+    let t0 = now_ms();
+    let gb_hours = |r: &vektagraf::proto::AnalyticsReport| r.storage_gb_hours;
+    let first = db
+        .analytics("resting", from, now_ms() + 60_000)
+        .await
+        .unwrap();
+    let t1 = now_ms();
+    // Several periodic passes, then a report.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let t2 = now_ms();
+    let second = db
+        .analytics("resting", from, now_ms() + 60_000)
+        .await
+        .unwrap();
+    let t3 = now_ms();
+    assert!(db.is_hibernated("resting").unwrap(), "a report woke it");
+    assert_eq!(reactivations(&db, "resting"), 0);
+    // Exactly the bytes held over the time between the two reports (each
+    // report bills up to the moment it reads the history).
+    let per_ms = bytes as f64 / 1e9 / 3_600_000.0;
+    let added = gb_hours(&second) - gb_hours(&first);
+    let (lo, hi) = ((t2 - t1) as f64 * per_ms, (t3 - t0) as f64 * per_ms);
+    assert!(
+        added >= lo * 0.999 && added <= hi * 1.001,
+        "added {added} GB-hours, expected between {lo} and {hi}"
+    );
+    db.close().await.unwrap();
+}

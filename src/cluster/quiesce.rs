@@ -53,7 +53,10 @@ pub(super) fn spawn_probe(db: &Database, cluster: &Arc<Cluster>) -> tokio::task:
                     .collect();
                 peers = Some((applied, ids));
             }
-            let ids = peers.as_ref().map(|(_, p)| p.as_slice()).unwrap_or_default();
+            let ids = peers
+                .as_ref()
+                .map(|(_, p)| p.as_slice())
+                .unwrap_or_default();
             let probes = ids.iter().map(|n| {
                 let c = c.clone();
                 let n = *n;

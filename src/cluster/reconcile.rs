@@ -57,8 +57,8 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
             if changed || last_full.elapsed() > Duration::from_secs(2) {
                 last_full = Instant::now();
                 let index = applied.map(|l| l.index);
-                let sweep = last_sweep
-                    .is_none_or(|(t, seen)| seen != index && t.elapsed() > SWEEP_EVERY);
+                let sweep =
+                    last_sweep.is_none_or(|(t, seen)| seen != index && t.elapsed() > SWEEP_EVERY);
                 if sweep && c.sweep_orphans(&db).await.is_ok_and(|clean| clean) {
                     last_sweep = Some((Instant::now(), index));
                 }

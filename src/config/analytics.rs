@@ -16,6 +16,10 @@ pub struct AnalyticsSettings {
     pub hours_kept_ms: u64,
     /// How often old rollups are deleted, ms.
     pub trim_ms: u64,
+    /// How often the storage of sleeping (hibernated) tenants is added to
+    /// the history, ms: each time, the time since the last, at the bytes
+    /// each held as it closed (also when it wakes, and for a report).
+    pub rest_sample_ms: u64,
 }
 
 impl Default for AnalyticsSettings {
@@ -25,6 +29,7 @@ impl Default for AnalyticsSettings {
             minutes_kept_ms: 24 * 3_600_000,
             hours_kept_ms: 90 * 24 * 3_600_000,
             trim_ms: 3_600_000,
+            rest_sample_ms: 900_000,
         }
     }
 }

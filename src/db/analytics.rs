@@ -9,7 +9,12 @@
 //! bytes integrated over the interval, into per-minute and per-hour
 //! rollups in its own RocksDB instance (`<data_dir>/analytics`; written
 //! without sync, so a kill -9 keeps them and a power cut may lose the last
-//! seconds). Minutes are kept `analytics.minutes_kept_ms` (a day), hours
+//! seconds). A sleeping (hibernated) tenant's stored bytes do not change:
+//! the node whose replica led its group as it went to sleep adds them,
+//! held since the last time, every `analytics.rest_sample_ms`, when the
+//! tenant wakes, and before answering for its history (so an hour's
+//! total is exact; a minute series shows storage at rest as a step at
+//! each of those times). Minutes are kept `analytics.minutes_kept_ms` (a day), hours
 //! `analytics.hours_kept_ms` (90 days); older rollups are deleted at the
 //! next trim. The report adds up the rollups of every node (asked over
 //! the peer transport on a cluster), period by period.
@@ -97,6 +102,8 @@ struct FlushState {
     cache_seen: HashMap<String, (u64, u64)>,
     /// When the last flush sampled storage.
     sampled_at: u64,
+    /// When the last flush billed the storage of sleeping tenants.
+    rest_billed_at: u64,
     /// When the last trim ran.
     trimmed_at: u64,
 }
@@ -199,7 +206,32 @@ impl Database {
         to_ms: u64,
     ) -> Result<Vec<Rollup>> {
         crate::tenant::validate_tenant_id(tenant)?;
+        // What was gathered so far counts too, and a sleeping tenant's
+        // storage up to now.
+        let now = crate::util::now_ms();
+        if let Some(t) = self.loaded(tenant).filter(|t| t.is_asleep()) {
+            if let Some(r) = t.rested.lock().as_mut() {
+                if let Some(held) = self.bill_rest(&t, r, now) {
+                    self.inner.recorder.sample(tenant, now, 0, 0, Some(held));
+                }
+            }
+        }
+        self.flush_history(now)?;
         self.history()?.range(tenant, res, from_ms, to_ms)
+    }
+
+    /// When the analytics history last sampled open shards' storage (now
+    /// before the first flush): storage at rest is billed from there.
+    pub(crate) fn history_flushed_ms(&self) -> u64 {
+        let at = self
+            .history()
+            .map(|h| h.flush.lock().sampled_at)
+            .unwrap_or(0);
+        if at == 0 {
+            crate::util::now_ms()
+        } else {
+            at
+        }
     }
 
     fn history(&self) -> Result<Arc<HistoryStore>> {
@@ -275,8 +307,30 @@ impl Database {
             }
             fs.cache_seen.insert(id, (c.hits, c.misses));
         }
-        store.add(self.inner.recorder.take())?;
         let a = &self.inner.config.analytics;
+        // Sleeping tenants' storage, every `rest_sample_ms` (in one piece
+        // per tenant: the bytes did not change). Stored directly, not
+        // through the recorder's bounded pending map: one entry per
+        // sleeping tenant.
+        let mut taken = self.inner.recorder.take();
+        if now_ms.saturating_sub(fs.rest_billed_at) >= a.rest_sample_ms {
+            fs.rest_billed_at = now_ms;
+            for t in self.loaded_tenants().into_iter().filter(|t| t.is_asleep()) {
+                let Some(r) = t
+                    .rested
+                    .lock()
+                    .as_mut()
+                    .and_then(|r| self.bill_rest(&t, r, now_ms))
+                else {
+                    continue;
+                };
+                let mut rollup = Rollup::at(crate::monitor::history::minute_of(now_ms));
+                rollup.storage_byte_ms = r.0.saturating_mul(r.1);
+                rollup.storage_bytes_max = r.0;
+                taken.push((t.config().tenant_id.clone(), rollup));
+            }
+        }
+        store.add(taken)?;
         if now_ms.saturating_sub(fs.trimmed_at) >= a.trim_ms {
             fs.trimmed_at = now_ms;
             // Tenants no longer held here.
@@ -320,8 +374,6 @@ impl Database {
     ) -> Result<AnalyticsReport> {
         crate::tenant::validate_tenant_id(tenant)?;
         let res = self.analytics_range(from_ms, to_ms)?;
-        // What was gathered so far counts too.
-        self.flush_history(crate::util::now_ms())?;
         let local = self.history_local(tenant, res, from_ms, to_ms)?;
         self.analytics_report(tenant, res, from_ms, to_ms, vec![local], Vec::new())
             .await

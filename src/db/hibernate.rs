@@ -47,6 +47,17 @@ pub(crate) enum Life {
 /// Keeps a tenant's shard open while held (see the module doc).
 pub(crate) type Awake = tokio::sync::OwnedRwLockReadGuard<Life>;
 
+/// What a replica keeps of its shard while it hibernates.
+#[derive(Debug, Clone)]
+pub(crate) struct Rest {
+    /// Its storage usage as it closed (nothing changes it while asleep):
+    /// usage reports and checks read it without a reopen.
+    pub(crate) usage: crate::proto::StorageUsage,
+    /// Until when (ms) its storage held at rest is in the analytics
+    /// history (see [`Database::bill_rest`]).
+    pub(crate) billed_to_ms: u64,
+}
+
 impl Tenant {
     /// Whether its shard is closed by hibernation.
     pub(crate) fn is_asleep(&self) -> bool {
@@ -56,7 +67,7 @@ impl Tenant {
     /// Its storage usage as it hibernated (None: awake, or asleep since
     /// start and never opened).
     pub(crate) fn rested_usage(&self) -> Option<crate::proto::StorageUsage> {
-        self.rested.lock().clone()
+        self.rested.lock().as_ref().map(|r| r.usage.clone())
     }
 }
 
@@ -76,7 +87,13 @@ impl Database {
             return true;
         };
         let me = hooks.node_id();
-        let Some(replica) = t.replicas.read().iter().find(|r| r.node == me).map(|r| r.id) else {
+        let Some(replica) = t
+            .replicas
+            .read()
+            .iter()
+            .find(|r| r.node == me)
+            .map(|r| r.id)
+        else {
             return false;
         };
         match self.raft_logs().vote_of(t.group) {
@@ -87,6 +104,17 @@ impl Database {
                 false
             }
         }
+    }
+
+    /// A2 billing of storage held at rest: moves `rest`'s billing mark
+    /// to `to_ms` and returns what to add to `t`'s storage history
+    /// (bytes, held for ms), when this node's replica led its group as it
+    /// went to sleep (the leader's node bills a tenant's storage, asleep
+    /// or awake) and holds any bytes.
+    pub(crate) fn bill_rest(&self, t: &Tenant, rest: &mut Rest, to_ms: u64) -> Option<(u64, u64)> {
+        let held = to_ms.checked_sub(rest.billed_to_ms).filter(|ms| *ms > 0)?;
+        rest.billed_to_ms = to_ms;
+        (rest.usage.bytes > 0 && self.led_at_rest(t)).then_some((rest.usage.bytes, held))
     }
 
     /// Holds `t` awake for a request, reopening its shard first if it
@@ -118,7 +146,17 @@ impl Database {
             self.inner.awake.write().insert(t.group, t.clone());
             // Reactivated if it hibernated here; else opened on first use
             // (since the node started, or since it was created).
-            let hibernated = t.rested.lock().take().is_some();
+            // Its storage at rest is billed up to the last flush, from
+            // which the open shard's samples count.
+            let rest = t.rested.lock().take();
+            let hibernated = rest.is_some();
+            if let Some(mut rest) = rest {
+                let to = self.history_flushed_ms();
+                if let Some(r) = self.bill_rest(t, &mut rest, to) {
+                    let id = t.config().tenant_id.clone();
+                    self.inner.recorder.sample(&id, to, 0, 0, Some(r));
+                }
+            }
             let took = started.elapsed();
             let id = t.config().tenant_id.clone();
             if hibernated {
@@ -167,7 +205,12 @@ impl Database {
         save_indexes(t).await;
         // Set whether or not the data is at hand: it also marks the
         // tenant as hibernated (its next open is a reactivation).
-        *t.rested.lock() = Some(t.data().map(|d| d.usage()).unwrap_or_default());
+        // Billed at rest from the last flush, to which the open shard's
+        // samples counted.
+        *t.rested.lock() = Some(Rest {
+            usage: t.data().map(|d| d.usage()).unwrap_or_default(),
+            billed_to_ms: self.history_flushed_ms(),
+        });
         // Marked first: loops that look without the lock skip it now.
         t.asleep.store(true, Ordering::Release);
         self.remove_awake(t);

@@ -122,9 +122,9 @@ pub(crate) struct Tenant {
     asleep: std::sync::atomic::AtomicBool,
     /// How its shard opens (the storage limits are refreshed each time).
     args: ShardArgs,
-    /// Its storage usage when it hibernated (nothing changes it while
-    /// asleep): usage reports and checks read it without a reopen.
-    rested: Mutex<Option<crate::proto::StorageUsage>>,
+    /// What it kept when it hibernated here (None: awake, or asleep
+    /// since start and never opened).
+    rested: Mutex<Option<hibernate::Rest>>,
 }
 
 /// Each tier's read cache limits, from the tiers file.

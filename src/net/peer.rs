@@ -881,15 +881,17 @@ impl PeerNet {
                 .await
                 .map_err(stream_err)
         };
-        let answer = tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| PeerError::Timeout {
-                node,
-                after: timeout,
-            })??;
-        self.slot(node)
-            .answered
-            .store(crate::util::coarse_now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let answer =
+            tokio::time::timeout(timeout, fut)
+                .await
+                .map_err(|_| PeerError::Timeout {
+                    node,
+                    after: timeout,
+                })??;
+        self.slot(node).answered.store(
+            crate::util::coarse_now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(answer)
     }
 
