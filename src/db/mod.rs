@@ -136,17 +136,22 @@ impl Tenant {
     }
 
     pub(crate) fn data(&self) -> Result<Arc<ShardData>> {
-        self.slot
-            .lock()
-            .as_ref()
-            .map(|(_, d)| d.clone())
-            .ok_or_else(|| Error::Unavailable {
-                reason: format!("shard of tenant {} is not running", self.config().tenant_id),
-            })
+        self.shard().map(|(_, d)| d)
     }
 
     pub(crate) fn raft(&self) -> Option<crate::raft::ShardRaft> {
         self.slot.lock().as_ref().map(|(r, _)| r.clone())
+    }
+
+    /// Its shard's raft group and data, while the shard is open here.
+    pub(crate) fn shard(&self) -> Result<(crate::raft::ShardRaft, Arc<ShardData>)> {
+        self.slot
+            .lock()
+            .as_ref()
+            .map(|(r, d)| (r.clone(), d.clone()))
+            .ok_or_else(|| Error::Unavailable {
+                reason: format!("shard of tenant {} is not running", self.config().tenant_id),
+            })
     }
 
     pub(crate) fn actor(&self) -> Result<ActorRef<ShardMsg>> {

@@ -99,22 +99,6 @@ pub(crate) async fn call_write(
     call_shard(actor, |tx| ShardMsg::Write(cmd, tx), timeout).await
 }
 
-async fn call_read(
-    actor: &ActorRef<ShardMsg>,
-    op: ReadOp,
-    consistency: Consistency,
-    complexity_limit: u64,
-    timeout: Duration,
-) -> Result<ReadResult> {
-    let msg = |reply| ShardMsg::Read {
-        op,
-        consistency,
-        complexity_limit,
-        reply,
-    };
-    call_shard(actor, msg, timeout).await
-}
-
 impl Session {
     pub(crate) fn new(db: Arc<Inner>, tenant: Arc<Tenant>, user: String) -> Self {
         Self {
@@ -527,14 +511,15 @@ impl Session {
     async fn read_awake(&self, op: OperationType, cost: Cost, req: ReadOp) -> Result<ReadResult> {
         let (_p, _s, cfg) = self.admit(op, cost).await?;
         let limit = cfg.request_limit.complexity_limit;
-        call_read(
-            &self.tenant.actor()?,
-            req,
-            self.consistency,
-            limit,
-            self.timeout(),
-        )
-        .await
+        let (raft, data) = self.tenant.shard()?;
+        let cache = &self.tenant.cache;
+        let timeout = self.timeout();
+        let read = crate::shard::read(&raft, data, Some(cache), req, self.consistency, limit);
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| Error::Timeout {
+                after_ms: timeout.as_millis() as u64,
+            })?
     }
 
     /// Get by id. An id of another tenant is simply not found here.

@@ -8,7 +8,7 @@ mod data;
 mod supervisor;
 
 pub use actor::{
-    is_leader, propose, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
+    is_leader, propose, read, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
     ShardMsg, ShardSlot,
 };
 pub use cache::{key_of, result_bytes, CacheBudget, ReadCache};
