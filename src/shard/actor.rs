@@ -509,10 +509,10 @@ fn sole_voter_leader(raft: &ShardRaft) -> bool {
 
 /// Serves a read: after the read-index round a linearizable read needs,
 /// from the tenant's cache when it holds this read at the shard's current
-/// stamp, else from the data on the blocking pool (and caches the
-/// result). The session calls it on its own task: a read needs nothing
-/// of the actor, and going through its mailbox cost two more thread
-/// hops per read (a fifth of an HNSW search's time).
+/// stamp, else from the data (and caches the result), off the async
+/// worker's duties. The session calls it on its own task: a read needs
+/// nothing of the actor, and going through its mailbox cost two more
+/// thread hops per read.
 pub async fn read(
     raft: &ShardRaft,
     data: Arc<ShardData>,
@@ -566,10 +566,19 @@ pub async fn read(
             )
             .map(ReadResult::Objects),
     };
-    // Disk and FAISS work runs on the blocking pool, never on an async worker.
-    let result = tokio::task::spawn_blocking(run)
-        .await
-        .map_err(raft::raft_err)??;
+    // Disk and FAISS work never blocks an async worker. On the
+    // multi-threaded runtime (the server's) it runs right here, with the
+    // worker's other tasks handed to another thread (`block_in_place`):
+    // no hop to a blocking-pool thread and back on the read's own path.
+    let multi = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let result = if multi {
+        tokio::task::block_in_place(run)?
+    } else {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(raft::raft_err)??
+    };
     // A result read while a write was applied could never be used again.
     if let (Some(c), Some(k)) = (cache, key) {
         if reader.read_stamp() == stamp {

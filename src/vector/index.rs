@@ -275,6 +275,7 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let q = self.prepare(query);
+        let _one = super::omp::OneThread::new();
         let result = match allowed {
             Some(ids) => {
                 let ids: Vec<Idx> = ids

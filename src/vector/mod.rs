@@ -2,6 +2,7 @@
 
 mod image;
 mod index;
+mod omp;
 
 pub use image::{read_image, spec_fingerprint, IMAGE_VERSION};
 pub use index::{Hit, IndexImage, VectorIndex};
