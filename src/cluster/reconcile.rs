@@ -40,9 +40,9 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
     tokio::spawn(async move {
         let mut last_applied = None;
         let mut last_full = Instant::now() - Duration::from_secs(60);
-        // When the last sweep that purged every orphan it found ran, and
-        // group 0's applied index it saw.
-        let mut last_sweep: Option<(Instant, Option<u64>)> = None;
+        // The last sweep that ran: when, group 0's applied index it saw,
+        // and whether it purged every orphan it found.
+        let mut last_sweep: Option<(Instant, Option<u64>, bool)> = None;
         loop {
             tokio::time::sleep(TICK).await;
             let Some(db) = weak.upgrade() else { return };
@@ -57,10 +57,14 @@ pub(super) fn spawn_loop(db: &Database, cluster: &Arc<Cluster>) -> tokio::task::
             if changed || last_full.elapsed() > Duration::from_secs(2) {
                 last_full = Instant::now();
                 let index = applied.map(|l| l.index);
-                let sweep =
-                    last_sweep.is_none_or(|(t, seen)| seen != index && t.elapsed() > SWEEP_EVERY);
-                if sweep && c.sweep_orphans(&db).await.is_ok_and(|clean| clean) {
-                    last_sweep = Some((Instant::now(), index));
+                let sweep = last_sweep.is_none_or(|(t, seen, clean)| {
+                    (seen != index || !clean) && t.elapsed() > SWEEP_EVERY
+                });
+                if sweep {
+                    // Not run (metadata not fresh yet): next pass.
+                    if let Ok(clean) = c.sweep_orphans(&db).await {
+                        last_sweep = Some((Instant::now(), index, clean));
+                    }
                 }
                 match c.reconcile(&db, changed).await {
                     // A failed full pass is a full pass again next tick.

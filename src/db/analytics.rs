@@ -211,9 +211,7 @@ impl Database {
         let now = crate::util::now_ms();
         if let Some(t) = self.loaded(tenant).filter(|t| t.is_asleep()) {
             if let Some(r) = t.rested.lock().as_mut() {
-                if let Some(held) = self.bill_rest(&t, r, now) {
-                    self.inner.recorder.sample(tenant, now, 0, 0, Some(held));
-                }
+                self.record_rest(&t, r, now);
             }
         }
         self.flush_history(now)?;

@@ -117,6 +117,15 @@ impl Database {
         (rest.usage.bytes > 0 && self.led_at_rest(t)).then_some((rest.usage.bytes, held))
     }
 
+    /// [`bill_rest`](Self::bill_rest) into the node's recorder (stored
+    /// at the next flush).
+    pub(crate) fn record_rest(&self, t: &Tenant, rest: &mut Rest, to_ms: u64) {
+        if let Some(held) = self.bill_rest(t, rest, to_ms) {
+            let id = t.config().tenant_id.clone();
+            self.inner.recorder.sample(&id, to_ms, 0, 0, Some(held));
+        }
+    }
+
     /// Holds `t` awake for a request, reopening its shard first if it
     /// hibernated; marks it active.
     pub(crate) async fn awake(&self, t: &Arc<Tenant>) -> Result<Awake> {
@@ -151,11 +160,7 @@ impl Database {
             let rest = t.rested.lock().take();
             let hibernated = rest.is_some();
             if let Some(mut rest) = rest {
-                let to = self.history_flushed_ms();
-                if let Some(r) = self.bill_rest(t, &mut rest, to) {
-                    let id = t.config().tenant_id.clone();
-                    self.inner.recorder.sample(&id, to, 0, 0, Some(r));
-                }
+                self.record_rest(t, &mut rest, self.history_flushed_ms());
             }
             let took = started.elapsed();
             let id = t.config().tenant_id.clone();
