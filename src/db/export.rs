@@ -346,7 +346,7 @@ impl Database {
                         }
                         None => {}
                     }
-                    match call_write(&t.actor()?, Command::CreateCollection(spec), timeout).await? {
+                    match call_write(&t, Command::CreateCollection(spec), timeout).await? {
                         CommandResult::Done(r) => out.push(r.map(|_| WriteOutcome::Created)),
                         other => {
                             return Err(Error::storage(format!("unexpected result {other:?}")))
@@ -393,7 +393,7 @@ impl Database {
                     edges = edges.len(),
                     "import: records"
                 );
-                match call_write(&t.actor()?, Command::Restore { objects, edges }, timeout).await? {
+                match call_write(&t, Command::Restore { objects, edges }, timeout).await? {
                     CommandResult::Write { results, warnings } => {
                         for w in &warnings {
                             tracing::warn!(migration, tenant = id, "{w}");
@@ -413,7 +413,7 @@ impl Database {
                 );
                 let q = quota_of(&usage);
                 t.limiter().restore_quota(q.clone());
-                match call_write(&t.actor()?, Command::CheckpointQuota(q), timeout).await? {
+                match call_write(&t, Command::CheckpointQuota(q), timeout).await? {
                     CommandResult::Quota { .. } => Ok(Vec::new()),
                     CommandResult::Done(Err(e)) => Err(e),
                     other => Err(Error::storage(format!("unexpected result {other:?}"))),

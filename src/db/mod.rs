@@ -1024,9 +1024,8 @@ impl Database {
             .set_share(crate::limits::share(new.request_limit.priority));
         if storage_changed {
             let _awake = self.awake(&tenant).await?;
-            let actor = tenant.actor()?;
             let cmd = crate::storage::Command::SetLimits(new.storage_limit.clone());
-            session::call_write(&actor, cmd, self.request_timeout()).await?;
+            session::call_write(&tenant, cmd, self.request_timeout()).await?;
         }
         tracing::info!(tenant = %id, enabled = new.enabled, %actor, changed = entries.len(), "tenant updated");
         Ok(new)

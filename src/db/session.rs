@@ -91,12 +91,33 @@ pub(crate) async fn call_shard<T: Send + 'static>(
     }
 }
 
+/// Proposes `cmd` on the tenant's shard and waits for its applied
+/// result, within `timeout`. It runs on the caller's task: a write needs
+/// nothing of the shard actor, and its mailbox cost two thread hops.
 pub(crate) async fn call_write(
-    actor: &ActorRef<ShardMsg>,
+    tenant: &Tenant,
     cmd: Command,
     timeout: Duration,
 ) -> Result<CommandResult> {
-    call_shard(actor, |tx| ShardMsg::Write(cmd, tx), timeout).await
+    let (raft, data) = tenant.shard()?;
+    let cfg = tenant.config();
+    within(
+        timeout,
+        crate::shard::write(&raft, &data, cmd, &cfg.storage_limit),
+    )
+    .await
+}
+
+/// `fut`'s result, or [`Error::Timeout`] when it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            after_ms: timeout.as_millis() as u64,
+        })?
 }
 
 impl Session {
@@ -144,7 +165,7 @@ impl Session {
             },
             None => cmd,
         };
-        call_write(&self.tenant.actor()?, cmd, self.timeout()).await
+        call_write(&self.tenant, cmd, self.timeout()).await
     }
 
     /// The same session with stale (local) reads allowed.
@@ -513,13 +534,8 @@ impl Session {
         let limit = cfg.request_limit.complexity_limit;
         let (raft, data) = self.tenant.shard()?;
         let cache = &self.tenant.cache;
-        let timeout = self.timeout();
         let read = crate::shard::read(&raft, data, Some(cache), req, self.consistency, limit);
-        tokio::time::timeout(timeout, read)
-            .await
-            .map_err(|_| Error::Timeout {
-                after_ms: timeout.as_millis() as u64,
-            })?
+        within(self.timeout(), read).await
     }
 
     /// Get by id. An id of another tenant is simply not found here.

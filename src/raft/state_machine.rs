@@ -1,14 +1,16 @@
 //! The shard state machine: applies log entries to [`ShardData`].
 //!
-//! Applying runs on the blocking pool (RocksDB and FAISS calls never run
-//! on the async workers), one chunk of ready entries at a time.
+//! Entries apply one chunk of ready entries at a time. A chunk of a few
+//! light entries ([`ShardData::light`]) applies on the state machine's
+//! task; any other runs off the async workers (`util::run_blocking`), so
+//! FAISS work and large batches never stall them.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, Stream, TryStreamExt};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, Snapshot};
 
 use crate::codec;
@@ -19,6 +21,33 @@ use super::types::{io_other, LogId, ShardRaftConfig as C, SnapshotMeta, StoredMe
 
 /// Most entries applied in one blocking call.
 const APPLY_CHUNK: usize = 256;
+
+/// Most entries applied on the state machine's task when all are light
+/// (see [`ShardData::light`]).
+const LIGHT_ENTRIES: usize = 4;
+
+/// Applies entries in order; the results go with their responders.
+fn apply_chunk(
+    data: &ShardData,
+    chunk: Vec<EntryResponder<C>>,
+) -> std::io::Result<Vec<(Option<ApplyResponder<C>>, crate::storage::CommandResult)>> {
+    let mut out = Vec::with_capacity(chunk.len());
+    for (entry, responder) in chunk {
+        let applied = codec::encode(&entry.log_id).map_err(io_other)?;
+        let result = match entry.payload {
+            EntryPayload::Blank => data.apply(None, &applied, None),
+            EntryPayload::Normal(cmd) => data.apply(Some(&cmd), &applied, None),
+            EntryPayload::Membership(m) => {
+                let sm = StoredMembership::new(Some(entry.log_id), m);
+                let enc = codec::encode(&sm).map_err(io_other)?;
+                data.apply(None, &applied, Some(&enc))
+            }
+        };
+        // A storage failure here is fatal for the group.
+        out.push((responder, result.map_err(io_other)?));
+    }
+    Ok(out)
+}
 
 /// A snapshot on local disk: a directory holding `db/` (a RocksDB
 /// checkpoint), `faiss/` (the vector indexes as of the checkpoint, see
@@ -104,28 +133,23 @@ impl RaftStateMachine<C> for ShardStateMachine {
                     _ => break,
                 }
             }
+            // A few light entries (small puts of plain objects, counter
+            // checkpoints) apply right here: the hop to another thread
+            // and back cost more than their RocksDB writes. The rest (FAISS
+            // work, large batches, scans) never blocks an async worker.
+            let light = chunk.len() <= LIGHT_ENTRIES
+                && chunk.iter().all(|(e, _)| match &e.payload {
+                    EntryPayload::Normal(cmd) => self.data.light(cmd),
+                    _ => true,
+                });
             let data = self.data.clone();
-            let done = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<_>> {
-                let mut out = Vec::with_capacity(chunk.len());
-                for (entry, responder) in chunk {
-                    let applied = codec::encode(&entry.log_id).map_err(io_other)?;
-                    let result = match entry.payload {
-                        EntryPayload::Blank => data.apply(None, &applied, None),
-                        EntryPayload::Normal(cmd) => data.apply(Some(&cmd), &applied, None),
-                        EntryPayload::Membership(m) => {
-                            let sm = StoredMembership::new(Some(entry.log_id), m);
-                            let enc = codec::encode(&sm).map_err(io_other)?;
-                            data.apply(None, &applied, Some(&enc))
-                        }
-                    };
-                    // A storage failure here is fatal for the group.
-                    let result = result.map_err(io_other)?;
-                    out.push((responder, result));
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(io_other)??;
+            let done = if light {
+                apply_chunk(&data, chunk)?
+            } else {
+                crate::util::run_blocking(move || apply_chunk(&data, chunk))
+                    .await
+                    .map_err(io_other)??
+            };
             for (responder, result) in done {
                 if let Some(r) = responder {
                     r.send(result);

@@ -67,8 +67,6 @@ pub enum ReadResult {
 // allocation to each, to shrink the rare timer ticks.
 #[allow(clippy::large_enum_variant)]
 pub enum ShardMsg {
-    /// Propose a command through raft; answer when it is applied.
-    Write(Command, RpcReplyPort<Result<CommandResult, Error>>),
     /// Checkpoint the request counters if they changed.
     CheckpointQuota,
     /// Reserve the next block of daily and monthly requests durably
@@ -241,22 +239,6 @@ impl Actor for ShardActor {
         st: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ShardMsg::Write(cmd, reply) => {
-                let raft = st.raft.clone();
-                let first = st
-                    .data
-                    .upgrade()
-                    .and_then(|d| limits_first(&d, &cmd, &st.args.storage_limits));
-                tokio::spawn(async move {
-                    if let Some(set) = first {
-                        if let Err(e) = propose(&raft, set).await {
-                            let _ = reply.send(Err(e));
-                            return;
-                        }
-                    }
-                    let _ = reply.send(propose(&raft, cmd).await);
-                });
-            }
             ShardMsg::CheckpointQuota => {
                 // Expired entries give their bytes back while the tenant idles.
                 if let Some(cache) = st.args.cache.upgrade() {
@@ -465,6 +447,21 @@ fn limits_first(data: &ShardData, cmd: &Command, want: &StorageLimitConfig) -> O
     Some(Command::SetLimits(want.clone()))
 }
 
+/// Proposes a write and waits for its applied result: first the shard's
+/// storage limits when none are in force yet (see `limits_first`), then
+/// `cmd`. The caller's task runs it (see `db::session::call_write`).
+pub async fn write(
+    raft: &ShardRaft,
+    data: &ShardData,
+    cmd: Command,
+    limits: &StorageLimitConfig,
+) -> Result<CommandResult, Error> {
+    if let Some(set) = limits_first(data, &cmd, limits) {
+        propose(raft, set).await?;
+    }
+    propose(raft, cmd).await
+}
+
 /// Proposes a command and waits for its applied result.
 pub async fn propose(raft: &ShardRaft, cmd: Command) -> Result<CommandResult, Error> {
     match raft.client_write(cmd).await {
@@ -566,19 +563,10 @@ pub async fn read(
             )
             .map(ReadResult::Objects),
     };
-    // Disk and FAISS work never blocks an async worker. On the
-    // multi-threaded runtime (the server's) it runs right here, with the
-    // worker's other tasks handed to another thread (`block_in_place`):
-    // no hop to a blocking-pool thread and back on the read's own path.
-    let multi = tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread;
-    let result = if multi {
-        tokio::task::block_in_place(run)?
-    } else {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(raft::raft_err)??
-    };
+    // Disk and FAISS work never blocks an async worker.
+    let result = crate::util::run_blocking(run)
+        .await
+        .map_err(raft::raft_err)??;
     // A result read while a write was applied could never be used again.
     if let (Some(c), Some(k)) = (cache, key) {
         if reader.read_stamp() == stamp {

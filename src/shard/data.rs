@@ -52,6 +52,9 @@ use crate::vector::{self, VectorIndex};
 /// Most rows a filtered vector search evaluates to build its allow-list.
 pub const MAX_FILTER_SCAN: usize = 1_000_000;
 
+/// Most ops of a write that [`ShardData::light`] applies inline.
+pub const LIGHT_OPS: usize = 8;
+
 /// How a collection's vector index was made when the shard opened or
 /// installed a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +246,37 @@ impl ShardData {
     /// A collection's spec.
     pub fn collection(&self, name: &str) -> Option<CollectionSpec> {
         self.meta.read().collections.get(name).cloned()
+    }
+
+    /// Whether applying `cmd` is a few small RocksDB writes and nothing
+    /// more: no FAISS work, no scan, no cascade (at most
+    /// [`LIGHT_OPS`] ops, none touching a vector or deleting an object).
+    /// The state machine applies such entries on its own task; anything
+    /// else goes to a blocking thread.
+    pub fn light(&self, cmd: &Command) -> bool {
+        use crate::proto::WriteOp;
+        match cmd {
+            Command::Write { ops, .. } => {
+                ops.len() <= LIGHT_OPS
+                    && ops.iter().all(|op| match op {
+                        WriteOp::Put(o) => {
+                            o.vector.is_none()
+                                && self
+                                    .meta
+                                    .read()
+                                    .collections
+                                    .get(&o.collection)
+                                    .is_some_and(|c| c.dimension.is_none())
+                        }
+                        WriteOp::Update { vector, .. } => vector.is_none(),
+                        WriteOp::PutEdge(_) | WriteOp::DeleteEdge { .. } => true,
+                        WriteOp::Delete { .. } => false,
+                    })
+            }
+            Command::Once { cmd, .. } => self.light(cmd),
+            Command::SetLimits(_) | Command::CheckpointQuota(_) | Command::SetQuota(_) => true,
+            _ => false,
+        }
     }
 
     /// All collections.
@@ -1160,6 +1194,46 @@ mod tests {
             CommandResult::Write { mut results, .. } => results.pop().unwrap().unwrap(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_small_writes_without_vectors_or_cascades_are_light() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        apply(&Command::CreateCollection(CollectionSpec::plain("c")));
+        apply(&Command::CreateCollection(CollectionSpec::vectors("v", 2)));
+        let write = |ops: Vec<WriteOp>| Command::Write {
+            ops,
+            atomic: true,
+            now_ms: 1,
+        };
+        let plain = |id: &str| WriteOp::Put(NewObject::new("c", id, serde_json::json!({})));
+        assert!(data.light(&put("a")));
+        assert!(data.light(&once(1, 0, put("a"))));
+        assert!(data.light(&write(
+            (0..LIGHT_OPS).map(|i| plain(&i.to_string())).collect()
+        )));
+        assert!(!data.light(&write(
+            (0..=LIGHT_OPS).map(|i| plain(&i.to_string())).collect()
+        )));
+        // A vector (even none, into a vector collection: it may drop one).
+        let v = NewObject::new("v", "x", serde_json::json!({}));
+        assert!(!data.light(&write(vec![WriteOp::Put(v.clone())])));
+        assert!(!data.light(&write(vec![WriteOp::Put(v.with_vector(vec![1.0, 2.0]))])));
+        assert!(!data.light(&write(vec![WriteOp::Put(NewObject::new(
+            "nope",
+            "x",
+            serde_json::json!({})
+        ))])));
+        // A delete cascades to the object's edges.
+        assert!(!data.light(&write(vec![WriteOp::Delete { id: "a".into() }])));
+        assert!(!data.light(&Command::CreateCollection(CollectionSpec::plain("d"))));
+        assert!(!data.light(&Command::PurgeOlderThan {
+            collection: None,
+            cutoff_ms: 1,
+            max: 10
+        }));
     }
 
     fn complexity(r: Result<impl std::fmt::Debug, Error>) -> (u64, u64, u64) {

@@ -8,8 +8,8 @@ mod data;
 mod supervisor;
 
 pub use actor::{
-    is_leader, propose, read, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor, ShardArgs,
-    ShardMsg, ShardSlot,
+    is_leader, propose, read, write, Consistency, ReadOp, ReadResult, ReplicaNet, ShardActor,
+    ShardArgs, ShardMsg, ShardSlot,
 };
 pub use cache::{key_of, result_bytes, CacheBudget, ReadCache};
 pub use data::{
