@@ -465,6 +465,14 @@ pub enum CollectionCmd {
     List,
     /// Drop an empty collection.
     Drop { name: String },
+    /// Index a property (dotted path) of a collection, for filtered
+    /// searches: equality, $in and number ranges on it use the index.
+    Index {
+        /// Collection.
+        name: String,
+        /// Property path.
+        property: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1102,6 +1110,10 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
             CollectionCmd::Drop { name } => {
                 c.drop_collection(&name).await?;
                 println!("dropped collection {name}");
+            }
+            CollectionCmd::Index { name, property } => {
+                let n = c.index_property(&name, &property).await?;
+                println!("indexed {name}.{property} ({n} objects read)");
             }
         },
         Remote::Object { cmd } => match cmd {

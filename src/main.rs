@@ -196,6 +196,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 0)]
         snapshot_mb_per_s: u64,
     },
+    /// Import: Fashion-MNIST inserted through raft into an HNSW32
+    /// collection vs raw FAISS building the same index.
+    Import {
+        /// Scratch data directory (wiped first).
+        #[arg(long, default_value = "/var/tmp/vektagraf-bench-import")]
+        data: PathBuf,
+        /// Fashion-MNIST vectors inserted (at most 60000).
+        #[arg(long, default_value_t = 60_000)]
+        vectors: usize,
+    },
     /// QUIC: get, put, search over loopback vs the embedded API.
     Quic {
         /// Scratch data directory (wiped first).
@@ -203,6 +213,25 @@ enum BenchCmd {
         data: PathBuf,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+    /// The client process of `bench quic` (started by it).
+    #[command(hide = true)]
+    QuicClient {
+        /// Server address.
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        /// Server certificate.
+        #[arg(long)]
+        cert: PathBuf,
+        /// get, put or search.
+        #[arg(long)]
+        op: String,
+        /// Concurrent tasks.
+        #[arg(long)]
+        tasks: usize,
+        /// Seconds measured.
+        #[arg(long)]
         seconds: u64,
     },
 }
@@ -353,9 +382,35 @@ fn run() -> anyhow::Result<()> {
                     })
                     .await
                 }
+                BenchCmd::Import { data, vectors } => {
+                    vektagraf::bench::engine::import(vektagraf::bench::engine::Options {
+                        data,
+                        seconds: 0,
+                        vectors,
+                        queries: 0,
+                        vectors_enabled: true,
+                    })
+                    .await
+                }
                 BenchCmd::Quic { data, seconds } => {
                     vektagraf::bench::quic::run(vektagraf::bench::quic::Options { data, seconds })
                         .await
+                }
+                BenchCmd::QuicClient {
+                    server: addr,
+                    cert: ca,
+                    op,
+                    tasks,
+                    seconds,
+                } => {
+                    vektagraf::bench::quic::run_client(vektagraf::bench::quic::ClientRun {
+                        addr,
+                        ca,
+                        op,
+                        tasks,
+                        seconds,
+                    })
+                    .await
                 }
             },
             Cmd::WriteLoop {

@@ -83,6 +83,37 @@ async fn every_operation_works_through_the_driver() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 3); // a (n=1), o0, o1
+                               // A property index, filled from the 252 objects, then a filtered
+                               // search through it: of n < 2 (a, o0, o1) only a has a vector.
+    assert_eq!(c.index_property("items", "n").await.unwrap(), 252);
+    assert_eq!(c.index_property("items", "n").await.unwrap(), 0);
+    let filtered = c
+        .search(
+            VectorSearch {
+                collection: "items".into(),
+                vector: vec![0.0, 1.0, 0.0],
+                k: 5,
+                filter: Some(Filter::parse(r#"{"n": {"$lt": 2}}"#).unwrap()),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    for (coll, prop) in [("nope", "n"), ("items", "a b"), ("items", "")] {
+        let e = c.index_property(coll, prop).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                vektagraf::proto::Error::NotFound { .. }
+                    | vektagraf::proto::Error::InvalidArgument { .. }
+            ),
+            "{coll}.{prop}: {e:?}"
+        );
+    }
     let hits = c
         .search(
             VectorSearch {
@@ -462,6 +493,21 @@ async fn the_cli_runs_every_operation() {
         &["query", "docs", "--filter", r#"{"i": {"$gte": 18}}"#]
     ))
     .contains("j19"));
+    assert!(ok(run(&key, &["collection", "index", "docs", "i"])).contains("21 objects read"));
+    let hits = ok(run(
+        &key,
+        &[
+            "search",
+            "docs",
+            "--vector",
+            "[0, 5]",
+            "--k",
+            "2",
+            "--filter",
+            r#"{"i": {"$gte": 18}}"#,
+        ],
+    ));
+    assert!(hits.contains("j18") && !hits.contains("j5"), "{hits}");
     assert!(ok(run(
         &key,
         &["search", "docs", "--vector", "[1, 0]", "--k", "1"]

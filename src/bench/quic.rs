@@ -1,6 +1,9 @@
 //! `vektagraf bench quic`: get, put and search over QUIC on loopback
 //! against the same operations through the embedded API, in one run, with
-//! 1 and 64 concurrent tasks.
+//! 1 and 64 concurrent tasks. The QUIC client runs in a process of its
+//! own (`vektagraf bench quic-client`, started by the bench for each row),
+//! as a user's would: it does not share the server's runtime or cores'
+//! caches, and its cost is not counted against the server's.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -115,12 +118,8 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     let (key, _) = db
         .create_key(KeyKind::Tenant, Some("bench"), Some("b"), None)
         .await?;
-    let mut o = ClientOptions::new(vec![server.local_addr], &key, &server.cert_path)?;
-    o.max_retries = 0;
-    let c = Arc::new(Client::connect(o).await?);
-
     println!(
-        "# vektagraf bench quic: loopback, one connection, {} s per row",
+        "# vektagraf bench quic: loopback, the client in its own process on one connection, {} s per row",
         opt.seconds
     );
     println!(
@@ -130,16 +129,87 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     for name in ["get", "put", "search"] {
         for tasks in [1usize, 64] {
             let emb = embedded_op(name, s.clone());
-            let net = quic_op(name, c.clone());
             let (e, e50, e99) = measure(emb, tasks, opt.seconds).await;
-            let (q, q50, q99) = measure(net, tasks, opt.seconds).await;
+            let (q, q50, q99) = client_process(
+                &ClientRun {
+                    addr: server.local_addr,
+                    ca: server.cert_path.clone(),
+                    op: name.to_string(),
+                    tasks,
+                    seconds: opt.seconds,
+                },
+                &key,
+            )
+            .await?;
             println!("{name:<8} {tasks:>5}  {e:>12.0} {e50:>8.3} {e99:>8.3}  {q:>12.0} {q50:>8.3} {q99:>8.3}  {:>6.2}", q / e);
         }
     }
-    c.close().await;
     server.shutdown().await;
     router.stop();
     db.close().await?;
+    Ok(())
+}
+
+/// What the client process measures.
+#[derive(Debug, Clone)]
+pub struct ClientRun {
+    /// The server.
+    pub addr: std::net::SocketAddr,
+    /// Its certificate.
+    pub ca: PathBuf,
+    /// `get`, `put` or `search`.
+    pub op: String,
+    /// Concurrent tasks.
+    pub tasks: usize,
+    /// Seconds measured (after one of warm-up).
+    pub seconds: u64,
+}
+
+/// The environment variable that hands the client process its key (not
+/// on its command line, where `ps` shows it).
+pub const KEY_ENV: &str = "VEKTAGRAF_BENCH_KEY";
+
+/// Runs one row's QUIC half in a child process: (ops/s, p50 ms, p99 ms).
+async fn client_process(run: &ClientRun, key: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "quic-client", "--server"])
+        .arg(run.addr.to_string())
+        .arg("--cert")
+        .arg(&run.ca)
+        .args(["--op", &run.op, "--tasks"])
+        .arg(run.tasks.to_string())
+        .arg("--seconds")
+        .arg(run.seconds.to_string())
+        .env(KEY_ENV, key)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench quic-client failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim())?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok((f("rate"), f("p50_ms"), f("p99_ms")))
+}
+
+/// The client half (`vektagraf bench quic-client`): connects, warms up
+/// for a second, measures, and prints one JSON line.
+pub async fn run_client(run: ClientRun) -> anyhow::Result<()> {
+    let key = std::env::var(KEY_ENV).map_err(|_| anyhow::anyhow!("{KEY_ENV} is not set"))?;
+    let mut o = ClientOptions::new(vec![run.addr], &key, &run.ca)?;
+    o.max_retries = 0;
+    let c = Arc::new(Client::connect(o).await?);
+    let op = quic_op(&run.op, c.clone());
+    measure(op.clone(), run.tasks, 1).await;
+    let (rate, p50, p99) = measure(op, run.tasks, run.seconds).await;
+    c.close().await;
+    println!(
+        "{}",
+        serde_json::json!({"rate": rate, "p50_ms": p50, "p99_ms": p99})
+    );
     Ok(())
 }
 

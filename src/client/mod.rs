@@ -484,6 +484,22 @@ impl Client {
         self.expect_ok(Request::DropCollection(name.into())).await
     }
 
+    /// Indexes a property of a collection (see
+    /// [`Session::index_property`](crate::Session::index_property));
+    /// returns the objects read to fill the index.
+    pub async fn index_property(&self, collection: &str, property: &str) -> Result<u64> {
+        match self
+            .call(Request::IndexProperty {
+                collection: collection.into(),
+                property: property.into(),
+            })
+            .await?
+        {
+            Response::Indexed { objects_read } => Ok(objects_read),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Lists collections.
     pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
         match self.call(Request::ListCollections).await? {

@@ -88,7 +88,7 @@ async fn purge(
             cutoff_ms,
             max: PURGE_CHUNK,
         };
-        let n = match session::call_write(&t, cmd, timeout).await? {
+        let n = match session::call_write(t, cmd, timeout).await? {
             CommandResult::Done(r) => r?,
             other => return Err(Error::storage(format!("unexpected result {other:?}"))),
         };

@@ -478,6 +478,26 @@ impl Session {
         }
     }
 
+    /// Indexes `property` (a dotted path) of `collection`: a filtered
+    /// vector search whose filter has an equality, `$in` or number range
+    /// on it reads only the objects the index selects when they are few,
+    /// and otherwise post-filters an over-fetching vector search. The
+    /// index is filled from the collection's objects in the same raft
+    /// entry, and kept with every write after. Returns the objects read;
+    /// indexing an indexed property again reads none.
+    pub async fn index_property(&self, collection: &str, property: &str) -> Result<u64> {
+        let _awake = self.hold().await?;
+        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
+        let cmd = Command::IndexProperty {
+            collection: collection.to_string(),
+            property: property.to_string(),
+        };
+        match self.propose(cmd, 0).await? {
+            CommandResult::Done(r) => r,
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
+
     /// Removes an empty collection.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         let _awake = self.hold().await?;

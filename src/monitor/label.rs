@@ -52,11 +52,13 @@ pub enum Operation {
     Cluster,
     /// Whole-tenant export and import steps.
     Migrate,
+    /// `IndexProperty`.
+    IndexProperty,
 }
 
 impl Operation {
     /// Every operation, in label-index order.
-    pub const ALL: [Operation; 21] = [
+    pub const ALL: [Operation; 22] = [
         Operation::Ping,
         Operation::Session,
         Operation::CreateCollection,
@@ -78,6 +80,7 @@ impl Operation {
         Operation::Access,
         Operation::Cluster,
         Operation::Migrate,
+        Operation::IndexProperty,
     ];
 
     /// The operation of `req`.
@@ -88,6 +91,7 @@ impl Operation {
             Authenticate { .. } | WhoAmI => Operation::Session,
             CreateCollection(_) => Operation::CreateCollection,
             DropCollection(_) => Operation::DropCollection,
+            IndexProperty { .. } => Operation::IndexProperty,
             ListCollections => Operation::ListCollections,
             Put(_) => Operation::Put,
             Update { .. } => Operation::Update,
@@ -158,6 +162,7 @@ impl Operation {
             Operation::Access => "admin_access",
             Operation::Cluster => "admin_cluster",
             Operation::Migrate => "admin_migrate",
+            Operation::IndexProperty => "index_property",
         }
     }
 

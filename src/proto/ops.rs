@@ -368,7 +368,10 @@ pub struct VectorSearch {
     pub vector: Vec<f32>,
     /// Number of neighbours.
     pub k: u32,
-    /// Optional property filter; results are exact under the filter.
+    /// Optional property filter. The results are exact when the filter
+    /// is answered by reading the collection or an index's few candidates,
+    /// and as approximate as the vector index when it post-filters an
+    /// over-fetching search (see `Session::index_property`).
     pub filter: Option<Filter>,
 }
 

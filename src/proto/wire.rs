@@ -399,6 +399,15 @@ pub enum Request {
     /// `None` means its own; another is refused with
     /// `CrossTenantAccess`); an admin key to every event or one tenant's.
     SubscribeEvents(super::EventFilter),
+    /// Index a property of a collection, so filtered searches on it need
+    /// not read the whole collection; answers with the objects read to
+    /// fill it.
+    IndexProperty {
+        /// Collection.
+        collection: String,
+        /// Dotted property path.
+        property: String,
+    },
 }
 
 impl Request {
@@ -408,6 +417,7 @@ impl Request {
         Some(match self {
             CreateCollection(_)
             | DropCollection(_)
+            | IndexProperty { .. }
             | Put(_)
             | Update { .. }
             | Delete(_)
@@ -511,6 +521,11 @@ pub enum Response {
     EventsLost {
         /// How many.
         count: u64,
+    },
+    /// A property index exists (`IndexProperty`).
+    Indexed {
+        /// Objects read to fill it (0: it existed already).
+        objects_read: u64,
     },
 }
 

@@ -311,6 +311,12 @@ pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
             s.drop_collection(&name).await?;
             Response::Ok
         }
+        IndexProperty {
+            collection,
+            property,
+        } => Response::Indexed {
+            objects_read: s.index_property(&collection, &property).await?,
+        },
         ListCollections => Response::Collections(s.collections().await?),
         Put(obj) => Response::Write(s.put(obj).await?),
         Update {

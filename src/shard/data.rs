@@ -52,6 +52,18 @@ use crate::vector::{self, VectorIndex};
 /// Most rows a filtered vector search evaluates to build its allow-list.
 pub const MAX_FILTER_SCAN: usize = 1_000_000;
 
+/// Most candidates a filtered search reads from a property index and
+/// scores exactly; a filter passing more objects is applied to an
+/// over-fetching vector search instead (see `ShardData::filtered_search`).
+pub const ALLOW_LIST_MAX: usize = 4096;
+/// Most neighbours a post-filtered search fetches before it falls back
+/// to reading the whole collection.
+pub const POST_FILTER_MAX: usize = 16_384;
+
+/// A filtered search's candidate from a property index: the object id and
+/// its FAISS label.
+type Candidate = (String, Option<u64>);
+
 /// Most ops of a write that [`ShardData::light`] applies inline.
 pub const LIGHT_OPS: usize = 8;
 
@@ -519,45 +531,7 @@ impl ShardData {
         let store = self.store();
         let hits = match &s.filter {
             None => ix.lock().search(&s.vector, s.k as usize, None)?,
-            Some(f) => {
-                // Exact under the filter: score every matching object's
-                // stored vector, keeping the best k in a bounded heap.
-                let k = s.k as usize;
-                let ix = ix.lock();
-                let higher = ix.higher_is_closer();
-                let mut best: std::collections::BinaryHeap<Scored> =
-                    std::collections::BinaryHeap::with_capacity(k + 1);
-                let mut scanned = 0usize;
-                self.for_each_in(&s.collection, meter, |o| {
-                    scanned += 1;
-                    if let (Some(v), true) = (&o.vector, f.matches(&o.properties)) {
-                        let score = ix.exact_score(&s.vector, v);
-                        let key = if higher { -score } else { score };
-                        best.push(Scored {
-                            key,
-                            score,
-                            id: o.id,
-                        });
-                        if best.len() > k {
-                            best.pop();
-                        }
-                    }
-                    scanned < MAX_FILTER_SCAN
-                })?;
-                drop(ix);
-                let mut hits = best.into_vec();
-                hits.sort_by(|a, b| a.key.total_cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
-                let mut out = Vec::with_capacity(hits.len());
-                for h in hits {
-                    let object = if with_objects { self.get(&h.id)? } else { None };
-                    out.push(SearchHit {
-                        id: h.id,
-                        score: h.score,
-                        object,
-                    });
-                }
-                return Ok(out);
-            }
+            Some(f) => return self.filtered_search(s, f, &ix, with_objects, meter),
         };
         let known: Vec<Option<Arc<str>>> = {
             let ix = ix.lock();
@@ -576,6 +550,194 @@ impl ShardData {
             out.push(SearchHit { id, score, object });
         }
         Ok(out)
+    }
+
+    /// A vector search under a filter, planned by selectivity (see
+    /// `storage::props` for the indexes):
+    ///
+    /// 1. No indexed property narrows the filter: every object of the
+    ///    collection is read and scored exactly.
+    /// 2. An index yields at most [`ALLOW_LIST_MAX`] candidates (the
+    ///    fewest of any conjunct it answers): only they are read and
+    ///    scored exactly (an allow-list; recall 1).
+    /// 3. Otherwise the filter passes many objects: the vector index is
+    ///    searched for more neighbours than asked, in proportion to the
+    ///    filter's selectivity (bounded below by the count), and those
+    ///    that pass are kept (a post-filter), fetching more while too few
+    ///    pass. Past [`POST_FILTER_MAX`] neighbours it falls back to 1.
+    fn filtered_search(
+        &self,
+        s: &VectorSearch,
+        f: &crate::proto::Filter,
+        ix: &Arc<Mutex<VectorIndex>>,
+        with_objects: bool,
+        meter: &mut WorkMeter,
+    ) -> Result<Vec<SearchHit>, Error> {
+        use storage::props;
+        let k = s.k as usize;
+        let store = self.store();
+        let indexed = self.meta.read().indexed.get(&s.collection).cloned();
+        let planned = indexed.map_or_else(props::Planned::default, |paths| props::plan(f, &paths));
+        // The plan with the fewest candidates, counted up to
+        // ALLOW_LIST_MAX + 1.
+        let mut fewest: Option<(&props::Plan, Vec<Candidate>)> = None;
+        for plan in &planned.plans {
+            let mut ids = Vec::new();
+            props::scan(&store, &s.collection, plan, |id, vid| {
+                meter.touch(1)?;
+                ids.push((id.to_string(), vid));
+                Ok(ids.len() <= ALLOW_LIST_MAX)
+            })?;
+            if fewest.as_ref().is_none_or(|(_, b)| ids.len() < b.len()) {
+                fewest = Some((plan, ids));
+            }
+        }
+        let higher = ix.lock().higher_is_closer();
+        let mut best: std::collections::BinaryHeap<Scored> =
+            std::collections::BinaryHeap::with_capacity(k + 1);
+        let keep = |id: String, score: f32, best: &mut std::collections::BinaryHeap<Scored>| {
+            let key = if higher { -score } else { score };
+            best.push(Scored { key, score, id });
+            if best.len() > k {
+                best.pop();
+            }
+        };
+        let score =
+            |o: Object, best: &mut std::collections::BinaryHeap<Scored>, ix: &VectorIndex| {
+                if let (Some(v), true) = (&o.vector, f.matches(&o.properties)) {
+                    keep(o.id, ix.exact_score(&s.vector, v), best);
+                }
+            };
+        match fewest {
+            Some((_, ids)) if ids.len() <= ALLOW_LIST_MAX => {
+                let ix = ix.lock();
+                let mut buf = vec![0f32; ix.dim()];
+                for (id, vid) in ids {
+                    // The index is the whole filter: score the candidate's
+                    // vector from FAISS, without reading the object.
+                    if planned.covers {
+                        if let Some(score) =
+                            vid.and_then(|v| ix.stored_score(&s.vector, v, &mut buf))
+                        {
+                            keep(id, score, &mut best);
+                            continue;
+                        }
+                    }
+                    meter.touch(1)?;
+                    if let Some(rec) = store.object(&id)? {
+                        if rec.collection == s.collection {
+                            score(rec.into_object(id), &mut best, &ix);
+                        }
+                    }
+                }
+            }
+            Some((plan, _)) => {
+                let test = planned.covers.then_some(plan);
+                if let Some(hits) = self.post_filter(s, f, test, ix, with_objects, meter)? {
+                    return Ok(hits);
+                }
+                let ix = ix.lock();
+                let mut scanned = 0usize;
+                self.for_each_in(&s.collection, meter, |o| {
+                    scanned += 1;
+                    score(o, &mut best, &ix);
+                    scanned < MAX_FILTER_SCAN
+                })?;
+            }
+            None => {
+                let ix = ix.lock();
+                let mut scanned = 0usize;
+                self.for_each_in(&s.collection, meter, |o| {
+                    scanned += 1;
+                    score(o, &mut best, &ix);
+                    scanned < MAX_FILTER_SCAN
+                })?;
+            }
+        }
+        let mut hits = best.into_vec();
+        hits.sort_by(|a, b| a.key.total_cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
+        let mut out = Vec::with_capacity(hits.len());
+        for h in hits {
+            let object = if with_objects { self.get(&h.id)? } else { None };
+            out.push(SearchHit {
+                id: h.id,
+                score: h.score,
+                object,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Plan 3 of [`filtered_search`](Self::filtered_search): the nearest
+    /// neighbours that pass `f`, from an over-fetching vector search.
+    /// With `covering` (a plan that is the whole filter), a neighbour is
+    /// tested against the index, else its object is read. `None` when
+    /// [`POST_FILTER_MAX`] neighbours held too few matches.
+    fn post_filter(
+        &self,
+        s: &VectorSearch,
+        f: &crate::proto::Filter,
+        covering: Option<&storage::props::Plan>,
+        ix: &Arc<Mutex<VectorIndex>>,
+        with_objects: bool,
+        meter: &mut WorkMeter,
+    ) -> Result<Option<Vec<SearchHit>>, Error> {
+        let k = s.k as usize;
+        let store = self.store();
+        let live = ix.lock().len();
+        // More than ALLOW_LIST_MAX objects pass the indexed conjunct: at
+        // least that share of the collection.
+        let share = (ALLOW_LIST_MAX as f64 / live.max(1) as f64).min(1.0);
+        let mut fetch = ((k as f64 / share) * 1.5).ceil() as usize;
+        fetch = fetch.clamp(k, POST_FILTER_MAX).min(live);
+        loop {
+            let (hits, ids) = {
+                let mut ix = ix.lock();
+                let hits = ix.search(&s.vector, fetch, None)?;
+                let ids: Vec<Option<Arc<str>>> =
+                    hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect();
+                (hits, ids)
+            };
+            let mut out = Vec::with_capacity(k);
+            for ((vid, score), id) in hits.into_iter().zip(ids) {
+                let id = match id {
+                    Some(id) => id.to_string(),
+                    None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
+                        Some(id) => String::from_utf8_lossy(&id).into_owned(),
+                        None => continue,
+                    },
+                };
+                meter.touch(1)?;
+                let held = match covering {
+                    Some(plan) => storage::props::holds(&store, &s.collection, plan, &id)?,
+                    None => None,
+                };
+                let object = match held {
+                    Some(false) => continue,
+                    Some(true) if !with_objects => None,
+                    _ => {
+                        let Some(rec) = store.object(&id)? else {
+                            continue;
+                        };
+                        if !f.matches(&rec.properties) {
+                            continue;
+                        }
+                        with_objects.then(|| rec.into_object(id.clone()))
+                    }
+                };
+                out.push(SearchHit { id, score, object });
+                if out.len() == k {
+                    return Ok(Some(out));
+                }
+            }
+            if fetch >= live {
+                return Ok(Some(out));
+            }
+            if fetch >= POST_FILTER_MAX {
+                return Ok(None);
+            }
+            fetch = (fetch * 4).min(POST_FILTER_MAX).min(live);
+        }
     }
 
     /// Neighbours of `id` along edges in `dir`, as (neighbour, label);
@@ -1193,6 +1355,205 @@ mod tests {
         match r {
             CommandResult::Write { mut results, .. } => results.pop().unwrap().unwrap(),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// 20,000 objects in `c` (4-d vectors, flat index): `p10` = i % 10,
+    /// `p2` = i % 2, `price` = i, `tag` = "t{i % 7}"; `p10` indexed before
+    /// the writes, `p2` and `price` after (filled from the data).
+    fn indexed_rows() -> (tempfile::TempDir, Arc<ShardData>) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        let index = |p: &str| Command::IndexProperty {
+            collection: "c".into(),
+            property: p.into(),
+        };
+        apply(&Command::CreateCollection(CollectionSpec::vectors("c", 4)));
+        assert!(matches!(apply(&index("p10")), CommandResult::Done(Ok(0))));
+        for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+            let ops = chunk
+                .iter()
+                .map(|&i| {
+                    let props = serde_json::json!({"p10": i % 10, "p2": i % 2, "price": i, "tag": format!("t{}", i % 7)});
+                    WriteOp::Put(NewObject::new("c", &format!("o{i}"), props).with_vector(row(i)))
+                })
+                .collect();
+            apply(&Command::Write {
+                ops,
+                atomic: true,
+                now_ms: 1,
+            });
+        }
+        assert!(matches!(
+            apply(&index("p2")),
+            CommandResult::Done(Ok(20_000))
+        ));
+        assert!(matches!(
+            apply(&index("price")),
+            CommandResult::Done(Ok(20_000))
+        ));
+        (dir, data)
+    }
+
+    fn row(i: u32) -> Vec<f32> {
+        let x = i as f32;
+        vec![
+            (x * 0.37).sin(),
+            (x * 0.71).cos(),
+            (i % 97) as f32 / 97.0,
+            (i % 89) as f32 / 89.0,
+        ]
+    }
+
+    /// (ids in order, rows read) of a filtered search for the 10 nearest.
+    fn filtered(data: &ShardData, q: &[f32], filter: &str) -> (Vec<String>, u64) {
+        let s = VectorSearch {
+            collection: "c".into(),
+            vector: q.to_vec(),
+            k: 10,
+            filter: Some(crate::proto::Filter::parse(filter).unwrap()),
+        };
+        let mut meter = WorkMeter::unbounded();
+        let hits = data.vector_search(&s, false, &mut meter).unwrap();
+        (hits.into_iter().map(|h| h.id).collect(), meter.touched())
+    }
+
+    /// The 10 nearest of the live objects passing `filter`, by brute force.
+    fn nearest(
+        live: &[u32],
+        props: impl Fn(u32) -> serde_json::Value,
+        q: &[f32],
+        filter: &str,
+    ) -> Vec<String> {
+        let f = crate::proto::Filter::parse(filter).unwrap();
+        let mut all: Vec<(f32, u32)> = live
+            .iter()
+            .filter(|&&i| f.matches(&crate::proto::Properties::from_json(props(i)).unwrap()))
+            .map(|&i| {
+                (
+                    row(i).iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum(),
+                    i,
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        all.iter().take(10).map(|(_, i)| format!("o{i}")).collect()
+    }
+
+    #[test]
+    fn filtered_searches_match_a_brute_force_whichever_plan_runs() {
+        let (_dir, data) = indexed_rows();
+        let live: Vec<u32> = (0..20_000).collect();
+        let props = |i: u32| serde_json::json!({"p10": i % 10, "p2": i % 2, "price": i, "tag": format!("t{}", i % 7)});
+        // (filter, most rows it may read: which plan ran)
+        let cases = [
+            // Allow-list: 2,000 candidates from the index. The filter is all
+            // indexed: they are scored from FAISS, no object read.
+            (r#"{"p10": 3}"#, 2_000),
+            // Not all indexed: each candidate's object is read too.
+            (r#"{"p10": {"$in": [1, 2]}, "tag": "t3"}"#, 8_001),
+            (
+                r#"{"price": {"$gte": 100, "$lt": 150}, "p10": {"$ne": 4}}"#,
+                101,
+            ),
+            // Post-filter: 10,000 pass p2, so the count stops at 4,097.
+            (r#"{"p2": 1}"#, 5_000),
+            (r#"{"p2": 0, "tag": "t5"}"#, 5_000),
+            // Nothing indexed narrows it: every row.
+            (r#"{"tag": "t2"}"#, u64::MAX),
+        ];
+        for q in [[0.3, -0.2, 0.5, 0.1], [-0.9, 0.4, 0.05, 0.8]] {
+            for (filter, most) in cases {
+                let (got, read) = filtered(&data, &q, filter);
+                assert_eq!(got, nearest(&live, props, &q, filter), "{filter}");
+                assert!(
+                    read <= most,
+                    "{filter}: read {read} rows, expected at most {most}"
+                );
+                if most == u64::MAX {
+                    assert!(read >= 20_000, "{filter}: read {read}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn property_indexes_follow_updates_deletes_and_a_reopen() {
+        let (dir, data) = indexed_rows();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        let one = |op: WriteOp| Command::Write {
+            ops: vec![op],
+            atomic: true,
+            now_ms: 2,
+        };
+        apply(&one(WriteOp::Update {
+            id: "o5".into(),
+            properties: crate::proto::Properties::from_json(serde_json::json!({"p10": 11}))
+                .unwrap(),
+            vector: None,
+        }));
+        apply(&one(WriteOp::Delete { id: "o6".into() }));
+        apply(&one(WriteOp::Put(
+            NewObject::new("c", "o7", serde_json::json!({"p10": 11})).with_vector(row(7)),
+        )));
+        // The index keys themselves (a search re-checks each candidate's
+        // properties, so it would hide a stale key).
+        let listed = |f: &str| {
+            let paths = data.meta.read().indexed["c"].clone();
+            let plan = storage::props::plan(&crate::proto::Filter::parse(f).unwrap(), &paths)
+                .plans
+                .remove(0);
+            let mut ids = Vec::new();
+            storage::props::scan(&data.store(), "c", &plan, |id, _| {
+                ids.push(id.to_string());
+                Ok(true)
+            })
+            .unwrap();
+            ids
+        };
+        assert_eq!(listed(r#"{"p10": 11}"#), ["o5", "o7"]);
+        for (f, gone) in [
+            (r#"{"p10": 5}"#, "o5"),
+            (r#"{"p10": 6}"#, "o6"),
+            (r#"{"p2": 1}"#, "o7"),
+            (r#"{"p2": 0}"#, "o6"),
+        ] {
+            let ids = listed(f);
+            assert!(
+                !ids.contains(&gone.to_string()) && ids.len() >= 1998,
+                "{f}: {} ids",
+                ids.len()
+            );
+        }
+        assert_eq!(listed(r#"{"price": {"$gte": 5, "$lte": 8}}"#), ["o5", "o8"]);
+        let q = row(5);
+        let ids = |f: &str| filtered(&data, &q, f).0;
+        assert_eq!(ids(r#"{"p10": 11}"#), ["o5", "o7"]);
+        assert!(!ids(r#"{"p10": 5}"#).contains(&"o5".to_string()));
+        assert!(!ids(r#"{"p10": 6}"#).contains(&"o6".to_string()));
+        // o7 lost p2 and price: the indexes on them no longer list it.
+        assert!(!ids(r#"{"price": {"$gte": 7, "$lte": 7}}"#).contains(&"o7".to_string()));
+        drop(data);
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let (got, read) = filtered(&data, &q, r#"{"p10": 11}"#);
+        // Two index keys read; the filter is all indexed, so both are
+        // scored from FAISS without reading their objects.
+        assert_eq!((got, read), (vec!["o5".to_string(), "o7".to_string()], 2));
+        // Bad paths and unknown collections are refused; nothing changes.
+        for (c, p) in [("c", "a..b"), ("c", "a b"), ("nope", "p")] {
+            let r = data.apply(
+                Some(&Command::IndexProperty {
+                    collection: c.into(),
+                    property: p.into(),
+                }),
+                b"log-id",
+                None,
+            );
+            assert!(
+                matches!(r, Ok(CommandResult::Done(Err(_)))),
+                "{c}.{p}: {r:?}"
+            );
         }
     }
 

@@ -15,9 +15,10 @@ use crate::proto::{
 use crate::tenant::{validate_name, StorageLimitConfig};
 
 use super::command::{Command, CommandResult, OnceLow, OnceRecord, RegOp};
+use super::props;
 use super::store::{
     edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord, ObjectRecord,
-    ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
+    ShardStore, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_PROPS, CF_VIDS,
 };
 
 /// Longest object id.
@@ -34,6 +35,8 @@ pub struct ShardMeta {
     pub collections: std::sync::Arc<BTreeMap<String, CollectionSpec>>,
     /// Next FAISS label.
     pub next_vid: u64,
+    /// Indexed property paths by collection (see `storage::props`).
+    pub indexed: std::sync::Arc<BTreeMap<String, Vec<String>>>,
 }
 
 impl ShardMeta {
@@ -48,11 +51,19 @@ impl ShardMeta {
             collections.insert(spec.name.clone(), spec);
             Ok(true)
         })?;
+        let mut indexed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        store.scan_prefix(CF_META, meta_key::PROP_INDEX_PREFIX, |k, _| {
+            if let Some((c, p)) = props::parse_declared(k) {
+                indexed.entry(c).or_default().push(p);
+            }
+            Ok(true)
+        })?;
         Ok(ShardMeta {
             usage,
             limits,
             collections: std::sync::Arc::new(collections),
             next_vid,
+            indexed: std::sync::Arc::new(indexed),
         })
     }
 }
@@ -527,6 +538,22 @@ impl<'s> Overlay<'s> {
     fn flush_into(&self, batch: &mut Batch<'_>) -> Result<(), Error> {
         for (id, rec) in &self.objects {
             let old = self.original(id)?;
+            // Property index keys: the old record's out, the new one's in
+            // (a key both hold is deleted, then put again: it stays).
+            for (r, put) in [(&old, false), (rec, true)] {
+                let Some(r) = r else { continue };
+                let Some(paths) = self.meta.indexed.get(&r.collection) else {
+                    continue;
+                };
+                let value = props::key_value(r.vector.as_ref().map(|_| r.vid));
+                for k in props::keys_of(&r.collection, id, &r.properties, paths) {
+                    if put {
+                        batch.put_raw(CF_PROPS, &k, &value)?;
+                    } else {
+                        batch.delete(CF_PROPS, &k)?;
+                    }
+                }
+            }
             if let Some(o) = &old {
                 batch.delete(CF_MEMBERS, &member_key(&o.collection, id))?;
                 if o.vector.is_some() {
@@ -634,10 +661,20 @@ pub fn apply(
                     CF_META,
                     &[meta_key::COLLECTION_PREFIX, name.as_bytes()].concat(),
                 )?;
+                // Its property indexes go with it (empty: so is it).
+                if let Some(paths) = std::sync::Arc::make_mut(&mut ov.meta.indexed).remove(name) {
+                    for p in paths {
+                        batch.delete(CF_META, &props::declared_key(name, &p))?;
+                    }
+                }
                 collections_changed = true;
             }
             CommandResult::Done(r)
         }
+        Command::IndexProperty {
+            collection,
+            property,
+        } => CommandResult::Done(index_property(&mut ov, batch, collection, property)),
         Command::SetLimits(l) => {
             ov.meta.limits = Some(l.clone());
             batch.put(CF_META, meta_key::LIMITS, l)?;
@@ -840,6 +877,68 @@ fn create_collection(ov: &mut Overlay<'_>, spec: &CollectionSpec) -> Result<u64,
     }
     std::sync::Arc::make_mut(&mut ov.meta.collections).insert(spec.name.clone(), spec.clone());
     Ok(0)
+}
+
+/// Most objects a collection may hold when one of its properties gets an
+/// index (the index is filled in one batch).
+pub const MAX_INDEX_BACKFILL: u64 = 1_000_000;
+
+/// [`Command::IndexProperty`]: declares the index and writes a key for
+/// every object of the collection holding an indexable value there. Adds
+/// nothing to `batch` when it fails.
+fn index_property(
+    ov: &mut Overlay<'_>,
+    batch: &mut Batch<'_>,
+    collection: &str,
+    property: &str,
+) -> Result<u64, Error> {
+    props::check_path(property)?;
+    if !ov.meta.collections.contains_key(collection) {
+        return Err(Error::not_found("collection", collection));
+    }
+    let have = ov.meta.indexed.get(collection).cloned().unwrap_or_default();
+    if have.iter().any(|p| p == property) {
+        return Ok(0);
+    }
+    if have.len() >= props::MAX_INDEXED_PER_COLLECTION {
+        return Err(Error::invalid(
+            "property",
+            format!(
+                "{collection} already has {} indexed properties, the most a collection may have",
+                props::MAX_INDEXED_PER_COLLECTION
+            ),
+        ));
+    }
+    let path = [property.to_string()];
+    let prefix = [collection.as_bytes(), b"\0"].concat();
+    let mut keys = Vec::new();
+    let mut read = 0u64;
+    ov.store.scan_prefix(CF_MEMBERS, &prefix, |k, _| {
+        read += 1;
+        if read > MAX_INDEX_BACKFILL {
+            return Err(Error::invalid(
+                "property",
+                format!("{collection} holds more than {MAX_INDEX_BACKFILL} objects, too many to index at once"),
+            ));
+        }
+        let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if let Some(rec) = ov.store.object(&id)? {
+            let value = props::key_value(rec.vector.as_ref().map(|_| rec.vid));
+            keys.extend(
+                props::keys_of(collection, &id, &rec.properties, &path).map(|k| (k, value.clone())),
+            );
+        }
+        Ok(true)
+    })?;
+    for (k, v) in &keys {
+        batch.put_raw(CF_PROPS, k, v)?;
+    }
+    batch.put_raw(CF_META, &props::declared_key(collection, property), &[])?;
+    std::sync::Arc::make_mut(&mut ov.meta.indexed)
+        .entry(collection.to_string())
+        .or_default()
+        .push(property.to_string());
+    Ok(read)
 }
 
 fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {

@@ -86,6 +86,17 @@ pub enum Command {
         /// Edges.
         edges: Vec<crate::proto::Edge>,
     },
+    /// Indexes a property of a collection (see `storage::props`): the
+    /// index is filled from the collection's objects in the same batch, so
+    /// it is complete from the moment it exists. Indexing an indexed
+    /// property again changes nothing. The result is the number of
+    /// objects read.
+    IndexProperty {
+        /// Collection.
+        collection: String,
+        /// Dotted property path.
+        property: String,
+    },
 }
 
 impl Command {
@@ -102,7 +113,10 @@ impl Command {
             | Command::Registry(_)
             | Command::Once { .. }
             | Command::Restore { .. } => true,
-            Command::SetLimits(_)
+            // The index changes how a filtered search finds its
+            // candidates, never which objects match.
+            Command::IndexProperty { .. }
+            | Command::SetLimits(_)
             | Command::CheckpointQuota(_)
             | Command::SetQuota(_)
             | Command::ExpireOnce { .. } => false,
@@ -197,6 +211,10 @@ impl fmt::Display for Command {
                 client, seq, cmd, ..
             } => write!(f, "once({client:x}/{seq}: {cmd})"),
             Command::ExpireOnce { before_ms, .. } => write!(f, "expire_once({before_ms})"),
+            Command::IndexProperty {
+                collection,
+                property,
+            } => write!(f, "index_property({collection}.{property})"),
             Command::Restore { objects, edges } => {
                 write!(
                     f,

@@ -3,6 +3,7 @@
 
 mod apply;
 mod command;
+pub mod props;
 mod reserve;
 mod store;
 
@@ -14,6 +15,6 @@ pub use command::{Command, CommandResult, OnceRecord, RegOp};
 pub use reserve::DiskReserve;
 pub use store::{
     decode_value, edge_in_key, edge_out_key, encode_value, member_key, meta_key, Batch, EdgeRecord,
-    ObjectRecord, ShardStore, StorageEnv, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_VIDS,
-    FORMAT_VERSION,
+    ObjectRecord, ShardStore, StorageEnv, CF_EDGES, CF_MEMBERS, CF_META, CF_OBJECTS, CF_PROPS,
+    CF_VIDS, FORMAT_VERSION,
 };

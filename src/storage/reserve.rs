@@ -118,7 +118,7 @@ fn grows(cmd: &Command) -> bool {
         Command::Write { ops, .. } => ops
             .iter()
             .any(|op| !matches!(op, WriteOp::Delete { .. } | WriteOp::DeleteEdge { .. })),
-        Command::CreateCollection(_) => true,
+        Command::CreateCollection(_) | Command::IndexProperty { .. } => true,
         Command::Once { cmd, .. } => grows(cmd),
         _ => false,
     }

@@ -43,7 +43,9 @@ pub const CF_VIDS: &str = "vids";
 /// Applied state, usage, collections, counters.
 pub const CF_META: &str = "meta";
 
-const CFS: [&str; 5] = [CF_OBJECTS, CF_MEMBERS, CF_EDGES, CF_VIDS, CF_META];
+/// Property indexes (see `storage::props`).
+pub const CF_PROPS: &str = "props";
+const CFS: [&str; 6] = [CF_OBJECTS, CF_MEMBERS, CF_EDGES, CF_VIDS, CF_META, CF_PROPS];
 
 /// Keys of the `meta` column family.
 pub mod meta_key {
@@ -61,6 +63,9 @@ pub mod meta_key {
     pub const QUOTA: &[u8] = b"quota";
     /// Prefix of collection specs: `coll/<name>`.
     pub const COLLECTION_PREFIX: &[u8] = b"coll/";
+    /// Prefix of property index declarations:
+    /// `pidx/<collection>\0<property path>` (see `storage::props`).
+    pub const PROP_INDEX_PREFIX: &[u8] = b"pidx/";
     /// Prefix of exactly-once results: `once/<client u64 BE><seq u64 BE>`.
     pub const ONCE_PREFIX: &[u8] = b"once/";
     /// Prefix of each client's forgotten-below mark:

@@ -245,6 +245,23 @@ impl VectorIndex {
         }
     }
 
+    /// The exact score against `query` of the vector stored under `vid`,
+    /// read back from the index into `buf` (no object read). `None` when
+    /// the label is not live, or the index keeps no vectors by label (a
+    /// trained IVF).
+    pub fn stored_score(&self, query: &[f32], vid: u64, buf: &mut [f32]) -> Option<f32> {
+        if self.trained_ivf || buf.len() != self.dim || !self.live.contains(&vid) {
+            return None;
+        }
+        self.index.reconstruct(Idx::new(vid), buf).ok()?;
+        Some(self.exact_score(query, buf))
+    }
+
+    /// The dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// True when larger scores are closer (inner product).
     pub fn higher_is_closer(&self) -> bool {
         self.spec.metric == Metric::InnerProduct
