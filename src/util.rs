@@ -42,23 +42,3 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> crate::proto::R
         .map_err(crate::proto::Error::storage)?;
     f.sync_all().map_err(crate::proto::Error::storage)
 }
-
-/// Runs blocking work (disk, FAISS) from an async task without stalling
-/// the runtime. On the multi-threaded runtime (the server's) it runs right
-/// here, with the worker's other tasks handed to another thread
-/// (`block_in_place`): no hop to a blocking-pool thread and back, which
-/// costs two thread wake-ups on the request's own path. A current-thread
-/// runtime (some tests) cannot do that, so there it goes to the pool.
-pub async fn run_blocking<T, F>(f: F) -> Result<T, tokio::task::JoinError>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        Ok(tokio::task::block_in_place(f))
-    } else {
-        tokio::task::spawn_blocking(f).await
-    }
-}

@@ -2,7 +2,7 @@
 //!
 //! Entries apply one chunk of ready entries at a time. A chunk of a few
 //! light entries ([`ShardData::light`]) applies on the state machine's
-//! task; any other runs off the async workers (`util::run_blocking`), so
+//! task; any other runs off the async workers (`shard::run_blocking`), so
 //! FAISS work and large batches never stall them.
 
 use std::path::PathBuf;
@@ -26,25 +26,66 @@ const APPLY_CHUNK: usize = 256;
 /// (see [`ShardData::light`]).
 const LIGHT_ENTRIES: usize = 4;
 
-/// Applies entries in order; the results go with their responders.
-fn apply_chunk(
+type Applied = Vec<(Option<ApplyResponder<C>>, crate::storage::CommandResult)>;
+
+/// Applies one entry; `None` (nothing changed) when `may_wait` is false
+/// and RocksDB would make the write wait.
+fn apply_entry(
     data: &ShardData,
-    chunk: Vec<EntryResponder<C>>,
-) -> std::io::Result<Vec<(Option<ApplyResponder<C>>, crate::storage::CommandResult)>> {
+    entry: &openraft::type_config::alias::EntryOf<C>,
+    may_wait: bool,
+) -> std::io::Result<Option<crate::storage::CommandResult>> {
+    let applied = codec::encode(&entry.log_id).map_err(io_other)?;
+    let (cmd, membership) = match &entry.payload {
+        EntryPayload::Blank => (None, None),
+        EntryPayload::Normal(cmd) => (Some(cmd), None),
+        EntryPayload::Membership(m) => {
+            let sm = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+            (None, Some(codec::encode(&sm).map_err(io_other)?))
+        }
+    };
+    let membership = membership.as_deref();
+    // A storage failure here is fatal for the group.
+    let r = if may_wait {
+        data.apply(cmd, &applied, membership).map(Some)
+    } else {
+        data.apply_without_waiting(cmd, &applied, membership)
+    };
+    r.map_err(io_other)
+}
+
+/// Applies entries in order; the results go with their responders.
+fn apply_chunk(data: &ShardData, chunk: Vec<EntryResponder<C>>) -> std::io::Result<Applied> {
     let mut out = Vec::with_capacity(chunk.len());
     for (entry, responder) in chunk {
-        let applied = codec::encode(&entry.log_id).map_err(io_other)?;
-        let result = match entry.payload {
-            EntryPayload::Blank => data.apply(None, &applied, None),
-            EntryPayload::Normal(cmd) => data.apply(Some(&cmd), &applied, None),
-            EntryPayload::Membership(m) => {
-                let sm = StoredMembership::new(Some(entry.log_id), m);
-                let enc = codec::encode(&sm).map_err(io_other)?;
-                data.apply(None, &applied, Some(&enc))
+        let result = apply_entry(data, &entry, true)?.unwrap_or_default();
+        out.push((responder, result));
+    }
+    Ok(out)
+}
+
+/// Applies light entries on the calling task, in order, as long as no
+/// write would wait; the rest (from the first that would) through
+/// `shard::run_blocking`, where waiting blocks no async worker.
+async fn apply_light(
+    data: &Arc<ShardData>,
+    chunk: Vec<EntryResponder<C>>,
+) -> std::io::Result<Applied> {
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut rest = chunk.into_iter();
+    while let Some((entry, responder)) = rest.next() {
+        match apply_entry(data, &entry, false)? {
+            Some(result) => out.push((responder, result)),
+            None => {
+                let rest: Vec<_> = std::iter::once((entry, responder)).chain(rest).collect();
+                let data = data.clone();
+                let more = crate::shard::run_blocking(move || apply_chunk(&data, rest))
+                    .await
+                    .map_err(io_other)??;
+                out.extend(more);
+                break;
             }
-        };
-        // A storage failure here is fatal for the group.
-        out.push((responder, result.map_err(io_other)?));
+        }
     }
     Ok(out)
 }
@@ -135,8 +176,10 @@ impl RaftStateMachine<C> for ShardStateMachine {
             }
             // A few light entries (small puts of plain objects, counter
             // checkpoints) apply right here: the hop to another thread
-            // and back cost more than their RocksDB writes. The rest (FAISS
-            // work, large batches, scans) never blocks an async worker.
+            // and back cost more than their RocksDB writes. Should RocksDB
+            // stall them (flushes behind), they go on where waiting blocks
+            // no async worker, as the rest (FAISS work, large batches,
+            // scans) always does.
             let light = chunk.len() <= LIGHT_ENTRIES
                 && chunk.iter().all(|(e, _)| match &e.payload {
                     EntryPayload::Normal(cmd) => self.data.light(cmd),
@@ -144,9 +187,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
                 });
             let data = self.data.clone();
             let done = if light {
-                apply_chunk(&data, chunk)?
+                apply_light(&data, chunk).await?
             } else {
-                crate::util::run_blocking(move || apply_chunk(&data, chunk))
+                crate::shard::run_blocking(move || apply_chunk(&data, chunk))
                     .await
                     .map_err(io_other)??
             };

@@ -564,7 +564,7 @@ pub async fn read(
             .map(ReadResult::Objects),
     };
     // Disk and FAISS work never blocks an async worker.
-    let result = crate::util::run_blocking(run)
+    let result = crate::shard::run_blocking(run)
         .await
         .map_err(raft::raft_err)??;
     // A result read while a write was applied could never be used again.

@@ -337,6 +337,30 @@ impl ShardData {
         applied: &[u8],
         membership: Option<&[u8]>,
     ) -> Result<CommandResult, Error> {
+        self.apply_with(cmd, applied, membership, true)
+            .map(|r| r.unwrap_or_default())
+    }
+
+    /// [`apply`](Self::apply) for a caller that must not block (the state
+    /// machine's async task, for a light entry): `None`, with nothing
+    /// changed, when RocksDB would make the write wait for flushes or
+    /// compactions; the caller then applies it where it may wait.
+    pub fn apply_without_waiting(
+        &self,
+        cmd: Option<&Command>,
+        applied: &[u8],
+        membership: Option<&[u8]>,
+    ) -> Result<Option<CommandResult>, Error> {
+        self.apply_with(cmd, applied, membership, false)
+    }
+
+    fn apply_with(
+        &self,
+        cmd: Option<&Command>,
+        applied: &[u8],
+        membership: Option<&[u8]>,
+        may_wait: bool,
+    ) -> Result<Option<CommandResult>, Error> {
         let _g = self.apply_lock.lock();
         // Dropped before `_g`: bumps the generation after every change of
         // this command is visible, on every exit path (errors included).
@@ -354,7 +378,11 @@ impl ShardData {
         if let Some(m) = membership {
             batch.put_raw(CF_META, meta_key::MEMBERSHIP, m)?;
         }
-        batch.commit()?;
+        if may_wait {
+            batch.commit()?;
+        } else if !batch.commit_without_waiting()? {
+            return Ok(None);
+        }
         let Some(Applied {
             result,
             vectors,
@@ -362,14 +390,14 @@ impl ShardData {
             meta: new_meta,
         }) = outcome
         else {
-            return Ok(CommandResult::None);
+            return Ok(Some(CommandResult::None));
         };
         *self.meta.write() = new_meta;
         if collections_changed {
             self.sync_collections()?;
         }
         self.apply_vectors(vectors)?;
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// What a read is about to see: the store instance and the

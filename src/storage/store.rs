@@ -370,6 +370,20 @@ impl ShardStore {
         self.db.write_opt(batch, &wo).map_err(Error::storage)
     }
 
+    /// [`write`](Self::write), unless RocksDB would make it wait (a write
+    /// stall or slowdown while flushes and compactions catch up): then
+    /// nothing is written and it returns false.
+    pub fn write_without_waiting(&self, batch: WriteBatch) -> Result<bool, Error> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        wo.set_no_slowdown(true);
+        match self.db.write_opt(batch, &wo) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(false),
+            Err(e) => Err(Error::storage(e)),
+        }
+    }
+
     /// A batch writer bound to this store's column families.
     pub fn batch(&self) -> Batch<'_> {
         Batch {
@@ -440,6 +454,12 @@ impl Batch<'_> {
     /// Writes the batch.
     pub fn commit(self) -> Result<(), Error> {
         self.store.write(self.batch)
+    }
+
+    /// Writes the batch unless that would wait (see
+    /// [`ShardStore::write_without_waiting`]); whether it was written.
+    pub fn commit_without_waiting(self) -> Result<bool, Error> {
+        self.store.write_without_waiting(self.batch)
     }
 }
 
