@@ -40,7 +40,7 @@ fn apply_entry(
         EntryPayload::Blank => (None, None),
         EntryPayload::Normal(cmd) => (Some(cmd), None),
         EntryPayload::Membership(m) => {
-            let sm = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+            let sm = StoredMembership::new(Some(entry.log_id), m.clone());
             (None, Some(codec::encode(&sm).map_err(io_other)?))
         }
     };

@@ -636,7 +636,7 @@ impl ShardData {
                     keep(o.id, ix.exact_score(&s.vector, v), best);
                 }
             };
-        match fewest {
+        let read_all = match fewest {
             Some((_, ids)) if ids.len() <= ALLOW_LIST_MAX => {
                 let ix = ix.lock();
                 let mut buf = vec![0f32; ix.dim()];
@@ -658,29 +658,25 @@ impl ShardData {
                         }
                     }
                 }
+                false
             }
             Some((plan, _)) => {
                 let test = planned.covers.then_some(plan);
                 if let Some(hits) = self.post_filter(s, f, test, ix, with_objects, meter)? {
                     return Ok(hits);
                 }
-                let ix = ix.lock();
-                let mut scanned = 0usize;
-                self.for_each_in(&s.collection, meter, |o| {
-                    scanned += 1;
-                    score(o, &mut best, &ix);
-                    scanned < MAX_FILTER_SCAN
-                })?;
+                true
             }
-            None => {
-                let ix = ix.lock();
-                let mut scanned = 0usize;
-                self.for_each_in(&s.collection, meter, |o| {
-                    scanned += 1;
-                    score(o, &mut best, &ix);
-                    scanned < MAX_FILTER_SCAN
-                })?;
-            }
+            None => true,
+        };
+        if read_all {
+            let ix = ix.lock();
+            let mut scanned = 0usize;
+            self.for_each_in(&s.collection, meter, |o| {
+                scanned += 1;
+                score(o, &mut best, &ix);
+                scanned < MAX_FILTER_SCAN
+            })?;
         }
         let mut hits = best.into_vec();
         hits.sort_by(|a, b| a.key.total_cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
