@@ -183,14 +183,15 @@ impl Router {
             }),
             leader: None,
         };
+        let stopping = || Answer {
+            result: Err(Error::Unavailable {
+                reason: "the node is stopping".into(),
+            }),
+            leader: None,
+        };
         if req.operation().is_some() {
             if self.actor.get_status() != ActorStatus::Running {
-                return Answer {
-                    result: Err(Error::Unavailable {
-                        reason: "the node is stopping".into(),
-                    }),
-                    leader: None,
-                };
+                return stopping();
             }
             let s = &self.state;
             let work =
@@ -208,16 +209,10 @@ impl Router {
             },
             Some(self.timeout),
         );
-        let result = match call.await {
-            Ok(CallResult::Success(a)) => return a,
-            Ok(CallResult::Timeout) => return timed_out(),
-            Ok(CallResult::SenderError) | Err(_) => Err(Error::Unavailable {
-                reason: "the node is stopping".into(),
-            }),
-        };
-        Answer {
-            result,
-            leader: None,
+        match call.await {
+            Ok(CallResult::Success(a)) => a,
+            Ok(CallResult::Timeout) => timed_out(),
+            Ok(CallResult::SenderError) | Err(_) => stopping(),
         }
     }
 

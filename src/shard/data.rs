@@ -60,6 +60,35 @@ pub const ALLOW_LIST_MAX: usize = 4096;
 /// to reading the whole collection.
 pub const POST_FILTER_MAX: usize = 16_384;
 
+/// The `k` nearest live vectors of `ix` to `query`, as (object id, score),
+/// nearest first. A label maps back through the index's own id map, else
+/// through the `vids` column family; one neither knows is skipped.
+fn nearest(
+    store: &ShardStore,
+    ix: &Mutex<VectorIndex>,
+    query: &[f32],
+    k: usize,
+) -> Result<Vec<(String, f32)>, Error> {
+    let (hits, known) = {
+        let mut ix = ix.lock();
+        let hits = ix.search(query, k, None)?;
+        let known: Vec<Option<Arc<str>>> = hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect();
+        (hits, known)
+    };
+    let mut out = Vec::with_capacity(hits.len());
+    for ((vid, score), known) in hits.into_iter().zip(known) {
+        let id = match known {
+            Some(id) => id.to_string(),
+            None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
+                Some(id) => String::from_utf8_lossy(&id).into_owned(),
+                None => continue,
+            },
+        };
+        out.push((id, score));
+    }
+    Ok(out)
+}
+
 /// A filtered search's candidate from a property index: the object id and
 /// its FAISS label.
 type Candidate = (String, Option<u64>);
@@ -558,22 +587,11 @@ impl ShardData {
             .ok_or_else(|| Error::not_found("collection", &s.collection))?;
         let store = self.store();
         let hits = match &s.filter {
-            None => ix.lock().search(&s.vector, s.k as usize, None)?,
+            None => nearest(&store, &ix, &s.vector, s.k as usize)?,
             Some(f) => return self.filtered_search(s, f, &ix, with_objects, meter),
         };
-        let known: Vec<Option<Arc<str>>> = {
-            let ix = ix.lock();
-            hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect()
-        };
         let mut out = Vec::with_capacity(hits.len());
-        for ((vid, score), known) in hits.into_iter().zip(known) {
-            let id = match known {
-                Some(id) => id.to_string(),
-                None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
-                    Some(id) => String::from_utf8_lossy(&id).into_owned(),
-                    None => continue,
-                },
-            };
+        for (id, score) in hits {
             let object = if with_objects { self.get(&id)? } else { None };
             out.push(SearchHit { id, score, object });
         }
@@ -715,22 +733,8 @@ impl ShardData {
         let mut fetch = ((k as f64 / share) * 1.5).ceil() as usize;
         fetch = fetch.clamp(k, POST_FILTER_MAX).min(live);
         loop {
-            let (hits, ids) = {
-                let mut ix = ix.lock();
-                let hits = ix.search(&s.vector, fetch, None)?;
-                let ids: Vec<Option<Arc<str>>> =
-                    hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect();
-                (hits, ids)
-            };
             let mut out = Vec::with_capacity(k);
-            for ((vid, score), id) in hits.into_iter().zip(ids) {
-                let id = match id {
-                    Some(id) => id.to_string(),
-                    None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
-                        Some(id) => String::from_utf8_lossy(&id).into_owned(),
-                        None => continue,
-                    },
-                };
+            for (id, score) in nearest(&store, ix, &s.vector, fetch)? {
                 meter.touch(1)?;
                 let held = match covering {
                     Some(plan) => storage::props::holds(&store, &s.collection, plan, &id)?,
