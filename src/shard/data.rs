@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -48,6 +48,8 @@ use crate::storage::{
 };
 use crate::tenant::StorageLimitConfig;
 use crate::vector::{self, VectorIndex};
+
+use super::backlog::{Backlog, Pushed};
 
 /// Most rows a filtered vector search evaluates to build its allow-list.
 pub const MAX_FILTER_SCAN: usize = 1_000_000;
@@ -92,6 +94,25 @@ fn nearest(
 /// A filtered search's candidate from a property index: the object id and
 /// its FAISS label.
 type Candidate = (String, Option<u64>);
+
+/// How long a shard remembers that a filter's plan passes more than
+/// [`ALLOW_LIST_MAX`] objects (it is counted again after). A stale verdict
+/// only picks the post-filter for a filter that became selective, and
+/// the post-filter is exact all the same (it falls back to the full read
+/// when too few neighbours pass).
+const BROAD_TTL: Duration = Duration::from_secs(1);
+/// Most plans a shard remembers as broad.
+const BROAD_PLANS: u64 = 1024;
+
+/// A plan's key among a shard's broad plans: a hash of the collection and
+/// the plan (a collision only changes which plan runs, never a result).
+fn plan_key(collection: &str, plan: &storage::props::Plan) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    collection.hash(&mut h);
+    format!("{plan:?}").hash(&mut h);
+    h.finish()
+}
 
 /// Most ops of a write that [`ShardData::light`] applies inline.
 pub const LIGHT_OPS: usize = 8;
@@ -163,6 +184,13 @@ pub struct ShardData {
     generation: AtomicU64,
     /// Snapshots being sent, by directory name (see [`SnapshotPin`]).
     pins: Arc<Mutex<HashMap<String, usize>>>,
+    /// Vector changes applied to the store and not yet to the indexes.
+    backlog: Backlog,
+    /// This shard, for the indexing jobs it schedules.
+    me: Weak<ShardData>,
+    /// Plans of filtered searches counted broad lately (see
+    /// [`BROAD_TTL`]); made at the first filtered search.
+    broad_plans: std::sync::OnceLock<moka::sync::Cache<u64, ()>>,
 }
 
 /// Keeps a snapshot directory on disk while a send reads it. Dropping the
@@ -239,7 +267,7 @@ impl ShardData {
         let meta = ShardMeta::load(&store)?;
         let files = latest_snapshot_in(dir).map(|s| s.join("faiss"));
         let (vectors, report) = load_vectors(&store, &meta, files.as_deref(), &group_of(dir))?;
-        Ok(Arc::new(ShardData {
+        Ok(Arc::new_cyclic(|me| ShardData {
             env: env.clone(),
             dir: dir.to_path_buf(),
             store: RwLock::new(Arc::new(store)),
@@ -250,6 +278,9 @@ impl ShardData {
             snapshot_stats: Mutex::new(SnapshotStats::default()),
             generation: AtomicU64::new(0),
             pins: Arc::default(),
+            backlog: Backlog::default(),
+            me: me.clone(),
+            broad_plans: std::sync::OnceLock::new(),
         }))
     }
 
@@ -423,6 +454,8 @@ impl ShardData {
         };
         *self.meta.write() = new_meta;
         if collections_changed {
+            // Earlier changes go to the indexes they were made for.
+            self.catch_up()?;
             self.sync_collections()?;
         }
         self.apply_vectors(vectors)?;
@@ -455,11 +488,81 @@ impl ShardData {
         Ok(())
     }
 
+    /// Queues an applied command's index changes (see `backlog`): an
+    /// indexing job applies them, or this apply does when the backlog is
+    /// full or no runtime runs jobs.
     fn apply_vectors(&self, changes: Vec<VectorChange>) -> Result<(), Error> {
-        if changes.is_empty() {
-            return Ok(());
+        match self.backlog.push(changes) {
+            Pushed::Queued => Ok(()),
+            Pushed::Full => self.catch_up(),
+            Pushed::Schedule => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let me = self.me.clone();
+                        rt.spawn_blocking(move || {
+                            if let Some(data) = me.upgrade() {
+                                data.index_backlog();
+                            }
+                        });
+                    }
+                    Err(_) => self.index_backlog(),
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// The indexing job: catches up until nothing is queued.
+    fn index_backlog(&self) {
+        loop {
+            if let Err(e) = self.catch_up() {
+                tracing::error!(
+                    group = %group_of(&self.dir), error = %e,
+                    "vector index: changes could not be applied; searches miss them until the shard reopens"
+                );
+            }
+            if self.backlog.finish() {
+                return;
+            }
+        }
+    }
+
+    /// Brings every vector index up to date with the store: on return, a
+    /// search sees every write applied before the call.
+    pub fn catch_up(&self) -> Result<(), Error> {
+        self.backlog.catch_up(|changes| self.index_now(changes))
+    }
+
+    /// Changes queued for the vector indexes (0 when they are up to date).
+    pub fn unindexed(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Applies `changes` in order, each run of adds to one collection in
+    /// one FAISS call.
+    fn index_now(&self, changes: Vec<VectorChange>) -> Result<(), Error> {
         let map = self.vectors.read();
+        let mut run: Vec<(u64, String, Vec<f32>)> = Vec::new();
+        let mut run_of = String::new();
+        let flush = |run: &mut Vec<(u64, String, Vec<f32>)>, collection: &str| {
+            if run.is_empty() {
+                return Ok(());
+            }
+            let items = std::mem::take(run);
+            let Some(ix) = map.get(collection) else {
+                return Ok(());
+            };
+            let mut ix = ix.lock();
+            let refs: Vec<(u64, &[f32])> = items
+                .iter()
+                .map(|(vid, _, v)| (*vid, v.as_slice()))
+                .collect();
+            ix.add_many(&refs)?;
+            for (vid, id, _) in &items {
+                ix.set_id(*vid, id);
+            }
+            Ok::<(), Error>(())
+        };
         for ch in changes {
             match ch {
                 VectorChange::Add {
@@ -468,20 +571,21 @@ impl ShardData {
                     id,
                     vector,
                 } => {
-                    if let Some(ix) = map.get(&collection) {
-                        let mut ix = ix.lock();
-                        ix.add(vid, &vector)?;
-                        ix.set_id(vid, &id);
+                    if collection != run_of {
+                        flush(&mut run, &run_of)?;
+                        run_of = collection;
                     }
+                    run.push((vid, id, vector));
                 }
                 VectorChange::Remove { collection, vid } => {
+                    flush(&mut run, &run_of)?;
                     if let Some(ix) = map.get(&collection) {
                         ix.lock().remove(vid)?;
                     }
                 }
             }
         }
-        Ok(())
+        flush(&mut run, &run_of)
     }
 
     // ----- reads -----
@@ -579,6 +683,7 @@ impl ShardData {
             .collection(&s.collection)
             .ok_or_else(|| Error::not_found("collection", &s.collection))?;
         storage::check_vector(&spec, &s.vector)?;
+        self.catch_up()?;
         let ix = self
             .vectors
             .read()
@@ -624,17 +729,34 @@ impl ShardData {
         let store = self.store();
         let indexed = self.meta.read().indexed.get(&s.collection).cloned();
         let planned = indexed.map_or_else(props::Planned::default, |paths| props::plan(f, &paths));
-        // The plan with the fewest candidates, counted up to
-        // ALLOW_LIST_MAX + 1.
+        // The plan with the fewest candidates, if one has at most
+        // ALLOW_LIST_MAX (counted up to one more), else the first plan
+        // with more. A plan counted broad within BROAD_TTL is not counted
+        // again: a repeated broad filter skips thousands of key reads.
         let mut fewest: Option<(&props::Plan, Vec<Candidate>)> = None;
+        let mut broad: Option<&props::Plan> = None;
+        let known_broad = self.broad_plans.get_or_init(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(BROAD_PLANS)
+                .time_to_live(BROAD_TTL)
+                .build()
+        });
         for plan in &planned.plans {
+            let key = plan_key(&s.collection, plan);
+            if known_broad.contains_key(&key) {
+                broad.get_or_insert(plan);
+                continue;
+            }
             let mut ids = Vec::new();
             props::scan(&store, &s.collection, plan, |id, vid| {
                 meter.touch(1)?;
                 ids.push((id.to_string(), vid));
                 Ok(ids.len() <= ALLOW_LIST_MAX)
             })?;
-            if fewest.as_ref().is_none_or(|(_, b)| ids.len() < b.len()) {
+            if ids.len() > ALLOW_LIST_MAX {
+                known_broad.insert(key, ());
+                broad.get_or_insert(plan);
+            } else if fewest.as_ref().is_none_or(|(_, b)| ids.len() < b.len()) {
                 fewest = Some((plan, ids));
             }
         }
@@ -654,8 +776,8 @@ impl ShardData {
                     keep(o.id, ix.exact_score(&s.vector, v), best);
                 }
             };
-        let read_all = match fewest {
-            Some((_, ids)) if ids.len() <= ALLOW_LIST_MAX => {
+        let read_all = match (fewest, broad) {
+            (Some((_, ids)), _) => {
                 let ix = ix.lock();
                 let mut buf = vec![0f32; ix.dim()];
                 for (id, vid) in ids {
@@ -678,14 +800,14 @@ impl ShardData {
                 }
                 false
             }
-            Some((plan, _)) => {
+            (None, Some(plan)) => {
                 let test = planned.covers.then_some(plan);
                 if let Some(hits) = self.post_filter(s, f, test, ix, with_objects, meter)? {
                     return Ok(hits);
                 }
                 true
             }
-            None => true,
+            (None, None) => true,
         };
         if read_all {
             let ix = ix.lock();
@@ -888,6 +1010,8 @@ impl ShardData {
             let cloning = Instant::now();
             let mut images = Vec::new();
             if applied.is_some() {
+                // The images must reflect `applied` exactly.
+                self.catch_up()?;
                 for (name, ix) in self.vectors.read().iter() {
                     match ix.lock().image() {
                         Ok(im) => images.push(im),
@@ -970,6 +1094,8 @@ impl ShardData {
             &group_of(&self.dir),
         )?;
         write_atomic(&self.dir.join("CURRENT"), next.as_bytes())?;
+        // Queued changes were made for the indexes being replaced.
+        self.backlog.clear();
         let old = {
             let mut st = self.store.write();
             let mut me = self.meta.write();
@@ -1049,6 +1175,9 @@ impl ShardData {
 
     /// The vector index of a collection (benchmarks compare against it).
     pub fn vector_index(&self, collection: &str) -> Option<Arc<Mutex<VectorIndex>>> {
+        if let Err(e) = self.catch_up() {
+            tracing::error!(group = %group_of(&self.dir), error = %e, "vector index catch-up");
+        }
         self.vectors.read().get(collection).cloned()
     }
 
@@ -1469,6 +1598,72 @@ mod tests {
         all.iter().take(10).map(|(_, i)| format!("o{i}")).collect()
     }
 
+    /// The 1 nearest object id to `v` in `c` (unfiltered).
+    fn top(data: &ShardData, v: Vec<f32>) -> Option<String> {
+        let s = VectorSearch {
+            collection: "c".into(),
+            vector: v,
+            k: 1,
+            filter: None,
+        };
+        let hits = data
+            .vector_search(&s, false, &mut WorkMeter::unbounded())
+            .unwrap();
+        hits.into_iter().next().map(|h| h.id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledged_vector_is_searchable_at_once_though_faiss_indexes_it_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: Command| data.apply(Some(&c), b"log-id", None).unwrap();
+        let write = |op: WriteOp| Command::Write {
+            ops: vec![op],
+            atomic: true,
+            now_ms: 1,
+        };
+        let v = |i: u32| vec![i as f32, 1.0, 0.0, 0.0];
+        apply(Command::CreateCollection(CollectionSpec::vectors("c", 4)));
+        let mut queued_after_an_ack = 0;
+        for i in 0..300u32 {
+            let obj = NewObject::new("c", &format!("o{i}"), serde_json::json!({}));
+            apply(write(WriteOp::Put(obj.with_vector(v(i)))));
+            queued_after_an_ack += usize::from(data.unindexed() > 0);
+            assert_eq!(top(&data, v(i)).as_deref(), Some(format!("o{i}").as_str()));
+            if i % 3 == 0 {
+                apply(write(WriteOp::Delete {
+                    id: format!("o{i}"),
+                }));
+                let after = top(&data, v(i));
+                assert_ne!(
+                    after,
+                    Some(format!("o{i}")),
+                    "a deleted vector is never found"
+                );
+            }
+        }
+        assert!(
+            queued_after_an_ack > 0,
+            "no write was acknowledged before its vector reached FAISS"
+        );
+        // A snapshot's index images reflect its applied log id exactly.
+        for i in 300..600u32 {
+            let obj = NewObject::new("c", &format!("o{i}"), serde_json::json!({}));
+            apply(write(WriteOp::Put(obj.with_vector(v(i)))));
+        }
+        data.build_snapshot("s1", |_, _| Ok(((), Vec::new())))
+            .unwrap();
+        assert_eq!(data.unindexed(), 0);
+        assert_eq!(data.vector_index("c").unwrap().lock().len(), 600 - 100);
+        let copy = tempfile::tempdir().unwrap();
+        let b = ShardData::open(&StorageEnv::default(), copy.path()).unwrap();
+        let report = b
+            .install_snapshot(&dir.path().join("snapshots/s1"))
+            .unwrap();
+        assert_eq!(report.loaded(), vec!["c"], "{report:?}");
+        assert_eq!(b.vector_index("c").unwrap().lock().len(), 500);
+    }
+
     #[test]
     fn filtered_searches_match_a_brute_force_whichever_plan_runs() {
         let (_dir, data) = indexed_rows();
@@ -1503,6 +1698,18 @@ mod tests {
                     assert!(read >= 20_000, "{filter}: read {read}");
                 }
             }
+        }
+        // A broad plan counted lately is not counted again.
+        let q = [0.1, 0.2, 0.3, 0.4];
+        let (first, read_first) = filtered(&data, &q, r#"{"p2": 1, "price": {"$gte": 1}}"#);
+        let counted = Instant::now();
+        let (again, read_again) = filtered(&data, &q, r#"{"p2": 1, "price": {"$gte": 1}}"#);
+        assert_eq!(first, again);
+        if counted.elapsed() < BROAD_TTL {
+            assert!(
+                read_again + ALLOW_LIST_MAX as u64 <= read_first,
+                "read {read_first} rows, then {read_again}"
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 //! (`ReadCache`).
 
 mod actor;
+mod backlog;
 mod cache;
 mod data;
 mod supervisor;
