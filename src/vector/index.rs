@@ -344,6 +344,11 @@ impl VectorIndex {
     /// A plain FAISS search on the index, nothing around it (the benchmark's
     /// baseline). Returns labels, tombstones included.
     pub fn raw_search(&mut self, query: &[f32], k: usize) -> Result<Vec<u64>, Error> {
+        // The best a FAISS user does for one query at a time: a team of
+        // one, as `search` runs (with the default team, each query wakes
+        // the calling thread's OpenMP team and raw FAISS ran slower than
+        // the shard's own path).
+        let _one = super::omp::OneThread::new();
         let r = self.index.search(query, k).map_err(faiss_err)?;
         Ok(r.labels.iter().filter_map(|l| l.get()).collect())
     }
