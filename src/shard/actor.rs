@@ -541,6 +541,7 @@ pub async fn read(
             return Ok(hit);
         }
     }
+    let short = matches!(&op, ReadOp::Search(s, _) if data.short_search(s));
     let reader = data.clone();
     let limit = complexity_limit;
     let run = move || match op {
@@ -563,10 +564,15 @@ pub async fn read(
             )
             .map(ReadResult::Objects),
     };
-    // Disk and FAISS work never blocks an async worker.
-    let result = crate::shard::run_blocking(run)
-        .await
-        .map_err(raft::raft_err)??;
+    // Disk and FAISS work never blocks an async worker, but for a short
+    // search, whose hand-off would cost more than it saves.
+    let result = if short {
+        run()?
+    } else {
+        crate::shard::run_blocking(run)
+            .await
+            .map_err(raft::raft_err)??
+    };
     // A result read while a write was applied could never be used again.
     if let (Some(c), Some(k)) = (cache, key) {
         if reader.read_stamp() == stamp {

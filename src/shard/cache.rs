@@ -138,9 +138,9 @@ impl Shelf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let h = h.finish();
-        let seen = self.seen.get_or_init(|| {
-            (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect()
-        });
+        let seen = self
+            .seen
+            .get_or_init(|| (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect());
         seen[(h % DOORKEEPER_SLOTS as u64) as usize].swap(h, Ordering::Relaxed) == h
     }
 

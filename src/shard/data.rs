@@ -114,6 +114,12 @@ fn plan_key(collection: &str, plan: &storage::props::Plan) -> u64 {
     h.finish()
 }
 
+/// Most vector components a search may compare to run on an async
+/// worker (see [`ShardData::short_search`]): about 0.3 ms here.
+pub const INLINE_SEARCH_WORK: u64 = 4_000_000;
+/// Most hits of a search run on an async worker.
+pub const INLINE_SEARCH_K: u32 = 100;
+
 /// Most ops of a write that [`ShardData::light`] applies inline.
 pub const LIGHT_OPS: usize = 8;
 
@@ -830,6 +836,38 @@ impl ShardData {
             });
         }
         Ok(out)
+    }
+
+    /// Whether `s` is a search short enough to run on an async worker
+    /// rather than in `block_in_place` (whose hand-off of the worker to
+    /// another thread cost a twentieth of the stack's search time in
+    /// `bench engine`): unfiltered, at most [`INLINE_SEARCH_K`] hits, the
+    /// index up to date (no catch-up to run), and FAISS's work estimated
+    /// at most [`INLINE_SEARCH_WORK`] (vector components compared: HNSW
+    /// about `2·m·max(efSearch, k)` vectors, IVF `nprobe` lists, flat
+    /// every vector).
+    pub fn short_search(&self, s: &VectorSearch) -> bool {
+        if s.filter.is_some() || s.k > INLINE_SEARCH_K || self.unindexed() > 0 {
+            return false;
+        }
+        let Some(ix) = self.vectors.read().get(&s.collection).cloned() else {
+            return false;
+        };
+        let (live, spec) = {
+            let ix = ix.lock();
+            (ix.len() as u64, ix.spec().clone())
+        };
+        let dim = u64::from(spec.dimension.unwrap_or(0));
+        let compared = match spec.index {
+            crate::proto::IndexKind::Flat => live,
+            crate::proto::IndexKind::Hnsw { m, ef_search } => {
+                2 * u64::from(m) * u64::from(ef_search.max(s.k))
+            }
+            crate::proto::IndexKind::Ivf { nlist, nprobe } => {
+                live / u64::from(nlist.max(1)) * u64::from(nprobe)
+            }
+        };
+        compared.min(live).saturating_mul(dim) <= INLINE_SEARCH_WORK
     }
 
     /// Plan 3 of [`filtered_search`](Self::filtered_search): the nearest
@@ -1662,6 +1700,50 @@ mod tests {
             .unwrap();
         assert_eq!(report.loaded(), vec!["c"], "{report:?}");
         assert_eq!(b.vector_index("c").unwrap().lock().len(), 500);
+    }
+
+    #[test]
+    fn only_small_unfiltered_searches_on_an_up_to_date_index_are_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: Command| data.apply(Some(&c), b"log-id", None).unwrap();
+        let fill = |collection: &str, dim: usize, n: u32| {
+            let ops = (0..n)
+                .map(|i| {
+                    let o = NewObject::new(
+                        collection,
+                        &format!("{collection}{i}"),
+                        serde_json::json!({"p": i}),
+                    );
+                    WriteOp::Put(o.with_vector(vec![i as f32; dim]))
+                })
+                .collect();
+            apply(Command::Write {
+                ops,
+                atomic: true,
+                now_ms: 1,
+            });
+        };
+        apply(Command::CreateCollection(CollectionSpec::vectors(
+            "small", 4,
+        )));
+        apply(Command::CreateCollection(CollectionSpec::vectors(
+            "big", 1000,
+        )));
+        fill("small", 4, 10);
+        fill("big", 1000, 5000);
+        let search = |collection: &str, dim: usize, k: u32, filter: Option<&str>| VectorSearch {
+            collection: collection.into(),
+            vector: vec![1.0; dim],
+            k,
+            filter: filter.map(|f| crate::proto::Filter::parse(f).unwrap()),
+        };
+        assert!(data.short_search(&search("small", 4, 10, None)));
+        assert!(!data.short_search(&search("small", 4, 10, Some(r#"{"p": 1}"#))));
+        assert!(!data.short_search(&search("small", 4, INLINE_SEARCH_K + 1, None)));
+        // 5,000 × 1,000 components compared by a flat search.
+        assert!(!data.short_search(&search("big", 1000, 10, None)));
+        assert!(!data.short_search(&search("none", 4, 10, None)));
     }
 
     #[test]
