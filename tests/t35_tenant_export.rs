@@ -154,6 +154,9 @@ async fn fill_source(node: &Node, admin: &Client) -> Client {
     }
     c.transaction(edges).await.unwrap();
     c.delete("d007").await.unwrap();
+    // Property indexes, filled from the objects above.
+    assert_eq!(c.index_property("docs", "i").await.unwrap(), 59);
+    assert_eq!(c.index_property("notes", "i").await.unwrap(), 25);
     // Some reads for the request counters.
     for id in ["d001", "n003", "missing"] {
         c.get(id).await.unwrap();
@@ -183,11 +186,16 @@ async fn a_tenant_exported_and_imported_under_another_id_is_equal_and_a_tampered
     assert_eq!(summary["manifest"]["counts"]["objects"], 84, "{summary}");
     assert_eq!(summary["manifest"]["counts"]["vectors"], 59);
     assert_eq!(summary["manifest"]["counts"]["collections"], 2);
+    assert_eq!(summary["manifest"]["counts"]["property_indexes"], 2);
     assert!(summary["applied_index"].as_u64().unwrap() > 0);
     let edges_in_file = summary["manifest"]["counts"]["edges"].as_u64().unwrap();
     assert!(edges_in_file > 30 && edges_in_file < 40, "{summary}");
     let body = std::fs::read_to_string(&file).unwrap();
     assert!(!body.contains("vk_"), "no key material in the file");
+    assert!(
+        body.contains(r#"{"property_index":{"collection":"docs","property":"i"}}"#),
+        "{body}"
+    );
 
     // Phase 2: import under another id.
     let o = cli(
@@ -254,6 +262,11 @@ async fn a_tenant_exported_and_imported_under_another_id_is_equal_and_a_tampered
         .await
         .unwrap();
     assert_eq!(hits[0].id, "d005");
+    // The imported tenant has the indexes (the verify step compared them
+    // too): a second declaration reads nothing.
+    assert_eq!(dst.index_property("docs", "i").await.unwrap(), 0);
+    assert_eq!(dst.index_property("notes", "i").await.unwrap(), 0);
+    assert_eq!(dst.index_property("notes", "body").await.unwrap(), 25);
 
     // Phase 3: a tampered file (one digit of one object's created_at).
     let first_object = body.find("{\"object\":").unwrap();

@@ -283,7 +283,7 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
         // Raw FAISS on the same index object.
         let t = Instant::now();
         {
-            let mut ix = ix.lock();
+            let mut ix = ix.write();
             for q in slice.chunks(d) {
                 raw_labels.push(ix.raw_search(q, 10)?);
             }

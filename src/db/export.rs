@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use crate::limits::QuotaCounters;
 use crate::proto::migrate::{
     ExportHead, ExportOpen, ExportPage, ExportPageRequest, ExportSection, ImportRequest,
-    ImportStep, CURSOR_IDLE_MS, MAX_CURSORS_PER_NODE, MAX_CURSORS_PER_TENANT,
+    ImportStep, PropertyIndex, CURSOR_IDLE_MS, MAX_CURSORS_PER_NODE, MAX_CURSORS_PER_TENANT,
     MAX_IMPORT_COLLECTIONS, MAX_IMPORT_ITEMS, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, MAX_PAGE_SCAN,
 };
 use crate::proto::{
@@ -224,6 +224,16 @@ impl Database {
             config,
             users,
             collections: meta.collections.values().cloned().collect(),
+            indexes: meta
+                .indexed
+                .iter()
+                .flat_map(|(collection, paths)| {
+                    paths.iter().map(|property| PropertyIndex {
+                        collection: collection.clone(),
+                        property: property.clone(),
+                    })
+                })
+                .collect(),
             storage: meta.usage.clone(),
             requests: t.limiter().request_usage(crate::util::now_ms()),
         };
@@ -402,6 +412,38 @@ impl Database {
                     }
                     other => Err(Error::storage(format!("unexpected result {other:?}"))),
                 }
+            }
+            ImportStep::Indexes(indexes) => {
+                if indexes.len() > MAX_IMPORT_COLLECTIONS {
+                    return Err(Error::invalid(
+                        "indexes",
+                        format!("at most {MAX_IMPORT_COLLECTIONS} per import step"),
+                    ));
+                }
+                tracing::info!(
+                    migration,
+                    tenant = id,
+                    n = indexes.len(),
+                    "import: property indexes"
+                );
+                let mut out = Vec::with_capacity(indexes.len());
+                for PropertyIndex {
+                    collection,
+                    property,
+                } in indexes
+                {
+                    let cmd = Command::IndexProperty {
+                        collection,
+                        property,
+                    };
+                    match call_write(&t, cmd, timeout).await? {
+                        CommandResult::Done(r) => out.push(r.map(|_| WriteOutcome::Created)),
+                        other => {
+                            return Err(Error::storage(format!("unexpected result {other:?}")))
+                        }
+                    }
+                }
+                Ok(out)
             }
             ImportStep::Counters(usage) => {
                 tracing::info!(

@@ -78,6 +78,11 @@ pub async fn read_tenant(
         for c in collections {
             each(Record::Collection(c))?;
         }
+        let mut indexes = head.indexes.clone();
+        indexes.sort();
+        for p in indexes {
+            each(Record::PropertyIndex(p))?;
+        }
         for section in [ExportSection::Objects, ExportSection::Edges] {
             let mut after = None;
             loop {
@@ -143,6 +148,7 @@ pub(super) async fn tally_tenant(
 pub(super) fn tally(t: &mut Tally, r: &Record) -> Result<(), MigrateError> {
     match r {
         Record::Collection(c) => t.collection(c),
+        Record::PropertyIndex(p) => t.property_index(p),
         Record::Object(o) => t.object(o),
         Record::Edge(e) => t.edge(e),
         Record::Header(_) | Record::Manifest(_) => Ok(()),

@@ -4,6 +4,7 @@
 //! {"header":{"format":"vektagraf-tenant-export","version":1,"migration_id":..,"tenant_id":..,
 //!            "applied_index":..,"since_ms":null,"config":{..},"users":[..],"storage":{..},"requests":{..}}}
 //! {"collection":{"name":"docs","dimension":3,"metric":"cosine","index":"flat"}}   one per collection, by name
+//! {"property_index":{"collection":"docs","property":"price"}}                    one per index, by (collection, property)
 //! {"object":{"id":..,"collection":..,"properties":{..},"created_at":..,"updated_at":..,"vector":[..]}}  by id
 //! {"edge":{"from":..,"label":..,"to":..,"properties":{..}}}                       by (from, label, to)
 //! {"manifest":{"counts":{..},"digests":{..},"file_sha256":".."}}                 always the last line
@@ -26,6 +27,7 @@ use std::io::{BufRead, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::proto::migrate::PropertyIndex;
 use crate::proto::{CollectionSpec, Edge, Object, RequestUsage, StorageUsage};
 use crate::tenant::TenantConfig;
 
@@ -81,6 +83,10 @@ pub struct Counts {
     pub vectors: u64,
     /// Edges.
     pub edges: u64,
+    /// Property indexes (absent from files written before they were
+    /// exported).
+    #[serde(default)]
+    pub property_indexes: u64,
 }
 
 /// Content digests (hex SHA-256) of each section.
@@ -113,6 +119,8 @@ pub enum Record {
     Header(Box<Header>),
     /// A collection spec.
     Collection(CollectionSpec),
+    /// A property index (after every collection).
+    PropertyIndex(PropertyIndex),
     /// An object with its timestamps and vector.
     Object(Object),
     /// An edge.
@@ -142,6 +150,13 @@ impl Tally {
     pub fn collection(&mut self, c: &CollectionSpec) -> Result<(), MigrateError> {
         self.counts.collections += 1;
         feed(&mut self.collections, c)
+    }
+
+    /// Counts a property index; its digest is part of the collections'
+    /// (a file without indexes digests as before they were exported).
+    pub fn property_index(&mut self, p: &PropertyIndex) -> Result<(), MigrateError> {
+        self.counts.property_indexes += 1;
+        feed(&mut self.collections, p)
     }
 
     /// Counts an object.

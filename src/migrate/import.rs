@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
-use crate::proto::migrate::{ImportRequest, ImportStep, MAX_IMPORT_ITEMS};
+use crate::proto::migrate::{ImportRequest, ImportStep, PropertyIndex, MAX_IMPORT_ITEMS};
 use crate::proto::wire::{Request, Response};
 use crate::proto::{CollectionSpec, Edge, Error, Object, RequestUsage, WriteOutcome};
 
@@ -195,6 +195,11 @@ fn compare_content(
             "edges count",
             m.counts.edges.to_string(),
             counts.edges.to_string(),
+        ),
+        (
+            "property indexes count",
+            m.counts.property_indexes.to_string(),
+            counts.property_indexes.to_string(),
         ),
         (
             "collections digest",
@@ -396,6 +401,7 @@ async fn import_inner(
     pb.set_position(skip);
     let mut r = open(&opts.file)?;
     let mut collections: Vec<CollectionSpec> = Vec::new();
+    let mut indexes: Vec<PropertyIndex> = Vec::new();
     let mut sent_collections = false;
     let (mut objects, mut edges) = (Vec::new(), Vec::new());
     let (mut n, mut bytes, mut seen, mut batches) = (0usize, 0usize, 0u64, 0u64);
@@ -404,6 +410,7 @@ async fn import_inner(
         let end = rec.is_none();
         match rec {
             Some(Record::Collection(c)) => collections.push(c),
+            Some(Record::PropertyIndex(p)) => indexes.push(p),
             Some(Record::Object(o)) => {
                 seen += 1;
                 if seen > skip {
@@ -430,6 +437,17 @@ async fn import_inner(
             let results = step(client, target, id, ImportStep::Collections(specs)).await?;
             for (name, r) in names.into_iter().zip(results) {
                 r.map_err(record_err("collection", name))?;
+            }
+            if !indexes.is_empty() {
+                let indexes = std::mem::take(&mut indexes);
+                let names: Vec<String> = indexes
+                    .iter()
+                    .map(|p| format!("{}.{}", p.collection, p.property))
+                    .collect();
+                let results = step(client, target, id, ImportStep::Indexes(indexes)).await?;
+                for (name, r) in names.into_iter().zip(results) {
+                    r.map_err(record_err("property index", name))?;
+                }
             }
             sent_collections = true;
         }

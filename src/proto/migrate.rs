@@ -65,10 +65,21 @@ pub struct ExportHead {
     pub users: Vec<String>,
     /// Collection specs, by name.
     pub collections: Vec<CollectionSpec>,
+    /// Property indexes of the cut, by collection and property.
+    pub indexes: Vec<PropertyIndex>,
     /// Storage counters of the cut.
     pub storage: StorageUsage,
     /// Request counters (the leader's limiter when the export opened).
     pub requests: RequestUsage,
+}
+
+/// A property index of a collection (`Session::index_property`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PropertyIndex {
+    /// The collection.
+    pub collection: String,
+    /// The indexed property (a dotted path).
+    pub property: String,
 }
 
 /// Which records an export page reads.
@@ -133,4 +144,8 @@ pub enum ImportStep {
     },
     /// Raises the tenant's request counters to these (never lowers them).
     Counters(Box<RequestUsage>),
+    /// Declares property indexes (after their collections, before the
+    /// records, so restored objects fill them as they are written); one
+    /// that exists is fine.
+    Indexes(Vec<PropertyIndex>),
 }

@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 7;
+pub const WIRE_VERSION: u16 = 8;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 

@@ -67,12 +67,12 @@ pub const POST_FILTER_MAX: usize = 16_384;
 /// through the `vids` column family; one neither knows is skipped.
 fn nearest(
     store: &ShardStore,
-    ix: &Mutex<VectorIndex>,
+    ix: &RwLock<VectorIndex>,
     query: &[f32],
     k: usize,
 ) -> Result<Vec<(String, f32)>, Error> {
     let (hits, known) = {
-        let mut ix = ix.lock();
+        let ix = ix.read();
         let hits = ix.search(query, k, None)?;
         let known: Vec<Option<Arc<str>>> = hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect();
         (hits, known)
@@ -488,7 +488,7 @@ impl ShardData {
         map.retain(|name, _| specs.iter().any(|s| &s.name == name));
         for s in specs {
             if s.dimension.is_some() && !map.contains_key(&s.name) {
-                map.insert(s.name.clone(), Arc::new(Mutex::new(VectorIndex::new(&s)?)));
+                map.insert(s.name.clone(), Arc::new(RwLock::new(VectorIndex::new(&s)?)));
             }
         }
         Ok(())
@@ -558,7 +558,7 @@ impl ShardData {
             let Some(ix) = map.get(collection) else {
                 return Ok(());
             };
-            let mut ix = ix.lock();
+            let mut ix = ix.write();
             let refs: Vec<(u64, &[f32])> = items
                 .iter()
                 .map(|(vid, _, v)| (*vid, v.as_slice()))
@@ -586,7 +586,7 @@ impl ShardData {
                 VectorChange::Remove { collection, vid } => {
                     flush(&mut run, &run_of)?;
                     if let Some(ix) = map.get(&collection) {
-                        ix.lock().remove(vid)?;
+                        ix.write().remove(vid)?;
                     }
                 }
             }
@@ -726,7 +726,7 @@ impl ShardData {
         &self,
         s: &VectorSearch,
         f: &crate::proto::Filter,
-        ix: &Arc<Mutex<VectorIndex>>,
+        ix: &Arc<RwLock<VectorIndex>>,
         with_objects: bool,
         meter: &mut WorkMeter,
     ) -> Result<Vec<SearchHit>, Error> {
@@ -766,7 +766,7 @@ impl ShardData {
                 fewest = Some((plan, ids));
             }
         }
-        let higher = ix.lock().higher_is_closer();
+        let higher = ix.read().higher_is_closer();
         let mut best: std::collections::BinaryHeap<Scored> =
             std::collections::BinaryHeap::with_capacity(k + 1);
         let keep = |id: String, score: f32, best: &mut std::collections::BinaryHeap<Scored>| {
@@ -784,7 +784,7 @@ impl ShardData {
             };
         let read_all = match (fewest, broad) {
             (Some((_, ids)), _) => {
-                let ix = ix.lock();
+                let ix = ix.read();
                 let mut buf = vec![0f32; ix.dim()];
                 for (id, vid) in ids {
                     // The index is the whole filter: score the candidate's
@@ -816,7 +816,7 @@ impl ShardData {
             (None, None) => true,
         };
         if read_all {
-            let ix = ix.lock();
+            let ix = ix.read();
             let mut scanned = 0usize;
             self.for_each_in(&s.collection, meter, |o| {
                 scanned += 1;
@@ -854,7 +854,7 @@ impl ShardData {
             return false;
         };
         let (live, spec) = {
-            let ix = ix.lock();
+            let ix = ix.read();
             (ix.len() as u64, ix.spec().clone())
         };
         let dim = u64::from(spec.dimension.unwrap_or(0));
@@ -880,13 +880,13 @@ impl ShardData {
         s: &VectorSearch,
         f: &crate::proto::Filter,
         covering: Option<&storage::props::Plan>,
-        ix: &Arc<Mutex<VectorIndex>>,
+        ix: &Arc<RwLock<VectorIndex>>,
         with_objects: bool,
         meter: &mut WorkMeter,
     ) -> Result<Option<Vec<SearchHit>>, Error> {
         let k = s.k as usize;
         let store = self.store();
-        let live = ix.lock().len();
+        let live = ix.read().len();
         // More than ALLOW_LIST_MAX objects pass the indexed conjunct: at
         // least that share of the collection.
         let share = (ALLOW_LIST_MAX as f64 / live.max(1) as f64).min(1.0);
@@ -1051,7 +1051,7 @@ impl ShardData {
                 // The images must reflect `applied` exactly.
                 self.catch_up()?;
                 for (name, ix) in self.vectors.read().iter() {
-                    match ix.lock().image() {
+                    match ix.read().image() {
                         Ok(im) => images.push(im),
                         // The receiver rebuilds this one.
                         Err(e) => tracing::warn!(
@@ -1212,7 +1212,7 @@ impl ShardData {
     }
 
     /// The vector index of a collection (benchmarks compare against it).
-    pub fn vector_index(&self, collection: &str) -> Option<Arc<Mutex<VectorIndex>>> {
+    pub fn vector_index(&self, collection: &str) -> Option<Arc<RwLock<VectorIndex>>> {
         if let Err(e) = self.catch_up() {
             tracing::error!(group = %group_of(&self.dir), error = %e, "vector index catch-up");
         }
@@ -1357,7 +1357,7 @@ fn group_of(dir: &Path) -> String {
 }
 
 /// A shard's vector indexes, by collection.
-type Indexes = HashMap<String, Arc<Mutex<VectorIndex>>>;
+type Indexes = HashMap<String, Arc<RwLock<VectorIndex>>>;
 
 /// Stored vectors, by collection: (label, object id, vector).
 type Batches = HashMap<String, Vec<(u64, String, Vec<f32>)>>;
@@ -1472,7 +1472,7 @@ fn load_vectors(
         tracing::info!(group, collection = %name, vectors = ix.len(), outcome = "loaded",
             "vector index loaded from the snapshot's files");
         report.collections.insert(name.clone(), IndexOrigin::Loaded);
-        indexes.insert(name, Arc::new(Mutex::new(ix)));
+        indexes.insert(name, Arc::new(RwLock::new(ix)));
     }
     for (name, reason) in why {
         let Some(spec) = meta.collections.get(&name) else {
@@ -1494,7 +1494,7 @@ fn load_vectors(
         report
             .collections
             .insert(name.clone(), IndexOrigin::Rebuilt(reason));
-        indexes.insert(name, Arc::new(Mutex::new(ix)));
+        indexes.insert(name, Arc::new(RwLock::new(ix)));
     }
     tracing::debug!(
         group,
@@ -1692,14 +1692,14 @@ mod tests {
         data.build_snapshot("s1", |_, _| Ok(((), Vec::new())))
             .unwrap();
         assert_eq!(data.unindexed(), 0);
-        assert_eq!(data.vector_index("c").unwrap().lock().len(), 600 - 100);
+        assert_eq!(data.vector_index("c").unwrap().read().len(), 600 - 100);
         let copy = tempfile::tempdir().unwrap();
         let b = ShardData::open(&StorageEnv::default(), copy.path()).unwrap();
         let report = b
             .install_snapshot(&dir.path().join("snapshots/s1"))
             .unwrap();
         assert_eq!(report.loaded(), vec!["c"], "{report:?}");
-        assert_eq!(b.vector_index("c").unwrap().lock().len(), 500);
+        assert_eq!(b.vector_index("c").unwrap().read().len(), 500);
     }
 
     #[test]
@@ -1793,6 +1793,78 @@ mod tests {
                 "read {read_first} rows, then {read_again}"
             );
         }
+    }
+
+    #[test]
+    fn property_index_keys_count_toward_storage_bytes_and_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        let apply = |c: Command| data.apply(Some(&c), b"log-id", None).unwrap();
+        let write = |ops: Vec<WriteOp>| Command::Write {
+            ops,
+            atomic: true,
+            now_ms: 1,
+        };
+        let index = |p: &str| Command::IndexProperty {
+            collection: "c".into(),
+            property: p.into(),
+        };
+        let key_bytes = |id: &str, v: serde_json::Value| -> u64 {
+            let props = crate::proto::Properties::from_json(v).unwrap();
+            storage::props::keys_of("c", id, &props, &["p".to_string()])
+                .map(|k| k.len() as u64)
+                .sum()
+        };
+        apply(Command::CreateCollection(CollectionSpec::plain("c")));
+        let puts = (0..10)
+            .map(|i| {
+                WriteOp::Put(NewObject::new(
+                    "c",
+                    &format!("o{i}"),
+                    serde_json::json!({"p": format!("v{i}")}),
+                ))
+            })
+            .collect();
+        apply(write(puts));
+        let plain = data.usage().bytes;
+        let keys: u64 = (0..10)
+            .map(|i| key_bytes(&format!("o{i}"), serde_json::json!({"p": format!("v{i}")})))
+            .sum();
+        // An index whose keys would pass the storage limit is refused whole.
+        apply(Command::SetLimits(StorageLimitConfig {
+            max_storage_bytes: plain + keys - 1,
+            max_objects: 100,
+            max_object_size: 1 << 20,
+            max_vectors: 100,
+            max_vector_dimensions: 16,
+            warning_threshold: 1.0,
+            hard_limits: true,
+        }));
+        match apply(index("p")) {
+            CommandResult::Done(Err(Error::LimitExceeded(l))) => {
+                assert_eq!(l.kind, crate::proto::LimitKind::StorageBytes)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(data.usage().bytes, plain);
+        assert!(data.meta.read().indexed.get("c").is_none());
+        let mut roomy = data.limits().unwrap();
+        roomy.max_storage_bytes = 1 << 30;
+        apply(Command::SetLimits(roomy));
+        assert!(matches!(apply(index("p")), CommandResult::Done(Ok(10))));
+        assert_eq!(data.usage().bytes, plain + keys);
+        // An update moves the count by the keys' difference; deletes give
+        // every byte back.
+        let longer = serde_json::json!({"p": "a much longer value than before"});
+        apply(write(vec![WriteOp::Put(NewObject::new("c", "o3", longer))]));
+        assert!(data.usage().bytes > plain + keys);
+        let deletes = (0..10)
+            .map(|i| WriteOp::Delete {
+                id: format!("o{i}"),
+            })
+            .collect();
+        apply(write(deletes));
+        assert_eq!(data.usage().bytes, 0);
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn loaded_shard() -> Shard {
         "p1",
         serde_json::json!({"a": 1}),
     ))]);
-    assert_eq!(s.data.vector_index("hnsw").unwrap().lock().tombstones(), 60);
+    assert_eq!(s.data.vector_index("hnsw").unwrap().read().tombstones(), 60);
     s
 }
 
@@ -152,7 +152,7 @@ fn assert_same_answers(a: &ShardData, b: &ShardData) {
                 if (100..110).contains(&i) {
                     // The object's vector is its replacement.
                     let ix = b.vector_index(c).unwrap();
-                    let exact = ix.lock().exact_score(&q, &vector(N + i));
+                    let exact = ix.read().exact_score(&q, &vector(N + i));
                     assert!((exact - score).abs() < 1e-3, "{id}: {exact} vs {score}");
                 }
             }
@@ -196,8 +196,8 @@ fn an_installed_snapshot_loads_its_flat_and_hnsw_indexes_with_their_tombstones()
     assert!(report.rebuilt().is_empty());
     // Loaded, not rebuilt: the HNSW tombstones came with the file (a
     // rebuild from the stored vectors has none).
-    assert_eq!(b.data.vector_index("hnsw").unwrap().lock().tombstones(), 60);
-    assert_eq!(b.data.vector_index("flat").unwrap().lock().len(), N - 50);
+    assert_eq!(b.data.vector_index("hnsw").unwrap().read().tombstones(), 60);
+    assert_eq!(b.data.vector_index("flat").unwrap().read().len(), N - 50);
     assert_same_answers(&a.data, &b.data);
     // The loaded indexes take further writes: ids map back, deletes hide.
     b.applied = a.applied;
@@ -225,7 +225,7 @@ fn a_missing_tampered_or_stale_index_file_is_rebuilt_and_answers_the_same() {
     let (b, report) = install(&snap);
     assert_eq!(report.loaded(), ["flat"]);
     assert!(rebuilt_because(&report, "hnsw").contains("index file"));
-    assert_eq!(b.data.vector_index("hnsw").unwrap().lock().tombstones(), 0);
+    assert_eq!(b.data.vector_index("hnsw").unwrap().read().tombstones(), 0);
     assert_same_answers(&a.data, &b.data);
 
     // Missing: the manifest (as for a collection the sender could not write).

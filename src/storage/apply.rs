@@ -290,6 +290,18 @@ impl<'s> Overlay<'s> {
         self.meta.limits.as_ref()
     }
 
+    /// Bytes of the property index keys of object `id` as `rec` (keys and
+    /// values), under the collection's indexes now.
+    fn index_bytes(&self, id: &str, rec: &ObjectRecord) -> u64 {
+        let Some(paths) = self.meta.indexed.get(&rec.collection) else {
+            return 0;
+        };
+        let value = props::key_value(rec.vector.as_ref().map(|_| rec.vid)).len();
+        props::keys_of(&rec.collection, id, &rec.properties, paths)
+            .map(|k| (k.len() + value) as u64)
+            .sum()
+    }
+
     /// Checks that growing a counter from `before` to `after` is allowed;
     /// records a warning when it crosses the threshold or a soft limit.
     fn check_growth(
@@ -424,8 +436,11 @@ impl<'s> Overlay<'s> {
             rec.vid = self.meta.next_vid;
         }
         let new_size = object_size(&obj.id, &rec)?;
-        let old_size = match &old {
-            Some(o) => object_size(&obj.id, o)?,
+        // Storage bytes count the object's property index keys too; the
+        // per-object size limit counts the object alone.
+        let new_total = new_size + self.index_bytes(&obj.id, &rec);
+        let old_total = match &old {
+            Some(o) => object_size(&obj.id, o)? + self.index_bytes(&obj.id, o),
             None => 0,
         };
         let u = self.meta.usage.clone();
@@ -444,8 +459,8 @@ impl<'s> Overlay<'s> {
             vectors_after,
             u64::from(rec.vector.is_some()),
         )?;
-        let bytes_after = u.bytes.saturating_add(new_size).saturating_sub(old_size);
-        self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_size)?;
+        let bytes_after = u.bytes.saturating_add(new_total).saturating_sub(old_total);
+        self.check_growth(LimitKind::StorageBytes, u.bytes, bytes_after, new_total)?;
         // Checked: now change the overlay.
         if let Some(o) = &old {
             if o.vector.is_some() {
@@ -488,7 +503,7 @@ impl<'s> Overlay<'s> {
                 self.edges.insert((from, label, to), None);
             }
         }
-        let size = object_size(id, &old)?;
+        let size = object_size(id, &old)? + self.index_bytes(id, &old);
         self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
         self.meta.usage.objects = self.meta.usage.objects.saturating_sub(1);
         if old.vector.is_some() {
@@ -930,6 +945,13 @@ fn index_property(
         }
         Ok(true)
     })?;
+    // The keys count toward the tenant's storage bytes, as every later
+    // write's do.
+    let added: u64 = keys.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let before = ov.meta.usage.bytes;
+    let after = before.saturating_add(added);
+    ov.check_growth(LimitKind::StorageBytes, before, after, added)?;
+    ov.meta.usage.bytes = after;
     for (k, v) in &keys {
         batch.put_raw(CF_PROPS, k, v)?;
     }

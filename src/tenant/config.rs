@@ -181,7 +181,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageLimitConfig {
-    /// Bytes of objects and edges.
+    /// Bytes of objects, edges and property index keys.
     pub max_storage_bytes: u64,
     /// Objects.
     pub max_objects: u64,

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use faiss::index::autotune::ParameterSpace;
+use faiss::index::IndexImpl;
 use faiss::index::TryClone;
-use faiss::index::{IndexImpl, SearchWithParamsMut};
 use faiss::search_params::SearchParameters;
 use faiss::selector::IdSelector;
 use faiss::{index_factory, Idx, Index, MetricType};
@@ -274,9 +274,66 @@ impl VectorIndex {
         }
     }
 
+    /// Runs FAISS's search of `q` (one query) for `k` labels, with
+    /// `params` if given, through the C API's const entry points: a FAISS
+    /// search does not change the index and may run on many threads at
+    /// once (the Rust binding asks `&mut` of every index type it cannot
+    /// prove so), so searches of one collection take a shared lock and
+    /// run side by side.
+    fn search_shared(
+        &self,
+        q: &[f32],
+        k: usize,
+        params: Option<&SearchParameters>,
+    ) -> Result<(Vec<f32>, Vec<i64>), Error> {
+        let mut distances = vec![0f32; k];
+        let mut labels = vec![-1i64; k];
+        // SAFETY: `self.index` is a live index of dimension `self.dim`
+        // (`q` is one vector of it, checked by the caller), the outputs
+        // hold `k` entries each, and FAISS's `Index::search` is const and
+        // safe to call concurrently (every mutation takes `&mut self`).
+        let rc = unsafe {
+            let ix = self.index.inner_ptr() as *const faiss_sys::FaissIndex;
+            match params {
+                Some(p) => faiss_sys::faiss_Index_search_with_params(
+                    ix,
+                    1,
+                    q.as_ptr(),
+                    k as faiss_sys::idx_t,
+                    p.inner_ptr() as *const _,
+                    distances.as_mut_ptr(),
+                    labels.as_mut_ptr(),
+                ),
+                None => faiss_sys::faiss_Index_search(
+                    ix,
+                    1,
+                    q.as_ptr(),
+                    k as faiss_sys::idx_t,
+                    distances.as_mut_ptr(),
+                    labels.as_mut_ptr(),
+                ),
+            }
+        };
+        if rc != 0 {
+            // SAFETY: FAISS's last error of this thread, a C string or null.
+            let reason = unsafe {
+                let e = faiss_sys::faiss_get_last_error();
+                if e.is_null() {
+                    format!("error {rc}")
+                } else {
+                    std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                }
+            };
+            return Err(Error::Storage {
+                reason: format!("faiss: {reason}"),
+            });
+        }
+        Ok((distances, labels))
+    }
+
     /// The `k` nearest live vectors, optionally only among `allowed` labels.
     pub fn search(
-        &mut self,
+        &self,
         query: &[f32],
         k: usize,
         allowed: Option<&[u64]>,
@@ -315,21 +372,24 @@ impl VectorIndex {
                     }
                     _ => SearchParameters::new(sel).map_err(faiss_err)?,
                 };
-                let r = self.index.search_with_params(&q, kk, &params);
+                let r = self.search_shared(&q, kk, Some(&params));
                 drop(params);
                 // SAFETY: the selector was created above, is referenced only by
                 // `params` (dropped), and is freed exactly once here.
                 unsafe { faiss_sys::faiss_IDSelector_free(sel_ptr) };
-                r.map_err(faiss_err)?
+                r?
             }
             None => {
                 let kk = (k + self.tombstones.len()).min(self.live.len() + self.tombstones.len());
-                self.index.search(&q, kk).map_err(faiss_err)?
+                self.search_shared(&q, kk, None)?
             }
         };
+        let (distances, labels) = result;
         let mut hits = Vec::with_capacity(k);
-        for (label, d) in result.labels.iter().zip(result.distances.iter()) {
-            let Some(vid) = label.get() else { continue };
+        for (label, d) in labels.iter().zip(distances.iter()) {
+            let Ok(vid) = u64::try_from(*label) else {
+                continue;
+            };
             if self.tombstones.contains(&vid) || !self.live.contains(&vid) {
                 continue;
             }
@@ -464,6 +524,60 @@ mod tests {
         for i in 1..=n {
             let f = i as f32;
             ix.add(i, &[f, f * 0.5, 1.0, -f]).unwrap();
+        }
+    }
+
+    #[test]
+    fn searches_of_one_index_run_on_many_threads_at_once_with_the_same_answers() {
+        for kind in [
+            IndexKind::Flat,
+            IndexKind::Hnsw {
+                m: 8,
+                ef_search: 32,
+            },
+            IndexKind::Ivf {
+                nlist: 4,
+                nprobe: 2,
+            },
+        ] {
+            let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
+            fill(&mut ix, 2_000);
+            for vid in 100..=150 {
+                ix.remove(vid).unwrap();
+            }
+            let queries: Vec<[f32; 4]> = (0..200)
+                .map(|i| {
+                    let f = (i * 9) as f32 + 0.3;
+                    [f, f * 0.5, 1.0, -f]
+                })
+                .collect();
+            let allowed: Vec<u64> = (1..=2_000).step_by(7).collect();
+            let expected: Vec<_> = queries
+                .iter()
+                .map(|q| {
+                    (
+                        ix.search(q, 5, None).unwrap(),
+                        ix.search(q, 3, Some(&allowed)).unwrap(),
+                    )
+                })
+                .collect();
+            let ix = &ix;
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let (queries, expected, allowed) = (&queries, &expected, &allowed);
+                    s.spawn(move || {
+                        for round in 0..5 {
+                            for (i, q) in queries.iter().enumerate().skip((t + round) % 3) {
+                                let got = (
+                                    ix.search(q, 5, None).unwrap(),
+                                    ix.search(q, 3, Some(allowed)).unwrap(),
+                                );
+                                assert_eq!(got, expected[i], "{kind:?} query {i}");
+                            }
+                        }
+                    });
+                }
+            });
         }
     }
 
