@@ -520,6 +520,18 @@ mod tests {
         CollectionSpec::vectors("c", 4).index(kind).metric(metric)
     }
 
+    /// One of each index kind (IVF with `nlist` lists, 2 probed).
+    fn kinds(nlist: u32) -> [IndexKind; 3] {
+        [
+            IndexKind::Flat,
+            IndexKind::Hnsw {
+                m: 8,
+                ef_search: 32,
+            },
+            IndexKind::Ivf { nlist, nprobe: 2 },
+        ]
+    }
+
     fn fill(ix: &mut VectorIndex, n: u64) {
         for i in 1..=n {
             let f = i as f32;
@@ -529,17 +541,7 @@ mod tests {
 
     #[test]
     fn searches_of_one_index_run_on_many_threads_at_once_with_the_same_answers() {
-        for kind in [
-            IndexKind::Flat,
-            IndexKind::Hnsw {
-                m: 8,
-                ef_search: 32,
-            },
-            IndexKind::Ivf {
-                nlist: 4,
-                nprobe: 2,
-            },
-        ] {
+        for kind in kinds(4) {
             let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
             fill(&mut ix, 2_000);
             for vid in 100..=150 {
@@ -583,17 +585,7 @@ mod tests {
 
     #[test]
     fn deleted_vectors_are_never_returned() {
-        for kind in [
-            IndexKind::Flat,
-            IndexKind::Hnsw {
-                m: 8,
-                ef_search: 32,
-            },
-            IndexKind::Ivf {
-                nlist: 2,
-                nprobe: 2,
-            },
-        ] {
+        for kind in kinds(2) {
             let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
             fill(&mut ix, 200);
             let q = [10.0, 5.0, 1.0, -10.0];
