@@ -853,10 +853,8 @@ impl ShardData {
         let Some(ix) = self.vectors.read().get(&s.collection).cloned() else {
             return false;
         };
-        let (live, spec) = {
-            let ix = ix.read();
-            (ix.len() as u64, ix.spec().clone())
-        };
+        let ix = ix.read();
+        let (live, spec) = (ix.len() as u64, ix.spec());
         let dim = u64::from(spec.dimension.unwrap_or(0));
         let compared = match spec.index {
             crate::proto::IndexKind::Flat => live,

@@ -302,6 +302,12 @@ impl<'s> Overlay<'s> {
             .sum()
     }
 
+    /// Bytes object `id` as `rec` counts toward the tenant's storage: the
+    /// object and its property index keys.
+    fn stored_size(&self, id: &str, rec: &ObjectRecord) -> Result<u64, Error> {
+        Ok(object_size(id, rec)? + self.index_bytes(id, rec))
+    }
+
     /// Checks that growing a counter from `before` to `after` is allowed;
     /// records a warning when it crosses the threshold or a soft limit.
     fn check_growth(
@@ -440,7 +446,7 @@ impl<'s> Overlay<'s> {
         // per-object size limit counts the object alone.
         let new_total = new_size + self.index_bytes(&obj.id, &rec);
         let old_total = match &old {
-            Some(o) => object_size(&obj.id, o)? + self.index_bytes(&obj.id, o),
+            Some(o) => self.stored_size(&obj.id, o)?,
             None => 0,
         };
         let u = self.meta.usage.clone();
@@ -503,7 +509,7 @@ impl<'s> Overlay<'s> {
                 self.edges.insert((from, label, to), None);
             }
         }
-        let size = object_size(id, &old)? + self.index_bytes(id, &old);
+        let size = self.stored_size(id, &old)?;
         self.meta.usage.bytes = self.meta.usage.bytes.saturating_sub(size);
         self.meta.usage.objects = self.meta.usage.objects.saturating_sub(1);
         if old.vector.is_some() {
