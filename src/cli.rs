@@ -114,9 +114,10 @@ pub enum Remote {
     Search {
         /// Collection.
         collection: String,
-        /// Query vector as JSON, e.g. '[0.1, 0.2]'.
-        #[arg(long)]
-        vector: String,
+        /// Query vector as JSON, e.g. '[0.1, 0.2]'. Give it several times
+        /// to send the searches in one batch request (at most 256).
+        #[arg(long, required = true)]
+        vector: Vec<String>,
         /// Neighbours.
         #[arg(long, default_value_t = 10)]
         k: u32,
@@ -468,6 +469,19 @@ pub enum CollectionCmd {
     /// Index a property (dotted path) of a collection, for filtered
     /// searches: equality, $in and number ranges on it use the index.
     Index {
+        /// Collection.
+        name: String,
+        /// Property path.
+        property: String,
+    },
+    /// List property indexes (of one collection, or of all).
+    Indexes {
+        /// Only this collection's.
+        name: Option<String>,
+    },
+    /// Drop a property index: its keys are deleted and stop counting
+    /// toward the tenant's storage bytes.
+    DropIndex {
         /// Collection.
         name: String,
         /// Property path.
@@ -1115,6 +1129,15 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 let n = c.index_property(&name, &property).await?;
                 println!("indexed {name}.{property} ({n} objects read)");
             }
+            CollectionCmd::Indexes { name } => table::rows(
+                out,
+                &c.indexes(name.as_deref()).await?,
+                &[("collection", "collection"), ("property", "property")],
+            )?,
+            CollectionCmd::DropIndex { name, property } => {
+                let n = c.drop_index(&name, &property).await?;
+                println!("dropped index {name}.{property} ({n} keys deleted)");
+            }
         },
         Remote::Object { cmd } => match cmd {
             ObjectCmd::Put {
@@ -1206,34 +1229,43 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 .into_iter()
                 .find(|s| s.name == collection)
                 .map(|s| s.metric);
-            let hits = c
-                .search(
-                    VectorSearch {
-                        collection,
-                        vector: parse_vec(&vector)?,
+            let searches = vector
+                .iter()
+                .map(|v| {
+                    Ok(VectorSearch {
+                        collection: collection.clone(),
+                        vector: parse_vec(v)?,
                         k,
-                        filter,
-                    },
-                    false,
-                )
-                .await?;
+                        filter: filter.clone(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let batch = searches.len() > 1;
+            let lists = match <[VectorSearch; 1]>::try_from(searches) {
+                Ok([one]) => vec![c.search(one, false).await?],
+                Err(many) => c.search_batch(many, false).await?,
+            };
             let label = match metric {
                 Some(Metric::L2) => "squared_l2_distance",
                 Some(Metric::Cosine) => "cosine_distance",
                 Some(Metric::InnerProduct) => "inner_product_similarity",
                 None => "score",
             };
-            let rows: Vec<serde_json::Value> = hits
+            let rows: Vec<serde_json::Value> = lists
                 .iter()
                 .enumerate()
-                .map(|(i, h)| serde_json::json!({"rank": i + 1, "id": h.id, label: h.score}))
+                .flat_map(|(q, hits)| {
+                    hits.iter().enumerate().map(move |(i, h)| {
+                        serde_json::json!({"query": q + 1, "rank": i + 1, "id": h.id, label: h.score})
+                    })
+                })
                 .collect();
             let header = label.replace('_', " ");
-            table::rows(
-                out,
-                &rows,
-                &[("rank", "rank"), ("id", "id"), (header.as_str(), label)],
-            )?
+            let mut columns = vec![("rank", "rank"), ("id", "id"), (header.as_str(), label)];
+            if batch {
+                columns.insert(0, ("query", "query"));
+            }
+            table::rows(out, &rows, &columns)?
         }
         Remote::Traverse {
             start,

@@ -114,6 +114,69 @@ async fn every_operation_works_through_the_driver() {
             "{coll}.{prop}: {e:?}"
         );
     }
+    // Listed, then dropped: the search gives the same answer by reading
+    // the collection, and a second drop is NotFound.
+    let listed = c.indexes(None).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| (i.collection.as_str(), i.property.as_str()))
+            .collect::<Vec<_>>(),
+        [("items", "n")]
+    );
+    assert_eq!(c.indexes(Some("items")).await.unwrap(), listed);
+    assert!(matches!(
+        c.indexes(Some("nope")).await.unwrap_err(),
+        vektagraf::proto::Error::NotFound { .. }
+    ));
+    assert_eq!(c.drop_index("items", "n").await.unwrap(), 252);
+    assert!(c.indexes(None).await.unwrap().is_empty());
+    assert!(matches!(
+        c.drop_index("items", "n").await.unwrap_err(),
+        vektagraf::proto::Error::NotFound { .. }
+    ));
+    let unindexed = c
+        .search(
+            VectorSearch {
+                collection: "items".into(),
+                vector: vec![0.0, 1.0, 0.0],
+                k: 5,
+                filter: Some(Filter::parse(r#"{"n": {"$lt": 2}}"#).unwrap()),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(unindexed, filtered);
+    // A batch of searches: each answer as the single search's, in order;
+    // more than MAX_SEARCH_BATCH is refused.
+    let one = |v: Vec<f32>, k: u32, filter: Option<&str>| VectorSearch {
+        collection: "items".into(),
+        vector: v,
+        k,
+        filter: filter.map(|f| Filter::parse(f).unwrap()),
+    };
+    let batch = vec![
+        one(vec![0.9, 0.1, 0.0], 3, None),
+        one(vec![0.0, 1.0, 0.0], 5, Some(r#"{"n": {"$lt": 2}}"#)),
+        one(vec![0.1, 0.2, 0.9], 1, None),
+    ];
+    let lists = c.search_batch(batch.clone(), false).await.unwrap();
+    assert_eq!(lists.len(), 3);
+    for (s, hits) in batch.into_iter().zip(lists) {
+        assert_eq!(hits, c.search(s, false).await.unwrap());
+    }
+    let too_many = vec![one(vec![0.0, 1.0, 0.0], 1, None); vektagraf::db::MAX_SEARCH_BATCH + 1];
+    assert!(matches!(
+        c.search_batch(too_many, false).await.unwrap_err(),
+        vektagraf::proto::Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        c.search_batch(vec![one(vec![1.0], 1, None)], false)
+            .await
+            .unwrap_err(),
+        vektagraf::proto::Error::DimensionMismatch { .. }
+    ));
     let hits = c
         .search(
             VectorSearch {
@@ -348,7 +411,7 @@ async fn malformed_frames_get_typed_errors_and_the_node_keeps_serving() {
     );
     // An unknown version.
     let v9 = vektagraf::codec::encode(&Envelope {
-        version: 9,
+        version: vektagraf::proto::wire::WIRE_VERSION + 1,
         request_id: 1,
         body: Request::Ping,
         leader: None,

@@ -36,8 +36,9 @@ use crate::net::frame::{read_frame, write_frame};
 use crate::net::tls;
 use crate::proto::wire::{Envelope, KeyInfo, KeyKind, Request, Response, ALPN, MAX_FRAME_BYTES};
 use crate::proto::{
-    CollectionSpec, Error, NewObject, Object, OperationType, Query, Result, SearchHit, TenantUsage,
-    Traverse, TraversedNode, VectorSearch, WriteOp, WriteOutcome, WriteResult,
+    CollectionSpec, Error, NewObject, Object, OperationType, PropertyIndex, Query, Result,
+    SearchHit, TenantUsage, Traverse, TraversedNode, VectorSearch, WriteOp, WriteOutcome,
+    WriteResult,
 };
 use crate::tenant::{TenantConfig, TenantUpdate};
 
@@ -500,6 +501,35 @@ impl Client {
         }
     }
 
+    /// The property indexes of `collection`, or of every collection.
+    pub async fn indexes(&self, collection: Option<&str>) -> Result<Vec<PropertyIndex>> {
+        match self
+            .call(Request::ListIndexes {
+                collection: collection.map(str::to_string),
+            })
+            .await?
+        {
+            Response::Indexes(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops a property index (see
+    /// [`Session::drop_index`](crate::Session::drop_index)); returns the
+    /// index keys deleted.
+    pub async fn drop_index(&self, collection: &str, property: &str) -> Result<u64> {
+        match self
+            .call(Request::DropIndex {
+                collection: collection.into(),
+                property: property.into(),
+            })
+            .await?
+        {
+            Response::IndexDropped { keys_removed } => Ok(keys_removed),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Lists collections.
     pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
         match self.call(Request::ListCollections).await? {
@@ -679,6 +709,26 @@ impl Client {
             .await?
         {
             Response::Hits(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Several searches in one request (at most
+    /// [`MAX_SEARCH_BATCH`](crate::db::MAX_SEARCH_BATCH)): one list of
+    /// hits per search, in order.
+    pub async fn search_batch(
+        &self,
+        searches: Vec<VectorSearch>,
+        with_objects: bool,
+    ) -> Result<Vec<Vec<SearchHit>>> {
+        match self
+            .call(Request::SearchBatch {
+                searches,
+                with_objects,
+            })
+            .await?
+        {
+            Response::HitLists(h) => Ok(h),
             other => Err(unexpected(other)),
         }
     }

@@ -224,16 +224,7 @@ impl Database {
             config,
             users,
             collections: meta.collections.values().cloned().collect(),
-            indexes: meta
-                .indexed
-                .iter()
-                .flat_map(|(collection, paths)| {
-                    paths.iter().map(|property| PropertyIndex {
-                        collection: collection.clone(),
-                        property: property.clone(),
-                    })
-                })
-                .collect(),
+            indexes: meta.property_indexes(None),
             storage: meta.usage.clone(),
             requests: t.limiter().request_usage(crate::util::now_ms()),
         };
@@ -356,12 +347,12 @@ impl Database {
                         }
                         None => {}
                     }
-                    match call_write(&t, Command::CreateCollection(spec), timeout).await? {
-                        CommandResult::Done(r) => out.push(r.map(|_| WriteOutcome::Created)),
-                        other => {
-                            return Err(Error::storage(format!("unexpected result {other:?}")))
-                        }
-                    }
+                    out.push(
+                        call_write(&t, Command::CreateCollection(spec), timeout)
+                            .await?
+                            .done()
+                            .map(|_| WriteOutcome::Created),
+                    );
                 }
                 Ok(out)
             }
@@ -436,12 +427,12 @@ impl Database {
                         collection,
                         property,
                     };
-                    match call_write(&t, cmd, timeout).await? {
-                        CommandResult::Done(r) => out.push(r.map(|_| WriteOutcome::Created)),
-                        other => {
-                            return Err(Error::storage(format!("unexpected result {other:?}")))
-                        }
-                    }
+                    out.push(
+                        call_write(&t, cmd, timeout)
+                            .await?
+                            .done()
+                            .map(|_| WriteOutcome::Created),
+                    );
                 }
                 Ok(out)
             }

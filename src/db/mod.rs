@@ -49,7 +49,7 @@ pub(crate) use hibernate::Awake;
 pub use registry::{
     KeyRecord, MetaGroup, Registry, Replica, TenantRecord, TenantState, UserRecord,
 };
-pub use session::{OnceTag, Session, MAX_TRANSACTION_OPS};
+pub use session::{OnceTag, Session, MAX_SEARCH_BATCH, MAX_TRANSACTION_OPS};
 
 /// The tenant used for every session when multi-tenancy is disabled.
 pub const DEFAULT_TENANT: &str = "default";

@@ -20,8 +20,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::proto::{Error, Result};
-use crate::storage::{Command, CommandResult};
+use crate::proto::Result;
+use crate::storage::Command;
 
 use super::{session, Database, Tenant};
 
@@ -88,10 +88,7 @@ async fn purge(
             cutoff_ms,
             max: PURGE_CHUNK,
         };
-        let n = match session::call_write(t, cmd, timeout).await? {
-            CommandResult::Done(r) => r?,
-            other => return Err(Error::storage(format!("unexpected result {other:?}"))),
-        };
+        let n = session::call_write(t, cmd, timeout).await?.done()?;
         removed += n;
         if n < PURGE_CHUNK as u64 {
             return Ok(removed);

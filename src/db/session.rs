@@ -19,8 +19,8 @@ use ractor::ActorRef;
 use crate::limits::{estimate, Cost};
 use crate::proto::{
     CollectionSpec, Edge, Error, LimitExceeded, LimitKind, NewObject, Object, OperationType,
-    Properties, Query, Result, SearchHit, TenantUsage, Traverse, TraversedNode, VectorSearch,
-    WriteOp, WriteOutcome, WriteResult,
+    Properties, PropertyIndex, Query, Result, SearchHit, TenantUsage, Traverse, TraversedNode,
+    VectorSearch, WriteOp, WriteOutcome, WriteResult,
 };
 use crate::shard::{Consistency, ReadOp, ReadResult, ShardData, ShardMsg};
 use crate::storage::{self, Command, CommandResult, ObjectRecord};
@@ -42,6 +42,9 @@ pub struct OnceTag {
 
 /// Most ops in one transaction (a transaction is one raft entry).
 pub const MAX_TRANSACTION_OPS: usize = 10_000;
+
+/// Most searches in one batch search request.
+pub const MAX_SEARCH_BATCH: usize = 256;
 
 /// A (tenant, user) context. All its operations touch only its tenant.
 #[derive(Clone)]
@@ -472,10 +475,10 @@ impl Session {
         storage::check_collection(&spec)?;
         let _awake = self.hold().await?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match self.propose(Command::CreateCollection(spec), 0).await? {
-            CommandResult::Done(r) => r.map(|_| ()),
-            other => Err(Error::storage(format!("unexpected result {other:?}"))),
-        }
+        self.propose(Command::CreateCollection(spec), 0)
+            .await?
+            .done()
+            .map(|_| ())
     }
 
     /// Indexes `property` (a dotted path) of `collection`: a filtered
@@ -492,23 +495,45 @@ impl Session {
             collection: collection.to_string(),
             property: property.to_string(),
         };
-        match self.propose(cmd, 0).await? {
-            CommandResult::Done(r) => r,
-            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        self.propose(cmd, 0).await?.done()
+    }
+
+    /// Drops the index of `property` of `collection`: its keys are
+    /// deleted and no longer count toward the tenant's storage bytes;
+    /// filtered searches on the property then plan without it. Returns
+    /// the keys deleted; an index that does not exist is `NotFound`.
+    pub async fn drop_index(&self, collection: &str, property: &str) -> Result<u64> {
+        let _awake = self.hold().await?;
+        let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
+        let cmd = Command::DropPropertyIndex {
+            collection: collection.to_string(),
+            property: property.to_string(),
+        };
+        self.propose(cmd, 0).await?.done()
+    }
+
+    /// The tenant's property indexes, of `collection` or of every
+    /// collection, sorted by collection and property. Naming a collection
+    /// that does not exist is `NotFound`.
+    pub async fn indexes(&self, collection: Option<&str>) -> Result<Vec<PropertyIndex>> {
+        let _awake = self.hold().await?;
+        let data = self.tenant.data()?;
+        if let Some(c) = collection {
+            if data.collection(c).is_none() {
+                return Err(Error::not_found("collection", c));
+            }
         }
+        Ok(data.property_indexes(collection))
     }
 
     /// Removes an empty collection.
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         let _awake = self.hold().await?;
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
-        match self
-            .propose(Command::DropCollection(name.to_string()), 0)
+        self.propose(Command::DropCollection(name.to_string()), 0)
             .await?
-        {
-            CommandResult::Done(r) => r.map(|_| ()),
-            other => Err(Error::storage(format!("unexpected result {other:?}"))),
-        }
+            .done()
+            .map(|_| ())
     }
 
     /// The tenant's collections.
@@ -533,10 +558,7 @@ impl Session {
             cutoff_ms,
             max,
         };
-        match self.propose(cmd, 0).await? {
-            CommandResult::Done(r) => r,
-            other => Err(Error::storage(format!("unexpected result {other:?}"))),
-        }
+        self.propose(cmd, 0).await?.done()
     }
 
     // ----- reads -----
@@ -618,6 +640,57 @@ impl Session {
             .await?
         {
             ReadResult::Hits(h) => Ok(h),
+            _ => Err(Error::storage("unexpected read result")),
+        }
+    }
+
+    /// Several k-NN searches in one request (at most
+    /// [`MAX_SEARCH_BATCH`]), answered in
+    /// order: the unfiltered ones of a collection go to FAISS in one call,
+    /// spread over the cores. It is admitted as one vector-search request
+    /// whose cost is the sum of its searches' (so `complexity_limit` and
+    /// `max_result_size` bound the whole batch). Any bad search fails the
+    /// batch; results are not cached. With 20 or more queries for one
+    /// flat (or IVF) index, FAISS computes the distances with BLAS, so a
+    /// score may differ from the single search's in its last bits.
+    pub async fn vector_search_batch(
+        &self,
+        searches: Vec<VectorSearch>,
+        with_objects: bool,
+    ) -> Result<Vec<Vec<SearchHit>>> {
+        if searches.len() > MAX_SEARCH_BATCH {
+            return Err(Error::invalid(
+                "searches",
+                format!(
+                    "{} searches; at most {} per request",
+                    searches.len(),
+                    MAX_SEARCH_BATCH
+                ),
+            ));
+        }
+        for s in &searches {
+            if let Some(f) = &s.filter {
+                f.validate()?;
+            }
+        }
+        let _awake = self.hold().await?;
+        let data = self.tenant.data()?;
+        for s in &searches {
+            let spec = data
+                .collection(&s.collection)
+                .ok_or_else(|| Error::not_found("collection", &s.collection))?;
+            storage::check_vector(&spec, &s.vector)?;
+        }
+        let cost = estimate::vector_search_batch(&searches);
+        match self
+            .read_awake(
+                OperationType::VectorSearch,
+                cost,
+                ReadOp::SearchBatch(searches, with_objects),
+            )
+            .await?
+        {
+            ReadResult::HitLists(h) => Ok(h),
             _ => Err(Error::storage("unexpected read result")),
         }
     }

@@ -91,6 +91,20 @@ pub mod estimate {
         }
     }
 
+    /// Several vector searches in one request: the sum of theirs.
+    pub fn vector_search_batch(searches: &[VectorSearch]) -> Cost {
+        searches.iter().map(vector_search).fold(
+            Cost {
+                complexity: 0,
+                result_size: 0,
+            },
+            |a, c| Cost {
+                complexity: a.complexity.saturating_add(c.complexity),
+                result_size: a.result_size.saturating_add(c.result_size),
+            },
+        )
+    }
+
     /// A traversal.
     pub fn traverse(t: &Traverse) -> Cost {
         Cost {
@@ -142,6 +156,12 @@ impl WorkMeter {
     /// search reads come on top).
     pub fn for_search(limit: u64, s: &VectorSearch) -> Self {
         Self::new(limit, estimate::vector_search(s).complexity)
+    }
+
+    /// For a batch of vector searches: the sum of their estimates (the
+    /// rows their filters read come on top), against one limit.
+    pub fn for_search_batch(limit: u64, searches: &[VectorSearch]) -> Self {
+        Self::new(limit, estimate::vector_search_batch(searches).complexity)
     }
 
     /// For a traversal: base `10·max_depth + 5·labels`; each node returned

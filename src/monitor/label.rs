@@ -54,11 +54,17 @@ pub enum Operation {
     Migrate,
     /// `IndexProperty`.
     IndexProperty,
+    /// `ListIndexes`.
+    ListIndexes,
+    /// `DropIndex`.
+    DropIndex,
+    /// `SearchBatch`.
+    SearchBatch,
 }
 
 impl Operation {
     /// Every operation, in label-index order.
-    pub const ALL: [Operation; 22] = [
+    pub const ALL: [Operation; 25] = [
         Operation::Ping,
         Operation::Session,
         Operation::CreateCollection,
@@ -81,6 +87,9 @@ impl Operation {
         Operation::Cluster,
         Operation::Migrate,
         Operation::IndexProperty,
+        Operation::ListIndexes,
+        Operation::DropIndex,
+        Operation::SearchBatch,
     ];
 
     /// The operation of `req`.
@@ -92,6 +101,8 @@ impl Operation {
             CreateCollection(_) => Operation::CreateCollection,
             DropCollection(_) => Operation::DropCollection,
             IndexProperty { .. } => Operation::IndexProperty,
+            ListIndexes { .. } => Operation::ListIndexes,
+            DropIndex { .. } => Operation::DropIndex,
             ListCollections => Operation::ListCollections,
             Put(_) => Operation::Put,
             Update { .. } => Operation::Update,
@@ -102,6 +113,7 @@ impl Operation {
             Query(_) => Operation::Query,
             Scan { .. } => Operation::Scan,
             Search { .. } => Operation::Search,
+            SearchBatch { .. } => Operation::SearchBatch,
             Traverse(_) => Operation::Traverse,
             Usage(_) => Operation::Usage,
             CanPerform(_) => Operation::CanPerform,
@@ -163,6 +175,9 @@ impl Operation {
             Operation::Cluster => "admin_cluster",
             Operation::Migrate => "admin_migrate",
             Operation::IndexProperty => "index_property",
+            Operation::ListIndexes => "list_indexes",
+            Operation::DropIndex => "drop_index",
+            Operation::SearchBatch => "search_batch",
         }
     }
 

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{CollectionSpec, Edge, Object, RequestUsage, StorageUsage};
 
+pub use super::PropertyIndex;
+
 /// Most records in one export page.
 pub const MAX_PAGE_ITEMS: u32 = 1_000;
 /// About the most bytes of records in one export page (a page stops
@@ -71,15 +73,6 @@ pub struct ExportHead {
     pub storage: StorageUsage,
     /// Request counters (the leader's limiter when the export opened).
     pub requests: RequestUsage,
-}
-
-/// A property index of a collection (`Session::index_property`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PropertyIndex {
-    /// The collection.
-    pub collection: String,
-    /// The indexed property (a dotted path).
-    pub property: String,
 }
 
 /// Which records an export page reads.

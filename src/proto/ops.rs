@@ -178,6 +178,15 @@ pub enum IndexKind {
     },
 }
 
+/// A property index of a collection (`Session::index_property`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PropertyIndex {
+    /// The collection.
+    pub collection: String,
+    /// The indexed property (a dotted path).
+    pub property: String,
+}
+
 /// Declares a collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionSpec {

@@ -19,7 +19,7 @@ use crate::codec;
 /// ALPN of the client protocol.
 pub const ALPN: &[u8] = b"vektagraf/1";
 /// The envelope version this build speaks.
-pub const WIRE_VERSION: u16 = 8;
+pub const WIRE_VERSION: u16 = 9;
 /// Largest frame accepted (16 MiB).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -408,6 +408,31 @@ pub enum Request {
         /// Dotted property path.
         property: String,
     },
+    /// The tenant's property indexes, of one collection or of all.
+    /// Answers [`Response::Indexes`].
+    ListIndexes {
+        /// Only this collection's (all when `None`).
+        collection: Option<String>,
+    },
+    /// Drops a property index: its keys are deleted and stop counting
+    /// toward storage bytes; filtered searches on the property then read
+    /// the collection. Answers [`Response::IndexDropped`].
+    DropIndex {
+        /// Collection.
+        collection: String,
+        /// Dotted property path.
+        property: String,
+    },
+    /// Several vector searches in one request (at most
+    /// `db::MAX_SEARCH_BATCH`), answered in order with
+    /// [`Response::HitLists`]; counted as one vector-search request whose
+    /// cost is the sum of its searches'.
+    SearchBatch {
+        /// The searches.
+        searches: Vec<VectorSearch>,
+        /// Include objects in hits.
+        with_objects: bool,
+    },
 }
 
 impl Request {
@@ -418,14 +443,15 @@ impl Request {
             CreateCollection(_)
             | DropCollection(_)
             | IndexProperty { .. }
+            | DropIndex { .. }
             | Put(_)
             | Update { .. }
             | Delete(_)
             | Transaction(_)
             | Batch(_) => OperationType::Write,
-            Get(_) | ListCollections | CanPerform(_) => OperationType::Read,
+            Get(_) | ListCollections | ListIndexes { .. } | CanPerform(_) => OperationType::Read,
             Query(_) | Scan { .. } => OperationType::Query,
-            Search { .. } => OperationType::VectorSearch,
+            Search { .. } | SearchBatch { .. } => OperationType::VectorSearch,
             Traverse(_) => OperationType::GraphTraverse,
             Stale(inner) => return inner.operation(),
             Once { request, .. } => return request.operation(),
@@ -527,6 +553,16 @@ pub enum Response {
         /// Objects read to fill it (0: it existed already).
         objects_read: u64,
     },
+    /// Property indexes, by collection and property (`ListIndexes`).
+    Indexes(Vec<crate::proto::PropertyIndex>),
+    /// A property index was dropped (`DropIndex`).
+    IndexDropped {
+        /// Index keys deleted (one per object that held an indexable
+        /// value there).
+        keys_removed: u64,
+    },
+    /// The hits of each search of a `SearchBatch`, in order.
+    HitLists(Vec<Vec<SearchHit>>),
 }
 
 /// A tenant shard group's placement, as one of its replicas sees it.

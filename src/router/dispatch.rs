@@ -318,6 +318,13 @@ pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
             objects_read: s.index_property(&collection, &property).await?,
         },
         ListCollections => Response::Collections(s.collections().await?),
+        ListIndexes { collection } => Response::Indexes(s.indexes(collection.as_deref()).await?),
+        DropIndex {
+            collection,
+            property,
+        } => Response::IndexDropped {
+            keys_removed: s.drop_index(&collection, &property).await?,
+        },
         Put(obj) => Response::Write(s.put(obj).await?),
         Update {
             id,
@@ -349,6 +356,10 @@ pub async fn data(s: &Session, req: Request) -> Result<Response, Error> {
         } else {
             s.vector_search_ids(search).await?
         }),
+        SearchBatch {
+            searches,
+            with_objects,
+        } => Response::HitLists(s.vector_search_batch(searches, with_objects).await?),
         Traverse(t) => Response::Nodes(s.traverse(t).await?),
         Usage(None) => Response::Usage(Box::new(s.leader_usage().await?)),
         Usage(Some(t)) => {

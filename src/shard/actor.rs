@@ -43,6 +43,8 @@ pub enum ReadOp {
     Query(Query),
     /// Vector search.
     Search(VectorSearch, bool),
+    /// Several vector searches (with objects or not), answered in order.
+    SearchBatch(Vec<VectorSearch>, bool),
     /// Traversal.
     Traverse(Traverse),
     /// A page of a collection in id order, after an id.
@@ -58,6 +60,8 @@ pub enum ReadResult {
     Objects(Vec<Object>),
     /// Search.
     Hits(Vec<SearchHit>),
+    /// A batch of searches: one list of hits per search, in order.
+    HitLists(Vec<Vec<SearchHit>>),
     /// Traversal.
     Nodes(Vec<TraversedNode>),
 }
@@ -552,6 +556,13 @@ pub async fn read(
         ReadOp::Search(s, with_objects) => data
             .vector_search(&s, with_objects, &mut WorkMeter::for_search(limit, &s))
             .map(ReadResult::Hits),
+        ReadOp::SearchBatch(ss, with_objects) => data
+            .vector_search_batch(
+                &ss,
+                with_objects,
+                &mut WorkMeter::for_search_batch(limit, &ss),
+            )
+            .map(ReadResult::HitLists),
         ReadOp::Traverse(t) => data
             .traverse(&t, &mut WorkMeter::for_traverse(limit, &t))
             .map(ReadResult::Nodes),

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use crate::proto::{CacheUsage, Object, Query, VectorSearch};
+use crate::proto::{CacheUsage, Object, Query, SearchHit, VectorSearch};
 use crate::tenant::CacheLimits;
 
 use super::actor::{ReadOp, ReadResult};
@@ -384,7 +384,9 @@ pub fn key_of(op: &ReadOp, complexity_limit: u64) -> Option<Vec<u8>> {
         ReadOp::Get(id) => KeyOf::Get(id),
         ReadOp::Query(q) => KeyOf::Query(q),
         ReadOp::Search(s, with_objects) => KeyOf::Search(s, *with_objects),
-        ReadOp::Traverse(_) | ReadOp::Scan(..) => return None,
+        // A batch of searches is most often of queries never seen again
+        // (bulk users), and one key per batch would rarely hit.
+        ReadOp::Traverse(_) | ReadOp::Scan(..) | ReadOp::SearchBatch(..) => return None,
     };
     crate::codec::encode(&(k, complexity_limit)).ok()
 }
@@ -398,12 +400,8 @@ pub fn result_bytes(r: &ReadResult) -> u64 {
     match r {
         ReadResult::Object(o) => o.as_ref().map_or(8, object_bytes),
         ReadResult::Objects(v) => 24 + v.iter().map(object_bytes).sum::<u64>(),
-        ReadResult::Hits(h) => {
-            24 + h
-                .iter()
-                .map(|h| 48 + h.id.len() as u64 + h.object.as_ref().map_or(0, object_bytes))
-                .sum::<u64>()
-        }
+        ReadResult::Hits(h) => hits_bytes(h),
+        ReadResult::HitLists(lists) => 24 + lists.iter().map(|h| hits_bytes(h)).sum::<u64>(),
         ReadResult::Nodes(n) => {
             24 + n
                 .iter()
@@ -411,6 +409,13 @@ pub fn result_bytes(r: &ReadResult) -> u64 {
                 .sum::<u64>()
         }
     }
+}
+
+fn hits_bytes(h: &[SearchHit]) -> u64 {
+    24 + h
+        .iter()
+        .map(|h| 48 + h.id.len() as u64 + h.object.as_ref().map_or(0, object_bytes))
+        .sum::<u64>()
 }
 
 fn object_bytes(o: &Object) -> u64 {

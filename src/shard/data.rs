@@ -71,22 +71,42 @@ fn nearest(
     query: &[f32],
     k: usize,
 ) -> Result<Vec<(String, f32)>, Error> {
-    let (hits, known) = {
+    Ok(nearest_many(store, ix, &[query], k)?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// [`nearest`] for several queries of one index and one `k`, in one FAISS
+/// call: each query's (object id, score) list.
+fn nearest_many(
+    store: &ShardStore,
+    ix: &RwLock<VectorIndex>,
+    queries: &[&[f32]],
+    k: usize,
+) -> Result<Vec<Vec<(String, f32)>>, Error> {
+    let (lists, known) = {
         let ix = ix.read();
-        let hits = ix.search(query, k, None)?;
-        let known: Vec<Option<Arc<str>>> = hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect();
-        (hits, known)
+        let lists = ix.search_many(queries, k)?;
+        let known: Vec<Vec<Option<Arc<str>>>> = lists
+            .iter()
+            .map(|hits| hits.iter().map(|(vid, _)| ix.id_of(*vid)).collect())
+            .collect();
+        (lists, known)
     };
-    let mut out = Vec::with_capacity(hits.len());
-    for ((vid, score), known) in hits.into_iter().zip(known) {
-        let id = match known {
-            Some(id) => id.to_string(),
-            None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
-                Some(id) => String::from_utf8_lossy(&id).into_owned(),
-                None => continue,
-            },
-        };
-        out.push((id, score));
+    let mut out = Vec::with_capacity(lists.len());
+    for (hits, known) in lists.into_iter().zip(known) {
+        let mut named = Vec::with_capacity(hits.len());
+        for ((vid, score), known) in hits.into_iter().zip(known) {
+            let id = match known {
+                Some(id) => id.to_string(),
+                None => match store.get_raw(CF_VIDS, &vid.to_be_bytes())? {
+                    Some(id) => String::from_utf8_lossy(&id).into_owned(),
+                    None => continue,
+                },
+            };
+            named.push((id, score));
+        }
+        out.push(named);
     }
     Ok(out)
 }
@@ -360,6 +380,11 @@ impl ShardData {
     /// All collections.
     pub fn collections(&self) -> Vec<CollectionSpec> {
         self.meta.read().collections.values().cloned().collect()
+    }
+
+    /// The property indexes, of `collection` or of all, sorted.
+    pub fn property_indexes(&self, collection: Option<&str>) -> Vec<crate::proto::PropertyIndex> {
+        self.meta.read().property_indexes(collection)
     }
 
     /// The answer remembered for part `part` of a client's exactly-once
@@ -707,6 +732,65 @@ impl ShardData {
             out.push(SearchHit { id, score, object });
         }
         Ok(out)
+    }
+
+    /// Several k-NN searches, answered in order. The unfiltered searches
+    /// of one collection go to FAISS in one call (for the largest `k` of
+    /// them, each answer cut to its own `k`), which spreads them over the
+    /// cores; filtered ones run as [`vector_search`](Self::vector_search)
+    /// does, all on one `meter`. The first bad search (unknown
+    /// collection, wrong dimension) fails the whole batch.
+    pub fn vector_search_batch(
+        &self,
+        searches: &[VectorSearch],
+        with_objects: bool,
+        meter: &mut WorkMeter,
+    ) -> Result<Vec<Vec<SearchHit>>, Error> {
+        for s in searches {
+            let spec = self
+                .collection(&s.collection)
+                .ok_or_else(|| Error::not_found("collection", &s.collection))?;
+            storage::check_vector(&spec, &s.vector)?;
+        }
+        self.catch_up()?;
+        let mut out: Vec<Option<Vec<SearchHit>>> = vec![None; searches.len()];
+        // Unfiltered searches by collection, in order of first appearance.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, s) in searches.iter().enumerate() {
+            if s.filter.is_some() {
+                out[i] = Some(self.vector_search(s, with_objects, meter)?);
+            } else {
+                match groups.iter_mut().find(|(c, _)| *c == s.collection) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((&s.collection, vec![i])),
+                }
+            }
+        }
+        let store = self.store();
+        for (collection, members) in groups {
+            let ix = self
+                .vectors
+                .read()
+                .get(collection)
+                .cloned()
+                .ok_or_else(|| Error::not_found("collection", collection))?;
+            let queries: Vec<&[f32]> = members
+                .iter()
+                .map(|&i| searches[i].vector.as_slice())
+                .collect();
+            let k = members.iter().map(|&i| searches[i].k).max().unwrap_or(0);
+            let lists = nearest_many(&store, &ix, &queries, k as usize)?;
+            for (&i, mut hits) in members.iter().zip(lists) {
+                hits.truncate(searches[i].k as usize);
+                let mut named = Vec::with_capacity(hits.len());
+                for (id, score) in hits {
+                    let object = if with_objects { self.get(&id)? } else { None };
+                    named.push(SearchHit { id, score, object });
+                }
+                out[i] = Some(named);
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// A vector search under a filter, planned by selectivity (see
@@ -1863,6 +1947,188 @@ mod tests {
             .collect();
         apply(write(deletes));
         assert_eq!(data.usage().bytes, 0);
+    }
+
+    #[test]
+    fn a_batch_search_answers_each_search_as_it_would_alone() {
+        let (_dir, data) = indexed_rows();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        apply(&Command::CreateCollection(CollectionSpec::vectors("d", 4)));
+        let mut ops: Vec<WriteOp> = (0..300u32)
+            .map(|i| {
+                WriteOp::Put(
+                    NewObject::new("d", &format!("d{i}"), serde_json::json!({"i": i}))
+                        .with_vector(row(i * 3)),
+                )
+            })
+            .collect();
+        // Deleted objects of `c`: neither answer may hold them.
+        ops.extend((0..200).map(|i| WriteOp::Delete {
+            id: format!("o{}", i * 7),
+        }));
+        apply(&Command::Write {
+            ops,
+            atomic: true,
+            now_ms: 2,
+        });
+        let search = |c: &str, i: u32, k: u32, filter: Option<&str>| VectorSearch {
+            collection: c.into(),
+            vector: row(i * 11 + 1),
+            k,
+            filter: filter.map(|f| crate::proto::Filter::parse(f).unwrap()),
+        };
+        let searches = vec![
+            search("c", 1, 10, None),
+            search("d", 2, 3, None),
+            search("c", 3, 1, None),
+            search("c", 4, 10, Some(r#"{"p10": 3}"#)),
+            search("d", 5, 20, None),
+            search("c", 6, 25, None),
+            search("c", 7, 10, Some(r#"{"tag": "t2"}"#)),
+        ];
+        for with_objects in [false, true] {
+            let mut meter = WorkMeter::unbounded();
+            let got = data
+                .vector_search_batch(&searches, with_objects, &mut meter)
+                .unwrap();
+            assert_eq!(got.len(), searches.len());
+            for (s, hits) in searches.iter().zip(&got) {
+                let alone = data
+                    .vector_search(s, with_objects, &mut WorkMeter::unbounded())
+                    .unwrap();
+                assert_eq!(hits, &alone, "{s:?}");
+                assert_eq!(hits.len(), s.k as usize);
+                assert!(hits.iter().all(|h| h.object.is_some() == with_objects));
+            }
+            // The filtered searches' reads are counted on the one meter.
+            assert!(meter.touched() > 0);
+        }
+        assert!(data
+            .vector_search_batch(&[], false, &mut WorkMeter::unbounded())
+            .unwrap()
+            .is_empty());
+        // One bad search fails the batch.
+        let mut bad = searches.clone();
+        bad.push(search("nope", 1, 1, None));
+        assert!(matches!(
+            data.vector_search_batch(&bad, false, &mut WorkMeter::unbounded()),
+            Err(Error::NotFound { .. })
+        ));
+        bad.pop();
+        bad.push(VectorSearch {
+            vector: vec![1.0; 3],
+            ..search("d", 1, 1, None)
+        });
+        assert!(matches!(
+            data.vector_search_batch(&bad, false, &mut WorkMeter::unbounded()),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        // A small complexity limit stops the filtered reads.
+        assert!(matches!(
+            data.vector_search_batch(&searches, false, &mut WorkMeter::new(200, 0)),
+            Err(Error::LimitExceeded(_))
+        ));
+    }
+
+    #[test]
+    fn a_dropped_index_loses_its_keys_and_their_bytes_and_stays_dropped() {
+        let (dir, data) = indexed_rows();
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        let drop_index = |p: &str| Command::DropPropertyIndex {
+            collection: "c".into(),
+            property: p.into(),
+        };
+        let keys = |data: &ShardData, p: &str| {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            data.store()
+                .scan_prefix(
+                    storage::CF_PROPS,
+                    &storage::props::property_prefix("c", p),
+                    |k, v| {
+                        n += 1;
+                        bytes += (k.len() + v.len()) as u64;
+                        Ok(true)
+                    },
+                )
+                .unwrap();
+            (n, bytes)
+        };
+        let q = row(5);
+        let (exact, read_indexed) = filtered(&data, &q, r#"{"p10": 3}"#);
+        let before = data.usage().bytes;
+        let (n, p10_bytes) = keys(&data, "p10");
+        assert_eq!(n, 20_000);
+        let p2_before = keys(&data, "p2");
+        assert!(matches!(
+            apply(&drop_index("p10")),
+            CommandResult::Done(Ok(20_000))
+        ));
+        assert_eq!(keys(&data, "p10"), (0, 0));
+        // The neighbouring indexes keep every key ("p2" sorts right after
+        // "p10"'s range; "price" shares its first letter).
+        assert_eq!(keys(&data, "p2"), p2_before);
+        assert_eq!(keys(&data, "price").0, 20_000);
+        assert_eq!(data.usage().bytes, before - p10_bytes);
+        assert_eq!(
+            data.property_indexes(None)
+                .into_iter()
+                .map(|i| i.property)
+                .collect::<Vec<_>>(),
+            ["p2", "price"]
+        );
+        // The same answer, now from reading the collection.
+        let (got, read_all) = filtered(&data, &q, r#"{"p10": 3}"#);
+        assert_eq!(got, exact);
+        assert!(
+            read_all >= 20_000 && read_indexed < 20_000,
+            "{read_indexed} then {read_all}"
+        );
+        // Again: not found, and nothing changes.
+        assert!(matches!(
+            apply(&drop_index("p10")),
+            CommandResult::Done(Err(Error::NotFound { .. }))
+        ));
+        assert!(matches!(
+            data.apply(
+                Some(&Command::DropPropertyIndex {
+                    collection: "nope".into(),
+                    property: "p2".into()
+                }),
+                b"log-id",
+                None
+            ),
+            Ok(CommandResult::Done(Err(Error::NotFound { .. })))
+        ));
+        assert_eq!(data.usage().bytes, before - p10_bytes);
+        // Writes after the drop keep no key for it, and every byte is
+        // given back when the objects go.
+        drop(data);
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        assert_eq!(data.property_indexes(Some("c")).len(), 2);
+        let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
+        apply(&Command::Write {
+            ops: vec![WriteOp::Put(
+                NewObject::new("c", "o1", serde_json::json!({"p10": 7})).with_vector(row(1)),
+            )],
+            atomic: true,
+            now_ms: 2,
+        });
+        assert_eq!(keys(&data, "p10"), (0, 0));
+        for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+            let ops = chunk
+                .iter()
+                .map(|&i| WriteOp::Delete {
+                    id: format!("o{i}"),
+                })
+                .collect();
+            apply(&Command::Write {
+                ops,
+                atomic: true,
+                now_ms: 3,
+            });
+        }
+        assert_eq!(data.usage().bytes, 0);
+        assert_eq!((keys(&data, "p2").0, keys(&data, "price").0), (0, 0));
     }
 
     #[test]

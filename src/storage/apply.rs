@@ -66,6 +66,24 @@ impl ShardMeta {
             indexed: std::sync::Arc::new(indexed),
         })
     }
+
+    /// The property indexes, of `collection` or of all, sorted by
+    /// collection and property.
+    pub fn property_indexes(&self, collection: Option<&str>) -> Vec<crate::proto::PropertyIndex> {
+        let mut out: Vec<_> = self
+            .indexed
+            .iter()
+            .filter(|(c, _)| collection.is_none_or(|only| only == c.as_str()))
+            .flat_map(|(c, paths)| {
+                paths.iter().map(|p| crate::proto::PropertyIndex {
+                    collection: c.clone(),
+                    property: p.clone(),
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 /// A change the vector indexes must make once the batch is written.
@@ -696,6 +714,10 @@ pub fn apply(
             collection,
             property,
         } => CommandResult::Done(index_property(&mut ov, batch, collection, property)),
+        Command::DropPropertyIndex {
+            collection,
+            property,
+        } => CommandResult::Done(drop_property_index(&mut ov, batch, collection, property)),
         Command::SetLimits(l) => {
             ov.meta.limits = Some(l.clone());
             batch.put(CF_META, meta_key::LIMITS, l)?;
@@ -967,6 +989,52 @@ fn index_property(
         .or_default()
         .push(property.to_string());
     Ok(read)
+}
+
+/// [`Command::DropPropertyIndex`]: deletes the index's declaration and
+/// its keys (one range delete), and takes the keys' bytes off the storage
+/// bytes. Adds nothing to `batch` when it fails.
+fn drop_property_index(
+    ov: &mut Overlay<'_>,
+    batch: &mut Batch<'_>,
+    collection: &str,
+    property: &str,
+) -> Result<u64, Error> {
+    let declared = ov
+        .meta
+        .indexed
+        .get(collection)
+        .is_some_and(|paths| paths.iter().any(|p| p == property));
+    if !declared {
+        return Err(Error::not_found(
+            "property index",
+            format!("{collection}.{property}"),
+        ));
+    }
+    let prefix = props::property_prefix(collection, property);
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    ov.store.scan_prefix(CF_PROPS, &prefix, |k, v| {
+        keys += 1;
+        bytes += (k.len() + v.len()) as u64;
+        Ok(true)
+    })?;
+    // The prefix ends in the 0x00 after the path: every key of this
+    // index, and no other, sorts below the same prefix ending in 0x01.
+    let mut end = prefix.clone();
+    if let Some(last) = end.last_mut() {
+        *last = 1;
+    }
+    batch.delete_range(CF_PROPS, &prefix, &end)?;
+    batch.delete(CF_META, &props::declared_key(collection, property))?;
+    ov.meta.usage.bytes = ov.meta.usage.bytes.saturating_sub(bytes);
+    let indexed = std::sync::Arc::make_mut(&mut ov.meta.indexed);
+    if let Some(paths) = indexed.get_mut(collection) {
+        paths.retain(|p| p != property);
+        if paths.is_empty() {
+            indexed.remove(collection);
+        }
+    }
+    Ok(keys)
 }
 
 fn drop_collection(ov: &mut Overlay<'_>, name: &str) -> Result<u64, Error> {

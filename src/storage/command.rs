@@ -97,6 +97,16 @@ pub enum Command {
         /// Dotted property path.
         property: String,
     },
+    /// Drops a property index: deletes its declaration and every key of
+    /// it, and takes their bytes off the tenant's storage bytes. The
+    /// result is the number of keys deleted; an index that does not exist
+    /// is `NotFound`.
+    DropPropertyIndex {
+        /// Collection.
+        collection: String,
+        /// Dotted property path.
+        property: String,
+    },
 }
 
 impl Command {
@@ -116,6 +126,7 @@ impl Command {
             // The index changes how a filtered search finds its
             // candidates, never which objects match.
             Command::IndexProperty { .. }
+            | Command::DropPropertyIndex { .. }
             | Command::SetLimits(_)
             | Command::CheckpointQuota(_)
             | Command::SetQuota(_)
@@ -215,6 +226,10 @@ impl fmt::Display for Command {
                 collection,
                 property,
             } => write!(f, "index_property({collection}.{property})"),
+            Command::DropPropertyIndex {
+                collection,
+                property,
+            } => write!(f, "drop_property_index({collection}.{property})"),
             Command::Restore { objects, edges } => {
                 write!(
                     f,
@@ -251,4 +266,16 @@ pub enum CommandResult {
         /// After.
         after: Box<QuotaCounters>,
     },
+}
+
+impl CommandResult {
+    /// The outcome of a command that succeeds or fails as a whole
+    /// ([`CommandResult::Done`]); any other result is a storage error (a
+    /// command answered with the wrong kind of result).
+    pub fn done(self) -> Result<u64, Error> {
+        match self {
+            CommandResult::Done(r) => r,
+            other => Err(Error::storage(format!("unexpected result {other:?}"))),
+        }
+    }
 }

@@ -286,18 +286,20 @@ impl VectorIndex {
         k: usize,
         params: Option<&SearchParameters>,
     ) -> Result<(Vec<f32>, Vec<i64>), Error> {
-        let mut distances = vec![0f32; k];
-        let mut labels = vec![-1i64; k];
-        // SAFETY: `self.index` is a live index of dimension `self.dim`
-        // (`q` is one vector of it, checked by the caller), the outputs
-        // hold `k` entries each, and FAISS's `Index::search` is const and
-        // safe to call concurrently (every mutation takes `&mut self`).
+        // Every query is `self.dim` long (checked by the callers).
+        let n = q.len() / self.dim.max(1);
+        let mut distances = vec![0f32; n * k];
+        let mut labels = vec![-1i64; n * k];
+        // SAFETY: `self.index` is a live index of dimension `self.dim`,
+        // `q` holds `n` vectors of it, the outputs hold `n * k` entries
+        // each, and FAISS's `Index::search` is const and safe to call
+        // concurrently (every mutation takes `&mut self`).
         let rc = unsafe {
             let ix = self.index.inner_ptr() as *const faiss_sys::FaissIndex;
             match params {
                 Some(p) => faiss_sys::faiss_Index_search_with_params(
                     ix,
-                    1,
+                    n as faiss_sys::idx_t,
                     q.as_ptr(),
                     k as faiss_sys::idx_t,
                     p.inner_ptr() as *const _,
@@ -306,7 +308,7 @@ impl VectorIndex {
                 ),
                 None => faiss_sys::faiss_Index_search(
                     ix,
-                    1,
+                    n as faiss_sys::idx_t,
                     q.as_ptr(),
                     k as faiss_sys::idx_t,
                     distances.as_mut_ptr(),
@@ -348,45 +350,121 @@ impl VectorIndex {
         if k == 0 || self.live.is_empty() {
             return Ok(Vec::new());
         }
+        let Some(ids) = allowed else {
+            return Ok(self.search_many(&[query], k)?.pop().unwrap_or_default());
+        };
         let q = self.prepare(query);
         let _one = super::omp::OneThread::new();
-        let result = match allowed {
-            Some(ids) => {
-                let ids: Vec<Idx> = ids
-                    .iter()
-                    .filter(|i| self.live.contains(i))
-                    .map(|i| Idx::new(*i))
-                    .collect();
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let kk = k.min(ids.len());
-                let sel = IdSelector::batch(&ids).map_err(faiss_err)?;
-                // SearchParameters does not own the selector: free it after.
-                let sel_ptr = sel.inner_ptr();
-                let params = match (self.trained_ivf, self.spec.index) {
-                    (true, IndexKind::Ivf { nprobe, .. }) => {
-                        faiss::search_params::SearchParametersIVF::new_with(sel, nprobe as usize, 0)
-                            .map_err(faiss_err)?
-                            .upcast()
-                    }
-                    _ => SearchParameters::new(sel).map_err(faiss_err)?,
-                };
-                let r = self.search_shared(&q, kk, Some(&params));
-                drop(params);
-                // SAFETY: the selector was created above, is referenced only by
-                // `params` (dropped), and is freed exactly once here.
-                unsafe { faiss_sys::faiss_IDSelector_free(sel_ptr) };
-                r?
+        let ids: Vec<Idx> = ids
+            .iter()
+            .filter(|i| self.live.contains(i))
+            .map(|i| Idx::new(*i))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kk = k.min(ids.len());
+        let sel = IdSelector::batch(&ids).map_err(faiss_err)?;
+        // SearchParameters does not own the selector: free it after.
+        let sel_ptr = sel.inner_ptr();
+        let params = match (self.trained_ivf, self.spec.index) {
+            (true, IndexKind::Ivf { nprobe, .. }) => {
+                faiss::search_params::SearchParametersIVF::new_with(sel, nprobe as usize, 0)
+                    .map_err(faiss_err)?
+                    .upcast()
             }
-            None => {
-                let kk = (k + self.tombstones.len()).min(self.live.len() + self.tombstones.len());
-                self.search_shared(&q, kk, None)?
-            }
+            _ => SearchParameters::new(sel).map_err(faiss_err)?,
         };
-        let (distances, labels) = result;
-        let mut hits = Vec::with_capacity(k);
-        for (label, d) in labels.iter().zip(distances.iter()) {
+        let r = self.search_shared(&q, kk, Some(&params));
+        drop(params);
+        // SAFETY: the selector was created above, is referenced only by
+        // `params` (dropped), and is freed exactly once here.
+        unsafe { faiss_sys::faiss_IDSelector_free(sel_ptr) };
+        let (distances, labels) = r?;
+        Ok(self.live_hits(&labels, &distances, k))
+    }
+
+    /// The `k` nearest live vectors of each query, from one FAISS call
+    /// over all of them. Several queries run on the calling thread's
+    /// OpenMP team (all cores), one with a team of one as
+    /// [`search`](Self::search) does.
+    pub fn search_many(&self, queries: &[&[f32]], k: usize) -> Result<Vec<Vec<Hit>>, Error> {
+        if let Some(q) = queries.iter().find(|q| q.len() != self.dim) {
+            return Err(Error::DimensionMismatch {
+                collection: self.spec.name.clone(),
+                expected: self.dim as u32,
+                got: q.len() as u32,
+            });
+        }
+        if k == 0 || self.live.is_empty() || queries.is_empty() {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        let mut flat = Vec::with_capacity(queries.len() * self.dim);
+        for q in queries {
+            flat.extend(self.prepare(q));
+        }
+        let _one = (queries.len() == 1).then(super::omp::OneThread::new);
+        // Tombstones (HNSW) take places in FAISS's answer: ask for a few
+        // more than k, in proportion to their share, and ask again, four
+        // times as many, for the queries that still found fewer than k
+        // live vectors (before, every search asked for k + every
+        // tombstone: after 1,000 deletes, 1,010 labels per query to
+        // allocate, map and skip).
+        let total = self.live.len() + self.tombstones.len();
+        let mut kk = self.over_fetch(k).min(total);
+        let mut out = vec![Vec::new(); queries.len()];
+        let mut pending: Vec<usize> = (0..queries.len()).collect();
+        loop {
+            let gathered;
+            let qs = if pending.len() == queries.len() {
+                &flat
+            } else {
+                gathered = pending
+                    .iter()
+                    .flat_map(|&i| &flat[i * self.dim..(i + 1) * self.dim])
+                    .copied()
+                    .collect::<Vec<f32>>();
+                &gathered
+            };
+            let (distances, labels) = self.search_shared(qs, kk, None)?;
+            let mut short = Vec::new();
+            for ((&i, l), d) in pending
+                .iter()
+                .zip(labels.chunks(kk))
+                .zip(distances.chunks(kk))
+            {
+                out[i] = self.live_hits(l, d, k);
+                // A list with empty places (-1) is all FAISS could find:
+                // HNSW stops exploring after efSearch candidates, so
+                // asking for more would find no more.
+                let exhausted = l.last().is_some_and(|&x| x < 0);
+                if out[i].len() < k && kk < total && !exhausted {
+                    short.push(i);
+                }
+            }
+            if short.is_empty() {
+                return Ok(out);
+            }
+            pending = short;
+            kk = kk.saturating_mul(4).min(total);
+        }
+    }
+
+    /// How many labels to ask FAISS for to find `k` live ones: `k` plus
+    /// twice the tombstones' expected share of them, plus 16.
+    fn over_fetch(&self, k: usize) -> usize {
+        let dead = self.tombstones.len();
+        if dead == 0 {
+            return k;
+        }
+        let live = self.live.len().max(1);
+        k + (k * dead).div_ceil(live) * 2 + 16
+    }
+
+    /// The first `k` live labels of one query's FAISS answer, scored.
+    fn live_hits(&self, labels: &[i64], distances: &[f32], k: usize) -> Vec<Hit> {
+        let mut hits = Vec::with_capacity(k.min(labels.len()));
+        for (label, d) in labels.iter().zip(distances) {
             let Ok(vid) = u64::try_from(*label) else {
                 continue;
             };
@@ -398,7 +476,7 @@ impl VectorIndex {
                 break;
             }
         }
-        Ok(hits)
+        hits
     }
 
     /// A plain FAISS search on the index, nothing around it (the benchmark's
@@ -411,6 +489,17 @@ impl VectorIndex {
         let _one = super::omp::OneThread::new();
         let r = self.index.search(query, k).map_err(faiss_err)?;
         Ok(r.labels.iter().filter_map(|l| l.get()).collect())
+    }
+
+    /// A plain FAISS search of several queries (`queries` holds them end
+    /// to end) in one call with the default OpenMP team: the baseline of
+    /// a batch search. Returns each query's labels, tombstones included.
+    pub fn raw_search_many(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<u64>>, Error> {
+        let r = self.index.search(queries, k).map_err(faiss_err)?;
+        Ok(r.labels
+            .chunks(k.max(1))
+            .map(|c| c.iter().filter_map(|l| l.get()).collect())
+            .collect())
     }
 
     /// A copy of the index as it is now, to be written out later
@@ -581,6 +670,103 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[test]
+    fn one_call_for_many_queries_answers_each_as_it_would_alone() {
+        for metric in [Metric::L2, Metric::Cosine] {
+            for kind in kinds(4) {
+                let mut ix = VectorIndex::new(&spec(kind, metric)).unwrap();
+                fill(&mut ix, 2_000);
+                for vid in 100..=150 {
+                    ix.remove(vid).unwrap();
+                }
+                // Fewer than 20 queries: from 20 on, FAISS's flat distances
+                // (and IVF's list assignment) go through BLAS, whose
+                // rounding differs from the one-query kernels.
+                let queries: Vec<[f32; 4]> = (0..16)
+                    .map(|i| {
+                        let f = (i * 121) as f32 + 0.3;
+                        [f, f * 0.5, 1.0, -f]
+                    })
+                    .collect();
+                let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+                let many = ix.search_many(&refs, 5).unwrap();
+                assert_eq!(many.len(), queries.len());
+                for (q, got) in queries.iter().zip(&many) {
+                    assert_eq!(got, &ix.search(q, 5, None).unwrap(), "{kind:?} {metric:?}");
+                    assert!(got.iter().all(|(v, _)| !(100..=150).contains(v)));
+                }
+                assert_eq!(ix.search_many(&refs[..1], 5).unwrap()[..], many[..1]);
+                assert!(ix.search_many(&[], 5).unwrap().is_empty());
+                assert_eq!(ix.search_many(&refs[..2], 0).unwrap(), [vec![], vec![]]);
+                let short: &[f32] = &[1.0, 2.0];
+                assert!(matches!(
+                    ix.search_many(&[refs[0], short], 5),
+                    Err(Error::DimensionMismatch { got: 2, .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_search_past_many_tombstones_asks_again_until_it_finds_k_live_vectors() {
+        // efSearch 400: HNSW explores far enough to find live vectors
+        // past 296 deleted ones.
+        let kind = IndexKind::Hnsw {
+            m: 8,
+            ef_search: 400,
+        };
+        let mut ix = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
+        fill(&mut ix, 2_000);
+        // 296 tombstones around the query, fewer than a quarter of the
+        // live vectors: no rebuild, so the first ask (k + 16 or so labels)
+        // holds 4 live vectors, and the next ones find the fifth.
+        for vid in 5..=300 {
+            ix.remove(vid).unwrap();
+        }
+        assert_eq!(ix.tombstones(), 296);
+        assert!(ix.over_fetch(5) < 40, "{}", ix.over_fetch(5));
+        let q = [10.0, 5.0, 1.0, -10.0];
+        let hits = ix.search(&q, 5, None).unwrap();
+        let vids: Vec<u64> = hits.iter().map(|h| h.0).collect();
+        assert_eq!(vids, [4, 3, 2, 1, 301]);
+        let far = [1_500.0, 750.0, 1.0, -1_500.0];
+        let both = ix.search_many(&[&q, &far], 5).unwrap();
+        assert_eq!(both[0], hits);
+        assert_eq!(both[1].len(), 5);
+        assert!(both[1].iter().all(|h| (1_490..=1_510).contains(&h.0)));
+        // With efSearch 32, HNSW stops exploring inside the deleted run:
+        // fewer than k answers, none deleted, and the asking stops.
+        let mut narrow = VectorIndex::new(&spec(
+            IndexKind::Hnsw {
+                m: 8,
+                ef_search: 32,
+            },
+            Metric::L2,
+        ))
+        .unwrap();
+        fill(&mut narrow, 2_000);
+        for vid in 5..=300 {
+            narrow.remove(vid).unwrap();
+        }
+        let few = narrow.search(&q, 5, None).unwrap();
+        assert!(!few.is_empty() && few.len() < 5, "{few:?}");
+        assert!(few.iter().all(|h| !(5..=300).contains(&h.0)));
+        // All but three deleted: three answers, never a deleted one.
+        let mut small = VectorIndex::new(&spec(kind, Metric::L2)).unwrap();
+        fill(&mut small, 10);
+        for vid in 1..=7 {
+            small.remove(vid).unwrap();
+        }
+        let left: Vec<u64> = small
+            .search(&q, 5, None)
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(left.len(), 3);
+        assert!(left.iter().all(|v| (8..=10).contains(v)), "{left:?}");
     }
 
     #[test]
