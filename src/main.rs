@@ -32,6 +32,10 @@ enum Cmd {
         /// sets cluster.enabled and adds to cluster.join).
         #[arg(long)]
         join: Vec<String>,
+        /// Address to listen on for clients (sets server.listen; default
+        /// 127.0.0.1:7687). An `--addr` given to `serve` means the same.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Creates a cluster CA, node certificates and client trust material.
     Certs {
@@ -257,7 +261,10 @@ fn run() -> anyhow::Result<()> {
         // Colours only on a terminal: a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Whether --addr was typed (not its default, nor VEKTAGRAF_ADDR).
+    let addr_typed = matches.value_source("addr") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -418,7 +425,16 @@ fn run() -> anyhow::Result<()> {
                 tenant,
                 writers,
             } => write_loop(&data, &tenant, writers).await,
-            Cmd::Serve { config, join } => serve(config.as_deref(), join).await,
+            Cmd::Serve {
+                config,
+                join,
+                listen,
+            } => {
+                // `serve --addr A` listens on A (VEKTAGRAF_ADDR, set for
+                // the client commands, does not move a node).
+                let listen = listen.or(cli.conn.addr.first().copied().filter(|_| addr_typed));
+                serve(config.as_deref(), join, listen).await
+            }
             Cmd::Certs { out, nodes, hosts } => {
                 let files = vektagraf::net::tls::make_certs(&out, &nodes, &hosts)?;
                 println!(
@@ -439,8 +455,15 @@ fn run() -> anyhow::Result<()> {
     })
 }
 
-async fn serve(config: Option<&std::path::Path>, join: Vec<String>) -> anyhow::Result<()> {
+async fn serve(
+    config: Option<&std::path::Path>,
+    join: Vec<String>,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let mut cfg = vektagraf::NodeConfig::load(config)?;
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
     if !join.is_empty() {
         cfg.cluster.enabled = true;
         cfg.cluster.join.extend(join);
