@@ -228,7 +228,7 @@ enum BenchCmd {
         /// Server certificate.
         #[arg(long)]
         cert: PathBuf,
-        /// get, put or search.
+        /// get, put, search or search64 (64 searches per request).
         #[arg(long)]
         op: String,
         /// Concurrent tasks.

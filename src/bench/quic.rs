@@ -1,6 +1,7 @@
-//! `vektagraf bench quic`: get, put and search over QUIC on loopback
-//! against the same operations through the embedded API, in one run, with
-//! 1 and 64 concurrent tasks. The QUIC client runs in a process of its
+//! `vektagraf bench quic`: get, put, search and a batch of 64 searches
+//! (`search64`, rows counted in requests) over QUIC on loopback against
+//! the same operations through the embedded API, in one run, with 1 and
+//! 64 concurrent tasks. The QUIC client runs in a process of its
 //! own (`vektagraf bench quic-client`, started by the bench for each row),
 //! as a user's would: it does not share the server's runtime or cores'
 //! caches, and its cost is not counted against the server's.
@@ -90,6 +91,8 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
     cfg.request_limit.daily_limit = u64::MAX / 8;
     cfg.request_limit.monthly_limit = u64::MAX / 8;
     cfg.request_limit.concurrent_limit = 10_000;
+    cfg.request_limit.complexity_limit = u64::MAX / 8;
+    cfg.request_limit.max_result_size = 1_000_000;
     cfg.storage_limit.max_objects = u64::MAX / 8;
     cfg.storage_limit.max_vectors = u64::MAX / 8;
     cfg.storage_limit.max_storage_bytes = u64::MAX / 8;
@@ -126,7 +129,7 @@ pub async fn run(opt: Options) -> anyhow::Result<()> {
         "{:<8} {:>5}  {:>12} {:>8} {:>8}  {:>12} {:>8} {:>8}  {:>6}",
         "op", "tasks", "embedded/s", "p50 ms", "p99 ms", "quic/s", "p50 ms", "p99 ms", "ratio"
     );
-    for name in ["get", "put", "search"] {
+    for name in ["get", "put", "search", "search64"] {
         for tasks in [1usize, 64] {
             let emb = embedded_op(name, s.clone());
             let (e, e50, e99) = measure(emb, tasks, opt.seconds).await;
@@ -213,6 +216,19 @@ pub async fn run_client(run: ClientRun) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 64 searches in one batch request (`search64`; a batch is never
+/// cached, so both sides search FAISS).
+fn batch64(i: u64) -> Vec<VectorSearch> {
+    (0..64)
+        .map(|j| VectorSearch {
+            collection: "v".into(),
+            vector: vec16(i * 64 + j),
+            k: 10,
+            filter: None,
+        })
+        .collect()
+}
+
 fn embedded_op(name: &str, s: Session) -> Op {
     match name {
         "get" => Arc::new(move |i| {
@@ -230,6 +246,10 @@ fn embedded_op(name: &str, s: Session) -> Op {
                 .await
                 .is_ok()
             })
+        }),
+        "search64" => Arc::new(move |i| {
+            let s = s.clone();
+            Box::pin(async move { s.vector_search_batch(batch64(i), false).await.is_ok() })
         }),
         _ => Arc::new(move |i| {
             let s = s.clone();
@@ -264,6 +284,10 @@ fn quic_op(name: &str, c: Arc<Client>) -> Op {
                 .await
                 .is_ok()
             })
+        }),
+        "search64" => Arc::new(move |i| {
+            let c = c.clone();
+            Box::pin(async move { c.search_batch(batch64(i), false).await.is_ok() })
         }),
         _ => Arc::new(move |i| {
             let c = c.clone();

@@ -386,8 +386,8 @@ impl VectorIndex {
 
     /// The `k` nearest live vectors of each query, from one FAISS call
     /// over all of them. Several queries run on the calling thread's
-    /// OpenMP team (all cores), one with a team of one as
-    /// [`search`](Self::search) does.
+    /// OpenMP team (all cores) when no other search of several queries is
+    /// running, else, like one query, with a team of one.
     pub fn search_many(&self, queries: &[&[f32]], k: usize) -> Result<Vec<Vec<Hit>>, Error> {
         if let Some(q) = queries.iter().find(|q| q.len() != self.dim) {
             return Err(Error::DimensionMismatch {
@@ -403,7 +403,7 @@ impl VectorIndex {
         for q in queries {
             flat.extend(self.prepare(q));
         }
-        let _one = (queries.len() == 1).then(super::omp::OneThread::new);
+        let _team = super::omp::ManyQueries::new(queries.len());
         // Tombstones (HNSW) take places in FAISS's answer: ask for a few
         // more than k, in proportion to their share, and ask again, four
         // times as many, for the queries that still found fewer than k

@@ -11,6 +11,7 @@
 //! the default (all cores, or `OMP_NUM_THREADS`).
 
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 extern "C" {
@@ -43,5 +44,31 @@ impl Drop for OneThread {
     fn drop(&mut self) {
         // SAFETY: as above.
         unsafe { omp_set_num_threads(self.0) };
+    }
+}
+
+/// Searches of several queries running now, on any thread.
+static MANY_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The team of a search of `queries` queries, while held: the default
+/// team when it is the only search of several queries running, else one
+/// thread. Teams of concurrent batch searches would share the cores
+/// several times over, and OpenMP's spinning workers then thrash them.
+pub(super) struct ManyQueries {
+    _one: Option<OneThread>,
+}
+
+impl ManyQueries {
+    pub(super) fn new(queries: usize) -> ManyQueries {
+        let alone = MANY_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
+        ManyQueries {
+            _one: (queries <= 1 || !alone).then(OneThread::new),
+        }
+    }
+}
+
+impl Drop for ManyQueries {
+    fn drop(&mut self) {
+        MANY_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     }
 }
