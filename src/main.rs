@@ -432,7 +432,17 @@ fn run() -> anyhow::Result<()> {
             } => {
                 // `serve --addr A` listens on A (VEKTAGRAF_ADDR, set for
                 // the client commands, does not move a node).
-                let listen = listen.or(cli.conn.addr.first().copied().filter(|_| addr_typed));
+                let listen = match (listen, addr_typed) {
+                    (Some(_), true) => {
+                        anyhow::bail!("give serve either --listen or --addr, not both")
+                    }
+                    (Some(l), false) => Some(l),
+                    (None, true) => match cli.conn.addr.as_slice() {
+                        [one] => Some(*one),
+                        _ => anyhow::bail!("serve listens on one address: give --addr one"),
+                    },
+                    (None, false) => None,
+                };
                 serve(config.as_deref(), join, listen).await
             }
             Cmd::Certs { out, nodes, hosts } => {

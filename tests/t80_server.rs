@@ -129,6 +129,17 @@ async fn every_operation_works_through_the_driver() {
         c.indexes(Some("nope")).await.unwrap_err(),
         vektagraf::proto::Error::NotFound { .. }
     ));
+    for (coll, prop) in [("nope", "n"), ("items", "a b"), ("items", "m")] {
+        let e = c.drop_index(coll, prop).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                vektagraf::proto::Error::NotFound { .. }
+                    | vektagraf::proto::Error::InvalidArgument { .. }
+            ),
+            "{coll}.{prop}: {e:?}"
+        );
+    }
     assert_eq!(c.drop_index("items", "n").await.unwrap(), 252);
     assert!(c.indexes(None).await.unwrap().is_empty());
     assert!(matches!(

@@ -503,7 +503,11 @@ impl Session {
     /// filtered searches on the property then plan without it. Returns
     /// the keys deleted; an index that does not exist is `NotFound`.
     pub async fn drop_index(&self, collection: &str, property: &str) -> Result<u64> {
+        storage::props::check_path(property)?;
         let _awake = self.hold().await?;
+        if self.tenant.data()?.collection(collection).is_none() {
+            return Err(Error::not_found("collection", collection));
+        }
         let (_p, _s, _) = self.admit(OperationType::Write, estimate::write(1)).await?;
         let cmd = Command::DropPropertyIndex {
             collection: collection.to_string(),
@@ -646,10 +650,11 @@ impl Session {
 
     /// Several k-NN searches in one request (at most
     /// [`MAX_SEARCH_BATCH`]), answered in
-    /// order: the unfiltered ones of a collection go to FAISS in one call,
-    /// spread over the cores. It is admitted as one vector-search request
-    /// whose cost is the sum of its searches' (so `complexity_limit` and
-    /// `max_result_size` bound the whole batch). Any bad search fails the
+    /// order: the unfiltered ones of a collection and one `k` go to FAISS
+    /// in one call, spread over the cores. It is admitted as one
+    /// vector-search request whose estimated cost is the sum of its
+    /// searches' (checked against `complexity_limit` and
+    /// `max_result_size`). Any bad search fails the
     /// batch; results are not cached. With 20 or more queries for one
     /// flat (or IVF) index, FAISS computes the distances with BLAS, so a
     /// score may differ from the single search's in its last bits.

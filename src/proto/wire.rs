@@ -415,8 +415,8 @@ pub enum Request {
         collection: Option<String>,
     },
     /// Drops a property index: its keys are deleted and stop counting
-    /// toward storage bytes; filtered searches on the property then read
-    /// the collection. Answers [`Response::IndexDropped`].
+    /// toward storage bytes; filtered searches plan without it. Answers
+    /// [`Response::IndexDropped`].
     DropIndex {
         /// Collection.
         collection: String,

@@ -77,7 +77,8 @@ fn nearest(
 }
 
 /// [`nearest`] for several queries of one index and one `k`, in one FAISS
-/// call: each query's (object id, score) list.
+/// call (and another for those that found too few past HNSW tombstones):
+/// each query's (object id, score) list.
 fn nearest_many(
     store: &ShardStore,
     ix: &RwLock<VectorIndex>,
@@ -469,10 +470,26 @@ impl ShardData {
         if let Some(m) = membership {
             batch.put_raw(CF_META, meta_key::MEMBERSHIP, m)?;
         }
-        if may_wait {
-            batch.commit()?;
-        } else if !batch.commit_without_waiting()? {
-            return Ok(None);
+        // A dropped property index leaves the planner before its keys
+        // leave the store: a filtered search that finds the index gone
+        // after reading its keys plans again (see `filtered_search`).
+        let kept_indexes = match (&outcome, cmd) {
+            (Some(a), Some(Command::DropPropertyIndex { .. })) => Some(std::mem::replace(
+                &mut self.meta.write().indexed,
+                a.meta.indexed.clone(),
+            )),
+            _ => None,
+        };
+        let committed = if may_wait {
+            batch.commit().map(|()| true)
+        } else {
+            batch.commit_without_waiting()
+        };
+        if !matches!(committed, Ok(true)) {
+            if let Some(kept) = kept_indexes {
+                self.meta.write().indexed = kept;
+            }
+            return committed.map(|_| None);
         }
         let Some(Applied {
             result,
@@ -735,11 +752,12 @@ impl ShardData {
     }
 
     /// Several k-NN searches, answered in order. The unfiltered searches
-    /// of one collection go to FAISS in one call (for the largest `k` of
-    /// them, each answer cut to its own `k`), which spreads them over the
-    /// cores; filtered ones run as [`vector_search`](Self::vector_search)
-    /// does, all on one `meter`. The first bad search (unknown
-    /// collection, wrong dimension) fails the whole batch.
+    /// of one collection and one `k` go to FAISS in one call, which
+    /// spreads them over the cores (grouped by `k` too, so no search costs
+    /// more than it was admitted for); filtered ones run as
+    /// [`vector_search`](Self::vector_search) does, all on one `meter`.
+    /// The first bad search (unknown collection, wrong dimension) fails
+    /// the whole batch.
     pub fn vector_search_batch(
         &self,
         searches: &[VectorSearch],
@@ -754,20 +772,22 @@ impl ShardData {
         }
         self.catch_up()?;
         let mut out: Vec<Option<Vec<SearchHit>>> = vec![None; searches.len()];
-        // Unfiltered searches by collection, in order of first appearance.
-        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        // Unfiltered searches by collection and k, in order of first
+        // appearance.
+        let mut groups: Vec<((&str, u32), Vec<usize>)> = Vec::new();
         for (i, s) in searches.iter().enumerate() {
             if s.filter.is_some() {
                 out[i] = Some(self.vector_search(s, with_objects, meter)?);
             } else {
-                match groups.iter_mut().find(|(c, _)| *c == s.collection) {
+                let key = (s.collection.as_str(), s.k);
+                match groups.iter_mut().find(|(g, _)| *g == key) {
                     Some((_, members)) => members.push(i),
-                    None => groups.push((&s.collection, vec![i])),
+                    None => groups.push((key, vec![i])),
                 }
             }
         }
         let store = self.store();
-        for (collection, members) in groups {
+        for ((collection, k), members) in groups {
             let ix = self
                 .vectors
                 .read()
@@ -778,10 +798,8 @@ impl ShardData {
                 .iter()
                 .map(|&i| searches[i].vector.as_slice())
                 .collect();
-            let k = members.iter().map(|&i| searches[i].k).max().unwrap_or(0);
             let lists = nearest_many(&store, &ix, &queries, k as usize)?;
-            for (&i, mut hits) in members.iter().zip(lists) {
-                hits.truncate(searches[i].k as usize);
+            for (&i, hits) in members.iter().zip(lists) {
                 let mut named = Vec::with_capacity(hits.len());
                 for (id, score) in hits {
                     let object = if with_objects { self.get(&id)? } else { None };
@@ -818,7 +836,21 @@ impl ShardData {
         let k = s.k as usize;
         let store = self.store();
         let indexed = self.meta.read().indexed.get(&s.collection).cloned();
-        let planned = indexed.map_or_else(props::Planned::default, |paths| props::plan(f, &paths));
+        let planned = indexed
+            .as_ref()
+            .map_or_else(props::Planned::default, |paths| props::plan(f, paths));
+        // Whether every index planned on is still declared. A drop
+        // removes the declaration before it deletes the keys, so a search
+        // that read keys of a dropped index sees it gone here, and plans
+        // again without it (at most once per index dropped meanwhile).
+        let still_indexed = || {
+            let meta = self.meta.read();
+            let now = meta.indexed.get(&s.collection);
+            planned
+                .plans
+                .iter()
+                .all(|p| now.is_some_and(|paths| paths.contains(&p.path)))
+        };
         // The plan with the fewest candidates, if one has at most
         // ALLOW_LIST_MAX (counted up to one more), else the first plan
         // with more. A plan counted broad within BROAD_TTL is not counted
@@ -893,12 +925,18 @@ impl ShardData {
             (None, Some(plan)) => {
                 let test = planned.covers.then_some(plan);
                 if let Some(hits) = self.post_filter(s, f, test, ix, with_objects, meter)? {
+                    if !still_indexed() {
+                        return self.filtered_search(s, f, ix, with_objects, meter);
+                    }
                     return Ok(hits);
                 }
                 true
             }
             (None, None) => true,
         };
+        if !read_all && !still_indexed() {
+            return self.filtered_search(s, f, ix, with_objects, meter);
+        }
         if read_all {
             let ix = ix.read();
             let mut scanned = 0usize;
@@ -1935,6 +1973,10 @@ mod tests {
         apply(Command::SetLimits(roomy));
         assert!(matches!(apply(index("p")), CommandResult::Done(Ok(10))));
         assert_eq!(data.usage().bytes, plain + keys);
+        drop(data);
+        let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
+        assert_eq!(data.usage().bytes, plain + keys, "saved with the index");
+        let apply = |c: Command| data.apply(Some(&c), b"log-id", None).unwrap();
         // An update moves the count by the keys' difference; deletes give
         // every byte back.
         let longer = serde_json::json!({"p": "a much longer value than before"});
@@ -2105,6 +2147,8 @@ mod tests {
         drop(data);
         let data = ShardData::open(&StorageEnv::default(), dir.path()).unwrap();
         assert_eq!(data.property_indexes(Some("c")).len(), 2);
+        // The count was saved with the drop.
+        assert_eq!(data.usage().bytes, before - p10_bytes);
         let apply = |c: &Command| data.apply(Some(c), b"log-id", None).unwrap();
         apply(&Command::Write {
             ops: vec![WriteOp::Put(

@@ -980,6 +980,9 @@ fn index_property(
     let after = before.saturating_add(added);
     ov.check_growth(LimitKind::StorageBytes, before, after, added)?;
     ov.meta.usage.bytes = after;
+    // Saved here: only writes flush the usage, and a reopen before the
+    // next write must not lose the keys' bytes.
+    batch.put(CF_META, meta_key::USAGE, &ov.meta.usage)?;
     for (k, v) in &keys {
         batch.put_raw(CF_PROPS, k, v)?;
     }
@@ -1027,6 +1030,7 @@ fn drop_property_index(
     batch.delete_range(CF_PROPS, &prefix, &end)?;
     batch.delete(CF_META, &props::declared_key(collection, property))?;
     ov.meta.usage.bytes = ov.meta.usage.bytes.saturating_sub(bytes);
+    batch.put(CF_META, meta_key::USAGE, &ov.meta.usage)?;
     let indexed = std::sync::Arc::make_mut(&mut ov.meta.indexed);
     if let Some(paths) = indexed.get_mut(collection) {
         paths.retain(|p| p != property);

@@ -22,6 +22,11 @@ use crate::proto::{CollectionSpec, Error, IndexKind, Metric};
 /// A vector search hit: (vector id, score).
 pub type Hit = (u64, f32);
 
+/// Most labels beyond `k` a search asks FAISS for to look past HNSW
+/// tombstones (a query whose first `k + 4096` labels hold fewer than `k`
+/// live ones gets fewer answers).
+pub const MAX_TOMBSTONE_FETCH: usize = 4096;
+
 fn faiss_err(e: faiss::error::Error) -> Error {
     Error::Storage {
         reason: format!("faiss: {e}"),
@@ -274,7 +279,7 @@ impl VectorIndex {
         }
     }
 
-    /// Runs FAISS's search of `q` (one query) for `k` labels, with
+    /// Runs FAISS's search of `q` (queries end to end) for `k` labels each, with
     /// `params` if given, through the C API's const entry points: a FAISS
     /// search does not change the index and may run on many threads at
     /// once (the Rust binding asks `&mut` of every index type it cannot
@@ -411,7 +416,10 @@ impl VectorIndex {
         // tombstone: after 1,000 deletes, 1,010 labels per query to
         // allocate, map and skip).
         let total = self.live.len() + self.tombstones.len();
-        let mut kk = self.over_fetch(k).min(total);
+        // Bounded: a tenant that deletes around its queries must not make
+        // each ask for every label of the index.
+        let cap = total.min(k.saturating_add(MAX_TOMBSTONE_FETCH));
+        let mut kk = self.over_fetch(k).min(cap);
         let mut out = vec![Vec::new(); queries.len()];
         let mut pending: Vec<usize> = (0..queries.len()).collect();
         loop {
@@ -438,7 +446,7 @@ impl VectorIndex {
                 // HNSW stops exploring after efSearch candidates, so
                 // asking for more would find no more.
                 let exhausted = l.last().is_some_and(|&x| x < 0);
-                if out[i].len() < k && kk < total && !exhausted {
+                if out[i].len() < k && kk < cap && !exhausted {
                     short.push(i);
                 }
             }
@@ -446,7 +454,7 @@ impl VectorIndex {
                 return Ok(out);
             }
             pending = short;
-            kk = kk.saturating_mul(4).min(total);
+            kk = kk.saturating_mul(4).min(cap);
         }
     }
 

@@ -55,20 +55,25 @@ static MANY_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// thread. Teams of concurrent batch searches would share the cores
 /// several times over, and OpenMP's spinning workers then thrash them.
 pub(super) struct ManyQueries {
+    counted: bool,
     _one: Option<OneThread>,
 }
 
 impl ManyQueries {
     pub(super) fn new(queries: usize) -> ManyQueries {
-        let alone = MANY_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
+        let many = queries > 1;
+        let alone = many && MANY_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
         ManyQueries {
-            _one: (queries <= 1 || !alone).then(OneThread::new),
+            counted: many,
+            _one: (!alone).then(OneThread::new),
         }
     }
 }
 
 impl Drop for ManyQueries {
     fn drop(&mut self) {
-        MANY_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        if self.counted {
+            MANY_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
