@@ -1111,16 +1111,33 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                 .await?;
                 println!("created collection {name}");
             }
-            CollectionCmd::List => table::rows(
-                out,
-                &c.collections().await?,
-                &[
-                    ("collection", "name"),
-                    ("dimension", "dimension"),
-                    ("metric", "metric"),
-                    ("index", "index"),
-                ],
-            )?,
+            CollectionCmd::List => {
+                // Each collection with its indexed properties.
+                let indexes = c.indexes(None).await?;
+                let mut rows = Vec::new();
+                for spec in c.collections().await? {
+                    let mut row = serde_json::to_value(&spec)
+                        .map_err(|e| anyhow::anyhow!("collection spec: {e}"))?;
+                    let indexed: Vec<&str> = indexes
+                        .iter()
+                        .filter(|i| i.collection == spec.name)
+                        .map(|i| i.property.as_str())
+                        .collect();
+                    row["indexed_properties"] = serde_json::json!(indexed);
+                    rows.push(row);
+                }
+                table::rows(
+                    out,
+                    &rows,
+                    &[
+                        ("collection", "name"),
+                        ("dimension", "dimension"),
+                        ("metric", "metric"),
+                        ("index", "index"),
+                        ("indexed properties", "indexed_properties"),
+                    ],
+                )?
+            }
             CollectionCmd::Drop { name } => {
                 c.drop_collection(&name).await?;
                 println!("dropped collection {name}");

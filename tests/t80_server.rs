@@ -582,6 +582,28 @@ async fn the_cli_runs_every_operation() {
         ],
     ));
     assert!(hits.contains("j18") && !hits.contains("j5"), "{hits}");
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&ok(run(&key, args))).unwrap()
+    };
+    assert_eq!(
+        json(&["collection", "list"])[0]["indexed_properties"],
+        serde_json::json!(["i"])
+    );
+    assert_eq!(
+        json(&["collection", "indexes"]),
+        serde_json::json!([{"collection": "docs", "property": "i"}])
+    );
+    // Two vectors: one batch request, rows tagged with their query.
+    let rows = json(&[
+        "search", "docs", "--vector", "[1, 0]", "--vector", "[0, 5]", "--k", "1",
+    ]);
+    assert_eq!(rows[0]["query"], 1);
+    assert_eq!(rows[0]["id"], "d1");
+    assert_eq!(rows[1]["query"], 2);
+    assert!(
+        ok(run(&key, &["collection", "drop-index", "docs", "i"])).contains("dropped index docs.i")
+    );
+    assert_eq!(json(&["collection", "indexes"]), serde_json::json!([]));
     assert!(ok(run(
         &key,
         &["search", "docs", "--vector", "[1, 0]", "--k", "1"]

@@ -124,6 +124,11 @@ pub fn cell(field: &str, v: &Value) -> String {
                 format!("[{}]", nums.join(", "))
             }
         }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
