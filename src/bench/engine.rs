@@ -262,14 +262,7 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
         let found = tokio::spawn(async move {
             let mut found = Vec::with_capacity(part.len() / d);
             for q in part.chunks(d) {
-                let hits = session
-                    .vector_search_ids(VectorSearch {
-                        collection: "fmnist".into(),
-                        vector: q.to_vec(),
-                        k: 10,
-                        filter: None,
-                    })
-                    .await?;
+                let hits = session.vector_search_ids(top10(q)).await?;
                 found.push(
                     hits.iter()
                         .filter_map(|h| h.id.parse::<u64>().ok())
@@ -294,12 +287,7 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
         // limits, cache or thread hop): shows where the overhead lives.
         let t = Instant::now();
         for q in slice.chunks(d) {
-            let s = VectorSearch {
-                collection: "fmnist".into(),
-                vector: q.to_vec(),
-                k: 10,
-                filter: None,
-            };
+            let s = top10(q);
             std::hint::black_box(data.vector_search(
                 &s,
                 false,
@@ -341,15 +329,7 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
     let mut ours_batched = Vec::with_capacity(nq);
     let mut raw_batched = Vec::with_capacity(nq);
     for chunk in queries.chunks(BATCH * d) {
-        let searches: Vec<VectorSearch> = chunk
-            .chunks(d)
-            .map(|q| VectorSearch {
-                collection: "fmnist".into(),
-                vector: q.to_vec(),
-                k: 10,
-                filter: None,
-            })
-            .collect();
+        let searches: Vec<VectorSearch> = chunk.chunks(d).map(top10).collect();
         let session = s.clone();
         let t = Instant::now();
         let lists = tokio::spawn(async move { session.vector_search_batch(searches, false).await })
@@ -380,6 +360,17 @@ async fn vector_bench(db: &Database, opt: &Options) -> anyhow::Result<()> {
     after_deletes_bench(&s, &queries, d, nq.min(2_000)).await
 }
 
+/// The unfiltered k = 10 search of `q` in `fmnist` that every search
+/// line of this bench runs.
+fn top10(q: &[f32]) -> VectorSearch {
+    VectorSearch {
+        collection: "fmnist".into(),
+        vector: q.to_vec(),
+        k: 10,
+        filter: None,
+    }
+}
+
 /// Search throughput (batches of 64, uncached) before and after deleting
 /// 1,000 objects, which leaves 1,000 HNSW tombstones that every search
 /// must look past (the index is rebuilt only past a quarter).
@@ -392,15 +383,7 @@ async fn after_deletes_bench(
     let qps = |s: crate::Session, qs: Vec<f32>| async move {
         let t = Instant::now();
         for chunk in qs.chunks(64 * d) {
-            let searches = chunk
-                .chunks(d)
-                .map(|q| VectorSearch {
-                    collection: "fmnist".into(),
-                    vector: q.to_vec(),
-                    k: 10,
-                    filter: None,
-                })
-                .collect();
+            let searches = chunk.chunks(d).map(top10).collect();
             std::hint::black_box(s.vector_search_batch(searches, false).await?);
         }
         Ok::<_, crate::proto::Error>((qs.len() / d) as f64 / t.elapsed().as_secs_f64())
