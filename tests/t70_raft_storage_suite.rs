@@ -4,11 +4,12 @@
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
-use vektagraf::raft::{LogStore, RaftLogDb, ShardRaftConfig, ShardStateMachine};
+use vektagraf::raft::{LogStore, RaftLogDb, ShardRaftConfig, ShardStateMachine, SyncHere};
 use vektagraf::shard::ShardData;
 use vektagraf::storage::StorageEnv;
 
-struct Builder;
+/// Builds stores whose appends fsync as `.0` says.
+struct Builder(SyncHere);
 
 impl StoreBuilder<ShardRaftConfig, LogStore, ShardStateMachine, tempfile::TempDir> for Builder {
     async fn build(
@@ -19,11 +20,25 @@ impl StoreBuilder<ShardRaftConfig, LogStore, ShardStateMachine, tempfile::TempDi
         let logs = RaftLogDb::open(&dir.path().join("raft")).expect("log db");
         let data =
             ShardData::open(&StorageEnv::default(), &dir.path().join("shard")).expect("shard");
-        Ok((dir, logs.store(7), ShardStateMachine::new(data)))
+        Ok((
+            dir,
+            logs.store_with(7, self.0),
+            ShardStateMachine::new(data),
+        ))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes_on_rocksdb() -> Result<(), StorageError<ShardRaftConfig>> {
-    Suite::test_all(Builder).await
+    Suite::test_all(Builder(SyncHere::Never)).await
+}
+
+/// The same suite with appends that fsync on their own task: as a
+/// one-voter group's, and as a replicated group's (which do so only while
+/// the replica's vote is another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes_when_appends_fsync_on_their_own_task(
+) -> Result<(), StorageError<ShardRaftConfig>> {
+    Suite::test_all(Builder(SyncHere::WhenAlone)).await?;
+    Suite::test_all(Builder(SyncHere::UnlessLeading(1))).await
 }

@@ -8,11 +8,25 @@
 //! that arrived while the previous fsync ran: group commit across all
 //! tenants. `append`'s callback and `save_vote`'s return happen only after
 //! that fsync.
+//!
+//! One exception saves the two thread hand-offs (to the sync thread and
+//! back) when nothing else is waiting: an append of a single entry that
+//! finds no fsync queued or running anywhere on the node writes it with
+//! a synced write on its own task, if its group has nothing to do
+//! meanwhile (see [`SyncHere`]). Measured by `bench engine`, alternating
+//! runs: 1 writer 0.45–0.48× → 0.51–0.66× raw RocksDB; 64 writers not
+//! slower (they append several entries at a time, so they keep the
+//! pipelined path: the raft core appends the next entries while the sync
+//! thread fsyncs the last ones).
+//!
+//! Every group also keeps its newest entries decoded in memory
+//! ([`RecentEntries`]): the state machine and the followers' replication
+//! streams read each entry right after its append.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -22,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 
+use super::recent::RecentEntries;
 use super::types::{io_other, Entry, LogId, ShardRaftConfig as C, Vote};
 
 const CF_LOG: &str = "log";
@@ -40,6 +55,12 @@ pub struct RaftLogDb {
     sync_tx: parking_lot::Mutex<Option<mpsc::Sender<Done>>>,
     sync_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
+    /// Fsyncs asked of the sync thread and not answered yet, plus the one
+    /// running on an appending task: an append fsyncs on its own task only
+    /// when this is 0.
+    syncing: Arc<AtomicUsize>,
+    /// Bytes every group's [`RecentEntries`] hold together.
+    recent_bytes: Arc<AtomicUsize>,
 }
 
 impl Drop for RaftLogDb {
@@ -81,18 +102,20 @@ impl RaftLogDb {
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs).map_err(io_other)?);
         let (tx, rx) = mpsc::channel(SYNC_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
+        let syncing = Arc::new(AtomicUsize::new(0));
         let thread = {
-            let db = db.clone();
-            let failed = failed.clone();
+            let (db, failed, syncing) = (db.clone(), failed.clone(), syncing.clone());
             std::thread::Builder::new()
                 .name("raft-log-sync".into())
-                .spawn(move || sync_loop(db, rx, failed))?
+                .spawn(move || sync_loop(db, rx, failed, syncing))?
         };
         Ok(Arc::new(RaftLogDb {
             db: parking_lot::RwLock::new(Some(db)),
             sync_tx: parking_lot::Mutex::new(Some(tx)),
             sync_thread: parking_lot::Mutex::new(Some(thread)),
             failed,
+            syncing,
+            recent_bytes: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -122,11 +145,23 @@ impl RaftLogDb {
             .ok_or_else(|| io_other("raft log database is closed"))
     }
 
-    /// A log store for one group.
+    /// A log store for one group whose appends always leave the fsync to
+    /// the sync thread.
     pub fn store(self: &Arc<Self>, group: u64) -> LogStore {
+        self.store_with(group, SyncHere::Never)
+    }
+
+    /// A log store for one group, fsyncing on the appending task when
+    /// `here` allows.
+    pub fn store_with(self: &Arc<Self>, group: u64, here: SyncHere) -> LogStore {
         LogStore {
             group,
             shared: self.clone(),
+            recent: Arc::new(parking_lot::Mutex::new(RecentEntries::new(
+                self.recent_bytes.clone(),
+            ))),
+            here,
+            self_voted: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -219,11 +254,26 @@ impl RaftLogDb {
     }
 
     fn write(&self, db: &DB, b: WriteBatch) -> std::io::Result<()> {
+        self.write_opt(db, b, false)
+    }
+
+    /// Writes `b` and fsyncs the WAL (so everything written before it
+    /// too) before returning, on a claim from [`claim_sync`](Self::claim_sync),
+    /// which it gives back.
+    fn write_synced(&self, db: &DB, b: WriteBatch) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.write_opt(db, b, true);
+        crate::monitor::fsync_took(started.elapsed());
+        self.syncing.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    fn write_opt(&self, db: &DB, b: WriteBatch, sync: bool) -> std::io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(io_other("raft log disk failed earlier; refusing writes"));
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(false);
+        wo.set_sync(sync);
         db.write_opt(b, &wo).map_err(|e| {
             // RocksDB keeps refusing writes after a failed WAL append (a
             // full disk, an I/O error): the store is done until reopened.
@@ -243,13 +293,48 @@ impl RaftLogDb {
 
     async fn sync(&self) -> std::io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.sender()?
-            .send(Done::Notify(tx))
-            .await
-            .map_err(|_| io_other("raft log sync thread stopped"))?;
+        self.queue(Done::Notify(tx)).await?;
         rx.await
             .map_err(|_| io_other("raft log sync thread stopped"))?
     }
+
+    /// Hands `done` to the sync thread, to be answered after its next fsync.
+    async fn queue(&self, done: Done) -> std::io::Result<()> {
+        let tx = self.sender()?;
+        self.syncing.fetch_add(1, Ordering::AcqRel);
+        tx.send(done).await.map_err(|_| {
+            self.syncing.fetch_sub(1, Ordering::AcqRel);
+            io_other("raft log sync thread stopped")
+        })
+    }
+
+    /// Claims the right to fsync on the calling task: true if no other
+    /// fsync is queued or running on the node. [`write_synced`](Self::write_synced)
+    /// gives it back.
+    fn claim_sync(&self) -> bool {
+        self.syncing
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Where an append of a group may fsync when nothing else is waiting for
+/// one: on its own task, which saves two thread hand-offs (the sync
+/// thread's wake-up, then the raft core's), but holds that task (and its
+/// async worker) for the fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncHere {
+    /// Always through the sync thread.
+    Never,
+    /// On its own task whenever alone: a one-voter group, whose leader
+    /// has nothing to do until its own fsync ends.
+    WhenAlone,
+    /// On its own task when alone, unless the replica (whose node id this
+    /// is) voted for itself last: a leader (or candidate) of a replicated
+    /// group sends the entries to its followers only after `append`
+    /// returns, so its fsync must not hold that up. A follower's append
+    /// has nothing to overlap with.
+    UnlessLeading(u64),
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> std::io::Result<&'a rocksdb::ColumnFamily> {
@@ -257,8 +342,30 @@ fn cf<'a>(db: &'a DB, name: &str) -> std::io::Result<&'a rocksdb::ColumnFamily> 
         .ok_or_else(|| io_other(format!("column family {name} missing")))
 }
 
+/// One fsync of the log's WAL, timed. A failure stops the log for good:
+/// the page cache's state after a failed fsync is unknown, so it is never
+/// retried.
+fn fsync_wal(db: &DB, failed: &AtomicBool) -> Result<(), String> {
+    if failed.load(Ordering::Acquire) {
+        return Err("an earlier fsync failed".to_string());
+    }
+    let started = std::time::Instant::now();
+    let r = db.flush_wal(true).map_err(|e| e.to_string());
+    crate::monitor::fsync_took(started.elapsed());
+    if let Err(e) = &r {
+        tracing::error!(error = %e, "raft log fsync failed; every raft group on this node stops");
+        failed.store(true, Ordering::Release);
+    }
+    r
+}
+
 /// One fsync for everything that queued up while the previous one ran.
-fn sync_loop(db: Arc<DB>, mut rx: mpsc::Receiver<Done>, failed: Arc<AtomicBool>) {
+fn sync_loop(
+    db: Arc<DB>,
+    mut rx: mpsc::Receiver<Done>,
+    failed: Arc<AtomicBool>,
+    syncing: Arc<AtomicUsize>,
+) {
     let mut pending = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         pending.push(first);
@@ -268,19 +375,8 @@ fn sync_loop(db: Arc<DB>, mut rx: mpsc::Receiver<Done>, failed: Arc<AtomicBool>)
                 break;
             }
         }
-        let res = if failed.load(Ordering::Acquire) {
-            Err("an earlier fsync failed".to_string())
-        } else {
-            let started = std::time::Instant::now();
-            let r = db.flush_wal(true).map_err(|e| e.to_string());
-            crate::monitor::fsync_took(started.elapsed());
-            r
-        };
-        if let Err(e) = &res {
-            // An fsync error is never retried: the page cache state is unknown.
-            tracing::error!(error = %e, "raft log fsync failed; every raft group on this node stops");
-            failed.store(true, Ordering::Release);
-        }
+        let res = fsync_wal(&db, &failed);
+        syncing.fetch_sub(pending.len(), Ordering::AcqRel);
         for d in pending.drain(..) {
             let r = res.clone().map_err(io_other);
             match d {
@@ -298,6 +394,12 @@ fn sync_loop(db: Arc<DB>, mut rx: mpsc::Receiver<Done>, failed: Arc<AtomicBool>)
 pub struct LogStore {
     group: u64,
     shared: Arc<RaftLogDb>,
+    /// The group's newest entries, shared by the store and its readers.
+    recent: Arc<parking_lot::Mutex<RecentEntries>>,
+    here: SyncHere,
+    /// Whether the vote saved last is this replica's own (a candidate or a
+    /// leader); true until the first vote is read.
+    self_voted: Arc<AtomicBool>,
 }
 
 impl Debug for LogStore {
@@ -309,6 +411,24 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
+    /// Whether an append may fsync on its own task (when alone).
+    fn may_sync_here(&self) -> bool {
+        match self.here {
+            SyncHere::Never => false,
+            SyncHere::WhenAlone => true,
+            SyncHere::UnlessLeading(_) => !self.self_voted.load(Ordering::Acquire),
+        }
+    }
+
+    /// Notes whose vote this replica holds now.
+    fn voted(&self, vote: Option<&Vote>) {
+        if let SyncHere::UnlessLeading(me) = self.here {
+            use openraft::vote::RaftLeaderId;
+            let own = vote.is_none_or(|v| *v.leader_id.node_id() == me);
+            self.self_voted.store(own, Ordering::Release);
+        }
+    }
+
     fn get_state<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> std::io::Result<Option<T>> {
         self.shared.state_of(self.group, tag)
     }
@@ -369,6 +489,9 @@ impl RaftLogReader<C> for LogStore {
             }
             Bound::Unbounded => None,
         };
+        if let Some(hit) = end.and_then(|end| self.recent.lock().get(start, end)) {
+            return Ok(hit);
+        }
         let db = self.shared.db()?;
         let lo = log_key(self.group, start);
         let mut out = Vec::new();
@@ -390,7 +513,9 @@ impl RaftLogReader<C> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
-        self.get_state(b"vote")
+        let vote = self.get_state(b"vote")?;
+        self.voted(vote.as_ref());
+        Ok(vote)
     }
 }
 
@@ -415,6 +540,8 @@ impl RaftLogStorage<C> for LogStore {
         let mut b = WriteBatch::default();
         self.put_state(&db, &mut b, b"vote", vote)?;
         self.shared.write(&db, b)?;
+        // Before the fsync: an append may follow at once on another task.
+        self.voted(Some(vote));
         self.shared.sync().await
     }
 
@@ -439,23 +566,35 @@ impl RaftLogStorage<C> for LogStore {
         let db = self.shared.db()?;
         let log = cf(&db, CF_LOG)?;
         let mut b = WriteBatch::default();
+        let mut written = Vec::new();
         for e in entries {
-            b.put_cf(
-                log,
-                log_key(self.group, e.log_id.index),
-                codec::encode(&e).map_err(io_other)?,
-            );
+            let v = codec::encode(&e).map_err(io_other)?;
+            b.put_cf(log, log_key(self.group, e.log_id.index), &v);
+            written.push((e, v.len()));
+        }
+        // Only a lone entry: several mean writes are queuing up behind
+        // this one, and the raft core had better append the next ones
+        // while the sync thread fsyncs these.
+        if written.len() == 1 && self.may_sync_here() && self.shared.claim_sync() {
+            // Written and fsynced in one RocksDB call: the WAL append and
+            // its fdatasync, as a synced put.
+            self.shared.write_synced(&db, b)?;
+            self.recent.lock().appended(written);
+            callback.io_completed(Ok(()));
+            return Ok(());
         }
         self.shared.write(&db, b)?;
-        self.shared
-            .sender()?
-            .send(Done::Flushed(callback))
-            .await
-            .map_err(|_| io_other("raft log sync thread stopped"))
+        self.recent.lock().appended(written);
+        self.shared.queue(Done::Flushed(callback)).await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        // The cache forgets first, so no read finds there what RocksDB
+        // no longer holds.
+        self.recent
+            .lock()
+            .truncate_after(last_log_id.map(|l| l.index));
         let db = self.shared.db()?;
         let mut b = WriteBatch::default();
         b.delete_range_cf(
@@ -468,6 +607,7 @@ impl RaftLogStorage<C> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        self.recent.lock().purge(log_id.index);
         let db = self.shared.db()?;
         let mut b = WriteBatch::default();
         self.put_state(&db, &mut b, b"purged", &Some(log_id))?;
@@ -478,5 +618,98 @@ impl RaftLogStorage<C> for LogStore {
         );
         self.shared.write(&db, b)?;
         self.shared.sync().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::ShardRaftConfig as C;
+    use openraft::storage::RaftLogStorage;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::vote::RaftLeaderIdExt;
+
+    fn entry(index: u64) -> Entry {
+        let leader = openraft::type_config::alias::LeaderIdOf::<C>::new_committed(1, 1);
+        Entry {
+            log_id: LogId::new(leader, index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_fsyncs_on_its_own_task_only_while_another_leads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = RaftLogDb::open(dir.path()).expect("open");
+        let mut s = logs.store_with(5, SyncHere::UnlessLeading(1));
+        assert!(!s.may_sync_here(), "no vote read yet");
+        assert_eq!(s.read_vote().await.expect("read"), None);
+        assert!(!s.may_sync_here(), "no vote: it may campaign");
+        s.save_vote(&Vote::new(3, 2)).await.expect("vote");
+        assert!(s.may_sync_here(), "follows node 2");
+        s.save_vote(&Vote::new_committed(4, 1)).await.expect("vote");
+        assert!(!s.may_sync_here(), "leads");
+
+        // A reopened store learns it from the saved vote.
+        let mut again = logs.store_with(5, SyncHere::UnlessLeading(1));
+        again.read_vote().await.expect("read");
+        assert!(!again.may_sync_here());
+        let mut other = logs.store_with(5, SyncHere::UnlessLeading(2));
+        other.read_vote().await.expect("read");
+        assert!(other.may_sync_here(), "node 2's replica follows node 1");
+
+        assert!(logs.store_with(5, SyncHere::WhenAlone).may_sync_here());
+        assert!(!logs.store(5).may_sync_here());
+    }
+
+    #[tokio::test]
+    async fn appends_on_either_path_are_durable_and_read_back_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = RaftLogDb::open(dir.path()).expect("open");
+        let mut s = logs.store_with(9, SyncHere::WhenAlone);
+        for i in 1..=3 {
+            // One entry alone: written synced on this task.
+            let (tx, rx) = C::oneshot();
+            s.append([entry(i)], IOFlushed::signal(tx))
+                .await
+                .expect("append");
+            rx.await.expect("answered").expect("flushed");
+            assert_eq!(logs.syncing.load(Ordering::Acquire), 0, "claim given back");
+        }
+        // Several: through the sync thread.
+        let (tx, rx) = C::oneshot();
+        s.append((4..=6).map(entry), IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx.await.expect("answered").expect("flushed");
+        assert_eq!(logs.syncing.load(Ordering::Acquire), 0);
+
+        let cached = s.try_get_log_entries(1..=6).await.expect("read");
+        let mut cold = logs.store(9);
+        let stored = cold.try_get_log_entries(1..=6).await.expect("read");
+        assert_eq!(cached, stored);
+        assert_eq!(stored.len(), 6);
+
+        // Truncation and purge reach the cache as well as RocksDB.
+        s.truncate_after(Some(entry(4).log_id))
+            .await
+            .expect("truncate");
+        assert_eq!(s.try_get_log_entries(1..=6).await.expect("read").len(), 4);
+        s.purge(entry(2).log_id).await.expect("purge");
+        let left = s.try_get_log_entries(3..=4).await.expect("read");
+        assert_eq!(left, cold.try_get_log_entries(3..=4).await.expect("read"));
+        assert_eq!(left.len(), 2);
+        drop((s, cold));
+        logs.close();
+        drop(logs);
+
+        // Reopened: every acknowledged entry is there.
+        let logs = RaftLogDb::open(dir.path()).expect("reopen");
+        let mut s = logs.store(9);
+        let back = s.try_get_log_entries(3..=4).await.expect("read");
+        assert_eq!(
+            back.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
     }
 }

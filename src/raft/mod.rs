@@ -5,6 +5,7 @@
 
 mod log_store;
 mod network;
+mod recent;
 mod state_machine;
 mod transport;
 mod types;
@@ -12,7 +13,7 @@ mod types;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use log_store::{LogStore, RaftLogDb};
+pub use log_store::{LogStore, RaftLogDb, SyncHere};
 pub use network::{member_node, LocalOnly, NoPeer, PeerClient, PeerNetwork};
 pub use state_machine::{ShardSnapshot, ShardStateMachine};
 pub use transport::{Transport, TransportError};
@@ -35,9 +36,15 @@ pub async fn start_single_node_group(
 ) -> Result<ShardRaft, Error> {
     let config = Arc::new(settings.to_openraft_shard("vektagraf")?);
     let sm = ShardStateMachine::new(data);
-    let raft = openraft::Raft::new(replica_id, config, LocalOnly, logs.store(group), sm)
-        .await
-        .map_err(raft_err)?;
+    let raft = openraft::Raft::new(
+        replica_id,
+        config,
+        LocalOnly,
+        logs.store_with(group, SyncHere::WhenAlone),
+        sm,
+    )
+    .await
+    .map_err(raft_err)?;
     if !raft.is_initialized().await.map_err(raft_err)? {
         let members = BTreeMap::from([(replica_id, openraft::BasicNode::new("local"))]);
         raft.initialize(members).await.map_err(raft_err)?;
@@ -78,7 +85,8 @@ pub async fn start_replicated_group(
     });
     let sm = ShardStateMachine::new(data);
     let network = PeerNetwork::new(net, group);
-    let raft = openraft::Raft::new(replica_id, config, network, logs.store(group), sm)
+    let store = logs.store_with(group, SyncHere::UnlessLeading(replica_id));
+    let raft = openraft::Raft::new(replica_id, config, network, store, sm)
         .await
         .map_err(raft_err)?;
     if let Some(members) = initial {
