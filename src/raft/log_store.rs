@@ -11,9 +11,9 @@
 //!
 //! One exception saves the two thread hand-offs (to the sync thread and
 //! back) when nothing else is waiting: an append of a single entry that
-//! finds no fsync queued or running anywhere on the node writes it with
-//! a synced write on its own task, if its group has nothing to do
-//! meanwhile (see [`SyncHere`]). Measured by `bench engine`, alternating
+//! finds no fsync queued or running anywhere on the node fsyncs the WAL
+//! on its own task, if its group has nothing to do meanwhile (see
+//! [`SyncHere`]). Measured by `bench engine`, alternating
 //! runs: 1 writer 0.45–0.48× → 0.51–0.66× raw RocksDB; 64 writers not
 //! slower (they append several entries at a time, so they keep the
 //! pipelined path: the raft core appends the next entries while the sync
@@ -254,26 +254,11 @@ impl RaftLogDb {
     }
 
     fn write(&self, db: &DB, b: WriteBatch) -> std::io::Result<()> {
-        self.write_opt(db, b, false)
-    }
-
-    /// Writes `b` and fsyncs the WAL (so everything written before it
-    /// too) before returning, on a claim from [`claim_sync`](Self::claim_sync),
-    /// which it gives back.
-    fn write_synced(&self, db: &DB, b: WriteBatch) -> std::io::Result<()> {
-        let started = std::time::Instant::now();
-        let r = self.write_opt(db, b, true);
-        crate::monitor::fsync_took(started.elapsed());
-        self.syncing.fetch_sub(1, Ordering::AcqRel);
-        r
-    }
-
-    fn write_opt(&self, db: &DB, b: WriteBatch, sync: bool) -> std::io::Result<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(io_other("raft log disk failed earlier; refusing writes"));
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
+        wo.set_sync(false);
         db.write_opt(b, &wo).map_err(|e| {
             // RocksDB keeps refusing writes after a failed WAL append (a
             // full disk, an I/O error): the store is done until reopened.
@@ -299,22 +284,47 @@ impl RaftLogDb {
     }
 
     /// Hands `done` to the sync thread, to be answered after its next fsync.
+    /// Counted in `syncing` only once the queue has room (a caller dropped
+    /// while waiting for it leaves no count behind).
     async fn queue(&self, done: Done) -> std::io::Result<()> {
-        let tx = self.sender()?;
+        let permit = self
+            .sender()?
+            .reserve_owned()
+            .await
+            .map_err(|_| io_other("raft log sync thread stopped"))?;
         self.syncing.fetch_add(1, Ordering::AcqRel);
-        tx.send(done).await.map_err(|_| {
-            self.syncing.fetch_sub(1, Ordering::AcqRel);
-            io_other("raft log sync thread stopped")
-        })
+        permit.send(done);
+        Ok(())
     }
 
-    /// Claims the right to fsync on the calling task: true if no other
-    /// fsync is queued or running on the node. [`write_synced`](Self::write_synced)
-    /// gives it back.
-    fn claim_sync(&self) -> bool {
-        self.syncing
+    /// Fsyncs on the calling task if no other fsync is queued or running
+    /// on the node (None: one is; queue instead). The WAL is synced
+    /// outside RocksDB's write queue (`flush_wal`), so other groups'
+    /// unsynced writes go on meanwhile; a synced write would hold them
+    /// until its fsync ended.
+    fn sync_if_alone(&self, db: &DB) -> Option<std::io::Result<()>> {
+        let _claim = SyncClaim::take(&self.syncing)?;
+        Some(fsync_wal(db, &self.failed).map_err(io_other))
+    }
+}
+
+/// The right to fsync on an appending task, while no other fsync is
+/// queued or running on the node; given back when dropped (even on a
+/// panic).
+struct SyncClaim<'a>(&'a AtomicUsize);
+
+impl<'a> SyncClaim<'a> {
+    fn take(syncing: &'a AtomicUsize) -> Option<Self> {
+        syncing
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .ok()
+            .map(|_| SyncClaim(syncing))
+    }
+}
+
+impl Drop for SyncClaim<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -376,7 +386,7 @@ fn sync_loop(
             }
         }
         let res = fsync_wal(&db, &failed);
-        syncing.fetch_sub(pending.len(), Ordering::AcqRel);
+        let answered = pending.len();
         for d in pending.drain(..) {
             let r = res.clone().map_err(io_other);
             match d {
@@ -386,6 +396,9 @@ fn sync_loop(
                 }
             }
         }
+        // Only now: an append fsyncing on its own task meanwhile could
+        // answer before an earlier append of its group answered here.
+        syncing.fetch_sub(answered, Ordering::AcqRel);
     }
 }
 
@@ -572,19 +585,18 @@ impl RaftLogStorage<C> for LogStore {
             b.put_cf(log, log_key(self.group, e.log_id.index), &v);
             written.push((e, v.len()));
         }
-        // Only a lone entry: several mean writes are queuing up behind
-        // this one, and the raft core had better append the next ones
-        // while the sync thread fsyncs these.
-        if written.len() == 1 && self.may_sync_here() && self.shared.claim_sync() {
-            // Written and fsynced in one RocksDB call: the WAL append and
-            // its fdatasync, as a synced put.
-            self.shared.write_synced(&db, b)?;
-            self.recent.lock().appended(written);
-            callback.io_completed(Ok(()));
-            return Ok(());
-        }
+        // Only a lone entry fsyncs here: several mean writes are queuing
+        // up behind this one, and the raft core had better append the
+        // next ones while the sync thread fsyncs these.
+        let lone = written.len() == 1;
         self.shared.write(&db, b)?;
         self.recent.lock().appended(written);
+        if lone && self.may_sync_here() {
+            if let Some(r) = self.shared.sync_if_alone(&db) {
+                callback.io_completed(r);
+                return Ok(());
+            }
+        }
         self.shared.queue(Done::Flushed(callback)).await
     }
 
