@@ -749,6 +749,12 @@ async fn removing_a_dead_node_under_load_replicates_its_shards_onto_a_new_node()
     eprintln!("kill -9 of node {victim}, then removing it");
     c.kill(victim);
     sleep_s(1.0).await;
+    // Dead, it is the one node that does not answer (`node list` shows
+    // it unreachable); the others answer which groups they lead.
+    let nodes = retry(|| admin.cluster_nodes()).await;
+    for n in &nodes {
+        assert_eq!(n.leads.is_none(), n.id == victim as u64, "{nodes:?}");
+    }
     let removal = retry(|| admin.remove_node(victim as u64, false)).await;
     assert_eq!(removal.replaced, ["acme"], "{removal:?}");
     assert!(removal.under_replicated.is_empty(), "{removal:?}");

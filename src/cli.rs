@@ -778,6 +778,9 @@ async fn exec(c: &Client, out: Output, cmd: Remote) -> Result<(), CliError> {
                             };
                             let state = if n.removed {
                                 "removed"
+                            } else if n.leads.is_none() {
+                                // It did not answer the node asking, within 2 s.
+                                "unreachable"
                             } else if n.draining {
                                 "draining"
                             } else {

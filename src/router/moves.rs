@@ -906,6 +906,15 @@ fn group_views(recs: &[TenantRecord], leaders: &HashMap<u64, u64>) -> Vec<GroupV
 /// once, which groups it leads; unreachable nodes lead nothing we know
 /// of).
 pub(super) async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMap<u64, u64> {
+    leaders_answered(db, c, nodes).await.0
+}
+
+/// [`leaders`], and the nodes that answered.
+pub(super) async fn leaders_answered(
+    db: &Database,
+    c: &Cluster,
+    nodes: &[u64],
+) -> (HashMap<u64, u64>, BTreeSet<u64>) {
     let asks = nodes.iter().map(|&n| async move {
         let groups = if n == c.me().id {
             Ok(c.groups_led(db))
@@ -922,9 +931,11 @@ pub(super) async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMa
         (n, groups)
     });
     let mut out = HashMap::new();
+    let mut answered = BTreeSet::new();
     for (n, groups) in futures::future::join_all(asks).await {
         match groups {
             Ok(gs) => {
+                answered.insert(n);
                 for g in gs {
                     out.insert(g, n);
                 }
@@ -934,7 +945,7 @@ pub(super) async fn leaders(db: &Database, c: &Cluster, nodes: &[u64]) -> HashMa
             }
         }
     }
-    out
+    (out, answered)
 }
 
 /// Hands `tenant`'s leadership from node `from` to its replica on `to`.

@@ -561,7 +561,7 @@ async fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
         }
     }
     let live: Vec<u64> = nodes.iter().filter(|n| !n.removed).map(|n| n.id).collect();
-    let led = super::moves::leaders(db, c, &live).await;
+    let (led, answered) = super::moves::leaders_answered(db, c, &live).await;
     let mut leads: HashMap<u64, u64> = HashMap::new();
     for node in led.into_values() {
         *leads.entry(node).or_default() += 1;
@@ -573,7 +573,9 @@ async fn cluster_nodes(db: &Database, c: &Cluster) -> Result<Vec<ClusterNode>> {
             leader: leader == Some(n.id),
             draining: n.draining,
             replicas: replicas.get(&n.id).copied().unwrap_or(0),
-            leads: (!n.removed).then(|| leads.get(&n.id).copied().unwrap_or(0)),
+            leads: answered
+                .contains(&n.id)
+                .then(|| leads.get(&n.id).copied().unwrap_or(0)),
             id: n.id,
             peer_addr: n.peer_addr,
             client_addr: n.client_addr,
